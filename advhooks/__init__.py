@@ -1,0 +1,28 @@
+"""advhooks: drop-in adversarial training for PyTorch loops, watched against the clean benchmark.
+
+Attacks (PGD, FGM in L∞ and L2), the AT/TRADES/MART objectives and :class:`AdversarialStep`, which turns
+one batch into an adversarial training loss inside the user's own loop.
+"""
+
+from ._version import __version__
+from .attacks import FGM, FGSM, PGD, Attack, fgm_perturb, pgd_perturb
+from .losses import at_loss, mart_loss, trades_loss
+from .schedules import LinearWarmup, linear_warmup
+from .step import AdversarialStep, StepOutput
+
+__all__ = [
+    "FGM",
+    "FGSM",
+    "PGD",
+    "AdversarialStep",
+    "Attack",
+    "LinearWarmup",
+    "StepOutput",
+    "__version__",
+    "at_loss",
+    "fgm_perturb",
+    "linear_warmup",
+    "mart_loss",
+    "pgd_perturb",
+    "trades_loss",
+]

@@ -1,0 +1,235 @@
+"""PGD and FGM as pure functions on tensors: the hot path of advhooks.
+
+The perturbation δ is one batched buffer updated in place. Each iteration is exactly one forward and
+one input-gradient pass (``torch.autograd.grad`` with δ as the only input, so no parameter gradient is
+computed or touched) plus a few element-wise ops; nothing reads a tensor value on the host, so the
+loop can be compiled or captured as a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._outputs import call_model
+from .._validation import check_choice, check_finite_nonnegative, check_positive, check_positive_int
+from .domain import Bounds, InputDomain, Normalization
+from .model_state import BN_MODES, attack_mode, autocast_loss_scale
+from .norms import NORMS, project_, random_in_ball_, steepest_direction_
+from .objectives import Objective, per_sample
+
+__all__ = ["OUT_OF_BOUNDS", "fgm_perturb", "pgd_perturb"]
+
+OUT_OF_BOUNDS = ("raise", "clamp")
+# Inputs this far outside the bounds (relative to the box width) still count as inside: it absorbs the
+# rounding of a normalise/denormalise round trip.
+_BOUNDS_TOLERANCE = 1e-5
+
+
+def pgd_perturb(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    steps: int = 10,
+    step_size: float | None = None,
+    random_start: bool = True,
+    restarts: int = 1,
+    targeted: bool = False,
+    objective: Objective | None = None,
+    bounds: Bounds | InputDomain = (0.0, 1.0),
+    normalization: Normalization = None,
+    out_of_bounds: str = "raise",
+    bn: str = "eval",
+    input_key: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Projected gradient descent (Madry et al. 2018): adversarial inputs in the ε-ball of ``norm``.
+
+    Args:
+        model: the classifier; DDP wrappers are looked through. Left exactly as found.
+        inputs: a batch ``(N, ...)``. If it requires grad (embeddings), the result keeps that graph.
+        targets: what ``objective`` compares the logits with (labels; target labels when ``targeted``;
+            reference log-probabilities for TRADES' KL objective).
+        eps: radius of the ball, in pixel units (before any normalisation).
+        norm: ``"linf"`` or ``"l2"``.
+        steps: number of gradient steps.
+        step_size: step length; default ``2.5 * eps / steps``.
+        random_start: start uniformly inside the ball (else at the clean input).
+        restarts: independent runs; each sample keeps its worst perturbation (for evaluation).
+        targeted: minimise the objective towards ``targets`` instead of maximising it.
+        objective: ``objective(logits, targets) -> per-sample loss``; default cross-entropy. A loss
+            module with a ``reduction`` is used with ``reduction="none"``.
+        bounds: ``(low, high)`` in pixel units (numbers or per-channel values), or ``None`` for
+            unbounded inputs, or a prepared :class:`InputDomain`.
+        normalization: ``(mean, std)`` per channel when ``inputs`` are normalised before the model.
+        out_of_bounds: ``"raise"`` (default) if ``inputs`` lie outside ``bounds``, or ``"clamp"`` them.
+        bn: ``"eval"`` or ``"train"``; see :func:`advhooks.attacks.attack_mode`.
+        input_key: pass the adversarial tensor as this keyword (``"pixel_values"``, ``"inputs_embeds"``).
+        model_kwargs: further keyword arguments for every forward (attention masks, ...).
+        generator: random generator for the starts.
+
+    Returns:
+        ``inputs + δ`` with δ detached, inside the ball and the bounds.
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> x, y = torch.rand(8, 1, 2, 2), torch.randint(0, 3, (8,))
+        >>> adv = pgd_perturb(net, x, y, eps=0.1, steps=3)
+        >>> bool((adv - x).abs().max() <= 0.1 + 1e-6)
+        True
+    """
+    eps = check_finite_nonnegative("eps", eps)
+    norm = check_choice("norm", norm, NORMS)
+    steps = check_positive_int("steps", steps)
+    step_size = 2.5 * eps / steps if step_size is None else check_positive("step_size", step_size)
+    restarts = check_positive_int("restarts", restarts)
+    return _perturb(model, inputs, targets, eps=eps, norm=norm, steps=steps, step_size=step_size,
+                    random_start=random_start, restarts=restarts, targeted=targeted, objective=objective,
+                    bounds=bounds, normalization=normalization, out_of_bounds=out_of_bounds, bn=bn,
+                    input_key=input_key, model_kwargs=model_kwargs, generator=generator)
+
+
+def fgm_perturb(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    step_size: float | None = None,
+    random_start: bool = False,
+    targeted: bool = False,
+    objective: Objective | None = None,
+    bounds: Bounds | InputDomain = (0.0, 1.0),
+    normalization: Normalization = None,
+    out_of_bounds: str = "raise",
+    bn: str = "eval",
+    input_key: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Fast gradient method: one step to the ball's boundary (FGSM for ``norm="linf"``).
+
+    With ``random_start`` it is FGSM-RS of Wong et al. (2020): a uniform start, then one step of
+    ``1.25 * eps`` projected back onto the ball. Other arguments as in :func:`pgd_perturb`.
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> x, y = torch.rand(8, 1, 2, 2) * 0.5 + 0.25, torch.randint(0, 3, (8,))
+        >>> adv = fgm_perturb(net, x, y, eps=0.1)
+        >>> bool(torch.allclose((adv - x).abs(), torch.full_like(x, 0.1)))
+        True
+    """
+    eps = check_finite_nonnegative("eps", eps)
+    norm = check_choice("norm", norm, NORMS)
+    if step_size is None:
+        step_size = 1.25 * eps if random_start else eps
+    else:
+        step_size = check_positive("step_size", step_size)
+    return _perturb(model, inputs, targets, eps=eps, norm=norm, steps=1, step_size=step_size,
+                    random_start=random_start, restarts=1, targeted=targeted, objective=objective,
+                    bounds=bounds, normalization=normalization, out_of_bounds=out_of_bounds, bn=bn,
+                    input_key=input_key, model_kwargs=model_kwargs, generator=generator)
+
+
+def _perturb(model, inputs, targets, *, eps, norm, steps, step_size, random_start, restarts, targeted,
+             objective, bounds, normalization, out_of_bounds, bn, input_key, model_kwargs, generator):
+    bn = check_choice("bn", bn, BN_MODES)
+    out_of_bounds = check_choice("out_of_bounds", out_of_bounds, OUT_OF_BOUNDS)
+    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+        raise TypeError("inputs must be a floating-point tensor (N, ...)")
+    if inputs.ndim < 1 or inputs.shape[0] == 0:
+        raise ValueError(f"inputs must be a non-empty batch (N, ...), got shape {tuple(inputs.shape)}")
+    domain = bounds if isinstance(bounds, InputDomain) else InputDomain(bounds, normalization)
+    objective = per_sample(objective)
+    kwargs = dict(model_kwargs or {})
+
+    placed = domain.place(inputs)
+    x = inputs.detach()
+    if domain.is_bounded:
+        x, inputs = _check_or_clamp(x, inputs, domain, placed, out_of_bounds)
+    if eps == 0.0:
+        return inputs.clone()
+
+    # δ's box in pixel units: low <= pixel(x) + δ <= high.
+    delta_low = delta_high = None
+    if domain.is_bounded:
+        # The clamp absorbs normalise/denormalise rounding so that δ's box always contains 0.
+        x_pixels = torch.clamp(domain.pixels(x, placed), placed.low, placed.high)
+        delta_low, delta_high = placed.low - x_pixels, placed.high - x_pixels
+        if norm == "linf":  # one clamp then projects onto ball ∩ box exactly
+            delta_low, delta_high = delta_low.clamp_min(-eps), delta_high.clamp_max(eps)
+    inv_std = placed.inv_std
+    direction_sign = -1.0 if targeted else 1.0
+    loss_scale = autocast_loss_scale(x.device.type)
+
+    with attack_mode(model, bn) as module:
+
+        def forward(delta: torch.Tensor) -> torch.Tensor:
+            adv = x + delta if inv_std is None else x + delta * inv_std
+            return call_model(module, adv, input_key, kwargs)
+
+        best_delta = best_loss = None
+        for _ in range(restarts):
+            delta = torch.zeros_like(x)
+            if random_start:
+                random_in_ball_(delta, norm, eps, generator)
+                if delta_low is not None:
+                    delta.clamp_(delta_low, delta_high)
+            delta.requires_grad_(True)
+            for _ in range(steps):
+                loss = objective(forward(delta), targets)
+                if loss_scale != 1.0:
+                    loss = loss * loss_scale
+                (grad,) = torch.autograd.grad(loss.sum(), delta)
+                with torch.no_grad():
+                    if loss_scale != 1.0:  # an fp16 overflow must not poison δ
+                        torch.nan_to_num_(grad, nan=0.0, posinf=1.0, neginf=-1.0)
+                    delta.add_(steepest_direction_(grad, norm), alpha=direction_sign * step_size)
+                    project_(delta, norm, eps, delta_low, delta_high)
+            delta = delta.detach()
+            if restarts == 1:
+                best_delta = delta
+                break
+            with torch.no_grad():
+                score = objective(forward(delta), targets)
+                if score.ndim != 1:
+                    raise ValueError("restarts > 1 needs an objective that returns one loss per sample")
+                score = score.float() * direction_sign
+                if best_delta is None:
+                    best_delta, best_loss = delta, score
+                else:
+                    better = (score > best_loss).reshape((-1,) + (1,) * (delta.ndim - 1))
+                    best_delta = torch.where(better, delta, best_delta)
+                    best_loss = torch.maximum(score, best_loss)
+
+    step = best_delta if inv_std is None else best_delta * inv_std
+    adv = inputs + step
+    if domain.is_bounded:
+        adv = torch.clamp(adv, placed.input_low, placed.input_high)
+    return adv
+
+
+def _check_or_clamp(x, inputs, domain, placed, out_of_bounds):
+    if out_of_bounds == "clamp":
+        inputs = torch.clamp(inputs, placed.input_low, placed.input_high)
+        return inputs.detach(), inputs
+    # One host read per attack call, outside the iteration loop: a silently wrong attack is worse.
+    pixels = domain.pixels(x, placed)
+    tol = _BOUNDS_TOLERANCE * (placed.high - placed.low)
+    outside = ((pixels < placed.low - tol) | (pixels > placed.high + tol)).any()
+    if bool(outside):
+        lo, hi = pixels.min().item(), pixels.max().item()
+        raise ValueError(
+            f"inputs lie outside the attack's bounds (pixel range [{lo:.4g}, {hi:.4g}] vs bounds "
+            f"{domain.bounds!r}); pass the right bounds (or normalization=(mean, std) for normalised "
+            "inputs), bounds=None for unbounded inputs, or out_of_bounds='clamp' to clamp them"
+        )
+    return x, inputs

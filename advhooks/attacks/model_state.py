@@ -1,0 +1,86 @@
+"""Put a model into attack mode and back, leaving it exactly as it was found.
+
+An attack must not change the model: not a submodule's train/eval mode, not a BatchNorm running
+statistic, not ``num_batches_tracked``. Parameters and their ``.grad`` are untouched because input
+gradients come from ``torch.autograd.grad`` with the perturbation as the only input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["BN_MODES", "attack_mode", "unwrap_parallel"]
+
+BN_MODES = ("eval", "train")
+
+
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel wrappers.
+
+    Attack forwards go to the inner module so DDP never prepares a gradient reduction for a backward
+    that will not come (which would fail the next step with "expected to have finished reduction"),
+    and never broadcasts buffers once per attack step.
+    """
+    while isinstance(model, DistributedDataParallel):
+        model = model.module
+    return model
+
+
+@contextmanager
+def attack_mode(model: nn.Module, bn: str = "eval") -> Iterator[nn.Module]:
+    """Context in which ``model`` runs an attack; restores every module's state on exit.
+
+    Args:
+        model: the model (DDP wrappers are looked through).
+        bn: ``"eval"``: the whole model is put in eval mode (running statistics, dropout off), as in
+            TRADES/MART and most attack libraries; ``"train"``: modes stay as the user set them and
+            BatchNorm layers in training mode use batch statistics without updating their running
+            statistics (as in the code of Rice et al. that the paper modified).
+
+    Yields:
+        The unwrapped module to run forwards on.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train()
+        >>> with attack_mode(net, "eval") as m:
+        ...     m.training
+        False
+        >>> net.training
+        True
+    """
+    if bn not in BN_MODES:
+        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
+    module = unwrap_parallel(model)
+    modes = [(m, m.training) for m in module.modules()]
+    untracked: list[_NormBase] = []
+    try:
+        if bn == "eval":
+            module.eval()
+        else:
+            for m in module.modules():
+                if isinstance(m, _NormBase) and m.training and m.track_running_stats:
+                    m.track_running_stats = False
+                    untracked.append(m)
+        yield module
+    finally:
+        for m in untracked:
+            m.track_running_stats = True
+        for m, was_training in modes:
+            m.training = was_training
+
+
+def autocast_loss_scale(device_type: str) -> float:
+    """Factor for the attack loss so fp16 autocast backward passes do not underflow.
+
+    Sign and L2 directions are scale-invariant, so a fixed factor changes nothing but the range; bf16
+    and fp32 have fp32's exponent range and need none.
+    """
+    if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16:
+        return 1024.0
+    return 1.0

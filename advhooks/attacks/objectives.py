@@ -1,0 +1,40 @@
+"""What an attack maximises: per-sample losses of ``(logits, targets)``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Objective", "cross_entropy", "per_sample"]
+
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy, the default attack objective (computed in float32)."""
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def per_sample(criterion: Objective | None) -> Objective:
+    """An objective returning one loss per sample, from a user criterion.
+
+    ``None`` gives :func:`cross_entropy`. A loss module with a ``reduction`` attribute (``nn.CrossEntropyLoss()``
+    and friends) is copied with ``reduction="none"``. Any other callable is used as is: it should
+    return per-sample losses; one returning a scalar still drives a single-start attack, but cannot rank
+    restarts.
+
+    Args:
+        criterion: ``criterion(logits, targets) -> loss``, or ``None``.
+    """
+    if criterion is None:
+        return cross_entropy
+    if not callable(criterion):
+        raise TypeError(f"criterion must be callable as criterion(logits, targets), got {type(criterion).__name__}")
+    if isinstance(criterion, nn.Module) and getattr(criterion, "reduction", "none") != "none":
+        criterion = copy.copy(criterion)
+        criterion.reduction = "none"
+    return criterion

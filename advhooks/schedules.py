@@ -1,0 +1,65 @@
+"""ε schedules: callables of the training step that return the attack strength."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Union
+
+from ._validation import check_finite_nonnegative
+
+__all__ = ["EpsLike", "LinearWarmup", "linear_warmup", "resolve_eps", "validate_eps"]
+
+EpsLike = Union[float, Callable[[int], float]]
+
+
+class LinearWarmup:
+    """ε rising linearly from ``start`` to ``eps`` over ``warmup_steps`` steps, then constant.
+
+    Stateless (a pure function of the step), so resuming only needs the step counter.
+
+    Args:
+        eps: final attack strength.
+        warmup_steps: steps to reach it (0 means constant).
+        start: strength at step 0.
+
+    Example:
+        >>> sched = LinearWarmup(8 / 255, warmup_steps=100)
+        >>> sched(50) == 4 / 255
+        True
+    """
+
+    def __init__(self, eps: float, warmup_steps: int, start: float = 0.0) -> None:
+        self.eps = check_finite_nonnegative("eps", eps)
+        self.start = check_finite_nonnegative("start", start)
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps == 0 or step >= self.warmup_steps:
+            return self.eps
+        frac = max(step, 0) / self.warmup_steps
+        return self.start + (self.eps - self.start) * frac
+
+    def __repr__(self) -> str:
+        return f"LinearWarmup(eps={self.eps!r}, warmup_steps={self.warmup_steps}, start={self.start!r})"
+
+
+def linear_warmup(eps: float, warmup_steps: int, start: float = 0.0) -> LinearWarmup:
+    """A :class:`LinearWarmup` schedule (ε from ``start`` to ``eps`` over ``warmup_steps``)."""
+    return LinearWarmup(eps, warmup_steps, start)
+
+
+def validate_eps(eps: Any) -> EpsLike:
+    """Check an ε given as a number or a schedule; a schedule is probed at step 0."""
+    if callable(eps):
+        check_finite_nonnegative("eps schedule value at step 0", eps(0))
+        return eps
+    return check_finite_nonnegative("eps", eps)
+
+
+def resolve_eps(eps: EpsLike, step: int) -> float:
+    """The strength at ``step``, checked (a schedule may not return a negative or non-finite ε)."""
+    if callable(eps):
+        return check_finite_nonnegative(f"eps schedule value at step {step}", eps(step))
+    return eps
