@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attacks.objectives import Objective, per_sample
+from .attacks.objectives import Objective, per_sample, upcast
 
 __all__ = [
     "OBJECTIVES",
@@ -43,8 +43,8 @@ def kl_to_reference(logits: torch.Tensor, reference_log_probs: torch.Tensor) -> 
         logits: logits on the perturbed input.
         reference_log_probs: log-probabilities on the clean input (detached).
     """
-    log_q = F.log_softmax(logits.float(), dim=1)
-    return F.kl_div(log_q, reference_log_probs.float(), reduction="none", log_target=True).sum(dim=1)
+    log_q = F.log_softmax(upcast(logits), dim=1)
+    return F.kl_div(log_q, upcast(reference_log_probs), reduction="none", log_target=True).sum(dim=1)
 
 
 def at_loss(adv_logits: torch.Tensor, targets: torch.Tensor, criterion: Objective | None = None) -> torch.Tensor:
@@ -69,17 +69,17 @@ def trades_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, targets: t
         True
     """
     natural = per_sample(criterion)(clean_logits, targets).mean()
-    robust = kl_to_reference(adv_logits, F.log_softmax(clean_logits.float(), dim=1)).mean()
+    robust = kl_to_reference(adv_logits, F.log_softmax(upcast(clean_logits), dim=1)).mean()
     return natural + beta * robust
 
 
 def boosted_cross_entropy(adv_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """MART's per-sample BCE: ``−log p_y(x') − log(1 − max_{k≠y} p_k(x'))``."""
-    probs = F.softmax(adv_logits.float(), dim=1)
+    probs = F.softmax(upcast(adv_logits), dim=1)
     top2 = probs.topk(2, dim=1).indices
     runner_up = torch.where(top2[:, 0] == targets, top2[:, 1], top2[:, 0])
     margin = -torch.log(1.0001 - probs.gather(1, runner_up[:, None]).squeeze(1) + 1e-12)
-    return F.cross_entropy(adv_logits.float(), targets, reduction="none") + margin
+    return F.cross_entropy(upcast(adv_logits), targets, reduction="none") + margin
 
 
 def mart_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, targets: torch.Tensor,
@@ -91,7 +91,7 @@ def mart_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, targets: tor
         >>> bool(mart_loss(z, z, torch.tensor([0, 1, 2, 0])) > 0)
         True
     """
-    clean_log_probs = F.log_softmax(clean_logits.float(), dim=1)
+    clean_log_probs = F.log_softmax(upcast(clean_logits), dim=1)
     true_prob = clean_log_probs.exp().gather(1, targets[:, None]).squeeze(1)
     kl = kl_to_reference(adv_logits, clean_log_probs)
     return (boosted_cross_entropy(adv_logits, targets) + beta * kl * (1.0000001 - true_prob)).mean()

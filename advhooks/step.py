@@ -17,7 +17,7 @@ from torch import nn
 from ._outputs import call_model
 from ._validation import check_finite_nonnegative, check_unit_interval
 from .attacks import Attack, attack_mode, per_sample
-from .attacks.objectives import Objective
+from .attacks.objectives import Objective, upcast
 from .losses import get_objective, kl_to_reference, mart_loss, trades_loss
 
 __all__ = ["AdversarialStep", "StepOutput"]
@@ -128,7 +128,7 @@ class AdversarialStep:
 
         if name == "trades":
             with attack_mode(self.model, self.attack.bn) as module, torch.no_grad():
-                reference = F.log_softmax(call_model(module, x, self.input_key, kwargs).float(), dim=1)
+                reference = F.log_softmax(upcast(call_model(module, x, self.input_key, kwargs)), dim=1)
             adv = self.attack(self.model, x, reference, eps=eps, objective=kl_to_reference,
                               input_key=self.input_key, model_kwargs=kwargs)
         else:

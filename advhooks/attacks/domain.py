@@ -26,8 +26,8 @@ def _as_cpu_vector(name: str, value: Scalars) -> torch.Tensor:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a number, a sequence of numbers or a tensor, got bool")
     if isinstance(value, Real):
-        return torch.tensor([float(value)], dtype=torch.float64)
-    if isinstance(value, torch.Tensor):
+        t = torch.tensor([float(value)], dtype=torch.float64)
+    elif isinstance(value, torch.Tensor):
         t = value.detach().to("cpu", torch.float64).flatten()
     elif isinstance(value, Sequence) and not isinstance(value, str):
         try:

@@ -170,7 +170,7 @@ def _perturb(model, inputs, targets, *, eps, norm, steps, step_size, random_star
     direction_sign = -1.0 if targeted else 1.0
     loss_scale = autocast_loss_scale(x.device.type)
 
-    with attack_mode(model, bn) as module:
+    with attack_mode(model, bn) as module, torch.enable_grad():  # callers may be under no_grad
 
         def forward(delta: torch.Tensor) -> torch.Tensor:
             adv = x + delta if inv_std is None else x + delta * inv_std

@@ -1,8 +1,13 @@
 """Put a model into attack mode and back, leaving it exactly as it was found.
 
 An attack must not change the model: not a submodule's train/eval mode, not a BatchNorm running
-statistic, not ``num_batches_tracked``. Parameters and their ``.grad`` are untouched because input
-gradients come from ``torch.autograd.grad`` with the perturbation as the only input.
+statistic, not ``num_batches_tracked``, not a ``requires_grad`` flag. Parameters and their ``.grad``
+are untouched because input gradients come from ``torch.autograd.grad`` with the perturbation as the
+only input.
+
+During the attack the parameters are frozen (``requires_grad=False``): the forward then records only
+what the input gradient needs (a convolution keeps its weight, not its input), which saves memory and
+a few percent of time per iteration. The flags are restored on exit, also when the model raises.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.parameter import UninitializedParameter
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["BN_MODES", "attack_mode", "unwrap_parallel"]
@@ -59,7 +65,11 @@ def attack_mode(model: nn.Module, bn: str = "eval") -> Iterator[nn.Module]:
     module = unwrap_parallel(model)
     modes = [(m, m.training) for m in module.modules()]
     untracked: list[_NormBase] = []
+    # Lazy modules' uninitialised parameters cannot be touched until their first forward.
+    frozen = [p for p in module.parameters() if p.requires_grad and not isinstance(p, UninitializedParameter)]
     try:
+        for p in frozen:
+            p.requires_grad_(False)
         if bn == "eval":
             module.eval()
         else:
@@ -69,6 +79,8 @@ def attack_mode(model: nn.Module, bn: str = "eval") -> Iterator[nn.Module]:
                     untracked.append(m)
         yield module
     finally:
+        for p in frozen:
+            p.requires_grad_(True)
         for m in untracked:
             m.track_running_stats = True
         for m, was_training in modes:

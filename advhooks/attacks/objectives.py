@@ -9,14 +9,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Objective", "cross_entropy", "per_sample"]
+__all__ = ["Objective", "cross_entropy", "per_sample", "upcast"]
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in at least float32 (half-precision logits from autocast are widened; float64 kept)."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-sample cross-entropy, the default attack objective (computed in float32)."""
-    return F.cross_entropy(logits.float(), targets, reduction="none")
+    """Per-sample cross-entropy, the default attack objective (in at least float32)."""
+    return F.cross_entropy(upcast(logits), targets, reduction="none")
 
 
 def per_sample(criterion: Objective | None) -> Objective:

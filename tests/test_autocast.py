@@ -1,0 +1,56 @@
+"""The attacks under torch.autocast (bf16 and fp16 on the CPU) and with channels_last inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from advhooks import PGD, AdversarialStep
+from advhooks.attacks.model_state import autocast_loss_scale
+
+from .conftest import SmallCNN
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_attack_under_autocast_stays_in_the_ball_and_raises_the_loss(dtype, batch):
+    x, y = batch
+    model = SmallCNN().eval()
+    with torch.autocast("cpu", dtype=dtype):
+        assert autocast_loss_scale("cpu") == (1024.0 if dtype == torch.float16 else 1.0)
+        adv = PGD(8 / 255, steps=5)(model, x, y)
+    assert adv.dtype == torch.float32
+    assert torch.isfinite(adv).all()
+    assert (adv - x).abs().max() <= 8 / 255 + 1e-6
+    with torch.no_grad():
+        clean = torch.nn.functional.cross_entropy(model(x), y)
+        attacked = torch.nn.functional.cross_entropy(model(adv), y)
+    assert attacked > clean
+
+
+def test_fp16_autocast_gives_the_same_directions_as_fp32_where_gradients_are_clear(batch):
+    x, y = batch
+    model = SmallCNN().eval()
+    attack = PGD(8 / 255, steps=1, random_start=False)
+    ref = attack(model, x, y)
+    with torch.autocast("cpu", dtype=torch.float16):
+        half = attack(model, x, y)
+    # Sign agreement on most coordinates: without the loss scale fp16 underflows to zero gradients.
+    agree = ((ref - x).sign() == (half - x).sign()).double().mean()
+    assert agree > 0.9
+
+
+def test_step_under_autocast_backpropagates(batch):
+    model = SmallCNN()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = AdversarialStep(model, PGD(8 / 255, steps=2), objective="trades")(*batch)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_channels_last_inputs(batch):
+    x, y = batch
+    model = SmallCNN().to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    adv_cl = PGD(8 / 255, steps=3, random_start=False)(model, xc, y)
+    adv = PGD(8 / 255, steps=3, random_start=False)(model, x, y)
+    torch.testing.assert_close(adv_cl, adv, rtol=0, atol=1e-6)
