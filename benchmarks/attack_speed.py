@@ -27,7 +27,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from advhooks import PGD, AdversarialStep
 from advhooks.models import MnistCNN, PreActResNet18

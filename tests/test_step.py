@@ -29,7 +29,7 @@ def test_at_step_loss_is_the_adversarial_cross_entropy(cnn, batch):
     reference = SmallCNN()
     reference.load_state_dict(cnn.state_dict())
     nn.functional.cross_entropy(reference.train()(out.adv_inputs), y).backward()
-    for g, p in zip(grads, reference.parameters()):
+    for g, p in zip(grads, reference.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad)
 
 

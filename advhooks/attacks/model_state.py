@@ -18,8 +18,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
-from torch.nn.parameter import UninitializedParameter
 from torch.nn.parallel import DistributedDataParallel
+from torch.nn.parameter import UninitializedParameter
 
 __all__ = ["BN_MODES", "attack_mode", "unwrap_parallel"]
 
