@@ -1,4 +1,5 @@
-"""Models of the paper's settings: the MNIST CNN and MLP, and PreActResNet18 (Rice et al. 2020).
+"""Models of the paper's settings: the MNIST CNN and MLP, PreActResNet18 and WideResNet34-k (as in
+Rice et al. 2020), and a small CNN for the embedded 8×8 digits.
 
 Normalisation, where a dataset needs it, sits inside the model (:class:`Normalize`) so attacks work
 in pixel space with ε in pixel units.
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "MnistCNN", "Normalize", "PreActBlock", "PreActResNet18"]
+__all__ = ["MLP", "DigitsCNN", "MnistCNN", "Normalize", "PreActBlock", "PreActResNet18", "WideResNet"]
 
 
 class Normalize(nn.Module):
@@ -147,3 +148,88 @@ class PreActResNet18(nn.Module):
         out = F.relu(self.bn(out))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for 8×8 single-channel images (the embedded digits preset).
+
+    Args:
+        channels: channels of the first convolution (the second has twice as many).
+        num_classes: output classes.
+
+    Example:
+        >>> DigitsCNN()(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, channels: int = 16, num_classes: int = 10) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        self.conv1 = nn.Conv2d(1, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, 2 * channels, 3, padding=1)
+        self.fc = nn.Linear(2 * channels * 4 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+class _WideBasic(nn.Module):
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
+        self.equal = in_planes == out_planes
+        self.shortcut = None if self.equal else nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = x if self.equal else self.shortcut(out)
+        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
+        return out + shortcut
+
+
+class WideResNet(nn.Module):
+    """WideResNet-depth-k (Zagoruyko & Komodakis 2016) as used by Rice et al. (2020); depth 34 by default.
+
+    Args:
+        depth: 6n + 4 layers (34 in the paper).
+        widen_factor: k (1 and 10 in the paper's Table 3).
+        num_classes: output classes.
+        mean: per-channel mean for a :class:`Normalize` first layer (``None``: no normalisation).
+        std: per-channel std for it.
+
+    Example:
+        >>> WideResNet(depth=10, widen_factor=1)(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, depth: int = 34, widen_factor: int = 10, num_classes: int = 10,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        super().__init__()
+        if (depth - 4) % 6 != 0 or depth < 10:
+            raise ValueError(f"depth must be 6n + 4 with n >= 1 (e.g. 34), got {depth}")
+        if widen_factor < 1:
+            raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.normalize = Normalize(mean, std) if mean is not None and std is not None else nn.Identity()
+        self.conv1 = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False)
+        blocks: list[nn.Module] = []
+        in_planes = widths[0]
+        for width, stride in zip(widths[1:], (1, 2, 2), strict=True):
+            for i in range(n):
+                blocks.append(_WideBasic(in_planes, width, stride if i == 0 else 1))
+                in_planes = width
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(self.conv1(self.normalize(x)))
+        out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
+        return self.fc(out)

@@ -11,9 +11,13 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_train_digits_example_runs():
+def test_train_digits_example_runs_with_a_benchmark(tmp_path):
     pytest.importorskip("sklearn", reason="the digits example needs scikit-learn: pip install 'advhooks[demo]'")
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "train_digits.py"), "--epochs", "5",
-                          "--objective", "trades", "--steps", "3"], capture_output=True, text=True, timeout=300)
+    bench = tmp_path / "clean.safetensors"
+    subprocess.run([sys.executable, "-m", "advhooks.cli", "benchmark-clean", "--preset", "digits-mlp",
+                    "--epochs", "3", "--out", str(bench), "-q"], check=True, capture_output=True, timeout=300)
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "train_digits.py"), "--epochs", "3",
+                          "--objective", "trades", "--steps", "3", "--benchmark", str(bench)],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "PGD-20 test loss" in out.stderr and "done in" in out.stderr
+    assert "R*(0) =" in out.stderr and "regime" in out.stderr and "PGD-20 test loss" in out.stderr

@@ -1,0 +1,279 @@
+"""Dataset presets: the embedded digits (no download) and MNIST, CIFAR-10/100 and SVHN from a local folder.
+
+Images come in pixel space, float32 in [0, 1]; normalisation, where a model wants it, sits inside the
+model so that attacks and ε work in pixel units.
+
+Files are read in formats that need no unpickling: MNIST's IDX files (``DATA_DIR/MNIST/raw/``, the
+layout torchvision downloads), the *binary* versions of CIFAR-10 (``DATA_DIR/cifar-10-batches-bin/``)
+and CIFAR-100 (``DATA_DIR/cifar-100-binary/``), and SVHN's MATLAB files (``DATA_DIR/train_32x32.mat``,
+``test_32x32.mat``). Nothing is downloaded unless asked (``download=True``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+__all__ = [
+    "DATASETS",
+    "DataNotFoundError",
+    "DatasetInfo",
+    "ImageArrayDataset",
+    "labels_of",
+    "load_cifar10",
+    "load_cifar100",
+    "load_dataset",
+    "load_digits",
+    "load_mnist",
+    "load_svhn",
+]
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A dataset's files are not where they should be; the message says where to put them."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset preset."""
+
+    name: str
+    num_classes: int
+    shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+DATASETS = {
+    "digits": DatasetInfo("digits", 10, (1, 8, 8), (0.0,), (1.0,)),
+    "mnist": DatasetInfo("mnist", 10, (1, 28, 28), (0.0,), (1.0,)),
+    "cifar10": DatasetInfo("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100": DatasetInfo("cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": DatasetInfo("svhn", 10, (3, 32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+}
+
+
+class ImageArrayDataset(Dataset):
+    """uint8 images ``(N, C, H, W)`` and int labels, served as float32 in [0, 1].
+
+    Args:
+        images: uint8 tensor ``(N, C, H, W)``.
+        labels: int64 tensor ``(N,)``.
+        augment: random crop (padding 4) and horizontal flip, as in Rice et al.'s CIFAR training.
+        seed: seed of the augmentation's generator.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool = False, seed: int = 0) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        self.images, self.labels, self.augment = images, labels.long(), augment
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = self.images[index].float().div_(255.0)
+        if self.augment:
+            _, h, w = img.shape
+            padded = torch.nn.functional.pad(img, (4, 4, 4, 4))
+            top, left = (int(v) for v in torch.randint(0, 9, (2,), generator=self._gen))
+            img = padded[:, top : top + h, left : left + w]
+            if torch.rand((), generator=self._gen) < 0.5:
+                img = img.flip(-1)
+        return img, self.labels[index]
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    """All labels of a classification dataset as an int64 tensor (fast paths for the presets)."""
+    if isinstance(dataset, ImageArrayDataset):
+        return dataset.labels
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        return dataset.tensors[1].long()
+    for attr in ("targets", "labels"):
+        value = getattr(dataset, attr, None)
+        if value is not None:
+            return torch.as_tensor(np.asarray(value)).long()
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
+
+
+def load_digits(seed: int = 0, test_fraction: float = 0.25) -> tuple[TensorDataset, TensorDataset]:
+    """scikit-learn's bundled 8×8 digits (1,797 images, no download), scaled to [0, 1], split with ``seed``.
+
+    Example:
+        >>> train, test = load_digits()
+        >>> len(train), len(test), tuple(train[0][0].shape)
+        (1348, 449, (1, 8, 8))
+    """
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError as err:
+        raise ImportError("the digits preset needs scikit-learn: pip install 'advhooks[demo]'") from err
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    digits = sk_load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(len(y) * test_fraction))
+    test, train = perm[:n_test], perm[n_test:]
+    return TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test])
+
+
+def _missing(name: str, where: Path, what: str) -> DataNotFoundError:
+    return DataNotFoundError(
+        f"{name} not found: expected {what} under {where}. Put the files there, or pass --download "
+        f"(download=True) to fetch them."
+    )
+
+
+def _open_maybe_gz(path: Path):
+    if path.exists():
+        return open(path, "rb")
+    gz = path.with_name(path.name + ".gz")
+    if gz.exists():
+        return gzip.open(gz, "rb")
+    raise FileNotFoundError(path)
+
+
+def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
+    with _open_maybe_gz(path) as fh:
+        data = fh.read()
+    if len(data) < 4:
+        raise ValueError(f"{path} is not an IDX file (too short)")
+    zero, dtype_code, dims = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08 or dims != expected_dims:
+        raise ValueError(f"{path} is not a uint8 IDX file with {expected_dims} dimension(s)")
+    shape = struct.unpack(">" + "I" * dims, data[4 : 4 + 4 * dims])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: header says {shape}, found {body.size} values")
+    return body.reshape(shape)
+
+
+def load_mnist(data_dir: str | Path, download: bool = False) -> tuple[ImageArrayDataset, ImageArrayDataset]:
+    """MNIST from ``data_dir/MNIST/raw`` (IDX files, optionally gzipped; torchvision's layout)."""
+    raw = Path(data_dir) / "MNIST" / "raw"
+    files = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    try:
+        return tuple(  # type: ignore[return-value]
+            ImageArrayDataset(torch.from_numpy(_read_idx(raw / img, 3).copy()).unsqueeze(1),
+                              torch.from_numpy(_read_idx(raw / lab, 1).astype(np.int64)))
+            for img, lab in files.values()
+        )
+    except FileNotFoundError:
+        if not download:
+            raise _missing("MNIST", raw, "the IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                                         "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or .gz)") from None
+    import torchvision
+
+    torchvision.datasets.MNIST(str(data_dir), train=True, download=True)
+    torchvision.datasets.MNIST(str(data_dir), train=False, download=True)
+    return load_mnist(data_dir, download=False)
+
+
+def _read_cifar_bin(path: Path, label_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    record = label_bytes + 3 * 32 * 32
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0 or data.size % record:
+        raise ValueError(f"{path} is not a CIFAR binary batch ({data.size} bytes is not a multiple of {record})")
+    rows = data.reshape(-1, record)
+    labels = torch.from_numpy(rows[:, label_bytes - 1].astype(np.int64))  # CIFAR-100: the fine label
+    images = torch.from_numpy(rows[:, label_bytes:].reshape(-1, 3, 32, 32).copy())
+    return images, labels
+
+
+def _load_cifar(data_dir: str | Path, download: bool, augment: bool, *, name: str, folder: str,
+                train_files: list[str], test_files: list[str], label_bytes: int, url: str):
+    root = Path(data_dir) / folder
+    paths = [root / f for f in train_files + test_files]
+    if not all(p.exists() for p in paths):
+        if (Path(data_dir) / folder.replace("-bin", "-py").replace("-binary", "-python")).exists():
+            hint = (f" (found the python/pickle version beside it; advhooks reads only the binary version, "
+                    f"which needs no unpickling: {url})")
+        else:
+            hint = f" (the binary version: {url})"
+        if not download:
+            raise _missing(name, root, ", ".join(train_files + test_files) + hint)
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(url, download_root=str(data_dir))
+
+    def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [_read_cifar_bin(root / f, label_bytes) for f in files]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    return ImageArrayDataset(*read(train_files), augment=augment), ImageArrayDataset(*read(test_files))
+
+
+def load_cifar10(data_dir: str | Path, download: bool = False, augment: bool = False):
+    """CIFAR-10 from ``data_dir/cifar-10-batches-bin`` (the binary version)."""
+    return _load_cifar(data_dir, download, augment, name="CIFAR-10", folder="cifar-10-batches-bin",
+                       train_files=[f"data_batch_{i}.bin" for i in range(1, 6)], test_files=["test_batch.bin"],
+                       label_bytes=1, url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz")
+
+
+def load_cifar100(data_dir: str | Path, download: bool = False, augment: bool = False):
+    """CIFAR-100 (fine labels) from ``data_dir/cifar-100-binary`` (the binary version)."""
+    return _load_cifar(data_dir, download, augment, name="CIFAR-100", folder="cifar-100-binary",
+                       train_files=["train.bin"], test_files=["test.bin"], label_bytes=2,
+                       url="https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz")
+
+
+def load_svhn(data_dir: str | Path, download: bool = False):
+    """SVHN (cropped digits) from ``data_dir/train_32x32.mat`` and ``test_32x32.mat``."""
+    from scipy.io import loadmat
+
+    root = Path(data_dir)
+    out = []
+    for split in ("train", "test"):
+        path = root / f"{split}_32x32.mat"
+        if not path.exists():
+            if not download:
+                raise _missing("SVHN", root, "train_32x32.mat and test_32x32.mat")
+            from torchvision.datasets.utils import download_url
+
+            download_url(f"http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat", str(root))
+        mat = loadmat(str(path))
+        images = torch.from_numpy(np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1)))
+        labels = torch.from_numpy(mat["y"].astype(np.int64).reshape(-1) % 10)  # SVHN stores digit 0 as 10
+        out.append(ImageArrayDataset(images, labels))
+    return out[0], out[1]
+
+
+_LOADERS: dict[str, Callable[..., tuple[Dataset, Dataset]]] = {
+    "mnist": lambda d, dl, aug, seed: load_mnist(d, dl),
+    "cifar10": lambda d, dl, aug, seed: load_cifar10(d, dl, aug),
+    "cifar100": lambda d, dl, aug, seed: load_cifar100(d, dl, aug),
+    "svhn": lambda d, dl, aug, seed: load_svhn(d, dl),
+}
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False, augment: bool = False,
+                 seed: int = 0) -> tuple[Dataset, Dataset]:
+    """Train and test sets of a preset: ``digits``, ``mnist``, ``cifar10``, ``cifar100``, ``svhn``.
+
+    Args:
+        name: the preset.
+        data_dir: folder holding the files (not needed for ``digits``).
+        download: fetch missing files (only when asked).
+        augment: training-set augmentation for the CIFAR presets (crop + flip).
+        seed: the digits train/test split seed.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
+    if name == "digits":
+        return load_digits(seed)
+    if data_dir is None:
+        raise ValueError(f"dataset {name!r} is read from a local folder: pass data_dir (--data-dir)")
+    return _LOADERS[name](data_dir, download, augment, seed)

@@ -1,0 +1,70 @@
+"""Named settings of the paper (dataset + model + clean-training defaults) used by the CLI and examples."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from .data import DATASETS, DatasetInfo
+from .models import MLP, DigitsCNN, MnistCNN, PreActResNet18, WideResNet
+
+__all__ = ["PRESETS", "Preset", "get_preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A dataset, a model builder ``build(info, width)`` and clean-training defaults.
+
+    ``width`` is the preset's size knob (hidden width, channels or widen factor); ``None`` takes the
+    default.
+    """
+
+    name: str
+    dataset: str
+    build: Callable[[DatasetInfo, int | None], nn.Module]
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 5e-4
+    augment: bool = False
+    description: str = ""
+
+    def model(self, width: int | None = None) -> nn.Module:
+        """A freshly initialised model of this preset."""
+        return self.build(DATASETS[self.dataset], width)
+
+
+def _norm(info: DatasetInfo) -> dict:
+    return {"mean": info.mean, "std": info.std, "num_classes": info.num_classes}
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset("digits-mlp", "digits", lambda i, w: MLP(64, hidden=w or 64), epochs=60, batch_size=64, lr=0.05,
+               weight_decay=0.0, description="MLP(64) on the bundled 8×8 digits; the embedded default"),
+        Preset("digits-cnn", "digits", lambda i, w: DigitsCNN(channels=w or 16), epochs=40, batch_size=64,
+               lr=0.05, weight_decay=0.0, description="small CNN on the bundled 8×8 digits"),
+        Preset("mnist-cnn", "mnist", lambda i, w: MnistCNN(hidden=w or 128), epochs=30, batch_size=128, lr=0.01,
+               weight_decay=0.0, description="the paper's MNIST CNN (2 conv + 2 FC, hidden width 128)"),
+        Preset("mnist-mlp", "mnist", lambda i, w: MLP(784, hidden=w or 128), epochs=30, batch_size=128, lr=0.01,
+               weight_decay=0.0, description="MLP(128) on MNIST (paper Table 3)"),
+        Preset("cifar10-preactresnet18", "cifar10", lambda i, w: PreActResNet18(**_norm(i)), epochs=200,
+               batch_size=128, lr=0.1, augment=True, description="PreActResNet18 on CIFAR-10 (Rice et al.)"),
+        Preset("cifar10-wrn34", "cifar10", lambda i, w: WideResNet(34, w or 10, **_norm(i)), epochs=200,
+               batch_size=128, lr=0.1, augment=True, description="WideResNet34-k on CIFAR-10 (k = width, 10)"),
+        Preset("cifar100-preactresnet18", "cifar100", lambda i, w: PreActResNet18(**_norm(i)), epochs=200,
+               batch_size=128, lr=0.1, augment=True, description="PreActResNet18 on CIFAR-100"),
+        Preset("svhn-preactresnet18", "svhn", lambda i, w: PreActResNet18(**_norm(i)), epochs=200,
+               batch_size=128, lr=0.01, description="PreActResNet18 on SVHN (lr 0.01 as in the paper)"),
+    ]
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Look up a preset by name."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
+    return PRESETS[name]

@@ -1,0 +1,125 @@
+"""`advhooks benchmark-clean` and `advhooks show`, through typer's runner and as a real subprocess."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from advhooks.benchmark import CleanBenchmark
+from advhooks.cli import app
+from advhooks.presets import get_preset
+
+runner = CliRunner()
+
+
+def _run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_benchmark_clean_preset_digits_mlp_and_show(tmp_path):
+    out = tmp_path / "clean.safetensors"
+    result = _run("benchmark-clean", "--preset", "digits-mlp", "--epochs", "4", "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "R*(0) clean test loss" in result.output and f"wrote {out}" in result.output
+    bench = CleanBenchmark.load(out)
+    assert bench.training["preset"] == "digits-mlp" and 1 <= bench.best_epoch <= 4
+    shown = _run("show", str(out))
+    assert shown.exit_code == 0 and f"{bench.clean_test_loss:.4f}" in shown.output
+    as_json = _run("show", str(out), "--json")
+    assert as_json.exit_code == 0 and '"clean_test_loss"' in as_json.output
+
+
+def test_benchmark_clean_as_a_subprocess(tmp_path):
+    exe = shutil.which("advhooks", path=str(Path(sys.executable).parent)) or shutil.which("advhooks")
+    assert exe, "the advhooks console script is not installed"
+    out = tmp_path / "clean.safetensors"
+    proc = subprocess.run([exe, "benchmark-clean", "--preset", "digits-cnn", "--epochs", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch   2" in proc.stderr  # progress lines go to stderr
+    assert CleanBenchmark.read(out).best_epoch in (1, 2)
+
+
+def test_measure_a_checkpoint(tmp_path):
+    model = get_preset("digits-mlp").model()
+    torch.save(model.state_dict(), tmp_path / "clean.pt")
+    out = tmp_path / "b.safetensors"
+    result = _run("benchmark-clean", "--preset", "digits-mlp", "--checkpoint", str(tmp_path / "clean.pt"),
+                  "--out", str(out))
+    assert result.exit_code == 0, result.output
+    bench = CleanBenchmark.load(out)
+    assert bench.best_epoch is None and bench.training["checkpoint"].endswith("clean.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(bench.state_dict[k], v)
+
+
+def test_user_model_and_data_factories(tmp_path, monkeypatch):
+    (tmp_path / "mymod.py").write_text(
+        "import torch\n"
+        "from torch.utils.data import TensorDataset\n"
+        "def model():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))\n"
+        "def data():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    x = torch.rand(64, 1, 2, 2, generator=g); y = (x.flatten(1).sum(1) > 2).long()\n"
+        "    return TensorDataset(x[:48], y[:48]), TensorDataset(x[48:], y[48:])\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = _run("benchmark-clean", "--model", "mymod:model", "--data", "mymod:data", "--epochs", "2",
+                  "--out", "b.safetensors", "-q")
+    assert result.exit_code == 0, result.output
+    assert CleanBenchmark.read(tmp_path / "b.safetensors").n_test == 16
+
+
+class _Payload:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["benchmark-clean"], "give --preset"),
+        (["benchmark-clean", "--preset", "imagenet"], "preset must be one of"),
+        (["benchmark-clean", "--model", "nosuchmod:f", "--data", "nosuchmod:g"], "cannot import module"),
+        (["benchmark-clean", "--model", "advhooks.models", "--data", "x:y"], "package.module:function"),
+        (["benchmark-clean", "--model", "advhooks.models:Nope", "--data", "advhooks.data:load_digits"],
+         "has no callable"),
+        (["benchmark-clean", "--preset", "digits-mlp", "--epochs", "0"], "--epochs must be >= 1"),
+        (["benchmark-clean", "--preset", "mnist-cnn", "--data-dir", "{tmp}"], "MNIST not found"),
+        (["benchmark-clean", "--preset", "digits-mlp", "--checkpoint", "{tmp}/none.pt"], "checkpoint not found"),
+        (["show", "{tmp}/missing.safetensors"], "missing.safetensors"),
+        (["show", "{tmp}/plain.safetensors"], "not an advhooks clean benchmark"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    result = runner.invoke(app, [a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["clean.safetensors", "clean.pt"])
+def test_malicious_files_are_refused_without_executing(tmp_path, name):
+    marker = tmp_path / "pwned"
+    (tmp_path / name).write_bytes(pickle.dumps(_Payload(str(marker))))
+    for args in (["show", str(tmp_path / name)],
+                 ["benchmark-clean", "--preset", "digits-mlp", "--checkpoint", str(tmp_path / name),
+                  "--out", str(tmp_path / "o.safetensors")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and result.output.startswith("error: "), result.output
+    assert not marker.exists()

@@ -1,0 +1,172 @@
+"""PhaseMonitor: regimes on synthetic loss sequences, the flag, the probe, resume, distributed sums."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from advhooks import PGD, AdversarialStep
+from advhooks.monitor import PhaseMonitor, decide_regime
+
+R_STAR = 0.2
+
+
+@pytest.mark.parametrize(
+    "ratios,expected",
+    [
+        ([5.0, 3.0, 1.2, 0.95], "clean-like"),  # reaching R*(0) proves eps <= eps*
+        ([5.0, 0.9, 1.4, 1.6], "clean-like"),  # the best epoch counts
+        ([5.0, 4.0, 3.0, 2.5, 2.2], "transition"),  # still improving
+        ([3.0] + [2.5] * 12, "eps >> eps*"),  # plateau far above
+        ([3.0] + [1.3] * 12, "transition"),  # plateau near R*(0): around eps*
+        ([2.5] * 4, "transition"),  # plateau, but inside the warm-up
+        ([3.0] + [2.5] * 6 + [2.0] * 3, "transition"),  # the plateau broke (e.g. a learning-rate decay)
+    ],
+)
+def test_regimes(ratios, expected):
+    regime, reason = decide_regime(ratios, threshold=1.5, patience=3, warmup_epochs=5)
+    assert regime == expected, reason
+
+
+def _feed(monitor, losses_per_epoch, batch=10):
+    reports = []
+    for losses in losses_per_epoch:
+        for v in losses:
+            monitor.update(torch.tensor(v), batch_size=batch)
+        reports.append(monitor.epoch_end())
+    return reports
+
+
+def test_epoch_mean_is_the_per_sample_mean():
+    monitor = PhaseMonitor(R_STAR, eps=0.1)
+    monitor.update(torch.tensor(0.5), batch_size=30)
+    monitor.update(torch.tensor(1.0), batch_size=10)
+    report = monitor.epoch_end()
+    assert report.adv_train_loss == pytest.approx((0.5 * 30 + 1.0 * 10) / 40)
+    assert report.ratio == pytest.approx(report.adv_train_loss / R_STAR)
+    assert report.samples == 40
+
+
+def test_flag_fires_once_with_logging_and_callback(caplog):
+    fired = []
+    monitor = PhaseMonitor(R_STAR, eps=8 / 255, warmup_epochs=4, patience=2, on_flag=fired.append)
+    with caplog.at_level(logging.INFO, logger="advhooks.monitor"):
+        reports = _feed(monitor, [[1.0]] + [[0.6]] * 8)
+    flagged = [r.epoch for r in reports if r.flagged]
+    assert flagged == [4] and [r.epoch for r in fired] == [4]
+    assert all(r.regime == "eps >> eps*" for r in reports[3:])
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "smaller eps" in warnings[0].getMessage()
+
+
+def test_update_accepts_step_outputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    step = AdversarialStep(model, PGD(0.1, steps=2))
+    monitor = PhaseMonitor(R_STAR)
+    outs = [step(torch.rand(n, 1, 2, 2), torch.randint(0, 3, (n,))) for n in (8, 4)]
+    for out in outs:
+        monitor.update(out)
+    report = monitor.epoch_end()
+    expected = (outs[0].adv_loss * 8 + outs[1].adv_loss * 4) / 12
+    assert report.adv_train_loss == pytest.approx(float(expected))
+    assert report.eps == pytest.approx(0.1)
+
+
+def test_resume_mid_epoch_gives_the_same_reports():
+    epochs = [[1.0, 0.9], [0.8, 0.7], [0.7, 0.69], [0.69, 0.69], [0.7, 0.68], [0.69, 0.69], [0.7, 0.7]]
+    kwargs = dict(eps=0.05, warmup_epochs=3, patience=2)
+    straight = [r.to_dict() for r in _feed(PhaseMonitor(R_STAR, **kwargs), epochs)]
+
+    first = PhaseMonitor(R_STAR, **kwargs)
+    reports = _feed(first, epochs[:3])
+    first.update(torch.tensor(epochs[3][0]), batch_size=10)  # stop in the middle of epoch 4
+    state = first.state_dict()
+    assert all(isinstance(v, (int, float, list, type(None))) for v in state.values())
+    second = PhaseMonitor(R_STAR, **kwargs)
+    second.load_state_dict(state)
+    second.update(torch.tensor(epochs[3][1]), batch_size=10)
+    reports.append(second.epoch_end())
+    reports += _feed(second, epochs[4:])
+    assert [r.to_dict() for r in reports] == straight
+
+
+def test_probe_reports_a_lower_bound_from_the_ladder():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    x, y = torch.rand(64, 1, 4, 4), torch.randint(0, 4, (64,))
+    attack = PGD(0.1, steps=3, random_start=False)
+    ladder = [0.0, 0.02, 0.05, 0.1, 0.2]
+    with torch.no_grad():
+        clean_loss = nn.functional.cross_entropy(model(x), y).item()
+    losses = []
+    for e in ladder:
+        adv = attack(model, x, y, eps=e)
+        with torch.no_grad():
+            losses.append(nn.functional.cross_entropy(model(adv), y).item())
+    assert losses == sorted(losses)  # stronger attacks, higher loss
+    r_star = (losses[2] + losses[3]) / 2  # between the 0.05 and 0.1 rungs
+    monitor = PhaseMonitor(r_star, eps=0.2)
+    monitor.enable_probe(model, x, y, attack=attack, ladder=ladder, every=2, batch_size=32)
+    report = _feed(monitor, [[clean_loss]])[0]
+    assert report.eps_star_lower_bound == pytest.approx(0.05)
+    assert report.probe == pytest.approx({f"{e:.6g}": v for e, v in zip(ladder, losses, strict=True)}, rel=1e-5)
+    assert "eps* >= 0.05" in report.explanation
+    assert _feed(monitor, [[clean_loss]])[0].probe is None  # every=2: not at epoch 2
+
+
+def test_monitor_errors(tmp_path):
+    with pytest.raises(ValueError, match="threshold must be > 1"):
+        PhaseMonitor(R_STAR, threshold=1.0)
+    with pytest.raises(ValueError, match=r"R\*\(0\)"):
+        PhaseMonitor(0.0)
+    with pytest.raises(TypeError, match="benchmark must be"):
+        PhaseMonitor([0.2])
+    with pytest.raises(FileNotFoundError):
+        PhaseMonitor(tmp_path / "missing.safetensors")
+    monitor = PhaseMonitor(R_STAR)
+    with pytest.raises(ValueError, match="before any update"):
+        monitor.epoch_end()
+    with pytest.raises(ValueError, match="batch_size"):
+        monitor.update(torch.tensor(1.0))
+    other = PhaseMonitor(0.3)
+    other.update(torch.tensor(1.0), batch_size=1)
+    other.epoch_end()
+    with pytest.raises(ValueError, match=r"recorded against R\*\(0\)"):
+        monitor.load_state_dict(other.state_dict())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        monitor = PhaseMonitor(R_STAR, eps=0.1)
+        # Rank 0 sees 3 batches, rank 1 sees 1 batch of another size: the mean is over samples.
+        batches = [(0.4, 10), (0.6, 10), (0.8, 5)] if rank == 0 else [(1.2, 7)]
+        for loss, n in batches:
+            monitor.update(torch.tensor(loss), batch_size=n)
+        report = monitor.epoch_end()
+        torch.save({"loss": report.adv_train_loss, "samples": report.samples}, os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_epoch_mean_equals_the_single_process_mean(tmp_path):
+    mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    expected = (0.4 * 10 + 0.6 * 10 + 0.8 * 5 + 1.2 * 7) / 32
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        assert got["samples"] == 32 and got["loss"] == pytest.approx(expected)
