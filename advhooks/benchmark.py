@@ -41,6 +41,7 @@ __all__ = [
     "model_fingerprint",
     "read_record",
     "record_clean_benchmark",
+    "step_decay",
 ]
 
 log = logging.getLogger(__name__)
@@ -367,8 +368,17 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def _step_decay(epoch: int, epochs: int) -> float:
-    # The paper's schedule (lr / 10 at epochs 100 and 150 of 200), scaled to any length.
+def step_decay(epoch: int, epochs: int) -> float:
+    """The paper's learning-rate factor: 1, then 0.1 from ``epochs // 2``, 0.01 from ``3 * epochs // 4``.
+
+    (Rice et al.'s schedule, lr / 10 at epochs 100 and 150 of 200, scaled to any length; ``epoch`` counts
+    from 0.) Use it for adversarial runs too, so that they compare with the clean benchmark like for like:
+    ``torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, epochs))``.
+
+    Example:
+        >>> [step_decay(e, 8) for e in (0, 3, 4, 5, 6, 7)]
+        [1.0, 1.0, 0.1, 0.1, 0.010000000000000002, 0.010000000000000002]
+    """
     return 0.1 ** ((epoch >= epochs // 2) + (epoch >= (3 * epochs) // 4))
 
 
@@ -417,7 +427,7 @@ def record_clean_benchmark(
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
     test_loader = DataLoader(test_set, batch_size=max(batch_size, 256))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: _step_decay(e, epochs))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, epochs))
     best_loss, best_epoch, best_state = math.inf, 0, None
     for epoch in range(1, epochs + 1):
         model.train()

@@ -15,8 +15,9 @@ Why ``threshold = 1.5``: in the paper's Table 1 (PreActResNet18, CIFAR-10, ε* �
 flag means ε is several times ε*. Why a warm-up and a plateau: early in training every ε has a loss far
 above R*(0) (the loss starts at ln(classes)), and with a step learning-rate schedule the loss drops at
 each decay; the paper's selected epochs are 101–104 of 200, right after the first decay at epoch 100.
-Set ``warmup_epochs`` past your first decay (``total_epochs // 2`` is used when only ``total_epochs`` is
-given); the default of 10 suits short constant-rate runs.
+Set ``warmup_epochs`` past your first decay; when only ``total_epochs`` is given the default is
+``total_epochs // 2 + patience`` (the paper's first decay, then ``patience`` epochs at the lower rate),
+else 10, which suits short constant-rate runs.
 
 The optional probe (off by default) evaluates the current model's adversarial loss at a ladder of
 ε′ ≤ ε on a fixed subset of the training data every ``every`` epochs; the largest ε′ whose loss is
@@ -168,8 +169,8 @@ class PhaseMonitor:
         eps: the training attack strength, for the reports (taken from the step outputs when given).
         threshold: ρ above which a plateau means ε ≫ ε* (default 1.5; see the module docs).
         patience: epochs without progress that make a plateau.
-        warmup_epochs: no ε ≫ ε* verdict before this many epochs; default ``total_epochs // 2`` when
-            ``total_epochs`` is given, else 10.
+        warmup_epochs: no ε ≫ ε* verdict before this many epochs; default ``total_epochs // 2 + patience``
+            when ``total_epochs`` is given, else 10.
         total_epochs: the planned number of epochs (only used for the default warm-up).
         min_delta: relative improvement of the best ρ that counts as progress.
         on_flag: called once with the :class:`PhaseReport` when the ε ≫ ε* flag fires (main process).
@@ -212,7 +213,7 @@ class PhaseMonitor:
         if self.total_epochs is not None:
             self.total_epochs = check_positive_int("total_epochs", self.total_epochs)
         if self.warmup_epochs is None:
-            self.warmup_epochs = self.total_epochs // 2 if self.total_epochs else 10
+            self.warmup_epochs = self.total_epochs // 2 + self.patience if self.total_epochs else 10
         elif isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
         self.min_delta = check_finite_nonnegative("min_delta", self.min_delta)

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from advhooks import PGD, AdversarialStep  # advhooks (1/4)
+from advhooks.benchmark import step_decay
 from advhooks.data import load_digits
 from advhooks.monitor import PhaseMonitor
 from advhooks.presets import get_preset
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> list:
     test_loader = DataLoader(test_set, batch_size=256)
     model = get_preset("digits-mlp").model(args.width)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    # The clean benchmark's schedule, so the adversarial run compares with it like for like.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: step_decay(e, args.epochs))
 
     attack = PGD(eps=args.eps, steps=args.steps)  # advhooks (2/4)
     step = AdversarialStep(model, attack, objective=args.objective)
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> list:
             optimizer.step()
             if monitor is not None:
                 monitor.update(out)
+        scheduler.step()
         if monitor is not None:
             reports.append(monitor.epoch_end())  # logs the ratio and the regime each epoch
         if epoch % 10 == 0 or epoch == args.epochs:

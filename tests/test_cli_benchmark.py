@@ -40,7 +40,7 @@ def test_benchmark_clean_as_a_subprocess(tmp_path):
     exe = shutil.which("advhooks", path=str(Path(sys.executable).parent)) or shutil.which("advhooks")
     assert exe, "the advhooks console script is not installed"
     out = tmp_path / "clean.safetensors"
-    proc = subprocess.run([exe, "benchmark-clean", "--preset", "digits-cnn", "--epochs", "2", "--out", str(out)],
+    proc = subprocess.run([exe, "benchmark-clean", "--preset", "digits-mlp", "--epochs", "2", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "epoch   2" in proc.stderr  # progress lines go to stderr
