@@ -8,7 +8,6 @@ average gradients across ranks.
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -22,15 +21,9 @@ from advhooks.losses import trades_loss
 from .conftest import SmallCNN
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, objective: str, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, objective: str, out_dir: str) -> None:
+    # A file store, not a TCP port: no race for a free port between tests.
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
         model = SmallCNN()
@@ -65,7 +58,7 @@ def _worker(rank: int, world: int, port: int, objective: str, out_dir: str) -> N
 def test_adversarial_step_under_ddp(tmp_path, objective):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available in this build")
-    mp.spawn(_worker, args=(2, _free_port(), objective, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, objective, str(tmp_path)), nprocs=2, join=True)
     result = torch.load(tmp_path / "rank0.pt", weights_only=True)
     ddp0, ddp1 = result["ddp"]
     torch.testing.assert_close(ddp0, ddp1)  # gradients were all-reduced

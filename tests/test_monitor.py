@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 
 import pytest
 import torch
@@ -143,15 +142,9 @@ def test_monitor_errors(tmp_path):
         monitor.load_state_dict(other.state_dict())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _dist_worker(rank: int, world: int, out_dir: str) -> None:
+    # A file store, not a TCP port: no race for a free port between tests.
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world)
     try:
         monitor = PhaseMonitor(R_STAR, eps=0.1)
         # Rank 0 sees 3 batches, rank 1 sees 1 batch of another size: the mean is over samples.
@@ -165,7 +158,7 @@ def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_distributed_epoch_mean_equals_the_single_process_mean(tmp_path):
-    mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_dist_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     expected = (0.4 * 10 + 0.6 * 10 + 0.8 * 5 + 1.2 * 7) / 32
     for rank in (0, 1):
         got = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
