@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,77 @@ def _load_factory(spec: str, option: str) -> Callable[..., Any]:
     return factory
 
 
+def _check_options(**values: Any) -> None:
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be {'> 0' if name == 'lr' else '>= 1'}, got {value}")
+
+
+def parse_eps_list(text: str) -> list[float]:
+    """``"0.5/255,1/255,2/255"`` → floats; fractions, decimals and integers are accepted.
+
+    Example:
+        >>> parse_eps_list("1/255, 0.5")
+        [0.00392156862745098, 0.5]
+    """
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise ValueError(f"--eps has an empty entry: {text!r}")
+        try:
+            num, _, den = part.partition("/")
+            value = float(num) / float(den) if den else float(num)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"--eps entries must be numbers or fractions like 8/255, got {part!r}") from None
+        out.append(value)
+    return out
+
+
+@dataclass
+class _Setup:
+    preset: Any
+    model_factory: Callable[[], Any]
+    train_set: Any
+    test_set: Any
+    train_eval: Any
+
+
+def _resolve_setup(preset: str | None, model: str | None, data: str | None, data_dir: Path | None,
+                   download: bool, width: int | None, seed: int) -> _Setup:
+    """The model factory and datasets from --preset and/or --model/--data (shared by the commands)."""
+    import torch
+
+    from .data import load_dataset
+    from .presets import get_preset
+
+    if preset is None and (model is None or data is None):
+        raise ValueError("give --preset, or both --model and --data")
+    if width is not None and width < 1:
+        raise ValueError(f"--width must be >= 1, got {width}")
+    chosen = get_preset(preset) if preset else None
+    model_factory = _load_factory(model, "--model") if model is not None else None
+    data_factory = _load_factory(data, "--data") if data is not None else None
+    torch.manual_seed(seed)
+    if data_factory is not None:
+        sets = data_factory()
+        if not (isinstance(sets, (tuple, list)) and len(sets) == 2):
+            raise TypeError("--data factory must return (train_dataset, test_dataset)")
+        train_set, test_set = sets
+        train_eval = train_set
+    else:
+        train_set, test_set = load_dataset(chosen.dataset, data_dir, download, augment=chosen.augment, seed=seed)
+        train_eval = load_dataset(chosen.dataset, data_dir, False, seed=seed)[0] if chosen.augment else train_set
+
+    def build():
+        net = model_factory() if model_factory is not None else chosen.model(width)
+        if not isinstance(net, torch.nn.Module):
+            raise TypeError(f"--model factory must return a torch.nn.Module, got {type(net).__name__}")
+        return net
+
+    return _Setup(chosen, build, train_set, test_set, train_eval)
+
+
 def _read_state_dict(path: Path) -> dict:
     import torch
 
@@ -125,33 +197,11 @@ def benchmark_clean(
     from tqdm.auto import tqdm
 
     from .benchmark import CleanBenchmark, record_clean_benchmark
-    from .data import load_dataset
-    from .presets import get_preset
 
-    if preset is None and (model is None or data is None):
-        raise ValueError("give --preset, or both --model and --data")
-    chosen = get_preset(preset) if preset else None
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("width", width)):
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if lr is not None and not lr > 0:
-        raise ValueError(f"--lr must be > 0, got {lr}")
-    model_factory = _load_factory(model, "--model") if model is not None else None
-    data_factory = _load_factory(data, "--data") if data is not None else None
-    torch.manual_seed(seed)
-
-    if data_factory is not None:
-        sets = data_factory()
-        if not (isinstance(sets, (tuple, list)) and len(sets) == 2):
-            raise TypeError("--data factory must return (train_dataset, test_dataset)")
-        train_set, test_set = sets
-        train_eval = train_set
-    else:
-        train_set, test_set = load_dataset(chosen.dataset, data_dir, download, augment=chosen.augment, seed=seed)
-        train_eval = load_dataset(chosen.dataset, data_dir, False, seed=seed)[0] if chosen.augment else train_set
-    net = model_factory() if model_factory is not None else chosen.model(width)
-    if not isinstance(net, torch.nn.Module):
-        raise TypeError(f"--model factory must return a torch.nn.Module, got {type(net).__name__}")
+    _check_options(epochs=epochs, batch_size=batch_size, lr=lr)
+    setup = _resolve_setup(preset, model, data, data_dir, download, width, seed)
+    chosen, net = setup.preset, setup.model_factory()
+    train_set, test_set, train_eval = setup.train_set, setup.test_set, setup.train_eval
     training = {"preset": preset} if preset else {"model": model, "data": data}
     bs = batch_size or (chosen.batch_size if chosen else 128)
 
@@ -180,6 +230,144 @@ def benchmark_clean(
     bench.save(out)
     typer.echo(bench.summary())
     typer.echo(f"wrote {out}")
+
+
+@app.command("estimate-eps-star")
+@_user_errors
+def estimate_eps_star(
+    benchmark: Path = typer.Option(..., help="The clean benchmark from `advhooks benchmark-clean`."),
+    method: str = typer.Option("clean-probe", help="grid | finetune | clean-probe"),
+    preset: str | None = typer.Option(None, help="The preset the benchmark was recorded with."),
+    model: str | None = typer.Option(None, help="Your model factory, 'package.module:function'."),
+    data: str | None = typer.Option(None, help="Your data factory returning (train_dataset, test_dataset)."),
+    data_dir: Path | None = typer.Option(None, help="Folder with the dataset files (mnist, cifar, svhn)."),
+    width: int | None = typer.Option(None, help="The preset model's width."),
+    eps: str | None = typer.Option(None, help="Strengths, e.g. '0.5/255,1/255,2/255' (grid points, fine-tune "
+                                   "points, or the probe ladder). Default: chosen from the clean probe."),
+    norm: str = typer.Option("linf", help="linf | l2"),
+    attack: str | None = typer.Option(None, help="pgd | fgm (default: pgd, fgm for finetune)"),
+    steps: int = typer.Option(10, help="PGD steps."),
+    runs: int = typer.Option(1, help="Repeats with other seeds (grid, finetune)."),
+    epochs: int | None = typer.Option(None, help="Epochs per run (default: the preset's for grid, 10 for finetune)."),
+    lr: float | None = typer.Option(None, help="Learning rate (default: the clean run's)."),
+    batch_size: int | None = typer.Option(None, help="Batch size (default: the clean run's)."),
+    seed: int = typer.Option(0, help="Seed of the runs."),
+    device: str = typer.Option("cpu", help="Device, e.g. cpu or cuda."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON."),
+    plot: Path | None = typer.Option(None, help="Draw loss against eps with R*(0) and the estimate (PNG)."),
+    strict: bool = typer.Option(False, help="Fail (instead of warning) when the benchmark's model or data "
+                                "fingerprint differs from the given ones."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Estimate the critical attack strength eps* for a clean benchmark (grid, finetune or clean-probe)."""
+    from tqdm.auto import tqdm
+
+    from . import estimate as E
+    from .benchmark import CleanBenchmark, dataset_fingerprint, model_fingerprint
+
+    method = method.lower()
+    if method not in ("grid", "finetune", "clean-probe"):
+        raise ValueError(f"--method must be grid, finetune or clean-probe, got {method!r}")
+    if norm.lower() not in ("linf", "l2"):
+        raise ValueError(f"--norm must be linf or l2, got {norm!r}")
+    attack = (attack or ("fgm" if method == "finetune" else "pgd")).lower()
+    if attack not in ("pgd", "fgm"):
+        raise ValueError(f"--attack must be pgd or fgm, got {attack!r}")
+    _check_options(steps=steps, runs=runs, epochs=epochs, batch_size=batch_size, lr=lr)
+    grid = E.check_eps_grid(parse_eps_list(eps), "--eps") if eps is not None else None
+    bench = CleanBenchmark.load(benchmark)
+    if preset is None and model is None and data is None:
+        preset = bench.training.get("preset")
+    setup = _resolve_setup(preset, model, data, data_dir, False, width, seed)
+
+    differences = []
+    fp = model_fingerprint(setup.model_factory())
+    if bench.model.get("hash") and fp["hash"] != bench.model["hash"]:
+        differences.append(f"model {fp['class']} ({fp['num_parameters']} parameters) vs the benchmark's "
+                           f"{bench.model.get('class')} ({bench.model.get('num_parameters')})")
+    dfp = dataset_fingerprint(setup.train_eval, setup.test_set)
+    for key in ("n_train", "n_test", "train_labels_hash", "test_labels_hash"):
+        if key in bench.dataset and bench.dataset[key] != dfp.get(key):
+            differences.append(f"data {key} {dfp.get(key)} vs the benchmark's {bench.dataset[key]}")
+    if differences:
+        msg = "the benchmark was recorded on something else: " + "; ".join(differences)
+        if strict:
+            raise ValueError(msg)
+        typer.echo(f"warning: {msg}", err=True)
+
+    bs = batch_size or int(bench.training.get("batch_size", 128))
+    run_lr = lr or float(bench.training.get("lr", 0.1))
+    bar = tqdm(total=0, disable=quiet, file=sys.stderr, leave=False)
+
+    def progress(text: str) -> None:
+        bar.set_description(text, refresh=False)
+        bar.update(1)
+
+    common = dict(norm=norm.lower(), attack=attack, steps=steps, device=device, progress=progress)
+    probe = None
+    if method == "clean-probe" or grid is None:
+        ladder = grid if method == "clean-probe" and grid else [e / 255 for e in (0.5, 1, 2, 4, 8, 16, 32, 64)]
+        bar.reset(total=len(ladder))
+        probe = E.estimate_clean_probe(bench.load_weights_into(setup.model_factory()), setup.train_eval, bench,
+                                       ladder, **common)
+    if method == "clean-probe":
+        result = probe
+    elif method == "finetune":
+        points = grid or E.default_finetune_eps(probe)
+        n_epochs = epochs or 10
+        bar.reset(total=runs * len(points) * n_epochs)
+        grad_norm = probe.mean_grad_dual_norm if probe else E.mean_input_grad_dual_norm(
+            bench.load_weights_into(setup.model_factory()), setup.train_eval, norm.lower(), device=device)
+        result = E.estimate_finetune(setup.model_factory, setup.train_set, bench, points, epochs=n_epochs, lr=run_lr,
+                                     batch_size=bs, runs=runs, seed=seed, mean_grad_dual_norm=grad_norm, **common)
+    else:
+        points = grid or (E.default_finetune_eps(probe) + [4 * probe.lower_bound] if probe.lower_bound
+                          else E.default_finetune_eps(probe))
+        n_epochs = epochs or (setup.preset.epochs if setup.preset else 60)
+        bar.reset(total=runs * len(points) * n_epochs)
+        result = E.estimate_grid(setup.model_factory, setup.train_set, setup.test_set, bench, points,
+                                 epochs=n_epochs, lr=run_lr, batch_size=bs, runs=runs, seed=seed,
+                                 weight_decay=float(bench.training.get("weight_decay", 0.0)), **common)
+    bar.close()
+    if probe is not None and result is not probe:
+        result.warnings += [f"clean probe: {w}" for w in probe.warnings]
+        result.lower_bound, result.first_order = probe.lower_bound, probe.first_order
+        result.mean_grad_dual_norm = result.mean_grad_dual_norm or probe.mean_grad_dual_norm
+    typer.echo(_estimate_table(result))
+    if json_out is not None:
+        json_out.write_text(result.to_json(indent=2))
+        typer.echo(f"wrote {json_out}")
+    if plot is not None:
+        from .plotting import plot_estimate
+
+        typer.echo(f"wrote {plot_estimate(result, plot)}")
+
+
+def _estimate_table(est: Any) -> str:
+    def u(v: float | None) -> str:
+        return "-" if v is None else f"{v:.5g} ({v * 255:.3g}/255)"
+
+    rows = [("method", est.method), ("eps*", u(est.value)), ("R*(0)", f"{est.clean_test_loss:.4f}")]
+    if est.spread is not None:
+        rows.append(("spread over runs (sd)", u(est.spread)))
+    if est.per_run and len(est.per_run) > 1:
+        rows.append(("per run", ", ".join(f"{v * 255:.3g}/255" for v in est.per_run)))
+    if est.bracket and est.method == "grid":
+        rows.append(("bracket", f"{u(est.bracket[0])} .. {u(est.bracket[1])}"))
+    if est.fit:
+        rows.append(("fit", f"loss = {est.fit['intercept']:.4f} + {est.fit['slope']:.4g} eps, "
+                            f"residual {est.fit['residual']:.2g}"))
+    if est.lower_bound is not None or est.first_order is not None:
+        rows.append(("clean-probe lower bound", u(est.lower_bound)))
+        rows.append(("first-order estimate", u(est.first_order)))
+    if est.consistency is not None:
+        rows.append(("slope / mean grad dual norm", f"{est.consistency:.3f} (about 1 expected)"))
+    rows.append(("points", "; ".join(f"{p['eps'] * 255:.3g}/255: {p['loss']:.4f}" if p.get("loss") is not None
+                                     else f"{p['eps'] * 255:.3g}/255: failed" for p in est.points)))
+    rows.append(("cost", f"{est.seconds:.1f} s, {est.train_set_passes:.0f} training-set passes"))
+    rows += [("warning", w) for w in est.warnings]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 @app.command("show")

@@ -1,0 +1,168 @@
+"""ε* estimators: interpolation, extrapolation, the clean probe, failures, JSON, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from advhooks import estimate as E
+from advhooks.benchmark import CleanBenchmark, record_clean_benchmark
+from advhooks.cli import app, parse_eps_list
+from advhooks.data import load_digits
+from advhooks.presets import get_preset
+
+PRESET = get_preset("digits-mlp")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(seed=0)
+
+
+@pytest.fixture(scope="module")
+def bench(digits):
+    torch.manual_seed(0)
+    train, test = digits
+    return record_clean_benchmark(PRESET.model(), train, test, epochs=12, batch_size=64, lr=0.05,
+                                  weight_decay=0.0, training={"preset": "digits-mlp"})
+
+
+@pytest.mark.parametrize("bad,match", [([], "must not be empty"), ([0.1, 0.05], "sorted"),
+                                       ([0.1, 0.1], "duplicates"), ([-0.1, 0.1], ">= 0"),
+                                       ([float("nan")], "finite")])
+def test_eps_grid_validation(bad, match):
+    with pytest.raises(ValueError, match=match):
+        E.check_eps_grid(bad)
+
+
+def test_eps_lists_are_written_naturally():
+    assert parse_eps_list("0.5/255,1/255, 2/255") == pytest.approx([0.5 / 255, 1 / 255, 2 / 255])
+    with pytest.raises(ValueError, match="8/255"):
+        parse_eps_list("8/255,abc")
+    with pytest.raises(ValueError, match="empty"):
+        parse_eps_list("1/255,,2/255")
+
+
+def test_interpolation_of_the_crossing():
+    value, bracket = E._interpolate_crossing([0.0, 1.0, 2.0], [0.1, 0.3, 0.7], 0.5)
+    assert value == pytest.approx(1.5) and bracket == (1.0, 2.0)
+    assert E._interpolate_crossing([0.0, 1.0], [0.6, 0.7], 0.5) == (None, None)
+
+
+def test_clean_probe_bounds_and_first_order(bench, digits):
+    train, _ = digits
+    ladder = [e / 255 for e in (1, 2, 4, 8, 16, 32)]
+    est = E.estimate_clean_probe(bench.load_weights_into(PRESET.model()), train, bench, ladder)
+    losses = [p["loss"] for p in est.points]
+    assert losses == sorted(losses)
+    passing = [p["eps"] for p in est.points if p["loss"] <= bench.clean_test_loss]
+    assert est.lower_bound == (max(passing) if passing else None)
+    assert est.first_order == pytest.approx(bench.generalization_gap / est.mean_grad_dual_norm)
+    assert est.forward_samples > 0 and est.backward_samples > 0 and est.seconds > 0
+    json.loads(est.to_json())
+
+
+def test_finetune_fits_a_line_and_is_reproducible(bench, digits):
+    train, _ = digits
+    points = [e / 255 for e in (2, 4, 6, 8)]
+    a = E.estimate_finetune(PRESET.model, train, bench, points, epochs=2, runs=2, seed=3, mean_grad_dual_norm=2.0)
+    b = E.estimate_finetune(PRESET.model, train, bench, points, epochs=2, runs=2, seed=3, mean_grad_dual_norm=2.0)
+    assert a.value is not None and a.value == b.value and a.points == b.points
+    assert len(a.per_run) == 2 and a.spread is not None
+    assert a.fit["slope"] > 0 and a.consistency == pytest.approx(a.fit["slope"] / 2.0)
+    # The estimate solves the fitted line at R*(0) (averaged over runs).
+    assert sum(a.per_run) / 2 == pytest.approx(a.value)
+    assert len(json.loads(a.to_json())["points"]) == 8
+
+
+def test_grid_interpolates_or_says_it_does_not_bracket(bench, digits):
+    train, test = digits
+    est = E.estimate_grid(PRESET.model, train, test, bench, [1 / 255, 64 / 255], epochs=3, lr=0.05)
+    losses = [p["loss"] for p in est.points]
+    assert all(p["epoch"] in (1, 2, 3) for p in est.points)
+    if est.value is not None:
+        assert est.bracket[0] < est.value < est.bracket[1]
+    else:
+        assert est.warnings and "does not bracket" in est.warnings[0]
+    assert losses[1] > losses[0]
+    high = E.estimate_grid(PRESET.model, train, test, bench, [128 / 255, 160 / 255], epochs=1, lr=0.05,
+                           include_clean=False)
+    assert high.value is None and "eps* < " in high.warnings[0] and high.bracket == (None, 128 / 255)
+
+
+def test_non_finite_losses_mark_the_run_failed(bench, digits):
+    train, test = digits
+    est = E.estimate_finetune(PRESET.model, train, bench, [1 / 255, 2 / 255], epochs=2, lr=1e30)
+    assert all(p.get("failed") == "non-finite losses" for p in est.points)
+    assert est.value is None and any("failed" in w for w in est.warnings)
+    assert any("fewer than two usable points" in w for w in est.warnings)
+
+
+def test_finetune_needs_weights_and_two_points(bench, digits, tmp_path):
+    train, _ = digits
+    path = bench.save(tmp_path / "b.safetensors")
+    with pytest.raises(ValueError, match="has no weights"):
+        E.estimate_finetune(PRESET.model, train, CleanBenchmark.read(path), [0.01, 0.02])
+    with pytest.raises(ValueError, match="at least two"):
+        E.estimate_finetune(PRESET.model, train, bench, [0.01])
+
+
+runner = CliRunner()
+
+
+def test_cli_estimate_with_json_and_plot(bench, tmp_path):
+    path = bench.save(tmp_path / "clean.safetensors")
+    result = runner.invoke(app, ["estimate-eps-star", "--benchmark", str(path), "--method", "finetune",
+                                 "--eps", "2/255,4/255,6/255", "--epochs", "2", "--json", str(tmp_path / "e.json"),
+                                 "--plot", str(tmp_path / "e.png"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "eps*" in result.output and "slope / mean grad dual norm" in result.output
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert data["method"] == "finetune" and data["settings"]["attack"] == "fgm"
+    assert (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    probe = runner.invoke(app, ["estimate-eps-star", "--benchmark", str(path), "--method", "clean-probe", "-q"])
+    assert probe.exit_code == 0 and "clean-probe lower bound" in probe.output
+
+
+def test_cli_fingerprint_mismatch_warns_or_fails(bench, tmp_path):
+    path = bench.save(tmp_path / "clean.safetensors")
+    args = ["estimate-eps-star", "--benchmark", str(path), "--preset", "digits-mlp", "--width", "16",
+            "--method", "clean-probe", "--eps", "1/255,2/255", "-q"]
+    strict = runner.invoke(app, args + ["--strict"])
+    assert strict.exit_code == 2 and "recorded on something else" in strict.output
+    loose = runner.invoke(app, args)
+    assert "warning: the benchmark was recorded on something else" in loose.output
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--method", "magic"], "--method must be"),
+    (["--eps", "2/255,1/255"], "sorted"),
+    (["--eps", "1/255,1/255"], "duplicates"),
+    (["--eps", ""], "empty"),
+    (["--norm", "l1"], "--norm must be"),
+    (["--runs", "0"], "--runs must be >= 1"),
+])
+def test_cli_bad_input(bench, tmp_path, args, match):
+    path = bench.save(tmp_path / "clean.safetensors")
+    result = runner.invoke(app, ["estimate-eps-star", "--benchmark", str(path)] + args)
+    assert result.exit_code == 2 and match in result.output, result.output
+
+
+@pytest.mark.slow
+def test_finetune_tracks_the_grid_on_digits(digits):
+    """The full comparison (about a minute): fine-tune within 35 % of the grid on the digits preset."""
+    train, test = digits
+    torch.manual_seed(0)
+    full = record_clean_benchmark(PRESET.model(), train, test, epochs=PRESET.epochs, batch_size=64, lr=PRESET.lr,
+                                  weight_decay=0.0)
+    probe = E.estimate_clean_probe(full.load_weights_into(PRESET.model()), train, full,
+                                   [e / 255 for e in (0.5, 1, 2, 4, 8, 16, 32, 64)])
+    ft = E.estimate_finetune(PRESET.model, train, full, E.default_finetune_eps(probe), runs=3, lr=PRESET.lr)
+    grid = E.estimate_grid(PRESET.model, train, test, full, [e / 255 for e in (4, 8, 12, 16, 24)],
+                           epochs=PRESET.epochs, lr=PRESET.lr)
+    assert grid.value is not None and ft.value is not None
+    assert probe.lower_bound <= grid.value * 1.1
+    assert abs(ft.value / grid.value - 1) < 0.35
