@@ -175,6 +175,8 @@ class PhaseMonitor:
         min_delta: relative improvement of the best ρ that counts as progress.
         on_flag: called once with the :class:`PhaseReport` when the ε ≫ ε* flag fires (main process).
         logger: where reports go (main process only); default ``advhooks.monitor``.
+        reducer: sums a tensor across processes (e.g. ``lambda t: accelerator.reduce(t, "sum")``); default
+            ``torch.distributed.all_reduce`` when a process group is initialised.
 
     Example:
         >>> monitor = PhaseMonitor(benchmark=0.2, eps=8 / 255, warmup_epochs=1)
@@ -193,6 +195,7 @@ class PhaseMonitor:
     min_delta: float = 0.01
     on_flag: Callable[[PhaseReport], None] | None = None
     logger: logging.Logger = field(default=log, repr=False)
+    reducer: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.benchmark, (str, os.PathLike)):
@@ -299,7 +302,13 @@ class PhaseMonitor:
 
     def _reduced_totals(self) -> tuple[float, float]:
         total, count = self._loss_sum, self._count
-        if _is_distributed():
+        if self.reducer is not None:
+            device = total.device if isinstance(total, torch.Tensor) else torch.device("cpu")
+            packed = torch.stack([torch.as_tensor(total, dtype=torch.float64, device=device),
+                                  torch.as_tensor(count, dtype=torch.float64, device=device)])
+            packed = self.reducer(packed)
+            total, count = packed[0], packed[1]
+        elif _is_distributed():
             device = total.device if isinstance(total, torch.Tensor) else torch.device("cpu")
             if dist.get_backend() == "nccl" and device.type != "cuda":
                 device = torch.device("cuda", torch.cuda.current_device())

@@ -1,0 +1,124 @@
+"""Adversarial training in the paper's setting (PreActResNet18, CIFAR-10, PGD L∞) with Accelerate.
+
+The Accelerate version of examples/train_digits.py: the marked blocks are what changes.
+
+    accelerate launch examples/cifar_adv.py --data-dir ~/data --eps 8/255 --benchmark clean.safetensors
+    accelerate launch --multi_gpu --num_processes 2 examples/cifar_adv.py --data-dir ~/data   # 2 processes
+    python examples/cifar_adv.py --dataset digits --epochs 20                                  # embedded data
+
+CIFAR-10 is read from the binary version under DATA_DIR/cifar-10-batches-bin (no unpickling); without it
+the script says where to put it, or fetches it with --download. On a CPU-only machine Accelerate starts
+several processes only with --multi_gpu (gloo backend); plain --num_processes N runs one.
+Record the benchmark first: `advhooks benchmark-clean --preset cifar10-preactresnet18 --data-dir ~/data`
+(or `--preset digits-mlp` for --dataset digits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from accelerate import Accelerator  # accelerate (1/4)
+from advhooks.integrations.accelerate import AcceleratedAdversarialTraining
+from torch.utils.data import DataLoader
+
+from advhooks import PGD
+from advhooks.benchmark import step_decay
+from advhooks.data import DataNotFoundError, load_dataset
+from advhooks.monitor import PhaseMonitor
+from advhooks.presets import get_preset
+
+PRESETS = {"cifar10": "cifar10-preactresnet18", "digits": "digits-mlp"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(PRESETS), default="cifar10")
+    p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-bin/")
+    p.add_argument("--download", action="store_true", help="fetch CIFAR-10 (binary version) if missing")
+    p.add_argument("--eps", default="8/255", help="L∞ strength, e.g. 8/255")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps")
+    p.add_argument("--objective", choices=["at", "trades", "mart"], default="at")
+    p.add_argument("--benchmark", help="clean benchmark (advhooks benchmark-clean) to watch against")
+    p.add_argument("--stop-on-flag", action="store_true", help="stop all processes when eps >> eps* is flagged")
+    p.add_argument("--epochs", type=int, default=None, help="default: the preset's (200 for CIFAR-10)")
+    p.add_argument("--batch-size", type=int, default=128, help="per process")
+    p.add_argument("--lr", type=float, default=None, help="default: the preset's")
+    p.add_argument("--max-train-samples", type=int, default=None, help="use a subset (quick runs)")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", help="write the monitor's reports here (JSON, main process)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    num, _, den = args.eps.partition("/")
+    eps = float(num) / float(den) if den else float(num)
+    # accelerate (2/4); on a machine without GPUs, cpu=True lets several processes run with gloo
+    accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
+    torch.manual_seed(args.seed)
+    preset = get_preset(PRESETS[args.dataset])
+    try:
+        train_set, test_set = load_dataset(preset.dataset, args.data_dir, download=args.download,
+                                           augment=preset.augment, seed=args.seed)
+    except DataNotFoundError as err:
+        accelerator.print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.max_train_samples:
+        train_set = torch.utils.data.Subset(train_set, range(min(args.max_train_samples, len(train_set))))
+    epochs = args.epochs or preset.epochs
+    model = preset.model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr or preset.lr, momentum=0.9,
+                                weight_decay=preset.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: step_decay(e, epochs))
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(args.seed))
+    test_loader = DataLoader(test_set, batch_size=256)
+    # accelerate (3/4): prepare, then the adversarial step and the monitor wired to the accelerator
+    model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, test_loader, scheduler)
+    monitor = PhaseMonitor(args.benchmark, eps=eps, total_epochs=epochs) if args.benchmark else None
+    adv = AcceleratedAdversarialTraining(accelerator, model, PGD(eps, steps=args.steps), objective=args.objective,
+                                         monitor=monitor, stop_on_flag=args.stop_on_flag)
+    accelerator.print(f"{args.dataset}: {len(train_set)} train / {len(test_set)} test, {accelerator.num_processes} "
+                      f"process(es), PGD-{args.steps} L∞ eps={args.eps} ({args.objective}), {epochs} epochs")
+    reports = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for x, y in train_loader:
+            out = adv(x, y)
+            optimizer.zero_grad()
+            accelerator.backward(out.loss)  # accelerate (4/4): backward through the accelerator
+            optimizer.step()
+        scheduler.step()
+        report = adv.epoch_end()
+        if report is not None:
+            reports.append(report.to_dict())
+            accelerator.print(f"epoch {epoch:3d}  adv train loss {report.adv_train_loss:.4f}  "
+                              f"ratio {report.ratio:.3f}  {report.regime}")
+        if adv.should_stop():
+            accelerator.print(f"stopping at epoch {epoch}: eps >> eps* was flagged")
+            break
+    correct = total = 0
+    attack = PGD(eps, steps=args.steps)
+    model.eval()
+    for x, y in test_loader:
+        x_adv = attack(model, x, y)
+        with torch.no_grad():
+            logits = model(x_adv)
+        preds, labels = accelerator.gather_for_metrics((logits.argmax(1), y))
+        correct += int((preds == labels).sum())
+        total += labels.numel()
+    accelerator.print(f"PGD-{args.steps} test accuracy {correct / max(total, 1):.3f}")
+    if args.report and accelerator.is_main_process:
+        with open(args.report, "w") as fh:
+            json.dump({"reports": reports, "num_processes": accelerator.num_processes}, fh, indent=2)
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

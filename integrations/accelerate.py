@@ -1,0 +1,102 @@
+"""HuggingFace Accelerate glue: adversarial steps and the PhaseMonitor inside an Accelerate loop.
+
+    accelerator = Accelerator()
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    adv = AcceleratedAdversarialTraining(accelerator, model, PGD(eps=8/255),
+                                         monitor=PhaseMonitor("clean.safetensors", eps=8/255), stop_on_flag=True)
+    for epoch in range(epochs):
+        for x, y in loader:
+            out = adv(x, y)                      # attack + loss, under the accelerator's autocast
+            optimizer.zero_grad()
+            accelerator.backward(out.loss)
+            optimizer.step()
+        report = adv.epoch_end()                 # reduced over processes, logged to the trackers
+        if adv.should_stop():                    # every rank stops together when the flag fired
+            break
+
+What it does for you: runs the step under ``accelerator.autocast()``; the attack's forwards go to the
+module inside DDP, so they never prepare a gradient reduction; the monitor sums through
+``accelerator.reduce``; reports go to ``accelerator.log``; the monitor and the step's ε-schedule counter
+are registered for ``accelerator.save_state``; with ``stop_on_flag`` the ε ≫ ε* flag sets the
+accelerator's trigger so that ``check_trigger`` stops all ranks at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from advhooks.attacks import Attack
+from advhooks.monitor import FAR_ABOVE, PhaseMonitor, PhaseReport
+from advhooks.step import AdversarialStep, StepOutput
+
+__all__ = ["AcceleratedAdversarialTraining", "report_metrics"]
+
+
+def report_metrics(report: PhaseReport, prefix: str = "advhooks/") -> dict[str, float]:
+    """The numeric fields of a report, for experiment trackers."""
+    out = {f"{prefix}adv_train_loss": report.adv_train_loss, f"{prefix}ratio": report.ratio,
+           f"{prefix}best_ratio": report.best_ratio, f"{prefix}eps_far_above_eps_star": float(report.regime == FAR_ABOVE),
+           f"{prefix}clean_like": float(report.regime == "clean-like")}
+    if report.eps is not None:
+        out[f"{prefix}eps"] = report.eps
+    if report.eps_star_lower_bound is not None:
+        out[f"{prefix}eps_star_lower_bound"] = report.eps_star_lower_bound
+    return out
+
+
+class AcceleratedAdversarialTraining:
+    """An :class:`~advhooks.AdversarialStep` (and optional monitor) wired into an ``accelerate.Accelerator``.
+
+    Args:
+        accelerator: the user's accelerator.
+        model: the prepared model (DDP-wrapped when distributed).
+        attack: the attack (PGD/FGM).
+        objective, criterion, beta, clean_fraction, input_key, label_key: as in :class:`~advhooks.AdversarialStep`.
+        monitor: a :class:`~advhooks.monitor.PhaseMonitor` to feed (optional).
+        stop_on_flag: set the accelerator's trigger when the ε ≫ ε* flag fires (opt-in).
+        log_prefix: prefix of the tracker metric names.
+    """
+
+    def __init__(self, accelerator: Any, model: torch.nn.Module, attack: Attack, *, objective: str = "at",
+                 criterion: Any = None, beta: float | None = None, clean_fraction: float = 0.0,
+                 input_key: str | None = None, label_key: str = "labels", monitor: PhaseMonitor | None = None,
+                 stop_on_flag: bool = False, log_prefix: str = "advhooks/") -> None:
+        if not hasattr(accelerator, "autocast") or not hasattr(accelerator, "reduce"):
+            raise TypeError(f"accelerator must be an accelerate.Accelerator, got {type(accelerator).__name__}")
+        if stop_on_flag and monitor is None:
+            raise ValueError("stop_on_flag needs a monitor")
+        self.accelerator = accelerator
+        self.step = AdversarialStep(model, attack, objective=objective, criterion=criterion, beta=beta,
+                                    clean_fraction=clean_fraction, input_key=input_key, label_key=label_key)
+        self.monitor = monitor
+        self.stop_on_flag = stop_on_flag
+        self.log_prefix = log_prefix
+        accelerator.register_for_checkpointing(self.step)
+        if monitor is not None:
+            monitor.reducer = lambda t: accelerator.reduce(t, reduction="sum")
+            accelerator.register_for_checkpointing(monitor)
+
+    def __call__(self, inputs: torch.Tensor | Mapping[str, Any], targets: torch.Tensor | None = None) -> StepOutput:
+        """Attack the batch and return the step output (feeds the monitor)."""
+        with self.accelerator.autocast():
+            out = self.step(inputs, targets)
+        if self.monitor is not None:
+            self.monitor.update(out)
+        return out
+
+    def epoch_end(self) -> PhaseReport | None:
+        """Close the monitor's epoch: reduce, log to the trackers, set the stop trigger if asked."""
+        if self.monitor is None:
+            return None
+        report = self.monitor.epoch_end()
+        self.accelerator.log(report_metrics(report, self.log_prefix), step=report.epoch)
+        if self.stop_on_flag and report.regime == FAR_ABOVE:
+            self.accelerator.set_trigger()
+        return report
+
+    def should_stop(self) -> bool:
+        """True on every rank once any rank set the trigger (the accelerator's ``check_trigger``)."""
+        return bool(self.accelerator.check_trigger())

@@ -1,0 +1,170 @@
+"""The Accelerate adapter in-process, and the examples under `accelerate launch` with two processes."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+accelerate = pytest.importorskip("accelerate", reason="needs accelerate (a core dependency of advhooks)")
+from accelerate import Accelerator  # noqa: E402
+from accelerate.state import AcceleratorState, GradientState, PartialState  # noqa: E402
+from accelerate.tracking import GeneralTracker  # noqa: E402
+from advhooks.integrations.accelerate import AcceleratedAdversarialTraining  # noqa: E402
+
+from advhooks import PGD  # noqa: E402
+from advhooks.monitor import PhaseMonitor  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class ListTracker(GeneralTracker):
+    """A real accelerate tracker that keeps what it is given."""
+
+    name = "list"
+    requires_logging_directory = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[tuple[dict, int]] = []
+
+    @property
+    def tracker(self):
+        return self.logged
+
+    def store_init_configuration(self, values: dict) -> None:
+        pass
+
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        self.logged.append((values, step))
+
+
+@pytest.fixture
+def accelerator():
+    for state in (AcceleratorState, GradientState, PartialState):
+        state._reset_state()
+    tracker = ListTracker()
+    acc = Accelerator(cpu=True, log_with=[tracker])
+    acc.init_trackers("advhooks-test")
+    yield acc, tracker
+    acc.end_training()
+    for state in (AcceleratorState, GradientState, PartialState):
+        state._reset_state()
+
+
+def _train(adv, model, opt, accelerator, epochs):
+    gen = torch.Generator().manual_seed(0)
+    reports = []
+    for _ in range(epochs):
+        for _ in range(3):
+            x, y = torch.rand(16, 1, 4, 4, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+            out = adv(x, y)
+            opt.zero_grad()
+            accelerator.backward(out.loss)
+            opt.step()
+        reports.append(adv.epoch_end())
+        if adv.should_stop():
+            break
+    return reports
+
+
+def test_adapter_logs_checkpoints_and_stops(accelerator, tmp_path):
+    acc, tracker = accelerator
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model, opt = acc.prepare(model, opt)
+    # R*(0) tiny: the loss stays far above it, so the flag fires after the warm-up and stops training.
+    monitor = PhaseMonitor(0.01, eps=0.1, warmup_epochs=2, patience=1)
+    adv = AcceleratedAdversarialTraining(acc, model, PGD(0.1, steps=2), monitor=monitor, stop_on_flag=True)
+    reports = _train(adv, model, opt, acc, epochs=10)
+    assert reports[-1].regime == "eps >> eps*" and len(reports) < 10
+    assert [step for _, step in tracker.logged] == [r.epoch for r in reports]
+    assert tracker.logged[-1][0]["advhooks/eps_far_above_eps_star"] == 1.0
+    assert tracker.logged[0][0]["advhooks/ratio"] == pytest.approx(reports[0].ratio)
+
+    acc.save_state(str(tmp_path / "ckpt"))
+    saved_monitor, saved_step = monitor.state_dict(), adv.step.state_dict()
+    monitor.reset()
+    adv.step.load_state_dict({"step": 0})
+    acc.load_state(str(tmp_path / "ckpt"))
+    assert monitor.state_dict() == saved_monitor and adv.step.state_dict() == saved_step
+
+
+def test_adapter_rejects_bad_arguments(accelerator):
+    acc, _ = accelerator
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="accelerate.Accelerator"):
+        AcceleratedAdversarialTraining(object(), model, PGD(0.1))
+    with pytest.raises(ValueError, match="stop_on_flag needs a monitor"):
+        AcceleratedAdversarialTraining(acc, model, PGD(0.1), stop_on_flag=True)
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    # On a CPU-only machine Accelerate starts several processes only through its multi-GPU launcher; the
+    # scripts then ask for cpu=True, which selects the gloo backend.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", _free_port(), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def test_two_processes_reduce_the_monitor_like_one_process_over_the_same_samples(tmp_path):
+    out = tmp_path / "monitor.json"
+    proc = _launch(str(ROOT / "tests" / "scripts" / "accelerate_monitor.py"), str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["processes"] == 2
+    np.testing.assert_allclose(data["monitor"], data["recomputed"], rtol=1e-12)
+
+
+def test_cifar_example_on_digits_with_two_processes(tmp_path):
+    pytest.importorskip("sklearn", reason="the digits preset needs scikit-learn: pip install 'advhooks[demo]'")
+    report = tmp_path / "reports.json"
+    bench = tmp_path / "clean.safetensors"
+    subprocess.run([sys.executable, "-m", "advhooks.cli", "benchmark-clean", "--preset", "digits-mlp", "--epochs",
+                    "2", "--out", str(bench), "-q"], check=True, capture_output=True, timeout=300)
+    proc = _launch(str(ROOT / "examples" / "cifar_adv.py"), "--dataset", "digits", "--epochs", "2",
+                   "--steps", "2", "--max-train-samples", "256", "--benchmark", str(bench), "--report", str(report))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(report.read_text())
+    assert data["num_processes"] == 2 and len(data["reports"]) == 2
+    assert data["reports"][-1]["samples"] == 256
+
+
+def _write_tiny_cifar(root: pathlib.Path, per_batch: int = 40) -> None:
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        labels = rng.integers(0, 10, (per_batch, 1))
+        pixels = rng.integers(0, 256, (per_batch, 3072))
+        np.concatenate([labels, pixels], axis=1).astype(np.uint8).tofile(folder / name)
+
+
+def test_cifar_example_on_a_tiny_cifar10_folder(tmp_path):
+    _write_tiny_cifar(tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "cifar_adv.py"), "--data-dir", str(tmp_path),
+                           "--epochs", "1", "--steps", "1", "--batch-size", "100"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cifar10: 200 train / 40 test" in proc.stdout and "PGD-1 test accuracy" in proc.stdout
+
+
+def test_cifar_example_without_data_says_where_to_put_it(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "cifar_adv.py"), "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "cifar-10-batches-bin" in proc.stderr and "--download" in proc.stderr
