@@ -37,9 +37,13 @@ __all__ = ["AcceleratedAdversarialTraining", "report_metrics"]
 
 def report_metrics(report: PhaseReport, prefix: str = "advhooks/") -> dict[str, float]:
     """The numeric fields of a report, for experiment trackers."""
-    out = {f"{prefix}adv_train_loss": report.adv_train_loss, f"{prefix}ratio": report.ratio,
-           f"{prefix}best_ratio": report.best_ratio, f"{prefix}eps_far_above_eps_star": float(report.regime == FAR_ABOVE),
-           f"{prefix}clean_like": float(report.regime == "clean-like")}
+    out = {
+        f"{prefix}adv_train_loss": report.adv_train_loss,
+        f"{prefix}ratio": report.ratio,
+        f"{prefix}best_ratio": report.best_ratio,
+        f"{prefix}eps_far_above_eps_star": float(report.regime == FAR_ABOVE),
+        f"{prefix}clean_like": float(report.regime == "clean-like"),
+    }
     if report.eps is not None:
         out[f"{prefix}eps"] = report.eps
     if report.eps_star_lower_bound is not None:
