@@ -370,6 +370,21 @@ def _estimate_table(est: Any) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+@app.command("demo")
+@_user_errors
+def demo(
+    out: Path = typer.Option(Path("advhooks-demo"), help="Folder for demo.json, demo.png and clean.safetensors."),
+    quick: bool = typer.Option(False, "--quick", help="A short version (about 15 s) for smoke tests."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """The main job on the embedded digits: benchmark, eps* estimates, and watched adversarial training."""
+    from .demo import format_demo_table, run_demo
+
+    result = run_demo(out, quick=quick, seed=seed, progress=lambda text: typer.echo(f"- {text}", err=True))
+    typer.echo(format_demo_table(result))
+    typer.echo(f"wrote {out / 'demo.json'}" + (f" and {result['plot']}" if result.get("plot") else ""))
+
+
 @app.command("show")
 @_user_errors
 def show(

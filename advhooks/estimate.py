@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,8 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 from ._outputs import logits_of
 from .attacks import FGM, PGD, Attack, dual_norm
 from .attacks.objectives import cross_entropy
-from .benchmark import CleanBenchmark, step_decay
-from .step import AdversarialStep
+from .benchmark import CleanBenchmark
+from .training import PassCounter, adversarial_loss, train_adversarially
 
 __all__ = [
     "EpsStarEstimate",
@@ -105,18 +105,6 @@ class EpsStarEstimate:
         return "-" if value is None else f"{value / unit:.3g}/{round(1 / unit)}"
 
 
-class _Counter:
-    """Per-sample forward and backward passes, counted where they happen."""
-
-    def __init__(self) -> None:
-        self.forward = 0
-        self.backward = 0
-
-    def hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if args and isinstance(args[0], torch.Tensor):
-            self.forward += int(args[0].shape[0])
-
-
 def check_eps_grid(eps: Sequence[float], name: str = "eps") -> list[float]:
     """A sorted, non-empty, non-negative list of distinct finite strengths, or a clear ValueError."""
     values = [float(e) for e in eps]
@@ -141,73 +129,11 @@ def make_attack(name: str, eps: float, norm: str, steps: int = 10) -> Attack:
     raise ValueError(f"attack must be 'pgd' or 'fgm', got {name!r}")
 
 
-def adversarial_loss(model: nn.Module, loader: Iterable, attack: Attack | None, eps: float,
-                     device: torch.device | str = "cpu") -> tuple[float, float]:
-    """Mean per-sample cross-entropy and accuracy of ``model`` under ``attack`` at ``eps`` (eval mode)."""
-    was_training = model.training
-    model.eval()
-    total, correct, n = 0.0, 0, 0
-    try:
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            if attack is not None and eps > 0:
-                x = attack(model, x, y, eps=eps)
-            with torch.no_grad():
-                logits = logits_of(model(x))
-            total += float(cross_entropy(logits, y).double().sum())
-            correct += int((logits.argmax(1) == y).sum())
-            n += y.shape[0]
-    finally:
-        model.train(was_training)
-    return total / max(n, 1), correct / max(n, 1)
-
-
-def _train_adversarially(model: nn.Module, train_loader: DataLoader, attack: Attack, eps: float, epochs: int,
-                         lr: float, *, decay: bool, test_loader: DataLoader | None, eval_attack: Attack | None,
-                         device: torch.device, counter: _Counter, momentum: float = 0.9,
-                         weight_decay: float = 0.0, progress: Callable[[str], None] | None = None
-                         ) -> list[dict[str, float]]:
-    """Adversarial training; per epoch the running-mean adversarial training loss (and test loss)."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, epochs) if decay else 1.0)
-    step = AdversarialStep(model, attack)
-    history = []
-    for epoch in range(1, epochs + 1):
-        model.train()
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        n = 0
-        for x, y in train_loader:
-            x, y = x.to(device), y.to(device)
-            out = step(x, y) if eps > 0 else None
-            if out is None:
-                loss = cross_entropy(logits_of(model(x)), y).mean()
-                batch_loss = loss.detach()
-            else:
-                loss, batch_loss = out.loss, out.adv_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            counter.backward += y.shape[0] * ((attack.steps if eps > 0 else 0) + 1)
-            total += batch_loss.double() * y.shape[0]
-            n += y.shape[0]
-        sched.step()
-        record = {"epoch": epoch, "train_loss": float(total) / max(n, 1)}
-        if test_loader is not None:
-            record["test_loss"], record["test_accuracy"] = adversarial_loss(model, test_loader, eval_attack, eps,
-                                                                          device)
-            if eval_attack is not None and eps > 0:
-                counter.backward += len(test_loader.dataset) * eval_attack.steps
-        history.append(record)
-        if progress:
-            progress(f"eps {eps:.4g} epoch {epoch}/{epochs} loss {record['train_loss']:.4f}")
-    return history
-
-
 def _finite(v: float) -> bool:
     return isinstance(v, float) and math.isfinite(v)
 
 
-def _cost(est: EpsStarEstimate, counter: _Counter, start: float, n_train: int) -> EpsStarEstimate:
+def _cost(est: EpsStarEstimate, counter: PassCounter, start: float, n_train: int) -> EpsStarEstimate:
     est.seconds = time.perf_counter() - start
     est.forward_samples, est.backward_samples = counter.forward, counter.backward
     est.train_set_passes = (counter.forward + counter.backward) / (2 * max(n_train, 1))
@@ -253,7 +179,7 @@ def estimate_grid(
     """
     grid = check_eps_grid(eps)
     device = torch.device(device)
-    start, counter = time.perf_counter(), _Counter()
+    start, counter = time.perf_counter(), PassCounter()
     r_star = benchmark.clean_test_loss
     est = EpsStarEstimate("grid", None, r_star, norm, settings=dict(eps=grid, attack=attack, steps=steps,
                           epochs=epochs, lr=lr, batch_size=batch_size, runs=runs, seed=seed))
@@ -268,7 +194,7 @@ def estimate_grid(
             test_loader = DataLoader(test_set, batch_size=max(batch_size, 256))
             atk = make_attack(attack, e, norm, steps) if e > 0 else make_attack("pgd", 0.0, norm, steps)
             eval_attack = PGD(e, norm=norm, steps=steps) if e > 0 else None
-            history = _train_adversarially(model, train_loader, atk, e, epochs, lr, decay=True,
+            history = train_adversarially(model, train_loader, atk, e, epochs, lr, decay=True,
                                            test_loader=test_loader, eval_attack=eval_attack, device=device,
                                            counter=counter, weight_decay=weight_decay, progress=progress)
             handle.remove()
@@ -353,7 +279,7 @@ def estimate_finetune(
         raise ValueError("the benchmark has no weights: load it with CleanBenchmark.load(path)")
     device = torch.device(device)
     lr = float(lr if lr is not None else benchmark.training.get("lr", 0.05))
-    start, counter = time.perf_counter(), _Counter()
+    start, counter = time.perf_counter(), PassCounter()
     r_star = benchmark.clean_test_loss
     est = EpsStarEstimate("finetune", None, r_star, norm, settings=dict(eps=grid, attack=attack, steps=steps,
                           epochs=epochs, lr=lr, batch_size=batch_size, runs=runs, seed=seed))
@@ -366,7 +292,7 @@ def estimate_finetune(
             handle = model.register_forward_hook(counter.hook)
             gen = torch.Generator().manual_seed(seed + 1000 * run)
             loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
-            history = _train_adversarially(model, loader, make_attack(attack, e, norm, steps), e, epochs, lr,
+            history = train_adversarially(model, loader, make_attack(attack, e, norm, steps), e, epochs, lr,
                                            decay=False, test_loader=None, eval_attack=None, device=device,
                                            counter=counter, progress=progress)
             handle.remove()
@@ -450,7 +376,7 @@ def estimate_clean_probe(
     if benchmark.generalization_gap is None:
         raise ValueError("the benchmark has no clean training loss (measure it with a train loader)")
     device = torch.device(device)
-    start, counter = time.perf_counter(), _Counter()
+    start, counter = time.perf_counter(), PassCounter()
     r_star = benchmark.clean_test_loss
     est = EpsStarEstimate("clean-probe", None, r_star, norm, settings=dict(ladder=grid, attack=attack, steps=steps))
     model = model.to(device)
