@@ -241,6 +241,11 @@ class PhaseMonitor:
         self._loss_sum: torch.Tensor | float = 0.0
         self._count: torch.Tensor | float = 0.0
 
+    @property
+    def has_updates(self) -> bool:
+        """Whether the open epoch has seen a batch (reads the count: one host sync)."""
+        return float(self._count) > 0
+
     # -- per batch -------------------------------------------------------------------------------
     def update(self, output: Any, batch_size: int | None = None) -> None:
         """Add one batch: a :class:`~advhooks.StepOutput`, or a mean loss tensor and its batch size.

@@ -21,12 +21,12 @@ import sys
 
 import torch
 from accelerate import Accelerator  # accelerate (1/4)
-from advhooks.integrations.accelerate import AcceleratedAdversarialTraining
 from torch.utils.data import DataLoader
 
 from advhooks import PGD
 from advhooks.benchmark import step_decay
 from advhooks.data import DataNotFoundError, load_dataset
+from advhooks.integrations.accelerate import AcceleratedAdversarialTraining
 from advhooks.monitor import PhaseMonitor
 from advhooks.presets import get_preset
 

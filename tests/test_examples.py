@@ -21,3 +21,17 @@ def test_train_digits_example_runs_with_a_benchmark(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "R*(0) =" in out.stderr and "regime" in out.stderr and "PGD-20 test loss" in out.stderr
+
+
+@pytest.mark.parametrize("script", ["train_digits_lightning.py", "train_digits_hf.py"])
+def test_framework_examples_run(tmp_path, script):
+    pytest.importorskip("sklearn", reason="the digits examples need scikit-learn: pip install 'advhooks[demo]'")
+    pytest.importorskip("lightning" if "lightning" in script else "transformers",
+                        reason="pip install 'advhooks[lightning]' / 'advhooks[hf]'")
+    bench = tmp_path / "clean.safetensors"
+    subprocess.run([sys.executable, "-m", "advhooks.cli", "benchmark-clean", "--preset", "digits-mlp",
+                    "--epochs", "2", "--out", str(bench), "-q"], check=True, capture_output=True, timeout=300)
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--epochs", "2", "--steps", "2",
+                          "--benchmark", str(bench)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "final: ratio" in out.stdout

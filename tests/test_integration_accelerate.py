@@ -16,9 +16,9 @@ accelerate = pytest.importorskip("accelerate", reason="needs accelerate (a core 
 from accelerate import Accelerator  # noqa: E402
 from accelerate.state import AcceleratorState, GradientState, PartialState  # noqa: E402
 from accelerate.tracking import GeneralTracker  # noqa: E402
-from advhooks.integrations.accelerate import AcceleratedAdversarialTraining  # noqa: E402
 
 from advhooks import PGD  # noqa: E402
+from advhooks.integrations.accelerate import AcceleratedAdversarialTraining  # noqa: E402
 from advhooks.monitor import PhaseMonitor  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -9,11 +9,11 @@ import sys
 
 import torch
 from accelerate import Accelerator
-from advhooks.integrations.accelerate import AcceleratedAdversarialTraining
 from torch.utils.data import DataLoader
 
 from advhooks import PGD
 from advhooks.data import load_digits
+from advhooks.integrations.accelerate import AcceleratedAdversarialTraining
 from advhooks.monitor import PhaseMonitor
 from advhooks.presets import get_preset
 

@@ -1,0 +1,71 @@
+"""examples/train_digits.py with Lightning: the same model, data and schedule; the marked blocks differ.
+
+    advhooks benchmark-clean --preset digits-mlp --out clean.safetensors
+    python examples/train_digits_lightning.py --benchmark clean.safetensors --eps 16/255
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import lightning as L  # lightning (1/3)
+import torch
+from torch.utils.data import DataLoader
+
+from advhooks import PGD
+from advhooks.benchmark import step_decay
+from advhooks.data import load_digits
+from advhooks.integrations.lightning import AdversarialTrainingMixin, PhaseMonitorCallback
+from advhooks.presets import get_preset
+
+
+# lightning (2/3): the model as a LightningModule; the mixin supplies the adversarial training_step
+class LitDigits(AdversarialTrainingMixin, L.LightningModule):
+    def __init__(self, eps: float, steps: int, objective: str, lr: float, epochs: int, width: int | None) -> None:
+        super().__init__()
+        self.net = get_preset("digits-mlp").model(width)
+        self.lr, self.epochs = lr, epochs
+        self.configure_adversarial(PGD(eps, steps=steps), objective=objective)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, self.epochs))
+        return [opt], [sched]
+
+
+def main(argv: list[str] | None = None) -> list:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--eps", default="8/255")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--objective", choices=["at", "trades", "mart"], default="at")
+    p.add_argument("--benchmark")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    num, _, den = args.eps.partition("/")
+    eps = float(num) / float(den) if den else float(num)
+
+    L.seed_everything(args.seed)
+    train_set, _ = load_digits(seed=0)
+    loader = DataLoader(train_set, batch_size=64, shuffle=True)
+    model = LitDigits(eps, args.steps, args.objective, args.lr, args.epochs, args.width)
+    # lightning (3/3): the monitor as a callback, the loop as a Trainer
+    callbacks = [PhaseMonitorCallback(args.benchmark, eps=eps)] if args.benchmark else []
+    trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, callbacks=callbacks, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, loader)
+    reports = callbacks[0].reports if callbacks else []
+    if reports:
+        last = reports[-1]
+        print(f"final: ratio {last.ratio:.3f} (best {last.best_ratio:.3f} at epoch {last.best_epoch}), "
+              f"regime {last.regime}")
+    return reports
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Lightning glue: a PhaseMonitor ``Callback`` and an adversarial ``training_step`` for LightningModules.
+
+    import lightning as L
+    from advhooks import PGD
+    from advhooks.integrations.lightning import AdversarialTrainingMixin, PhaseMonitorCallback
+
+    class LitClassifier(AdversarialTrainingMixin, L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = ...
+            self.configure_adversarial(PGD(eps=8/255), objective="at")
+
+        def forward(self, x):
+            return self.net(x)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = L.Trainer(max_epochs=30, callbacks=[PhaseMonitorCallback("clean.safetensors", eps=8/255)])
+    trainer.fit(LitClassifier(), train_loader)
+
+The mixin's ``training_step`` attacks the batch on the LightningModule itself (inside Lightning's DDP
+wrapper, so no gradient hooks fire during the attack; under Lightning's precision autocast), logs
+``train/adv_loss`` and returns ``{"loss": ..., "step_output": ...}``; a hand-written ``training_step``
+that returns ``step_output`` the same way works with the callback too. The callback logs through
+``pl_module.log``, can stop training when ε ≫ ε* is flagged, and checkpoints its state.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+try:
+    import lightning.pytorch as pl
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError("advhooks.integrations.lightning needs lightning: pip install 'advhooks[lightning]'") from err
+
+from advhooks.attacks import Attack
+from advhooks.monitor import FAR_ABOVE, PhaseMonitor, PhaseReport
+from advhooks.step import AdversarialStep, StepOutput
+
+__all__ = ["AdversarialTrainingMixin", "PhaseMonitorCallback"]
+
+
+class PhaseMonitorCallback(pl.Callback):
+    """Run a :class:`~advhooks.monitor.PhaseMonitor` in a ``lightning.Trainer``.
+
+    Args:
+        benchmark: a clean benchmark (object or file path) or R*(0) as a number.
+        eps, threshold, patience, warmup_epochs, total_epochs, min_delta, on_flag: as in ``PhaseMonitor``
+            (``total_epochs`` defaults to the trainer's ``max_epochs``).
+        stop_on_flag: set ``trainer.should_stop`` when ε ≫ ε* is flagged.
+        output_key: where ``training_step``'s returned dict holds the :class:`~advhooks.StepOutput`.
+    """
+
+    def __init__(self, benchmark: Any, eps: float | None = None, threshold: float = 1.5, patience: int = 5,
+                 warmup_epochs: int | None = None, total_epochs: int | None = None, min_delta: float = 0.01,
+                 on_flag: Any = None, stop_on_flag: bool = False, output_key: str = "step_output") -> None:
+        self._kwargs = dict(eps=eps, threshold=threshold, patience=patience, warmup_epochs=warmup_epochs,
+                            total_epochs=total_epochs, min_delta=min_delta, on_flag=on_flag)
+        self.benchmark = str(benchmark) if isinstance(benchmark, os.PathLike) else benchmark
+        self.monitor = PhaseMonitor(self.benchmark, **self._kwargs)
+        self.stop_on_flag = stop_on_flag
+        self.output_key = output_key
+        self.reports: list[PhaseReport] = []
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(eps=self._kwargs["eps"], threshold=self._kwargs["threshold"])
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Without total_epochs or warmup_epochs, the warm-up follows the trainer's max_epochs.
+        if self._kwargs["total_epochs"] is None and self._kwargs["warmup_epochs"] is None:
+            if trainer.max_epochs and trainer.max_epochs > 0:
+                self.monitor.total_epochs = trainer.max_epochs
+                self.monitor.warmup_epochs = trainer.max_epochs // 2 + self.monitor.patience
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        out = outputs.get(self.output_key) if isinstance(outputs, dict) else None
+        if isinstance(out, StepOutput):
+            self.monitor.update(out)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self.monitor.has_updates:
+            return
+        report = self.monitor.epoch_end()
+        self.reports.append(report)
+        # Already reduced across processes by the monitor: no sync_dist.
+        pl_module.log_dict({"advhooks/adv_train_loss": report.adv_train_loss, "advhooks/ratio": report.ratio,
+                            "advhooks/best_ratio": report.best_ratio,
+                            "advhooks/eps_far_above_eps_star": float(report.regime == FAR_ABOVE)},
+                           on_step=False, on_epoch=True)
+        if self.stop_on_flag and report.regime == FAR_ABOVE:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.monitor.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.monitor.load_state_dict(state_dict)
+
+
+class AdversarialTrainingMixin:
+    """A ``training_step`` that trains adversarially; call :meth:`configure_adversarial` in ``__init__``."""
+
+    adversarial_step: AdversarialStep
+
+    def configure_adversarial(self, attack: Attack, objective: str = "at", criterion: Any = None,
+                              beta: float | None = None, clean_fraction: float = 0.0, input_key: str | None = None,
+                              label_key: str = "labels") -> None:
+        """Set the attack and objective (``self`` is the model the attack runs on)."""
+        # Kept out of nn.Module's registry: the step holds a reference to this module.
+        object.__setattr__(self, "adversarial_step", AdversarialStep(
+            self, attack, objective=objective, criterion=criterion, beta=beta, clean_fraction=clean_fraction,
+            input_key=input_key, label_key=label_key))
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        if not hasattr(self, "adversarial_step"):
+            raise RuntimeError("call self.configure_adversarial(attack) in __init__ before training")
+        out = self.adversarial_step(batch) if isinstance(batch, dict) else self.adversarial_step(*batch)
+        self.log("train/adv_loss", out.adv_loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=out.batch_size)
+        return {"loss": out.loss, "step_output": out}

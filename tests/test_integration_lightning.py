@@ -1,0 +1,74 @@
+"""The Lightning adapter with a real lightning.Trainer on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+L = pytest.importorskip("lightning", reason="needs lightning: pip install 'advhooks[lightning]'")
+
+from advhooks import PGD  # noqa: E402
+from advhooks.integrations.lightning import AdversarialTrainingMixin, PhaseMonitorCallback  # noqa: E402
+
+
+class LitNet(AdversarialTrainingMixin, L.LightningModule):
+    def __init__(self, eps: float = 8 / 255) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                       torch.nn.Linear(32, 10))
+        self.configure_adversarial(PGD(eps, steps=2))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _loader():
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.rand(96, 1, 8, 8, generator=g), torch.randint(0, 10, (96,), generator=g)),
+                      batch_size=32)
+
+
+def _trainer(tmp_path, epochs, callbacks, **kw):
+    return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, callbacks=callbacks, logger=False,
+                     enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path), **kw)
+
+
+def test_lightning_trains_and_the_callback_reports(tmp_path):
+    torch.manual_seed(0)
+    callback = PhaseMonitorCallback(0.5, eps=8 / 255)
+    model = LitNet()
+    trainer = _trainer(tmp_path, 3, [callback], enable_checkpointing=False)
+    trainer.fit(model, _loader())
+    assert len(callback.reports) == 3 and callback.reports[0].samples == 96
+    assert trainer.callback_metrics["advhooks/ratio"].item() == pytest.approx(callback.reports[-1].ratio)
+    assert "train/adv_loss" in trainer.callback_metrics
+    assert callback.monitor.warmup_epochs == 3 // 2 + 5  # total_epochs taken from max_epochs
+
+
+def test_stop_on_flag_and_checkpoint_resume(tmp_path):
+    torch.manual_seed(0)
+    stopper = PhaseMonitorCallback(1e-3, eps=8 / 255, warmup_epochs=2, patience=1, stop_on_flag=True)
+    trainer = _trainer(tmp_path, 10, [stopper], enable_checkpointing=False)
+    trainer.fit(LitNet(), _loader())
+    assert stopper.reports[-1].regime == "eps >> eps*" and trainer.current_epoch < 10
+
+    first = PhaseMonitorCallback(0.5, eps=8 / 255)
+    trainer = _trainer(tmp_path / "a", 2, [first])
+    trainer.fit(LitNet(), _loader())
+    ckpt = trainer.checkpoint_callback.best_model_path
+    resumed = PhaseMonitorCallback(0.5, eps=8 / 255)
+    trainer = _trainer(tmp_path / "b", 3, [resumed])
+    trainer.fit(LitNet(), _loader(), ckpt_path=ckpt)
+    assert resumed.monitor.epoch == 3 and resumed.monitor.ratios[:2] == first.monitor.ratios
+
+
+def test_training_step_needs_configuration():
+    class Bare(AdversarialTrainingMixin, L.LightningModule):
+        pass
+
+    with pytest.raises(RuntimeError, match="configure_adversarial"):
+        Bare().training_step((torch.rand(2, 4), torch.tensor([0, 1])), 0)

@@ -1,0 +1,108 @@
+"""The transformers adapter with real tiny models built from configs (no hub downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="needs transformers: pip install 'advhooks[hf]'")
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForSequenceClassification,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from advhooks import PGD  # noqa: E402
+from advhooks.integrations.transformers import AdversarialTrainer, PhaseMonitorCallback  # noqa: E402
+
+
+class DictDataset(torch.utils.data.Dataset):
+    def __init__(self, **columns):
+        self.columns = columns
+
+    def __len__(self):
+        return len(next(iter(self.columns.values())))
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.columns.items()}
+
+
+def _args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), num_train_epochs=3, per_device_train_batch_size=32,
+                learning_rate=5e-3, report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
+                disable_tqdm=True, seed=0)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def _tiny_vit():
+    config = ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=32, num_labels=10)
+    return ViTForImageClassification(config)
+
+
+def _digits_like(n=96):
+    g = torch.Generator().manual_seed(0)
+    return DictDataset(pixel_values=torch.rand(n, 1, 8, 8, generator=g), labels=torch.randint(0, 10, (n,), generator=g))
+
+
+def test_vit_trains_adversarially_and_the_callback_logs(tmp_path):
+    torch.manual_seed(0)
+    model = _tiny_vit()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    callback = PhaseMonitorCallback(0.5, eps=8 / 255)
+    trainer = AdversarialTrainer(model=model, args=_args(tmp_path), train_dataset=_digits_like(),
+                                 attack=PGD(8 / 255, steps=2), callbacks=[callback])
+    trainer.train()
+    assert len(callback.reports) == 3 and callback.monitor.epoch == 3
+    logged = [h for h in trainer.state.log_history if "advhooks/ratio" in h]
+    assert [round(h["advhooks/ratio"], 6) for h in logged] == [round(r.ratio, 6) for r in callback.reports]
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert callback.reports[0].samples == 96
+
+
+def test_stop_on_flag_stops_the_trainer(tmp_path):
+    torch.manual_seed(0)
+    callback = PhaseMonitorCallback(1e-3, eps=8 / 255, warmup_epochs=2, patience=1, stop_on_flag=True)
+    trainer = AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path, num_train_epochs=8),
+                                 train_dataset=_digits_like(), attack=PGD(8 / 255, steps=1), callbacks=[callback])
+    trainer.train()
+    assert callback.reports[-1].regime == "eps >> eps*"
+    assert callback.monitor.epoch < 8
+
+
+def test_bert_embedding_space_training_updates_the_embeddings(tmp_path):
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    model = BertForSequenceClassification(config)
+    emb_before = model.get_input_embeddings().weight.detach().clone()
+    g = torch.Generator().manual_seed(0)
+    data = DictDataset(input_ids=torch.randint(0, 40, (64, 8), generator=g),
+                       attention_mask=torch.ones(64, 8, dtype=torch.long),
+                       labels=torch.randint(0, 2, (64,), generator=g))
+    trainer = AdversarialTrainer(model=model, args=_args(tmp_path, num_train_epochs=1), train_dataset=data,
+                                 attack=PGD(0.5, norm="l2", bounds=None, steps=2), input_key="inputs_embeds")
+    trainer.train()
+    assert not torch.equal(emb_before, model.get_input_embeddings().weight.detach())
+    with pytest.raises(ValueError, match="bounds=None"):
+        AdversarialTrainer(model=model, args=_args(tmp_path), train_dataset=data, attack=PGD(0.5),
+                           input_key="inputs_embeds")
+
+
+def test_callback_state_survives_a_checkpoint_resume(tmp_path):
+    torch.manual_seed(0)
+    data = _digits_like()
+    args = dict(save_strategy="epoch", restore_callback_states_from_checkpoint=True)
+    first = AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path, num_train_epochs=2, **args), train_dataset=data,
+                               attack=PGD(8 / 255, steps=1), callbacks=[PhaseMonitorCallback(0.5, eps=8 / 255)])
+    first.train()
+    checkpoint = sorted((tmp_path / "out").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    second = AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path, num_train_epochs=3, **args), train_dataset=data,
+                                attack=PGD(8 / 255, steps=1), callbacks=[PhaseMonitorCallback(0.5, eps=8 / 255)])
+    second.train(resume_from_checkpoint=str(checkpoint))
+    (callback,) = [cb for cb in second.callback_handler.callbacks if isinstance(cb, PhaseMonitorCallback)]
+    assert callback.monitor.epoch == 3  # two restored epochs plus the resumed one
+    assert len(callback.monitor.ratios) == 3
