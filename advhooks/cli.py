@@ -385,6 +385,75 @@ def demo(
     typer.echo(f"wrote {out / 'demo.json'}" + (f" and {result['plot']}" if result.get("plot") else ""))
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{option} must be integers >= 1, got {text!r}")
+    return values
+
+
+@app.command("simulate-linear")
+@_user_errors
+def simulate_linear(
+    n: int = typer.Option(100, help="Samples per dataset."),
+    d: str = typer.Option("2,5,10", help="Dimensions, comma-separated (the table's rows)."),
+    ratios: str = typer.Option("0.1,0.3,1,3,10", help="eps / sqrt(d/n), comma-separated (the columns)."),
+    repeats: int = typer.Option(300, help="Clean reference runs and adversarial runs per setting."),
+    steps: int = typer.Option(300, help="Gradient descent steps T."),
+    lr: float = typer.Option(0.1, help="Gradient descent step size (divided by (1 + eps)^2)."),
+    sigma: float = typer.Option(1.0, help="Noise standard deviation."),
+    theta_norm: float = typer.Option(1.0, help="||theta0|| (> 0)."),
+    seed: int = typer.Option(0, help="Seed."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write all results as JSON."),
+    plot: Path | None = typer.Option(None, help="Draw Figures 2 and 3 side by side (PNG)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Section 4 of the paper: linear regression under an L2 attack, Figures 2 and 3 as a table."""
+    from tqdm.auto import tqdm
+
+    from .theory import LinearSetting, simulate
+
+    dims = _int_list(d, "--d")
+    ratio_list = parse_eps_list(ratios)
+    if any(r <= 0 for r in ratio_list):
+        raise ValueError(f"--ratios must be > 0, got {ratios!r}")
+    _check_options(n=n, repeats=repeats, steps=steps, lr=lr)
+    settings = [LinearSetting(n, k, sigma=sigma, theta_norm=theta_norm) for k in dims]
+    bar = tqdm(total=len(dims) * len(ratio_list), disable=quiet, file=sys.stderr, leave=False)
+    results = []
+    for setting in settings:
+        results.append(simulate(setting, ratio_list, repeats=repeats, steps=steps, lr=lr, seed=seed,
+                                progress=lambda text: bar.update(1)))
+    bar.close()
+    typer.echo(f"n = {n}, {repeats} repeats, GD {steps} steps; cells: p-value of theta / p-value of the training "
+               "loss / relative parameter difference at T")
+    header = f"{'d':>4}  " + "".join(f"{'eps/sqrt(d/n)=' + format(r, 'g'):>24}" for r in ratio_list)
+    typer.echo(header)
+    for res in results:
+        cells = "".join(f"{f'{p:.3f} / {q:.3f} / {rd:.3f}':>24}"
+                        for p, q, rd in zip(res.param_pvalue, res.loss_pvalue, res.rel_diff_final, strict=True))
+        typer.echo(f"{res.d:>4}  {cells}")
+    typer.echo("")
+    typer.echo(f"{'d':>4}  {'eps* (median, IQR)':>26}  {'sqrt(d/n)':>9}  {'eps*/sqrt(d/n)':>14}  {'d/n':>6}  "
+               f"{'eps*/(d/n)':>10}  {'first-order/eps*':>16}  {'finetune/eps*':>13}")
+    for res in results:
+        iqr = f"{res.eps_star_median:.4f} ({res.eps_star_iqr[0]:.3f}-{res.eps_star_iqr[1]:.3f})"
+        typer.echo(f"{res.d:>4}  {iqr:>26}  {res.extra['sqrt_d_over_n']:>9.3f}  "
+                   f"{res.extra['eps_star_over_sqrt_d_over_n']:>14.3f}  {res.extra['d_over_n']:>6.3f}  "
+                   f"{res.extra['eps_star_over_d_over_n']:>10.3f}  {res.first_order_ratio:>16.3f}  "
+                   f"{res.finetune_ratio:>13.3f}")
+    if json_out is not None:
+        json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2))
+        typer.echo(f"wrote {json_out}")
+    if plot is not None:
+        from .theory.plot import plot_simulation
+
+        typer.echo(f"wrote {plot_simulation(results, plot)}")
+
+
 @app.command("show")
 @_user_errors
 def show(

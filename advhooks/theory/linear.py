@@ -1,0 +1,260 @@
+"""Linear regression under an L2 attack (the paper's section 4), vectorised over repeats with numpy.
+
+Model: x ~ N(0, I_d), y = θ0ᵀx + noise (noise ~ N(0, σ²)), squared loss. The inner maximisation has the
+closed form max_{‖z‖₂≤ε} (y − θᵀ(x+z))² = (|y − θᵀx| + ε‖θ‖₂)², so adversarial training is full-batch
+gradient descent on R̂(θ, ε) = mean (|r| + ε‖θ‖)², r = y − θᵀx (convex in θ).
+
+Measurements (Figures 2 and 3 of the paper):
+
+- relative difference ‖θ_t(ε) − θ_t(0)‖ / ‖θ_t(0)‖ along the trajectories, same data and zero start;
+- parameter p-value: θ^(T)(ε) of each repeat against the distribution of θ^(T)(0) over ``repeats``
+  independent clean runs on *other* datasets, by Hotelling's T² prediction test: with the reference
+  mean μ and covariance S of m clean runs, T² = m/(m+1)·(θ − μ)ᵀS⁻¹(θ − μ) and
+  (m − d)/(d(m − 1))·T² ~ F(d, m − d) under the null, so p-values are uniform at ε = 0;
+- loss p-value: R̂(θ^(T)(ε), ε) against the empirical distribution of clean training losses
+  R̂(θ^(T)(0), 0) of the reference runs, upper tail, (1 + #{clean ≥ x}) / (m + 1);
+- the loss-criterion ε* of each repeat: sup{ε : R̂(θ̂(ε), ε) ≤ R(θ̂(0), 0)} with the exact population
+  clean risk R(θ, 0) = ‖θ − θ0‖² + σ², found by bisection (R̂(θ̂(ε), ε) increases with ε);
+- the gradient-based estimators of :mod:`advhooks.estimate` applied to this model: the first-order
+  Δ / mean‖∇ₓℓ‖₂ (here ‖∇ₓℓ‖₂ = 2|r|‖θ‖) and the fine-tune + linear extrapolation from θ̂(0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "LinearSetting",
+    "SimulationResult",
+    "adversarial_loss_grad",
+    "adversarial_sq_loss",
+    "exact_eps_star",
+    "gradient_descent",
+    "population_adversarial_risk",
+    "sample_data",
+    "simulate",
+]
+
+_TINY = 1e-12
+
+
+@dataclass(frozen=True)
+class LinearSetting:
+    """n samples in d dimensions, noise σ, ‖θ0‖ (θ0 = ‖θ0‖ · (1, …, 1)/√d; ‖θ0‖ > 0, else ε* = ∞)."""
+
+    n: int
+    d: int
+    sigma: float = 1.0
+    theta_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.n < 2 or self.d < 1:
+            raise ValueError(f"need n >= 2 and d >= 1, got n={self.n}, d={self.d}")
+        if not self.theta_norm > 0:
+            raise ValueError(f"theta_norm must be > 0 (with theta0 = 0, eps* is infinite), got {self.theta_norm}")
+        if not self.sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+
+    @property
+    def theta0(self) -> np.ndarray:
+        """The true coefficient."""
+        return np.full(self.d, self.theta_norm / math.sqrt(self.d))
+
+    @property
+    def scale(self) -> float:
+        """√(d/n), the paper's transition scale."""
+        return math.sqrt(self.d / self.n)
+
+
+def sample_data(setting: LinearSetting, repeats: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``repeats`` independent datasets: X ``(R, n, d)``, y ``(R, n)``."""
+    x = rng.standard_normal((repeats, setting.n, setting.d))
+    y = x @ setting.theta0 + setting.sigma * rng.standard_normal((repeats, setting.n))
+    return x, y
+
+
+def adversarial_sq_loss(theta: np.ndarray, x: np.ndarray, y: np.ndarray, eps: float | np.ndarray) -> np.ndarray:
+    """Per-sample (|y − θᵀx| + ε‖θ‖)², the worst squared loss in the L2 ε-ball; shapes (R, d), (R, n, d), (R, n)."""
+    eps = np.asarray(eps, dtype=float).reshape(-1, 1) if np.ndim(eps) else float(eps)
+    r = y - np.einsum("rnd,rd->rn", x, theta)
+    return (np.abs(r) + eps * np.linalg.norm(theta, axis=-1, keepdims=True)) ** 2
+
+
+def adversarial_loss_grad(theta: np.ndarray, x: np.ndarray, y: np.ndarray,
+                          eps: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """R̂(θ, ε) = mean_i (|r_i| + ε‖θ‖)² and its gradient in θ (subgradient 0 for the norm at θ = 0)."""
+    eps = np.asarray(eps, dtype=float).reshape(-1, 1) if np.ndim(eps) else float(eps)
+    r = y - np.einsum("rnd,rd->rn", x, theta)
+    norm = np.linalg.norm(theta, axis=-1, keepdims=True)
+    m = np.abs(r) + eps * norm
+    loss = (m**2).mean(axis=-1)
+    unit = theta / np.maximum(norm, _TINY)
+    grad = 2 * (np.einsum("rn,rnd->rd", -m * np.sign(r), x) + (m.sum(axis=-1, keepdims=True) * eps) * unit)
+    return loss, grad / x.shape[1]
+
+
+def population_adversarial_risk(theta: np.ndarray, setting: LinearSetting, eps: float) -> np.ndarray:
+    """E(|r| + ε‖θ‖)² with r ~ N(0, s²), s² = ‖θ − θ0‖² + σ²: s² + 2ε‖θ‖ s √(2/π) + ε²‖θ‖²."""
+    s = np.sqrt(np.sum((theta - setting.theta0) ** 2, axis=-1) + setting.sigma**2)
+    t = np.linalg.norm(theta, axis=-1)
+    return s**2 + 2 * eps * t * s * math.sqrt(2 / math.pi) + (eps * t) ** 2
+
+
+def gradient_descent(x: np.ndarray, y: np.ndarray, eps: float | np.ndarray, *, lr: float = 0.1, steps: int = 300,
+                     theta_init: np.ndarray | None = None,
+                     record: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Full-batch GD on R̂(·, ε) from zero (or ``theta_init``); returns θ^(T) and, with ``record``, θ_1..θ_T.
+
+    The step is ``lr / (1 + ε)²``: the smoothness of R̂(·, ε) grows like (1 + ε)², so a fixed step that
+    converges for clean training diverges for large ε. At ε ≪ 1 both trajectories use the same step.
+    """
+    theta = np.zeros((x.shape[0], x.shape[2])) if theta_init is None else theta_init.copy()
+    eps_arr = np.asarray(eps, dtype=float)
+    lr = lr / (1 + eps_arr.reshape(-1, 1)) ** 2 if eps_arr.ndim else lr / (1 + float(eps)) ** 2
+    path = np.empty((steps,) + theta.shape) if record else None
+    for t in range(steps):
+        _, g = adversarial_loss_grad(theta, x, y, eps)
+        theta = theta - lr * g
+        if record:
+            path[t] = theta
+    return theta, path
+
+
+def exact_eps_star(x: np.ndarray, y: np.ndarray, setting: LinearSetting, *, lr: float = 0.1, steps: int = 300,
+                   iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Per repeat, the loss-criterion ε* (by bisection) and the clean test risk R(θ̂(0), 0)."""
+    theta0_hat, _ = gradient_descent(x, y, 0.0, lr=lr, steps=steps)
+    target = np.sum((theta0_hat - setting.theta0) ** 2, axis=-1) + setting.sigma**2
+    lo = np.zeros(x.shape[0])
+    hi = np.full(x.shape[0], 0.5)
+    for _ in range(40):  # grow hi until R̂(θ̂(hi), hi) > R(θ̂(0), 0) everywhere
+        theta, _ = gradient_descent(x, y, hi, lr=lr, steps=steps, theta_init=theta0_hat)
+        below = adversarial_loss_grad(theta, x, y, hi)[0] <= target
+        if not below.any():
+            break
+        hi = np.where(below, hi * 2, hi)
+    theta = theta0_hat
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        theta, _ = gradient_descent(x, y, mid, lr=lr, steps=steps // 3, theta_init=theta)
+        below = adversarial_loss_grad(theta, x, y, mid)[0] <= target
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return (lo + hi) / 2, target
+
+
+def _hotelling_pvalues(samples: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    m, d = reference.shape
+    mu = reference.mean(axis=0)
+    cov = np.cov(reference, rowvar=False).reshape(d, d)
+    diff = samples - mu
+    t2 = m / (m + 1) * np.einsum("rd,dk,rk->r", diff, np.linalg.inv(cov), diff)
+    f = (m - d) / (d * (m - 1)) * t2
+    return stats.f.sf(f, d, m - d)
+
+
+def _upper_tail_pvalues(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    ref = np.sort(reference)
+    greater_equal = ref.size - np.searchsorted(ref, values, side="left")
+    return (1 + greater_equal) / (ref.size + 1)
+
+
+@dataclass
+class SimulationResult:
+    """Figures 2 and 3 in numbers, for one (n, d) and a list of ε / √(d/n) ratios."""
+
+    n: int
+    d: int
+    ratios: list[float]
+    eps: list[float]
+    param_pvalue: list[float]
+    loss_pvalue: list[float]
+    rel_diff_final: list[float]
+    rel_diff_curves: list[list[float]]
+    eps_star_median: float
+    eps_star_iqr: tuple[float, float]
+    first_order_ratio: float
+    finetune_ratio: float
+    repeats: int
+    steps: int
+    lr: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values."""
+        return asdict(self)
+
+
+def simulate(setting: LinearSetting, ratios: Sequence[float], *, repeats: int = 300, steps: int = 300,
+             lr: float = 0.1, seed: int = 0, progress: Callable[[str], None] | None = None) -> SimulationResult:
+    """Run the section-4 measurements for one (n, d) at ε = ratio · √(d/n) for each ratio.
+
+    Args:
+        setting: n, d, σ, ‖θ0‖.
+        ratios: ε / √(d/n) values (the table's columns).
+        repeats: clean reference runs and adversarial runs (independent datasets each).
+        steps / lr: gradient descent (from zero), the same for clean and adversarial training.
+        seed: seeds everything.
+        progress: called with a line of text per ε.
+    """
+    if repeats <= setting.d + 1:
+        raise ValueError(f"repeats must exceed d + 1 for the Hotelling test, got {repeats} with d = {setting.d}")
+    rng = np.random.default_rng(seed)
+    x_ref, y_ref = sample_data(setting, repeats, rng)
+    x, y = sample_data(setting, repeats, rng)
+    ref_theta, _ = gradient_descent(x_ref, y_ref, 0.0, lr=lr, steps=steps)
+    ref_loss = adversarial_loss_grad(ref_theta, x_ref, y_ref, 0.0)[0]
+    _, clean_path = gradient_descent(x, y, 0.0, lr=lr, steps=steps, record=True)
+    clean_norms = np.maximum(np.linalg.norm(clean_path, axis=-1), _TINY)
+
+    eps_list, p_param, p_loss, rel_final, curves = [], [], [], [], []
+    for ratio in ratios:
+        eps = float(ratio) * setting.scale
+        theta, path = gradient_descent(x, y, eps, lr=lr, steps=steps, record=True)
+        rel = (np.linalg.norm(path - clean_path, axis=-1) / clean_norms).mean(axis=1)  # over repeats, per t
+        loss = adversarial_loss_grad(theta, x, y, eps)[0]
+        eps_list.append(eps)
+        p_param.append(float(_hotelling_pvalues(theta, ref_theta).mean()))
+        p_loss.append(float(_upper_tail_pvalues(loss, ref_loss).mean()))
+        rel_final.append(float(rel[-1]))
+        curves.append([float(v) for v in rel])
+        if progress:
+            progress(f"n={setting.n} d={setting.d} eps/sqrt(d/n)={ratio:g}")
+
+    star, r_star = exact_eps_star(x, y, setting, lr=lr, steps=steps)
+    first, fine = _gradient_estimators(x, y, setting, star, r_star, lr=lr, steps=steps)
+    q1, q3 = np.percentile(star, [25, 75])
+    return SimulationResult(
+        n=setting.n, d=setting.d, ratios=[float(r) for r in ratios], eps=eps_list, param_pvalue=p_param,
+        loss_pvalue=p_loss, rel_diff_final=rel_final, rel_diff_curves=curves, eps_star_median=float(np.median(star)),
+        eps_star_iqr=(float(q1), float(q3)), first_order_ratio=first, finetune_ratio=fine, repeats=repeats,
+        steps=steps, lr=lr,
+        extra={"sqrt_d_over_n": setting.scale, "d_over_n": setting.d / setting.n,
+               "eps_star_over_sqrt_d_over_n": float(np.median(star)) / setting.scale,
+               "eps_star_over_d_over_n": float(np.median(star)) / (setting.d / setting.n)},
+    )
+
+
+def _gradient_estimators(x: np.ndarray, y: np.ndarray, setting: LinearSetting, star: np.ndarray, r_star: np.ndarray,
+                         *, lr: float, steps: int) -> tuple[float, float]:
+    """Median ratios estimate / exact ε* of the first-order and fine-tune + extrapolate estimators."""
+    theta0_hat, _ = gradient_descent(x, y, 0.0, lr=lr, steps=steps)
+    r = y - np.einsum("rnd,rd->rn", x, theta0_hat)
+    train = (r**2).mean(axis=-1)
+    gap = r_star - train
+    grad_norm = (2 * np.abs(r) * np.linalg.norm(theta0_hat, axis=-1, keepdims=True)).mean(axis=-1)
+    first = gap / np.maximum(grad_norm, _TINY)
+    # Fine-tune: from θ̂(0), a short GD at a few ε below the first-order estimate (as the CLI picks them from
+    # the clean probe), a least-squares line through the losses, solved at R(θ̂(0), 0).
+    points = np.outer(np.array([0.25, 0.5, 0.75]), first)
+    losses = np.stack([adversarial_loss_grad(gradient_descent(x, y, e, lr=lr, steps=max(steps // 10, 10),
+                                                              theta_init=theta0_hat)[0], x, y, e)[0] for e in points])
+    slope = ((points - points.mean(0)) * (losses - losses.mean(0))).sum(0) / ((points - points.mean(0)) ** 2).sum(0)
+    intercept = losses.mean(0) - slope * points.mean(0)
+    fine = (r_star - intercept) / slope
+    return float(np.median(first / star)), float(np.median(fine / star))
