@@ -7,7 +7,7 @@ one batch into an adversarial training loss inside the user's own loop.
 from ._version import __version__
 from .attacks import FGM, FGSM, PGD, Attack, fgm_perturb, pgd_perturb
 from .losses import at_loss, mart_loss, trades_loss
-from .schedules import LinearWarmup, linear_warmup
+from .schedules import LinearWarmup, linear_warmup, parse_eps, parse_eps_list
 from .step import AdversarialStep, StepOutput
 
 __all__ = [
@@ -23,6 +23,8 @@ __all__ = [
     "fgm_perturb",
     "linear_warmup",
     "mart_loss",
+    "parse_eps",
+    "parse_eps_list",
     "pgd_perturb",
     "trades_loss",
 ]

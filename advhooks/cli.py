@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from ._version import __version__
+from .schedules import parse_eps_list
 
 __all__ = ["app", "main"]
 
@@ -78,27 +79,6 @@ def _check_options(**values: Any) -> None:
     for name, value in values.items():
         if value is not None and not value > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be {'> 0' if name == 'lr' else '>= 1'}, got {value}")
-
-
-def parse_eps_list(text: str) -> list[float]:
-    """``"0.5/255,1/255,2/255"`` → floats; fractions, decimals and integers are accepted.
-
-    Example:
-        >>> parse_eps_list("1/255, 0.5")
-        [0.00392156862745098, 0.5]
-    """
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            raise ValueError(f"--eps has an empty entry: {text!r}")
-        try:
-            num, _, den = part.partition("/")
-            value = float(num) / float(den) if den else float(num)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"--eps entries must be numbers or fractions like 8/255, got {part!r}") from None
-        out.append(value)
-    return out
 
 
 @dataclass

@@ -23,6 +23,7 @@ from .attacks import PGD
 from .benchmark import record_clean_benchmark
 from .data import load_digits
 from .monitor import PhaseMonitor
+from .plotting import pyplot, save_figure
 from .presets import get_preset
 from .training import adversarial_loss, train_adversarially
 
@@ -109,15 +110,8 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
 
 
 def _plot(result: dict[str, Any], path: Path) -> Path:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError("the demo's plot needs matplotlib: pip install 'advhooks[plot]'") from err
     r_star = result["clean_benchmark"]["clean_test_loss"]
-    fig, ax = plt.subplots(figsize=(7, 4.4), dpi=120)
+    fig, ax = pyplot().subplots(figsize=(7, 4.4), dpi=120)
     for run in result["runs"]:
         label = f"ε = {run['eps'] * 255:.3g}/255: {run['regime']}"
         ax.plot(range(1, len(run["epoch_losses"]) + 1), run["epoch_losses"], label=label)
@@ -130,10 +124,7 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def format_demo_table(result: dict[str, Any]) -> str:

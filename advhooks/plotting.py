@@ -4,10 +4,34 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .estimate import EpsStarEstimate
+if TYPE_CHECKING:
+    from .estimate import EpsStarEstimate
 
-__all__ = ["plot_estimate"]
+__all__ = ["plot_estimate", "pyplot", "save_figure"]
+
+
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend, or an ImportError naming the extra."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("plotting needs matplotlib: pip install 'advhooks[plot]'") from err
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Lay out, write (creating the folder) and close ``fig``; returns the path."""
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    pyplot().close(fig)
+    return out
 
 
 def plot_estimate(est: EpsStarEstimate, path: str | os.PathLike, unit: float = 1 / 255) -> Path:
@@ -18,13 +42,7 @@ def plot_estimate(est: EpsStarEstimate, path: str | os.PathLike, unit: float = 1
         path: where to write the PNG.
         unit: the x axis is ε / ``unit`` (default ε × 255).
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError("plotting needs matplotlib: pip install 'advhooks[plot]'") from err
+    plt = pyplot()
     scale = 1 / unit
     label = "ε × 255" if abs(scale - 255) < 1e-9 else f"ε / {unit:g}"
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
@@ -55,9 +73,4 @@ def plot_estimate(est: EpsStarEstimate, path: str | os.PathLike, unit: float = 1
     ax.set_title(f"ε* by {est.method} ({est.norm})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)

@@ -7,7 +7,7 @@ from typing import Any, Union
 
 from ._validation import check_finite_nonnegative
 
-__all__ = ["EpsLike", "LinearWarmup", "linear_warmup", "resolve_eps", "validate_eps"]
+__all__ = ["EpsLike", "LinearWarmup", "linear_warmup", "parse_eps", "parse_eps_list", "resolve_eps", "validate_eps"]
 
 EpsLike = Union[float, Callable[[int], float]]
 
@@ -63,3 +63,31 @@ def resolve_eps(eps: EpsLike, step: int) -> float:
     if callable(eps):
         return check_finite_nonnegative(f"eps schedule value at step {step}", eps(step))
     return eps
+
+
+def parse_eps(text: str) -> float:
+    """A strength written naturally: ``"8/255"``, ``"0.5/255"``, ``"0.03"``.
+
+    Example:
+        >>> parse_eps("0.5/255") == 0.5 / 255
+        True
+    """
+    part = text.strip()
+    try:
+        num, _, den = part.partition("/")
+        return float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"eps must be a number or a fraction like 8/255, got {text!r}") from None
+
+
+def parse_eps_list(text: str) -> list[float]:
+    """``"0.5/255,1/255,2/255"`` → floats (see :func:`parse_eps`).
+
+    Example:
+        >>> parse_eps_list("1/255, 0.5")
+        [0.00392156862745098, 0.5]
+    """
+    parts = [p.strip() for p in text.split(",")]
+    if any(not p for p in parts):
+        raise ValueError(f"eps list has an empty entry: {text!r}")
+    return [parse_eps(p) for p in parts]

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from advhooks import PGD, AdversarialStep  # advhooks (1/4)
+from advhooks import PGD, AdversarialStep, parse_eps  # advhooks (1/4)
 from advhooks.benchmark import step_decay
 from advhooks.data import load_digits
 from advhooks.monitor import PhaseMonitor
@@ -46,7 +45,7 @@ def evaluate(model: nn.Module, loader: DataLoader, attack: PGD | None = None) ->
 
 def main(argv: list[str] | None = None) -> list:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--eps", type=lambda s: float(Fraction(s)), default=8 / 255, help="L∞ strength, e.g. 8/255")
+    parser.add_argument("--eps", type=parse_eps, default=8 / 255, help="L∞ strength, e.g. 8/255")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--objective", choices=["at", "trades", "mart"], default="at")
     parser.add_argument("--benchmark", help="clean benchmark file from `advhooks benchmark-clean`")

@@ -15,7 +15,7 @@ import tempfile
 import torch
 from transformers import TrainingArguments, ViTConfig, ViTForImageClassification  # transformers (1/3)
 
-from advhooks import PGD
+from advhooks import PGD, parse_eps
 from advhooks.data import load_digits
 from advhooks.integrations.transformers import AdversarialTrainer, PhaseMonitorCallback
 
@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> list:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    num, _, den = args.eps.partition("/")
-    eps = float(num) / float(den) if den else float(num)
+    eps = parse_eps(args.eps)
 
     torch.manual_seed(args.seed)
     train_set, _ = load_digits(seed=0)

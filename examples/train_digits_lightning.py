@@ -12,7 +12,7 @@ import lightning as L  # lightning (1/3)
 import torch
 from torch.utils.data import DataLoader
 
-from advhooks import PGD
+from advhooks import PGD, parse_eps
 from advhooks.benchmark import step_decay
 from advhooks.data import load_digits
 from advhooks.integrations.lightning import AdversarialTrainingMixin, PhaseMonitorCallback
@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> list:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    num, _, den = args.eps.partition("/")
-    eps = float(num) / float(den) if den else float(num)
+    eps = parse_eps(args.eps)
 
     L.seed_everything(args.seed)
     train_set, _ = load_digits(seed=0)

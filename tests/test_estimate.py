@@ -9,8 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 from advhooks import estimate as E
+from advhooks import parse_eps_list
 from advhooks.benchmark import CleanBenchmark, record_clean_benchmark
-from advhooks.cli import app, parse_eps_list
+from advhooks.cli import app
 from advhooks.data import load_digits
 from advhooks.presets import get_preset
 

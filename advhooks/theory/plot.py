@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..plotting import pyplot, save_figure
 from .linear import SimulationResult
 
 __all__ = ["plot_simulation"]
@@ -15,14 +16,7 @@ __all__ = ["plot_simulation"]
 def plot_simulation(results: Sequence[SimulationResult], path: str | os.PathLike) -> Path:
     """Three panels: relative parameter difference along training (Figure 2 left, largest d), parameter
     p-values (Figure 2 right) and loss p-values (Figure 3) against log(ε / √(d/n)), one line per d."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError("plotting needs matplotlib: pip install 'advhooks[plot]'") from err
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=110)
+    fig, axes = pyplot().subplots(1, 3, figsize=(14, 4), dpi=110)
     last = results[-1]
     for ratio, curve in zip(last.ratios, last.rel_diff_curves, strict=True):
         axes[0].plot(range(1, len(curve) + 1), curve, label=f"ε/√(d/n) = {ratio:g}")
@@ -37,9 +31,4 @@ def plot_simulation(results: Sequence[SimulationResult], path: str | os.PathLike
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
