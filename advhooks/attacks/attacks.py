@@ -42,6 +42,7 @@ class Attack:
         normalization: Normalization = None,
         out_of_bounds: str = "raise",
         bn: str = "eval",
+        compile: bool = False,
     ) -> None:
         self.eps = validate_eps(eps)
         self.norm = check_choice("norm", norm, NORMS)
@@ -54,6 +55,7 @@ class Attack:
         self.domain = InputDomain(bounds, normalization)
         self.out_of_bounds = check_choice("out_of_bounds", out_of_bounds, OUT_OF_BOUNDS)
         self.bn = check_choice("bn", bn, BN_MODES)
+        self.compile = bool(compile)
 
     def eps_at(self, step: int = 0) -> float:
         """The attack strength at training step ``step``."""
@@ -96,7 +98,7 @@ class Attack:
             random_start=self.random_start, restarts=self.restarts, targeted=self.targeted,
             objective=self.objective if objective is None else objective, bounds=self.domain,
             normalization=None, out_of_bounds=self.out_of_bounds, bn=self.bn, input_key=input_key,
-            model_kwargs=model_kwargs, generator=generator,
+            model_kwargs=model_kwargs, generator=generator, compile=self.compile,
         )
 
     def __repr__(self) -> str:
@@ -123,6 +125,7 @@ class PGD(Attack):
         normalization: ``(mean, std)`` when the inputs are normalised before the model.
         out_of_bounds: ``"raise"`` or ``"clamp"`` for inputs outside ``bounds``.
         bn: ``"eval"`` or ``"train"`` (see :func:`advhooks.attacks.attack_mode`).
+        compile: run the attack's forwards through ``torch.compile`` (see :func:`pgd_perturb`).
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -135,10 +138,11 @@ class PGD(Attack):
     def __init__(self, eps: EpsLike, norm: str = "linf", steps: int = 10, step_size: float | None = None,
                  random_start: bool = True, restarts: int = 1, targeted: bool = False,
                  objective: Objective | None = None, bounds: Bounds = (0.0, 1.0),
-                 normalization: Normalization = None, out_of_bounds: str = "raise", bn: str = "eval") -> None:
+                 normalization: Normalization = None, out_of_bounds: str = "raise", bn: str = "eval",
+                 compile: bool = False) -> None:
         super().__init__(eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
                          restarts=restarts, targeted=targeted, objective=objective, bounds=bounds,
-                         normalization=normalization, out_of_bounds=out_of_bounds, bn=bn)
+                         normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile)
 
     def default_step_size(self, eps: float) -> float:
         """``2.5 * eps / steps`` (Madry et al.)."""
@@ -162,10 +166,10 @@ class FGM(Attack):
     def __init__(self, eps: EpsLike, norm: str = "linf", step_size: float | None = None,
                  random_start: bool = False, targeted: bool = False, objective: Objective | None = None,
                  bounds: Bounds = (0.0, 1.0), normalization: Normalization = None,
-                 out_of_bounds: str = "raise", bn: str = "eval") -> None:
+                 out_of_bounds: str = "raise", bn: str = "eval", compile: bool = False) -> None:
         super().__init__(eps, norm=norm, steps=1, step_size=step_size, random_start=random_start,
                          targeted=targeted, objective=objective, bounds=bounds, normalization=normalization,
-                         out_of_bounds=out_of_bounds, bn=bn)
+                         out_of_bounds=out_of_bounds, bn=bn, compile=compile)
 
     def default_step_size(self, eps: float) -> float:
         """``eps`` from the clean input; ``1.25 * eps`` after a random start (Wong et al. 2020)."""

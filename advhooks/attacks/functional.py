@@ -23,6 +23,16 @@ from .objectives import Objective, per_sample
 
 __all__ = ["OUT_OF_BOUNDS", "fgm_perturb", "pgd_perturb"]
 
+_compiled_call = None
+
+
+def _compiled_call_model(module, inputs, input_key, kwargs):
+    """``call_model`` through one ``torch.compile``d function; dynamo specialises it per module and mode."""
+    global _compiled_call
+    if _compiled_call is None:
+        _compiled_call = torch.compile(call_model, dynamic=False)
+    return _compiled_call(module, inputs, input_key, kwargs)
+
 OUT_OF_BOUNDS = ("raise", "clamp")
 # Inputs this far outside the bounds (relative to the box width) still count as inside: it absorbs the
 # rounding of a normalise/denormalise round trip.
@@ -49,6 +59,7 @@ def pgd_perturb(
     input_key: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018): adversarial inputs in the ε-ball of ``norm``.
 
@@ -74,6 +85,8 @@ def pgd_perturb(
         input_key: pass the adversarial tensor as this keyword (``"pixel_values"``, ``"inputs_embeds"``).
         model_kwargs: further keyword arguments for every forward (attention masks, ...).
         generator: random generator for the starts.
+        compile: run the attack's forwards through ``torch.compile`` (first call compiles; measured on the
+            CPU: 0.87× eager time for PreActResNet18, 1.5× for a small MNIST CNN, hence off by default).
 
     Returns:
         ``inputs + δ`` with δ detached, inside the ball and the bounds.
@@ -93,7 +106,7 @@ def pgd_perturb(
     return _perturb(model, inputs, targets, eps=eps, norm=norm, steps=steps, step_size=step_size,
                     random_start=random_start, restarts=restarts, targeted=targeted, objective=objective,
                     bounds=bounds, normalization=normalization, out_of_bounds=out_of_bounds, bn=bn,
-                    input_key=input_key, model_kwargs=model_kwargs, generator=generator)
+                    input_key=input_key, model_kwargs=model_kwargs, generator=generator, compile=compile)
 
 
 def fgm_perturb(
@@ -114,6 +127,7 @@ def fgm_perturb(
     input_key: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Fast gradient method: one step to the ball's boundary (FGSM for ``norm="linf"``).
 
@@ -136,11 +150,11 @@ def fgm_perturb(
     return _perturb(model, inputs, targets, eps=eps, norm=norm, steps=1, step_size=step_size,
                     random_start=random_start, restarts=1, targeted=targeted, objective=objective,
                     bounds=bounds, normalization=normalization, out_of_bounds=out_of_bounds, bn=bn,
-                    input_key=input_key, model_kwargs=model_kwargs, generator=generator)
+                    input_key=input_key, model_kwargs=model_kwargs, generator=generator, compile=compile)
 
 
 def _perturb(model, inputs, targets, *, eps, norm, steps, step_size, random_start, restarts, targeted,
-             objective, bounds, normalization, out_of_bounds, bn, input_key, model_kwargs, generator):
+             objective, bounds, normalization, out_of_bounds, bn, input_key, model_kwargs, generator, compile=False):
     bn = check_choice("bn", bn, BN_MODES)
     out_of_bounds = check_choice("out_of_bounds", out_of_bounds, OUT_OF_BOUNDS)
     if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
@@ -170,11 +184,12 @@ def _perturb(model, inputs, targets, *, eps, norm, steps, step_size, random_star
     direction_sign = -1.0 if targeted else 1.0
     loss_scale = autocast_loss_scale(x.device.type)
 
+    run_model = _compiled_call_model if compile else call_model
     with attack_mode(model, bn) as module, torch.enable_grad():  # callers may be under no_grad
 
         def forward(delta: torch.Tensor) -> torch.Tensor:
             adv = x + delta if inv_std is None else x + delta * inv_std
-            return call_model(module, adv, input_key, kwargs)
+            return run_model(module, adv, input_key, kwargs)
 
         best_delta = best_loss = None
         for _ in range(restarts):
