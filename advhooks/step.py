@@ -17,6 +17,7 @@ from torch import nn
 from ._outputs import call_model
 from ._validation import check_finite_nonnegative, check_unit_interval
 from .attacks import Attack, attack_mode, per_sample
+from .attacks.norms import random_in_ball_
 from .attacks.objectives import Objective, upcast
 from .losses import get_objective, kl_to_reference, mart_loss, trades_loss
 
@@ -62,6 +63,9 @@ class AdversarialStep:
             ``trades``); default cross-entropy. MART defines its own loss.
         beta: weight of the robustness term of TRADES/MART (default 6).
         clean_fraction: for ``at``, weight c of the clean loss: ``(1 − c)·adv + c·clean``.
+        grad_align: weight λ of GradAlign (Andriushchenko & Flammarion 2020), a guard against catastrophic
+            overfitting in FGSM training: ``λ · mean(1 − cos(∇ₓℓ(x), ∇ₓℓ(x + η)))`` with η uniform in the
+            ε-ball (double backpropagation: about two more forward+backward passes per step; 0 = off).
         input_key: for dict batches, the key of the tensor to perturb (``"pixel_values"``,
             ``"inputs_embeds"``); other keys but ``label_key`` go to the model as keyword arguments.
         label_key: for dict batches, the key of the labels when ``targets`` is not given.
@@ -85,6 +89,7 @@ class AdversarialStep:
         criterion: Objective | None = None,
         beta: float | None = None,
         clean_fraction: float = 0.0,
+        grad_align: float = 0.0,
         input_key: str | None = None,
         label_key: str = "labels",
     ) -> None:
@@ -103,6 +108,7 @@ class AdversarialStep:
         default_beta = self.objective.default_beta
         self.beta = check_finite_nonnegative("beta", beta) if beta is not None else default_beta
         self.clean_fraction = check_unit_interval("clean_fraction", clean_fraction)
+        self.grad_align = check_finite_nonnegative("grad_align", grad_align)
         if self.clean_fraction and self.objective.name != "at":
             raise ValueError("clean_fraction applies to objective='at'; TRADES and MART already weigh the clean loss")
         if self.objective.attacks_kl and not attack.random_start:
@@ -152,6 +158,8 @@ class AdversarialStep:
             if self.clean_fraction > 0:
                 loss = (1.0 - self.clean_fraction) * loss + self.clean_fraction * clean_losses
             clean_loss = clean_losses.detach()
+        if self.grad_align > 0:
+            loss = loss + self.grad_align * self._grad_misalignment(x, y, eps, kwargs)
 
         return StepOutput(
             loss=loss,
@@ -163,6 +171,21 @@ class AdversarialStep:
             clean_loss=clean_loss,
             clean_logits=clean_logits,
         )
+
+    def _grad_misalignment(self, x: torch.Tensor, y: torch.Tensor, eps: float, kwargs: dict) -> torch.Tensor:
+        """GradAlign's mean 1 − cos(∇ₓℓ(x), ∇ₓℓ(x + η)), differentiable in the parameters."""
+        attack = self.attack
+        noise = random_in_ball_(torch.empty_like(x), attack.norm, eps)
+        points = [x.detach(), x.detach() + noise]
+        if attack.domain.is_bounded:
+            placed = attack.domain.place(x)
+            points[1] = torch.clamp(points[1], placed.input_low, placed.input_high)
+        grads = []
+        for point in points:
+            point = point.requires_grad_(True)
+            loss = self.criterion(call_model(self.model, point, self.input_key, kwargs), y).sum()
+            grads.append(torch.autograd.grad(loss, point, create_graph=True)[0].flatten(1))
+        return (1.0 - F.cosine_similarity(grads[0], grads[1], dim=1)).mean()
 
     def _unpack(self, inputs, targets):
         if isinstance(inputs, Mapping):

@@ -190,3 +190,22 @@ def test_step_errors(cnn, batch):
     keyed = AdversarialStep(cnn, attack, input_key="pixel_values")
     with pytest.raises(KeyError, match="label_key"):
         keyed({"pixel_values": batch[0]})
+
+
+def test_grad_align_adds_the_gradient_misalignment(batch):
+    torch.manual_seed(0)
+    x, y = batch
+    model = SmallCNN().eval()
+    plain = AdversarialStep(model, FGM(8 / 255, random_start=True))
+    aligned = AdversarialStep(model, FGM(8 / 255, random_start=True), grad_align=0.5)
+    torch.manual_seed(1)
+    base = plain(x, y)
+    torch.manual_seed(1)
+    out = aligned(x, y)
+    torch.testing.assert_close(out.adv_inputs, base.adv_inputs)
+    extra = (out.loss - base.loss).item() / 0.5
+    assert 0.0 < extra <= 2.0  # 1 − cos lies in [0, 2], and two input gradients are never parallel here
+    out.loss.backward()  # double backpropagation reaches the parameters
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="grad_align"):
+        AdversarialStep(model, FGM(0.1), grad_align=-1.0)
