@@ -175,10 +175,12 @@ class AdversarialStep:
     def _grad_misalignment(self, x: torch.Tensor, y: torch.Tensor, eps: float, kwargs: dict) -> torch.Tensor:
         """GradAlign's mean 1 − cos(∇ₓℓ(x), ∇ₓℓ(x + η)), differentiable in the parameters."""
         attack = self.attack
-        noise = random_in_ball_(torch.empty_like(x), attack.norm, eps)
+        placed = attack.domain.place(x)
+        noise = random_in_ball_(torch.empty_like(x), attack.norm, eps)  # pixel units, like the attack's δ
+        if placed.inv_std is not None:
+            noise = noise * placed.inv_std
         points = [x.detach(), x.detach() + noise]
         if attack.domain.is_bounded:
-            placed = attack.domain.place(x)
             points[1] = torch.clamp(points[1], placed.input_low, placed.input_high)
         grads = []
         for point in points:
