@@ -1,12 +1,16 @@
 """advhooks: drop-in adversarial training for PyTorch loops, watched against the clean benchmark.
 
 Attacks (PGD, FGM in L∞ and L2), the AT/TRADES/MART objectives and :class:`AdversarialStep`, which turns
-one batch into an adversarial training loss inside the user's own loop.
+one batch into an adversarial training loss inside the user's own loop; :class:`CleanBenchmark` (R*(0))
+and :class:`PhaseMonitor`, which tells during training whether ε is far above ε*.
 """
 
 from ._version import __version__
 from .attacks import FGM, FGSM, PGD, Attack, fgm_perturb, pgd_perturb
+from .benchmark import CleanBenchmark
+from .free import FreeAdversarialStep
 from .losses import at_loss, mart_loss, trades_loss
+from .monitor import PhaseMonitor, PhaseReport
 from .schedules import LinearWarmup, linear_warmup, parse_eps, parse_eps_list
 from .step import AdversarialStep, StepOutput
 
@@ -16,7 +20,11 @@ __all__ = [
     "PGD",
     "AdversarialStep",
     "Attack",
+    "CleanBenchmark",
+    "FreeAdversarialStep",
     "LinearWarmup",
+    "PhaseMonitor",
+    "PhaseReport",
     "StepOutput",
     "__version__",
     "at_loss",
