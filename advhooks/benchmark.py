@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ._outputs import logits_of
 from ._version import __version__
+from .attacks.model_state import eval_mode
 from .attacks.objectives import Objective, per_sample
 from .data import labels_of
 
@@ -104,10 +105,8 @@ def evaluate_clean(model: nn.Module, loader: Iterable, criterion: Objective | No
     The model is evaluated in eval mode and put back in the mode it was in.
     """
     crit = per_sample(criterion)
-    was_training = model.training
-    model.eval()
     losses, correct, n = [], torch.zeros((), dtype=torch.long), 0
-    try:
+    with eval_mode(model):
         for x, y in loader:
             if device is not None:
                 x, y = x.to(device), y.to(device)
@@ -118,8 +117,6 @@ def evaluate_clean(model: nn.Module, loader: Iterable, criterion: Objective | No
             losses.append(loss.double().cpu())
             correct += (logits.argmax(1) == y).sum().cpu()
             n += y.shape[0]
-    finally:
-        model.train(was_training)
     if n == 0:
         raise ValueError("the data loader is empty")
     return torch.cat(losses), correct.item() / n

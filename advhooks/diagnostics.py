@@ -22,7 +22,7 @@ from torch import nn
 
 from ._outputs import logits_of
 from ._validation import check_finite_nonnegative, check_positive_int, check_unit_interval
-from .attacks import FGM, PGD
+from .attacks import FGM, PGD, eval_mode
 
 __all__ = [
     "CatastrophicOverfittingDetector",
@@ -100,13 +100,8 @@ class CatastrophicOverfittingDetector:
 
     def _accuracy(self, model: nn.Module, attack) -> float:
         adv = attack(model, self.inputs, self.targets)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return float((logits_of(model(adv)).argmax(1) == self.targets).double().mean())
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            return float((logits_of(model(adv)).argmax(1) == self.targets).double().mean())
 
     def epoch_end(self, model: nn.Module) -> OverfittingReport:
         """Measure both accuracies for the current model and decide; the flag fires once."""

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ._outputs import logits_of
-from .attacks import FGM, PGD, Attack, dual_norm
+from .attacks import FGM, PGD, Attack, dual_norm, eval_mode
 from .attacks.objectives import cross_entropy
 from .benchmark import CleanBenchmark
 from .training import PassCounter, adversarial_loss, train_adversarially
@@ -99,10 +99,6 @@ class EpsStarEstimate:
     def to_json(self, **kwargs: Any) -> str:
         """The estimate as JSON."""
         return json.dumps(self.to_dict(), **kwargs)
-
-    def in_units(self, value: float | None, unit: float = 1 / 255) -> str:
-        """``value`` written as ``x/255`` (or in another unit)."""
-        return "-" if value is None else f"{value / unit:.3g}/{round(1 / unit)}"
 
 
 def check_eps_grid(eps: Sequence[float], name: str = "eps") -> list[float]:
@@ -338,17 +334,13 @@ def mean_input_grad_dual_norm(model: nn.Module, dataset: Dataset, norm: str = "l
 
     One forward and input-gradient pass over ``dataset``; the model's mode is restored.
     """
-    was_training = model.training
-    model.eval()
     norms = []
-    try:
+    with eval_mode(model):
         for x, y in DataLoader(dataset, batch_size=batch_size):
             x = x.to(device).requires_grad_(True)
             loss = cross_entropy(logits_of(model(x)), y.to(device)).sum()
             (g,) = torch.autograd.grad(loss, x)
             norms.append(dual_norm(g, norm).double().cpu())
-    finally:
-        model.train(was_training)
     return float(torch.cat(norms).mean())
 
 

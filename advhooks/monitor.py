@@ -41,7 +41,7 @@ from torch import nn
 
 from ._outputs import logits_of
 from ._validation import check_finite_nonnegative, check_positive, check_positive_int
-from .attacks import PGD, Attack
+from .attacks import PGD, Attack, eval_mode
 from .attacks.objectives import per_sample
 from .benchmark import CleanBenchmark
 
@@ -307,21 +307,19 @@ class PhaseMonitor:
 
     def _reduced_totals(self) -> tuple[float, float]:
         total, count = self._loss_sum, self._count
-        if self.reducer is not None:
-            device = total.device if isinstance(total, torch.Tensor) else torch.device("cpu")
-            packed = torch.stack([torch.as_tensor(total, dtype=torch.float64, device=device),
-                                  torch.as_tensor(count, dtype=torch.float64, device=device)])
-            packed = self.reducer(packed)
-            total, count = packed[0], packed[1]
-        elif _is_distributed():
-            device = total.device if isinstance(total, torch.Tensor) else torch.device("cpu")
-            if dist.get_backend() == "nccl" and device.type != "cuda":
-                device = torch.device("cuda", torch.cuda.current_device())
-            packed = torch.stack([torch.as_tensor(total, dtype=torch.float64, device=device),
-                                  torch.as_tensor(count, dtype=torch.float64, device=device)])
+        use_dist = self.reducer is None and _is_distributed()
+        if self.reducer is None and not use_dist:
+            return float(total), float(count)
+        device = total.device if isinstance(total, torch.Tensor) else torch.device("cpu")
+        if use_dist and dist.get_backend() == "nccl" and device.type != "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        packed = torch.stack([torch.as_tensor(total, dtype=torch.float64, device=device),
+                              torch.as_tensor(count, dtype=torch.float64, device=device)])
+        if use_dist:
             dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-            total, count = packed[0], packed[1]
-        return float(total), float(count)
+        else:
+            packed = self.reducer(packed)
+        return float(packed[0]), float(packed[1])
 
     # -- probe -----------------------------------------------------------------------------------
     def enable_probe(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
@@ -361,7 +359,7 @@ class PhaseMonitor:
             for i in range(0, p.inputs.shape[0], p.batch_size):
                 x, y = p.inputs[i : i + p.batch_size], p.targets[i : i + p.batch_size]
                 adv = p.attack(p.model, x, y, eps=eps)
-                with torch.no_grad(), _eval_mode(p.model):
+                with torch.no_grad(), eval_mode(p.model):
                     total += crit(logits_of(p.model(adv)), y).double().sum()
             losses[f"{eps:.6g}"] = float(total) / p.inputs.shape[0]
         passing = [e for e in p.ladder if losses[f"{e:.6g}"] <= self.clean_test_loss]
@@ -414,15 +412,3 @@ class PhaseMonitor:
         self._loss_sum = float(state["open_loss_sum"])
         self._count = float(state["open_count"])
 
-
-class _eval_mode:  # noqa: N801 - used as a context manager
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for m, training in self.modes:
-            m.training = training

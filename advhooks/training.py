@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ._outputs import logits_of
-from .attacks import Attack
+from .attacks import Attack, eval_mode
 from .attacks.objectives import cross_entropy
 from .benchmark import step_decay
 from .monitor import PhaseMonitor
@@ -35,10 +35,8 @@ class PassCounter:
 def adversarial_loss(model: nn.Module, loader: Iterable, attack: Attack | None, eps: float,
                      device: torch.device | str = "cpu") -> tuple[float, float]:
     """Mean per-sample cross-entropy and accuracy of ``model`` under ``attack`` at ``eps`` (eval mode)."""
-    was_training = model.training
-    model.eval()
     total, correct, n = 0.0, 0, 0
-    try:
+    with eval_mode(model):
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             if attack is not None and eps > 0:
@@ -48,8 +46,6 @@ def adversarial_loss(model: nn.Module, loader: Iterable, attack: Attack | None, 
             total += float(cross_entropy(logits, y).double().sum())
             correct += int((logits.argmax(1) == y).sum())
             n += y.shape[0]
-    finally:
-        model.train(was_training)
     return total / max(n, 1), correct / max(n, 1)
 
 

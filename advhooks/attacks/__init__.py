@@ -3,7 +3,7 @@
 from .attacks import FGM, FGSM, PGD, Attack
 from .domain import InputDomain
 from .functional import fgm_perturb, pgd_perturb
-from .model_state import attack_mode, unwrap_parallel
+from .model_state import attack_mode, eval_mode, unwrap_parallel
 from .norms import dual_norm
 from .objectives import cross_entropy, per_sample
 
@@ -16,6 +16,7 @@ __all__ = [
     "attack_mode",
     "cross_entropy",
     "dual_norm",
+    "eval_mode",
     "fgm_perturb",
     "per_sample",
     "pgd_perturb",

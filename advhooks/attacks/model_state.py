@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.parallel import DistributedDataParallel
 from torch.nn.parameter import UninitializedParameter
 
-__all__ = ["BN_MODES", "attack_mode", "unwrap_parallel"]
+__all__ = ["BN_MODES", "attack_mode", "eval_mode", "unwrap_parallel"]
 
 BN_MODES = ("eval", "train")
 
@@ -36,6 +36,34 @@ def unwrap_parallel(model: nn.Module) -> nn.Module:
     while isinstance(model, DistributedDataParallel):
         model = model.module
     return model
+
+
+@contextmanager
+def _modes_restored(module: nn.Module) -> Iterator[None]:
+    """Put every submodule's train/eval flag back as it was on exit (also after an exception)."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode for an evaluation; every submodule's mode is restored on exit.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+        >>> with eval_mode(net):
+        ...     net.training
+        False
+        >>> net.training
+        True
+    """
+    with _modes_restored(model):
+        model.eval()
+        yield model
 
 
 @contextmanager
@@ -63,28 +91,26 @@ def attack_mode(model: nn.Module, bn: str = "eval") -> Iterator[nn.Module]:
     if bn not in BN_MODES:
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
     module = unwrap_parallel(model)
-    modes = [(m, m.training) for m in module.modules()]
     untracked: list[_NormBase] = []
     # Lazy modules' uninitialised parameters cannot be touched until their first forward.
     frozen = [p for p in module.parameters() if p.requires_grad and not isinstance(p, UninitializedParameter)]
-    try:
-        for p in frozen:
-            p.requires_grad_(False)
-        if bn == "eval":
-            module.eval()
-        else:
-            for m in module.modules():
-                if isinstance(m, _NormBase) and m.training and m.track_running_stats:
-                    m.track_running_stats = False
-                    untracked.append(m)
-        yield module
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-        for m in untracked:
-            m.track_running_stats = True
-        for m, was_training in modes:
-            m.training = was_training
+    with _modes_restored(module):
+        try:
+            for p in frozen:
+                p.requires_grad_(False)
+            if bn == "eval":
+                module.eval()
+            else:
+                for m in module.modules():
+                    if isinstance(m, _NormBase) and m.training and m.track_running_stats:
+                        m.track_running_stats = False
+                        untracked.append(m)
+            yield module
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+            for m in untracked:
+                m.track_running_stats = True
 
 
 def autocast_loss_scale(device_type: str) -> float:
