@@ -54,3 +54,34 @@ def test_channels_last_inputs(batch):
     adv_cl = PGD(8 / 255, steps=3, random_start=False)(model, xc, y)
     adv = PGD(8 / 255, steps=3, random_start=False)(model, x, y)
     torch.testing.assert_close(adv_cl, adv, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_attack_precision_equals_running_the_attack_under_autocast(precision, dtype, batch):
+    x, y = batch
+    model = SmallCNN().eval()
+    own = PGD(8 / 255, steps=3, random_start=False, precision=precision)(model, x, y)
+    with torch.autocast("cpu", dtype=dtype):
+        outer = PGD(8 / 255, steps=3, random_start=False)(model, x, y)
+    assert not torch.is_autocast_enabled("cpu")  # the attack's autocast does not leak out
+    assert own.dtype == torch.float32
+    torch.testing.assert_close(own, outer, rtol=0, atol=0)
+
+
+def test_bf16_attack_keeps_the_fp32_attack_strength(batch):
+    torch.manual_seed(0)
+    x, y = batch
+    model = SmallCNN().eval()
+    losses = {}
+    for precision in (None, "bf16"):
+        adv = PGD(8 / 255, steps=10, random_start=False, precision=precision)(model, x, y)
+        with torch.no_grad():  # judged in fp32
+            losses[precision] = torch.nn.functional.cross_entropy(model(adv), y).item()
+    with torch.no_grad():
+        clean = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert losses["bf16"] - clean > 0.9 * (losses[None] - clean)
+
+
+def test_precision_is_validated():
+    with pytest.raises(ValueError, match="precision must be one of 'bf16', 'fp16'"):
+        PGD(8 / 255, precision="int8")

@@ -11,7 +11,7 @@ from torch import nn
 from .._validation import check_choice, check_positive, check_positive_int
 from ..schedules import EpsLike, resolve_eps, validate_eps
 from .domain import Bounds, InputDomain, Normalization
-from .functional import OUT_OF_BOUNDS, _perturb
+from .functional import OUT_OF_BOUNDS, PRECISIONS, _perturb
 from .model_state import BN_MODES
 from .norms import NORMS
 from .objectives import Objective, per_sample
@@ -43,6 +43,7 @@ class Attack:
         out_of_bounds: str = "raise",
         bn: str = "eval",
         compile: bool = False,
+        precision: str | None = None,
     ) -> None:
         self.eps = validate_eps(eps)
         self.norm = check_choice("norm", norm, NORMS)
@@ -56,6 +57,7 @@ class Attack:
         self.out_of_bounds = check_choice("out_of_bounds", out_of_bounds, OUT_OF_BOUNDS)
         self.bn = check_choice("bn", bn, BN_MODES)
         self.compile = bool(compile)
+        self.precision = None if precision is None else check_choice("precision", precision, tuple(PRECISIONS))
 
     def eps_at(self, step: int = 0) -> float:
         """The attack strength at training step ``step``."""
@@ -99,12 +101,13 @@ class Attack:
             objective=self.objective if objective is None else objective, bounds=self.domain,
             normalization=None, out_of_bounds=self.out_of_bounds, bn=self.bn, input_key=input_key,
             model_kwargs=model_kwargs, generator=generator, compile=self.compile,
+            precision=self.precision,
         )
 
     def __repr__(self) -> str:
         fields = ", ".join(
             f"{k}={getattr(self, k)!r}" for k in ("eps", "norm", "steps", "step_size", "random_start", "restarts",
-                                                   "targeted", "bn")
+                                                   "targeted", "bn", "compile", "precision")
         )
         return f"{type(self).__name__}({fields}, bounds={self.domain.bounds!r})"
 
@@ -126,6 +129,7 @@ class PGD(Attack):
         out_of_bounds: ``"raise"`` or ``"clamp"`` for inputs outside ``bounds``.
         bn: ``"eval"`` or ``"train"`` (see :func:`advhooks.attacks.attack_mode`).
         compile: run the attack's forwards through ``torch.compile`` (see :func:`pgd_perturb`).
+        precision: ``"bf16"``/``"fp16"``: the attack's own autocast dtype (see :func:`pgd_perturb`).
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -139,10 +143,11 @@ class PGD(Attack):
                  random_start: bool = True, restarts: int = 1, targeted: bool = False,
                  objective: Objective | None = None, bounds: Bounds = (0.0, 1.0),
                  normalization: Normalization = None, out_of_bounds: str = "raise", bn: str = "eval",
-                 compile: bool = False) -> None:
+                 compile: bool = False, precision: str | None = None) -> None:
         super().__init__(eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
                          restarts=restarts, targeted=targeted, objective=objective, bounds=bounds,
-                         normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile)
+                         normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile,
+                         precision=precision)
 
     def default_step_size(self, eps: float) -> float:
         """``2.5 * eps / steps`` (Madry et al.)."""
@@ -166,10 +171,11 @@ class FGM(Attack):
     def __init__(self, eps: EpsLike, norm: str = "linf", step_size: float | None = None,
                  random_start: bool = False, targeted: bool = False, objective: Objective | None = None,
                  bounds: Bounds = (0.0, 1.0), normalization: Normalization = None,
-                 out_of_bounds: str = "raise", bn: str = "eval", compile: bool = False) -> None:
+                 out_of_bounds: str = "raise", bn: str = "eval", compile: bool = False,
+                 precision: str | None = None) -> None:
         super().__init__(eps, norm=norm, steps=1, step_size=step_size, random_start=random_start,
                          targeted=targeted, objective=objective, bounds=bounds, normalization=normalization,
-                         out_of_bounds=out_of_bounds, bn=bn, compile=compile)
+                         out_of_bounds=out_of_bounds, bn=bn, compile=compile, precision=precision)
 
     def default_step_size(self, eps: float) -> float:
         """``eps`` from the clean input; ``1.25 * eps`` after a random start (Wong et al. 2020)."""
