@@ -295,6 +295,14 @@ class CleanBenchmark:
         missing = {"clean_test_loss", "clean_test_accuracy", "n_test"} - record.keys()
         if missing:
             raise BenchmarkFormatError(f"{path}: the record lacks {sorted(missing)}")
+        for key, kind in _RECORD_TYPES.items():
+            value = record.get(key)
+            if value is None and key not in _REQUIRED_VALUES:
+                continue
+            if not _has_kind(value, kind):
+                raise BenchmarkFormatError(f"{path}: malformed record: {key} = {value!r} is not {kind}")
+        if not (math.isfinite(record["clean_test_loss"]) and record["clean_test_loss"] > 0):
+            raise BenchmarkFormatError(f"{path}: malformed record: clean_test_loss must be finite and > 0")
         try:
             return cls(**{k: v for k, v in record.items() if k in names})
         except TypeError as err:
@@ -322,6 +330,31 @@ class CleanBenchmark:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+_REQUIRED_VALUES = ("clean_test_loss", "clean_test_accuracy", "n_test")
+# What each record field must hold; None is accepted for the optional ones.
+_RECORD_TYPES = {
+    "clean_test_loss": "a number", "clean_train_loss": "a number", "generalization_gap": "a number",
+    "clean_test_accuracy": "a number", "clean_train_accuracy": "a number", "test_loss_stderr": "a number",
+    "n_test": "an integer", "n_train": "an integer", "best_epoch": "an integer", "criterion": "a string",
+    "dataset": "an object", "model": "an object", "training": "an object", "advhooks_version": "a string",
+    "torch_version": "a string", "created": "a string",
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _has_kind(value: Any, kind: str) -> bool:
+    if kind == "a number":
+        return _is_int(value) or isinstance(value, float)  # NaN allowed: a stderr of one sample
+    if kind == "an integer":
+        return _is_int(value) and value >= 0
+    if kind == "a string":
+        return isinstance(value, str)
+    return isinstance(value, dict)
+
+
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
     """The benchmark record from a file's safetensors header, reading nothing past the header.
 
@@ -346,16 +379,26 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
         raise BenchmarkFormatError(f"{path}: not a safetensors file (unreadable header)") from None
     if not isinstance(header, dict):
         raise BenchmarkFormatError(f"{path}: not a safetensors file (header is not a JSON object)")
-    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    ends = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) and o >= 0 for o in offsets)
+                and offsets[0] <= offsets[1]):
+            raise BenchmarkFormatError(f"{path}: not a safetensors file (bad entry for tensor {name!r})")
+        ends.append(offsets[1])
     if ends and max(ends) > size - 8 - n:
         raise BenchmarkFormatError(f"{path}: truncated ({size} bytes; the header describes {8 + n + max(ends)})")
     meta = header.get("__metadata__") or {}
-    if _RECORD_KEY not in meta:
+    if not isinstance(meta, dict) or _RECORD_KEY not in meta:
         raise BenchmarkFormatError(f"{path}: a safetensors file, but not an advhooks clean benchmark (no record)")
     try:
         record = json.loads(meta[_RECORD_KEY])
-    except json.JSONDecodeError:
+    except (TypeError, json.JSONDecodeError):
         raise BenchmarkFormatError(f"{path}: the benchmark record is not valid JSON") from None
+    if not isinstance(record, dict):
+        raise BenchmarkFormatError(f"{path}: the benchmark record is not a JSON object")
     version = record.get("schema_version")
     if version != SCHEMA_VERSION:
         raise BenchmarkFormatError(

@@ -33,6 +33,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -76,7 +77,9 @@ class PhaseReport:
         flag_epoch: the epoch it fired, if it has.
         eps_star_lower_bound: the probe's lower bound on ε* so far (``None`` without a probe).
         probe: the probe's ``{ε′: loss}`` when it ran this epoch.
-        samples: samples seen this epoch (all ranks).
+        samples: samples whose loss entered the epoch mean (all ranks).
+        nonfinite_samples: samples of batches whose loss was NaN or inf (all ranks). They are left out of
+            the mean and logged as a warning; an epoch with no finite batch has a NaN loss and ratio.
         explanation: one or two sentences for people.
     """
 
@@ -94,6 +97,7 @@ class PhaseReport:
     probe: dict[str, float] | None
     samples: int
     explanation: str
+    nonfinite_samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for loggers and JSON."""
@@ -105,7 +109,7 @@ def decide_regime(ratios: Sequence[float], *, threshold: float = 1.5, patience: 
     """The regime after the epochs whose ratios ρ = R̂/R*(0) are given, and why (a pure function).
 
     Args:
-        ratios: ρ of each epoch so far, oldest first.
+        ratios: ρ of each epoch so far, oldest first; NaN or inf (a diverged epoch) counts as no progress.
         threshold: ρ above which a plateau means ε ≫ ε*.
         patience: epochs without ``min_delta`` relative improvement of the best ρ that make a plateau.
         warmup_epochs: no ε ≫ ε* verdict before this many epochs.
@@ -119,8 +123,11 @@ def decide_regime(ratios: Sequence[float], *, threshold: float = 1.5, patience: 
     """
     if not ratios:
         raise ValueError("ratios must not be empty")
+    ratios = [r if math.isfinite(r) else math.inf for r in ratios]
     best = min(ratios)
     epoch = len(ratios)
+    if math.isinf(best):
+        return TRANSITION, "no epoch has had a finite adversarial training loss yet (diverged?)"
     if best <= 1.0:
         return CLEAN_LIKE, (f"the adversarial training loss reached {best:.3f} × R*(0) <= R*(0), so eps <= eps* "
                             "for this configuration: adversarial training behaves like clean training")
@@ -177,6 +184,9 @@ class PhaseMonitor:
         logger: where reports go (main process only); default ``advhooks.monitor``.
         reducer: sums a tensor across processes (e.g. ``lambda t: accelerator.reduce(t, "sum")``); default
             ``torch.distributed.all_reduce`` when a process group is initialised.
+        sync_timeout: seconds ``epoch_end`` waits for the other ranks (gloo process groups, through
+            ``torch.distributed.monitored_barrier``) before raising an error that says so, instead of
+            hanging when a rank has died or skipped the epoch's end.
 
     Example:
         >>> monitor = PhaseMonitor(benchmark=0.2, eps=8 / 255, warmup_epochs=1)
@@ -196,6 +206,7 @@ class PhaseMonitor:
     on_flag: Callable[[PhaseReport], None] | None = None
     logger: logging.Logger = field(default=log, repr=False)
     reducer: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    sync_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         if isinstance(self.benchmark, (str, os.PathLike)):
@@ -220,6 +231,7 @@ class PhaseMonitor:
         elif isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
         self.min_delta = check_finite_nonnegative("min_delta", self.min_delta)
+        self.sync_timeout = check_positive("sync_timeout", self.sync_timeout)
         if self.on_flag is not None and not callable(self.on_flag):
             raise TypeError("on_flag must be callable as on_flag(report)")
         self._probe: _Probe | None = None
@@ -240,17 +252,19 @@ class PhaseMonitor:
         # Sums live on the device of the losses; nothing is read on the host until epoch_end().
         self._loss_sum: torch.Tensor | float = 0.0
         self._count: torch.Tensor | float = 0.0
+        self._nonfinite: torch.Tensor | float = 0.0
 
     @property
     def has_updates(self) -> bool:
         """Whether the open epoch has seen a batch (reads the count: one host sync)."""
-        return float(self._count) > 0
+        return float(self._count) + float(self._nonfinite) > 0
 
     # -- per batch -------------------------------------------------------------------------------
     def update(self, output: Any, batch_size: int | None = None) -> None:
         """Add one batch: a :class:`~advhooks.StepOutput`, or a mean loss tensor and its batch size.
 
-        No host-device synchronisation: the sums stay on the device until :meth:`epoch_end`.
+        No host-device synchronisation: the sums stay on the device until :meth:`epoch_end`. A batch whose
+        loss is NaN or inf is counted apart and left out of the mean.
         """
         if hasattr(output, "adv_loss") and hasattr(output, "batch_size"):
             loss, n = output.adv_loss, output.batch_size
@@ -264,18 +278,23 @@ class PhaseMonitor:
             loss = torch.tensor(float(loss))
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {n!r}")
-        self._loss_sum = self._loss_sum + loss.detach().to(torch.float64) * n
-        self._count = self._count + n
+        loss = loss.detach().to(torch.float64)
+        if loss.numel() != 1:
+            raise ValueError(f"update() needs the batch's mean loss (one value), got shape {tuple(loss.shape)}")
+        finite = torch.isfinite(loss)
+        self._loss_sum = self._loss_sum + torch.where(finite, loss * n, 0.0)
+        self._count = self._count + finite.to(torch.float64) * n
+        self._nonfinite = self._nonfinite + (~finite).to(torch.float64) * n
 
     # -- per epoch -------------------------------------------------------------------------------
     def epoch_end(self) -> PhaseReport:
         """Close the epoch: reduce across ranks, decide the regime, log, run the probe if due."""
-        total, count = self._reduced_totals()
-        if count == 0:
+        total, count, nonfinite = self._reduced_totals()
+        if count == 0 and nonfinite == 0:
             raise ValueError("epoch_end() called before any update() in this epoch")
         self._reset_accumulators()
         self.epoch += 1
-        mean = total / count
+        mean = total / count if count > 0 else math.nan
         ratio = mean / self.clean_test_loss
         self.losses.append(mean)
         self.ratios.append(ratio)
@@ -285,41 +304,61 @@ class PhaseMonitor:
         flagged = regime == FAR_ABOVE and self.flag_epoch is None
         if flagged:
             self.flag_epoch = self.epoch
-        best = min(self.ratios)
+        finite = [r if math.isfinite(r) else math.inf for r in self.ratios]
+        best = min(finite)
         explanation = reason
+        if nonfinite:
+            explanation = (f"{int(nonfinite)} samples had a NaN/inf loss and were left out of the mean; "
+                           + explanation)
         if self.eps_star_lower_bound is not None:
             explanation += f"; probe: eps* >= {self.eps_star_lower_bound:.4g}"
         report = PhaseReport(
             epoch=self.epoch, eps=self.last_eps, adv_train_loss=mean, clean_test_loss=self.clean_test_loss,
-            ratio=ratio, best_ratio=best, best_epoch=self.ratios.index(best) + 1, regime=regime, flagged=flagged,
+            ratio=ratio, best_ratio=best if math.isfinite(best) else math.nan,
+            best_epoch=finite.index(best) + 1 if math.isfinite(best) else 0, regime=regime, flagged=flagged,
             flag_epoch=self.flag_epoch, eps_star_lower_bound=self.eps_star_lower_bound, probe=probe,
-            samples=int(count), explanation=explanation,
+            samples=int(count), explanation=explanation, nonfinite_samples=int(nonfinite),
         )
         if _is_main_process():
             eps_txt = "?" if report.eps is None else f"{report.eps:.4g}"
             self.logger.info("epoch %d: adv train loss %.4f = %.3f x R*(0) (eps %s): %s — %s", report.epoch,
                              mean, ratio, eps_txt, regime, explanation)
+            if nonfinite:
+                self.logger.warning("epoch %d: %d samples had a NaN/inf adversarial loss (left out of the mean)",
+                                    report.epoch, int(nonfinite))
             if flagged:
                 self.logger.warning("eps = %s looks >> eps*: %s. %s", eps_txt, reason, ADVICE)
                 if self.on_flag is not None:
                     self.on_flag(report)
         return report
 
-    def _reduced_totals(self) -> tuple[float, float]:
-        total, count = self._loss_sum, self._count
+    def _reduced_totals(self) -> tuple[float, float, float]:
+        sums = (self._loss_sum, self._count, self._nonfinite)
         use_dist = self.reducer is None and _is_distributed()
         if self.reducer is None and not use_dist:
-            return float(total), float(count)
-        device = total.device if isinstance(total, torch.Tensor) else torch.device("cpu")
+            return tuple(float(v) for v in sums)
+        device = next((v.device for v in sums if isinstance(v, torch.Tensor)), torch.device("cpu"))
         if use_dist and dist.get_backend() == "nccl" and device.type != "cuda":
             device = torch.device("cuda", torch.cuda.current_device())
-        packed = torch.stack([torch.as_tensor(total, dtype=torch.float64, device=device),
-                              torch.as_tensor(count, dtype=torch.float64, device=device)])
+        packed = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in sums])
+        self._wait_for_all_ranks()
         if use_dist:
             dist.all_reduce(packed, op=dist.ReduceOp.SUM)
         else:
             packed = self.reducer(packed)
-        return float(packed[0]), float(packed[1])
+        return float(packed[0]), float(packed[1]), float(packed[2])
+
+    def _wait_for_all_ranks(self) -> None:
+        """Fail with a clear error, not a hang, when another rank never reaches ``epoch_end`` (gloo)."""
+        if not _is_distributed() or dist.get_backend() != "gloo":
+            return  # NCCL: rely on its own watchdog timeout
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=self.sync_timeout), wait_all_ranks=True)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"PhaseMonitor.epoch_end on rank {dist.get_rank()}: not every rank reached epoch_end within "
+                f"{self.sync_timeout:g} s (a rank crashed, raised, or skipped epoch_end): {err}"
+            ) from err
 
     # -- probe -----------------------------------------------------------------------------------
     def enable_probe(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
@@ -382,6 +421,7 @@ class PhaseMonitor:
             "last_eps": self.last_eps,
             "open_loss_sum": float(self._loss_sum),
             "open_count": float(self._count),
+            "open_nonfinite": float(self._nonfinite),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -411,4 +451,5 @@ class PhaseMonitor:
         self.last_eps = None if last is None else float(last)
         self._loss_sum = float(state["open_loss_sum"])
         self._count = float(state["open_count"])
+        self._nonfinite = float(state.get("open_nonfinite", 0.0))
 

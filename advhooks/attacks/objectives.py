@@ -20,8 +20,20 @@ def upcast(logits: torch.Tensor) -> torch.Tensor:
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-sample cross-entropy, the default attack objective (in at least float32)."""
-    return F.cross_entropy(upcast(logits), targets, reduction="none")
+    """Per-sample cross-entropy, the default attack objective (in at least float32).
+
+    ``targets`` are integer class labels ``(N,)`` or class probabilities shaped like the logits.
+    """
+    logits = upcast(logits)
+    if targets.is_floating_point() and targets.shape != logits.shape:
+        raise TypeError(f"targets must be integer class labels (N,) or class probabilities shaped like the logits "
+                        f"{tuple(logits.shape)}; got {targets.dtype} of shape {tuple(targets.shape)}")
+    try:
+        return F.cross_entropy(logits, targets, reduction="none")
+    except IndexError as err:  # the CPU kernel's "Target 12 is out of bounds."
+        classes = logits.shape[1] if logits.ndim > 1 else logits.shape[0]
+        raise ValueError(f"targets hold a class index outside [0, {classes}) for logits of {classes} classes "
+                         f"({err})") from None
 
 
 def per_sample(criterion: Objective | None) -> Objective:

@@ -1,0 +1,248 @@
+"""The bad-input matrix of docs/bad-inputs.md: one test per row, Python API and CLI.
+
+Every row names a bad input and what advhooks does with it: a ``ValueError``/``TypeError`` (or the
+library's ``BenchmarkFormatError``) whose message names the problem, or, for inputs that are legal but
+awkward (batch size 1, NaN losses in the monitor), the behaviour users can rely on. CLI rows exit with
+code 2 and one line, never a traceback. ``test_the_docs_table_lists_every_row`` keeps the table and
+this file in step.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from advhooks import FGM, PGD, AdversarialStep, linear_warmup
+from advhooks.benchmark import BenchmarkFormatError, CleanBenchmark
+from advhooks.cli import app
+from advhooks.monitor import PhaseMonitor
+
+from .conftest import SmallCNN
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
+
+
+def _x(n: int = 4) -> torch.Tensor:
+    return torch.rand(n, 1, 8, 8)
+
+
+def _y(n: int = 4) -> torch.Tensor:
+    return torch.randint(0, 10, (n,))
+
+
+def _attack(model: nn.Module | None = None, x: torch.Tensor | None = None, y: torch.Tensor | None = None, **kw):
+    return PGD(8 / 255, steps=2, **kw)(model or SmallCNN(), _x() if x is None else x, _y() if y is None else y)
+
+
+def _bench(tmp: Path) -> Path:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    data = [(_x(8), _y(8))]
+    return CleanBenchmark.measure(net, data, train_loader=data).save(tmp / "b.safetensors")
+
+
+class _Payload:
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+# -- Python API rows: id -> (call(tmp_path), expected exception, message pattern) -------------------------
+API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
+    "eps-negative": (lambda t: PGD(-0.1), ValueError, r"eps must be a finite number >= 0"),
+    "eps-nan": (lambda t: PGD(math.nan), ValueError, r"eps must be a finite number >= 0"),
+    "eps-not-a-number": (lambda t: PGD("8/255"), TypeError, r"eps must be a real number"),
+    "eps-schedule-goes-bad": (lambda t: PGD(lambda s: 0.1 if s < 3 else -1.0, steps=1)(SmallCNN(), _x(), _y(),
+                                                                                        step=3),
+                              ValueError, r"eps schedule value at step 3"),
+    "steps-zero": (lambda t: PGD(0.1, steps=0), ValueError, r"steps must be an integer >= 1"),
+    "step-size-zero": (lambda t: PGD(0.1, step_size=0.0), ValueError, r"step_size must be a finite number > 0"),
+    "norm-unknown": (lambda t: FGM(0.1, norm="l1"), ValueError, r"norm must be one of 'linf', 'l2'"),
+    "bounds-inverted": (lambda t: PGD(0.1, bounds=(1.0, 0.0)), ValueError, r"bounds must satisfy low < high"),
+    "normalization-zero-std": (lambda t: PGD(0.1, normalization=((0.5,), (0.0,))), ValueError,
+                               r"normalization std must be > 0"),
+    "bn-policy-unknown": (lambda t: PGD(0.1, bn="frozen"), ValueError, r"bn must be one of 'eval', 'train'"),
+    "precision-unknown": (lambda t: PGD(0.1, precision="int8"), ValueError, r"precision must be one of"),
+    "warmup-negative": (lambda t: linear_warmup(0.1, warmup_steps=-1), ValueError, r"warmup_steps"),
+    "objective-unknown": (lambda t: AdversarialStep(SmallCNN(), PGD(0.1), objective="fgsm"), ValueError,
+                          r"objective must be one of"),
+    "trades-without-random-start": (lambda t: AdversarialStep(SmallCNN(), PGD(0.1, random_start=False),
+                                                              objective="trades"),
+                                    ValueError, r"needs an attack with random_start=True"),
+    "beta-for-plain-at": (lambda t: AdversarialStep(SmallCNN(), PGD(0.1), beta=6.0), ValueError,
+                          r"beta applies to 'trades' and 'mart'"),
+    "clean-fraction-out-of-range": (lambda t: AdversarialStep(SmallCNN(), PGD(0.1), clean_fraction=1.5),
+                                    ValueError, r"clean_fraction"),
+    "inputs-integer": (lambda t: _attack(x=torch.zeros(4, 1, 8, 8, dtype=torch.long)), TypeError,
+                       r"inputs must be a floating-point tensor"),
+    "inputs-empty-batch": (lambda t: _attack(x=_x(0), y=_y(0)), ValueError, r"non-empty batch"),
+    "inputs-nan": (lambda t: _attack(x=torch.full((4, 1, 8, 8), math.nan)), ValueError, r"inputs contain NaN or inf"),
+    "inputs-inf-unbounded": (lambda t: _attack(x=torch.full((4, 1, 8, 8), math.inf), bounds=None), ValueError,
+                             r"inputs contain NaN or inf"),
+    "inputs-outside-bounds": (lambda t: _attack(x=_x() * 255), ValueError, r"inputs lie outside the attack's bounds"),
+    "targets-length-mismatch": (lambda t: _attack(y=_y(3)), ValueError, r"targets has 3 rows but inputs has 4"),
+    "labels-float": (lambda t: _attack(y=torch.rand(4)), TypeError, r"targets must be integer class labels"),
+    "labels-out-of-range": (lambda t: _attack(y=torch.full((4,), 12)), ValueError,
+                            r"class index outside \[0, 10\)"),
+    "model-on-another-device": (lambda t: _attack(model=SmallCNN().to("meta")), ValueError,
+                                r"inputs are on cpu but the model's parameters are on meta"),
+    "model-dtype-mismatch": (lambda t: _attack(x=_x().double()), TypeError,
+                             r"inputs are torch.float64 but the model's parameters are torch.float32"),
+    "restarts-with-scalar-objective": (
+        lambda t: PGD(0.1, steps=1, restarts=2, objective=lambda z, y: nn.functional.cross_entropy(z, y))(
+            SmallCNN(), _x(), _y()), ValueError, r"one loss per sample"),
+    "dict-batch-without-input-key": (lambda t: AdversarialStep(SmallCNN(), PGD(0.1))({"pixel_values": _x()}),
+                                     ValueError, r"dict batches need input_key"),
+    "tensor-batch-without-targets": (lambda t: AdversarialStep(SmallCNN(), PGD(0.1))(_x()), ValueError,
+                                     r"targets are required"),
+    "monitor-threshold-not-above-1": (lambda t: PhaseMonitor(0.2, threshold=1.0), ValueError,
+                                      r"threshold must be > 1"),
+    "monitor-benchmark-wrong-type": (lambda t: PhaseMonitor([0.2]), TypeError, r"benchmark must be a CleanBenchmark"),
+    "monitor-epoch-end-without-update": (lambda t: PhaseMonitor(0.2).epoch_end(), ValueError,
+                                         r"before any update"),
+    "monitor-bare-loss-without-batch-size": (lambda t: PhaseMonitor(0.2).update(torch.tensor(0.5)), ValueError,
+                                             r"batch_size is required"),
+    "monitor-state-from-another-benchmark": (
+        lambda t: PhaseMonitor(0.2).load_state_dict(PhaseMonitor(0.3).state_dict()), ValueError,
+        r"recorded against R\*\(0\) = 0.3"),
+    "benchmark-missing-file": (lambda t: CleanBenchmark.load(t / "none.safetensors"), FileNotFoundError,
+                               r"none.safetensors"),
+    "benchmark-truncated": (lambda t: CleanBenchmark.load(_truncated(t)), BenchmarkFormatError, r"truncated"),
+    "benchmark-pickle": (lambda t: CleanBenchmark.load(_pickled(t)), BenchmarkFormatError,
+                         r"not a safetensors file"),
+    "benchmark-weights-for-another-model": (lambda t: CleanBenchmark.load(_bench(t)).load_weights_into(SmallCNN()),
+                                            ValueError, r"model does not match the benchmark's"),
+}
+
+
+def _truncated(tmp: Path) -> Path:
+    path = _bench(tmp)
+    path.write_bytes(path.read_bytes()[:-40])
+    return path
+
+
+def _pickled(tmp: Path) -> Path:
+    path = tmp / "evil.safetensors"
+    path.write_bytes(pickle.dumps(_Payload(str(tmp / "pwned"))))
+    return path
+
+
+# -- behaviour rows: legal but awkward inputs ---------------------------------------------------------------
+def _batch_of_one(tmp: Path) -> None:
+    model = SmallCNN().eval()
+    x, y = _x(1), _y(1)
+    adv = PGD(8 / 255, steps=2)(model, x, y)
+    assert adv.shape == x.shape and (adv - x).abs().max() <= 8 / 255 + 1e-6
+    out = AdversarialStep(model, PGD(8 / 255, steps=2), objective="trades")(x, y)
+    assert torch.isfinite(out.loss)
+
+
+def _monitor_nan_losses(tmp: Path) -> None:
+    monitor = PhaseMonitor(0.5, warmup_epochs=1)
+    monitor.update(torch.tensor(1.0), batch_size=10)
+    monitor.update(torch.tensor(math.nan), batch_size=5)
+    monitor.update(torch.tensor(math.inf), batch_size=5)
+    report = monitor.epoch_end()
+    assert report.adv_train_loss == 1.0 and report.ratio == 2.0  # not poisoned
+    assert report.samples == 10 and report.nonfinite_samples == 10 and "NaN/inf" in report.explanation
+    monitor.update(torch.tensor(math.nan), batch_size=5)
+    diverged = monitor.epoch_end()  # an epoch with no finite loss: recorded as NaN, history kept
+    assert math.isnan(diverged.ratio) and diverged.best_ratio == 2.0 and diverged.best_epoch == 1
+    monitor.update(torch.tensor(0.25), batch_size=10)
+    assert monitor.epoch_end().regime == "clean-like"
+
+
+BEHAVIOUR: dict[str, Callable[[Path], None]] = {
+    "batch-size-1": _batch_of_one,
+    "monitor-nan-losses": _monitor_nan_losses,
+}
+
+# -- CLI rows: id -> (arguments, message); exit code 2, one line --------------------------------------------
+CLI: dict[str, tuple[list[str], str]] = {
+    "cli-no-preset-or-factories": (["benchmark-clean"], "give --preset"),
+    "cli-unknown-preset": (["benchmark-clean", "--preset", "imagenet"], "preset must be one of"),
+    "cli-factory-module-missing": (["benchmark-clean", "--model", "nosuchmod:f", "--data", "nosuchmod:g"],
+                                   "cannot import module"),
+    "cli-factory-path-malformed": (["benchmark-clean", "--model", "advhooks.models", "--data", "x:y"],
+                                   "package.module:function"),
+    "cli-factory-attribute-missing": (["benchmark-clean", "--model", "advhooks.models:Nope", "--data",
+                                       "advhooks.data:load_digits"], "has no callable"),
+    "cli-epochs-zero": (["benchmark-clean", "--preset", "digits-mlp", "--epochs", "0"], "--epochs must be >= 1"),
+    "cli-dataset-missing": (["benchmark-clean", "--preset", "mnist-cnn", "--data-dir", "{tmp}"], "MNIST not found"),
+    "cli-checkpoint-missing": (["benchmark-clean", "--preset", "digits-mlp", "--checkpoint", "{tmp}/none.pt"],
+                               "checkpoint not found"),
+    "cli-checkpoint-pickle": (["benchmark-clean", "--preset", "digits-mlp", "--checkpoint", "{tmp}/evil.pt",
+                               "--out", "{tmp}/o.safetensors"], "error"),
+    "cli-show-missing-file": (["show", "{tmp}/missing.safetensors"], "missing.safetensors"),
+    "cli-show-plain-safetensors": (["show", "{tmp}/plain.safetensors"], "not an advhooks clean benchmark"),
+    "cli-show-corrupt-file": (["show", "{tmp}/corrupt.safetensors"], "not a safetensors file"),
+    "cli-show-pickle": (["show", "{tmp}/evil.safetensors"], "not a safetensors file"),
+    "cli-estimate-bad-method": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors", "--method", "magic"],
+                                "--method must be grid, finetune or clean-probe"),
+    "cli-estimate-bad-eps": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors", "--eps", "abc"],
+                             "eps"),
+    "cli-estimate-fingerprint-mismatch": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors",
+                                           "--preset", "digits-mlp", "--width", "8", "--strict"],
+                                          "the benchmark was recorded on something else"),
+    "cli-simulate-bad-dimensions": (["simulate-linear", "--d", "2,x"], "--d must be comma-separated integers"),
+}
+
+
+@pytest.mark.parametrize("row", list(API))
+def test_api_row(row, tmp_path):
+    call, error, pattern = API[row]
+    with pytest.raises(error, match=pattern):
+        call(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("row", list(BEHAVIOUR))
+def test_behaviour_row(row, tmp_path):
+    BEHAVIOUR[row](tmp_path)
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory) -> Path:
+    from safetensors.torch import save_file
+
+    from advhooks.benchmark import record_clean_benchmark
+    from advhooks.data import load_digits
+    from advhooks.presets import get_preset
+
+    tmp = tmp_path_factory.mktemp("cli")
+    save_file({"w": torch.zeros(1)}, str(tmp / "plain.safetensors"))
+    (tmp / "corrupt.safetensors").write_bytes(b"\xff" * 64)
+    for name in ("evil.safetensors", "evil.pt"):
+        (tmp / name).write_bytes(pickle.dumps(_Payload(str(tmp / "pwned"))))
+    preset = get_preset("digits-mlp")
+    train, test = load_digits(seed=0)
+    bench = record_clean_benchmark(preset.model(), train, test, epochs=1, batch_size=preset.batch_size, lr=preset.lr)
+    bench.training["preset"] = "digits-mlp"
+    bench.save(tmp / "digits.safetensors")
+    return tmp
+
+
+@pytest.mark.parametrize("row", list(CLI))
+def test_cli_row(row, cli_files):
+    args, message = CLI[row]
+    result = CliRunner().invoke(app, [a.replace("{tmp}", str(cli_files)) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not (cli_files / "pwned").exists()
+
+
+def test_the_docs_table_lists_every_row():
+    documented = re.findall(r"^\| `([a-z0-9-]+)` \|", DOC.read_text(), flags=re.M)
+    assert sorted(documented) == sorted([*API, *BEHAVIOUR, *CLI])
+    assert len(documented) >= 30
