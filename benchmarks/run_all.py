@@ -1,6 +1,6 @@
 """Run every benchmark side by side in one go; write one JSON and one markdown table.
 
-    python benchmarks/run_all.py --out bench-results          # about 15 minutes on 2 CPU cores
+    python benchmarks/run_all.py --out bench-results          # about 30 minutes on 2 CPU cores
     python benchmarks/run_all.py --out bench-results --quick  # fewer repeats
 
 Each benchmark runs in its own process (so process-wide switches such as retain_host_memory do not
@@ -33,9 +33,10 @@ def main() -> None:
     jobs = [
         ("attack speed", "attack_speed.py", quick),
         ("host memory", "host_memory.py", ["--repeats", "3", "--rounds", "1"] if args.quick else []),
-        ("monitor overhead", "monitor_overhead.py", []),
+        ("fused paths", "fused_path.py", quick),
+        ("monitor overhead", "monitor_overhead.py", ["--repeats", "1"] if args.quick else []),
         ("time to robustness", "time_to_robustness.py", ["--seeds", "1" if args.quick else "3"]),
-        ("eps* estimation", "eps_star_digits.py", []),
+        ("eps* estimation", "eps_star_digits.py", ["--seeds", "1" if args.quick else "3"]),
     ]
     report = {"torch": torch.__version__, "machine": platform.machine(), "cuda": torch.cuda.is_available(),
               "results": {}}
