@@ -7,7 +7,6 @@ average gradients across ranks.
 
 from __future__ import annotations
 
-import datetime
 import os
 
 import pytest
@@ -19,13 +18,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from advhooks import PGD, AdversarialStep
 from advhooks.losses import trades_loss
 
+from ._gloo import init_gloo, leave
 from .conftest import SmallCNN
 
 
 def _worker(rank: int, world: int, objective: str, out_dir: str) -> None:
-    # A file store, not a TCP port: no race for a free port between tests.
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))  # a failed peer must not hang CI
+    init_gloo(rank, world, out_dir)
     torch.manual_seed(0)
     model = SmallCNN()
     ddp = DDP(model)  # find_unused_parameters=False: attack forwards must not upset it
@@ -51,10 +49,7 @@ def _worker(rank: int, world: int, objective: str, out_dir: str) -> None:
     all_grads = [torch.zeros_like(grads) for _ in range(world)]
     dist.all_gather(all_grads, grads)
     torch.save({"ddp": all_grads, "local": gathered}, os.path.join(out_dir, f"rank{rank}.pt"))
-    # Synchronise, but do not destroy the group: with torch 2.14 and gloo, destroy_process_group
-    # made about one process exit in five abort ("terminate called without an active exception").
-    # (No try/finally: a rank that failed must not leave the other waiting in a barrier.)
-    dist.barrier()
+    leave()  # (no try/finally: a rank that failed must not leave the other waiting in a barrier)
 
 
 @pytest.mark.parametrize("objective", ["at", "trades"])

@@ -8,28 +8,23 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
 import time
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from advhooks.monitor import PhaseMonitor
 
+from ._gloo import init_gloo, leave
+
 R_STAR = 0.5
 
 
-def _init(rank: int, world: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))  # a failed peer must not hang CI
-
-
 def _nan_worker(rank: int, world: int, out_dir: str) -> None:
-    _init(rank, world, out_dir)
+    init_gloo(rank, world, out_dir)
     monitor = PhaseMonitor(R_STAR, eps=0.1, warmup_epochs=1, patience=1)
     reports = []
     for epoch in range(3):
@@ -41,7 +36,7 @@ def _nan_worker(rank: int, world: int, out_dir: str) -> None:
         reports.append(monitor.epoch_end().to_dict())
     with open(os.path.join(out_dir, f"nan-{rank}.json"), "w") as fh:
         json.dump(reports, fh)
-    dist.barrier()
+    leave()
 
 
 def test_nan_on_one_rank_gives_identical_decisions_on_every_rank(tmp_path):
@@ -54,7 +49,7 @@ def test_nan_on_one_rank_gives_identical_decisions_on_every_rank(tmp_path):
 
 
 def _raising_worker(rank: int, world: int, out_dir: str) -> None:
-    _init(rank, world, out_dir)
+    init_gloo(rank, world, out_dir)
     monitor = PhaseMonitor(R_STAR, eps=0.1, sync_timeout=3.0)
     monitor.update(torch.tensor(1.0), batch_size=8)
     outcome: dict = {}
@@ -73,8 +68,7 @@ def _raising_worker(rank: int, world: int, out_dir: str) -> None:
         outcome["waited"] = time.monotonic() - start
     with open(os.path.join(out_dir, f"raise-{rank}.json"), "w") as fh:
         json.dump(outcome, fh)
-    # No barrier: the point is that a peer can be gone. Leave without the gloo teardown.
-    os._exit(0)
+    leave(barrier=False)  # the point is that a peer can be gone
 
 
 def test_a_rank_that_raised_does_not_hang_the_others(tmp_path):

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
 from advhooks import PGD, AdversarialStep
 from advhooks.monitor import PhaseMonitor, decide_regime
+
+from ._gloo import init_gloo, leave
 
 R_STAR = 0.2
 
@@ -144,9 +144,7 @@ def test_monitor_errors(tmp_path):
 
 
 def _dist_worker(rank: int, world: int, out_dir: str) -> None:
-    # A file store, not a TCP port: no race for a free port between tests.
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))  # a failed peer must not hang CI
+    init_gloo(rank, world, out_dir)
     monitor = PhaseMonitor(R_STAR, eps=0.1)
     # Rank 0 sees 3 batches, rank 1 sees 1 batch of another size: the mean is over samples.
     batches = [(0.4, 10), (0.6, 10), (0.8, 5)] if rank == 0 else [(1.2, 7)]
@@ -154,10 +152,7 @@ def _dist_worker(rank: int, world: int, out_dir: str) -> None:
         monitor.update(torch.tensor(loss), batch_size=n)
     report = monitor.epoch_end()
     torch.save({"loss": report.adv_train_loss, "samples": report.samples}, os.path.join(out_dir, f"{rank}.pt"))
-    # Synchronise, but do not destroy the group: with torch 2.14 and gloo, destroy_process_group
-    # made about one process exit in five abort ("terminate called without an active exception").
-    # (No try/finally: a rank that failed must not leave the other waiting in a barrier.)
-    dist.barrier()
+    leave()  # (no try/finally: a rank that failed must not leave the other waiting in a barrier)
 
 
 def test_distributed_epoch_mean_equals_the_single_process_mean(tmp_path):
