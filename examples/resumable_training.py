@@ -5,16 +5,16 @@
     accelerate launch --multi_gpu --num_processes 2 examples/resumable_training.py --out runs/r2
 
 What makes the resume exact (the monitor's reports equal an uninterrupted run's, same seed, CPU):
-- ``accelerator.save_state`` holds the model, the optimizer, the LR schedule, every process's RNG
-  state, the ε-schedule step and the PhaseMonitor (its history and the open epoch's sums), all
-  registered through ``AcceleratedAdversarialTraining`` / ``register_for_checkpointing``;
+- ``adv.save_state`` holds what ``accelerator.save_state`` does (the model, the optimizer, every
+  process's RNG state) plus, as one JSON file per process, the ε-schedule step and the PhaseMonitor
+  (its history and this process's open-epoch sums); the LR schedule's state goes into progress.json;
 - the data order is a pure function of (seed, epoch), and the checkpoint records the position in the
   epoch, so the resumed run skips exactly the batches already trained on;
 - checkpoints are written into a temporary folder and renamed into place when complete, so a kill
   during a save (even SIGKILL) leaves the previous checkpoint as the newest complete one.
 
-Note: Accelerate reloads registered objects with ``torch.load(weights_only=False)``; only resume from
-checkpoint folders this script wrote. The monitor's state is plain values (see ``PhaseMonitor.state_dict``).
+Nothing is unpickled on resume except through ``torch.load(weights_only=True)`` (Accelerate's optimizer
+and RNG files); the weights are safetensors and advhooks' state is JSON.
 """
 
 from __future__ import annotations
@@ -67,18 +67,20 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int, wor
             for start in range(0, n - global_batch + 1, global_batch)]
 
 
-def save_checkpoint(accelerator: Accelerator, folder: Path, global_step: int, epoch: int, batch: int,
-                    keep: int) -> None:
+def save_checkpoint(adv: AcceleratedAdversarialTraining, sched, folder: Path, global_step: int, epoch: int,
+                    batch: int, keep: int) -> None:
     """Write into a temporary folder, then rename it into place (atomic on one file system)."""
+    accelerator = adv.accelerator
     final = folder / f"{CHECKPOINT_PREFIX}{global_step:08d}"
     tmp = folder / f"{final.name}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    adv.save_state(tmp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "progress.json").write_text(json.dumps({"global_step": global_step, "epoch": epoch, "batch": batch}))
+        progress = {"global_step": global_step, "epoch": epoch, "batch": batch, "scheduler": sched.state_dict()}
+        (tmp / "progress.json").write_text(json.dumps(progress))
         os.replace(tmp, final)
         for old in sorted(folder.glob(f"{CHECKPOINT_PREFIX}*[0-9]"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -100,15 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.SGD(model.parameters(), lr=preset.lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, args.epochs))
     model, opt = accelerator.prepare(model, opt)
-    accelerator.register_for_checkpointing(sched)
     monitor = PhaseMonitor(args.benchmark, eps=args.eps, total_epochs=args.epochs)
     adv = AcceleratedAdversarialTraining(accelerator, model, PGD(args.eps, steps=args.steps), monitor=monitor)
 
     epoch, skip, global_step = 0, 0, 0
     resume = latest_checkpoint(folder)
     if resume is not None:
-        accelerator.load_state(str(resume))
+        adv.load_state(resume)
         progress = json.loads((resume / "progress.json").read_text())
+        sched.load_state_dict(progress["scheduler"])
         epoch, skip, global_step = progress["epoch"], progress["batch"], progress["global_step"]
         accelerator.print(f"resumed from {resume.name}: epoch {epoch + 1}, batch {skip}", flush=True)
 
@@ -126,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             global_step += 1
             accelerator.print(f"step {global_step}", flush=True)
             if global_step % args.checkpoint_every == 0 and index + 1 < len(batches):  # the epoch's end saves
-                save_checkpoint(accelerator, folder, global_step, epoch, index + 1, args.keep)
+                save_checkpoint(adv, sched, folder, global_step, epoch, index + 1, args.keep)
         skip = 0
         sched.step()
         reports.append(adv.epoch_end().to_dict())
         epoch += 1
-        save_checkpoint(accelerator, folder, global_step, epoch, 0, args.keep)
+        save_checkpoint(adv, sched, folder, global_step, epoch, 0, args.keep)
 
     if accelerator.is_main_process:
         final = {"resumed_from": None if resume is None else resume.name, "reports": reports,

@@ -16,14 +16,23 @@
 
 What it does for you: runs the step under ``accelerator.autocast()``; the attack's forwards go to the
 module inside DDP, so they never prepare a gradient reduction; the monitor sums through
-``accelerator.reduce``; reports go to ``accelerator.log``; the monitor and the step's ε-schedule counter
-are registered for ``accelerator.save_state``; with ``stop_on_flag`` the ε ≫ ε* flag sets the
+``accelerator.reduce``; reports go to ``accelerator.log``; with ``stop_on_flag`` the ε ≫ ε* flag sets the
 accelerator's trigger so that ``check_trigger`` stops all ranks at once.
+
+Checkpoints: ``adv.save_state(dir)`` / ``adv.load_state(dir)`` wrap ``accelerator.save_state`` /
+``load_state`` and add one JSON file per process with the step's ε-schedule counter and the monitor
+(whose open-epoch sums differ from rank to rank), so a resume mid-epoch on several processes is exact
+and nothing of advhooks is unpickled. ``register_for_checkpointing=True`` instead hands both objects to
+Accelerate's own ``save_state``: simpler, but Accelerate saves custom objects from the main process only
+(resume at epoch boundaries) and reloads them with ``torch.load(weights_only=False)``.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +42,8 @@ from advhooks.monitor import FAR_ABOVE, PhaseMonitor, PhaseReport
 from advhooks.step import AdversarialStep, StepOutput
 
 __all__ = ["AcceleratedAdversarialTraining", "report_metrics"]
+
+STATE_FILE = "advhooks_state_{rank}.json"
 
 
 def report_metrics(report: PhaseReport, prefix: str = "advhooks/") -> dict[str, float]:
@@ -62,12 +73,15 @@ class AcceleratedAdversarialTraining:
         monitor: a :class:`~advhooks.monitor.PhaseMonitor` to feed (optional).
         stop_on_flag: set the accelerator's trigger when the ε ≫ ε* flag fires (opt-in).
         log_prefix: prefix of the tracker metric names.
+        register_for_checkpointing: also register the step and the monitor with Accelerate's own
+            ``save_state`` (see the module docs); default off: use :meth:`save_state`.
     """
 
     def __init__(self, accelerator: Any, model: torch.nn.Module, attack: Attack, *, objective: str = "at",
                  criterion: Any = None, beta: float | None = None, clean_fraction: float = 0.0,
                  input_key: str | None = None, label_key: str = "labels", monitor: PhaseMonitor | None = None,
-                 stop_on_flag: bool = False, log_prefix: str = "advhooks/") -> None:
+                 stop_on_flag: bool = False, log_prefix: str = "advhooks/",
+                 register_for_checkpointing: bool = False) -> None:
         if not hasattr(accelerator, "autocast") or not hasattr(accelerator, "reduce"):
             raise TypeError(f"accelerator must be an accelerate.Accelerator, got {type(accelerator).__name__}")
         if stop_on_flag and monitor is None:
@@ -78,10 +92,10 @@ class AcceleratedAdversarialTraining:
         self.monitor = monitor
         self.stop_on_flag = stop_on_flag
         self.log_prefix = log_prefix
-        accelerator.register_for_checkpointing(self.step)
         if monitor is not None:
             monitor.reducer = lambda t: accelerator.reduce(t, reduction="sum")
-            accelerator.register_for_checkpointing(monitor)
+        if register_for_checkpointing:
+            accelerator.register_for_checkpointing(self.step, *([monitor] if monitor is not None else []))
 
     def __call__(self, inputs: torch.Tensor | Mapping[str, Any], targets: torch.Tensor | None = None) -> StepOutput:
         """Attack the batch and return the step output (feeds the monitor)."""
@@ -100,6 +114,37 @@ class AcceleratedAdversarialTraining:
         if self.stop_on_flag and report.regime == FAR_ABOVE:
             self.accelerator.set_trigger()
         return report
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values: the step's ε-schedule counter and this process's monitor state."""
+        return {"step": self.step.state_dict(), "monitor": None if self.monitor is None else self.monitor.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        self.step.load_state_dict(state["step"])
+        if self.monitor is not None:
+            if state.get("monitor") is None:
+                raise ValueError("the saved state has no monitor, but this adapter has one")
+            self.monitor.load_state_dict(state["monitor"])
+
+    def save_state(self, output_dir: str | os.PathLike, **kwargs: Any) -> Path:
+        """``accelerator.save_state(output_dir)`` plus this process's advhooks state as JSON (call on every rank)."""
+        location = Path(self.accelerator.save_state(str(output_dir), **kwargs) or output_dir)
+        location.mkdir(parents=True, exist_ok=True)  # the main process may not have made it yet
+        path = location / STATE_FILE.format(rank=self.accelerator.process_index)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.state_dict()))
+        os.replace(tmp, path)
+        return location
+
+    def load_state(self, input_dir: str | os.PathLike, **kwargs: Any) -> None:
+        """``accelerator.load_state(input_dir)`` plus this process's advhooks state (call on every rank)."""
+        self.accelerator.load_state(str(input_dir), **kwargs)
+        path = Path(input_dir) / STATE_FILE.format(rank=self.accelerator.process_index)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: was {input_dir} saved with adv.save_state, by as many "
+                                    f"processes ({self.accelerator.num_processes})?")
+        self.load_state_dict(json.loads(path.read_text()))
 
     def should_stop(self) -> bool:
         """True on every rank once any rank set the trigger (the accelerator's ``check_trigger``)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import sys
 
 import torch.distributed as dist
@@ -27,3 +28,20 @@ def leave(barrier: bool = True) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def accelerate_launch_command(*args: str, processes: int = 2) -> list[str]:
+    """``accelerate launch`` with ``processes`` gloo processes on a CPU-only machine.
+
+    Accelerate starts several processes only through its multi-GPU launcher; the scripts then ask for
+    ``cpu=True``, which selects the gloo backend.
+    """
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", free_port(), *args]

@@ -1,9 +1,10 @@
 """SIGKILL a training process mid-epoch, resume from its last Accelerate checkpoint, get the same reports.
 
-Runs examples/resumable_training.py three times on the CPU with the same seed: once uninterrupted,
-once killed (SIGKILL, no chance to clean up) partway through an epoch, and once more in the killed
-run's folder, which resumes from the newest complete checkpoint. The resumed run's monitor history
-and reports must equal the uninterrupted run's exactly.
+Runs examples/resumable_training.py three times on the CPU with the same seed, on one process and on
+two (gloo, through accelerate launch): once uninterrupted, once killed (SIGKILL to every process, no
+chance to clean up) partway through an epoch, and once more in the killed run's folder, which resumes
+from the newest complete checkpoint. The resumed run's monitor history and reports must equal the
+uninterrupted run's exactly; on two processes that needs each rank's open-epoch sums back.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from ._gloo import accelerate_launch_command
 
 pytest.importorskip("accelerate", reason="install the hf extra: pip install -e '.[hf]'")
 
@@ -24,33 +28,53 @@ ARGS = ["--epochs", "4", "--checkpoint-every", "8"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _run(out: Path) -> dict:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), *ARGS], capture_output=True, text=True,
-                          timeout=300, env=ENV)
+def _command(out: Path, processes: int) -> list[str]:
+    args = [str(SCRIPT), "--out", str(out), *ARGS]
+    return [sys.executable, *args] if processes == 1 else accelerate_launch_command(*args, processes=processes)
+
+
+def _run(out: Path, processes: int) -> dict:
+    proc = subprocess.run(_command(out, processes), capture_output=True, text=True, timeout=300, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "final.json").read_text())
 
 
-def test_killed_run_resumes_to_the_same_reports(tmp_path):
-    reference = _run(tmp_path / "uninterrupted")
+def _kill_all(marker: str) -> None:
+    """SIGKILL every process whose command line names ``marker`` (the launcher puts workers in other groups)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+@pytest.mark.parametrize("processes,kill_at", [(1, 24), (2, 16)], ids=["1-process", "2-processes"])
+def test_killed_run_resumes_to_the_same_reports(tmp_path, processes, kill_at):
+    # 21 steps per epoch on one process, 10 on two: the checkpoint at kill_at lies inside epoch 2 of 4, where
+    # the two ranks hold different open-epoch sums.
+    reference = _run(tmp_path / "uninterrupted", processes)
     assert reference["resumed_from"] is None and len(reference["reports"]) == 4
 
     crashed = tmp_path / "crashed"
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(crashed), *ARGS], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=ENV)
+    proc = subprocess.Popen(_command(crashed, processes), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=ENV)
+    mark = crashed / "checkpoints" / f"step_{kill_at:08d}"
     try:
-        for line in proc.stdout:
-            if line.startswith("step ") and int(line.split()[1]) >= 30:  # epoch 2 of 4 (22 steps per epoch)
-                os.kill(proc.pid, signal.SIGKILL)
-                break
+        deadline = time.monotonic() + 240
+        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        _kill_all(str(crashed))  # (watching the checkpoints, not stdout: the launcher buffers it)
     finally:
-        proc.kill()
+        _kill_all(str(crashed))
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not (crashed / "final.json").exists(), "the kill came too late to interrupt training"
     assert list((crashed / "checkpoints").glob("step_*"))
 
-    resumed = _run(crashed)
+    resumed = _run(crashed, processes)
     assert resumed["resumed_from"] is not None
     assert resumed["monitor"] == reference["monitor"]  # history, flag, open sums: bit for bit
     by_epoch = {r["epoch"]: r for r in reference["reports"]}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -20,6 +19,8 @@ from accelerate.tracking import GeneralTracker  # noqa: E402
 from advhooks import PGD  # noqa: E402
 from advhooks.integrations.accelerate import AcceleratedAdversarialTraining  # noqa: E402
 from advhooks.monitor import PhaseMonitor  # noqa: E402
+
+from ._gloo import accelerate_launch_command  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -89,12 +90,48 @@ def test_adapter_logs_checkpoints_and_stops(accelerator, tmp_path):
     assert tracker.logged[-1][0]["advhooks/eps_far_above_eps_star"] == 1.0
     assert tracker.logged[0][0]["advhooks/ratio"] == pytest.approx(reports[0].ratio)
 
-    acc.save_state(str(tmp_path / "ckpt"))
+    adv.save_state(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "advhooks_state_0.json").exists()
+    assert not list((tmp_path / "ckpt").glob("custom_checkpoint_*"))  # nothing of ours is pickled
     saved_monitor, saved_step = monitor.state_dict(), adv.step.state_dict()
     monitor.reset()
     adv.step.load_state_dict({"step": 0})
-    acc.load_state(str(tmp_path / "ckpt"))
+    loads = []
+    original = torch.load
+
+    def recording_load(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "load", recording_load)
+        adv.load_state(tmp_path / "ckpt")
     assert monitor.state_dict() == saved_monitor and adv.step.state_dict() == saved_step
+    assert loads and all(w is True for w in loads)  # Accelerate's own files: weights_only only
+
+
+def test_register_for_checkpointing_hands_the_state_to_accelerate(accelerator, tmp_path):
+    acc, _ = accelerator
+    model, opt = acc.prepare(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)),
+                             torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
+    monitor = PhaseMonitor(0.5, eps=0.1)
+    adv = AcceleratedAdversarialTraining(acc, model, PGD(0.1, steps=2), monitor=monitor,
+                                         register_for_checkpointing=True)
+    _train(adv, model, opt, acc, epochs=2)
+    acc.save_state(str(tmp_path / "ckpt"))
+    saved = adv.state_dict()
+    monitor.reset()
+    acc.load_state(str(tmp_path / "ckpt"))
+    assert adv.state_dict() == saved
+
+
+def test_load_state_says_when_the_advhooks_state_is_missing(accelerator, tmp_path):
+    acc, _ = accelerator
+    model = acc.prepare(torch.nn.Linear(2, 2))
+    adv = AcceleratedAdversarialTraining(acc, model, PGD(0.1), monitor=PhaseMonitor(0.5))
+    acc.save_state(str(tmp_path / "plain"))
+    with pytest.raises(FileNotFoundError, match="advhooks_state_0.json is missing"):
+        adv.load_state(tmp_path / "plain")
 
 
 def test_adapter_rejects_bad_arguments(accelerator):
@@ -106,19 +143,9 @@ def test_adapter_rejects_bad_arguments(accelerator):
         AcceleratedAdversarialTraining(acc, model, PGD(0.1), stop_on_flag=True)
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def _launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
-    # On a CPU-only machine Accelerate starts several processes only through its multi-GPU launcher; the
-    # scripts then ask for cpu=True, which selects the gloo backend.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", _free_port(), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    return subprocess.run(accelerate_launch_command(*args, processes=processes), capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
 
 
 def test_two_processes_reduce_the_monitor_like_one_process_over_the_same_samples(tmp_path):
