@@ -410,7 +410,7 @@ class PhaseMonitor:
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Plain values: the epoch history, the flag, the lower bound and the open epoch's sums."""
+        """Plain values: the epoch history, the flag, the lower bound and this rank's open-epoch sums."""
         return {
             "clean_test_loss": self.clean_test_loss,
             "epoch": self.epoch,
@@ -422,6 +422,7 @@ class PhaseMonitor:
             "open_loss_sum": float(self._loss_sum),
             "open_count": float(self._count),
             "open_nonfinite": float(self._nonfinite),
+            "rank": dist.get_rank() if _is_distributed() else 0,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -449,7 +450,13 @@ class PhaseMonitor:
         self.eps_star_lower_bound = None if bound is None else float(bound)
         last = state.get("last_eps")
         self.last_eps = None if last is None else float(last)
-        self._loss_sum = float(state["open_loss_sum"])
-        self._count = float(state["open_count"])
-        self._nonfinite = float(state.get("open_nonfinite", 0.0))
+        # The open epoch's sums are this rank's own. Frameworks that save one checkpoint from rank 0 hand
+        # rank 0's sums to every rank: only rank 0 keeps them, so nothing is counted twice (the epoch mean
+        # then covers rank 0's samples from before the save and every rank's after it).
+        own = not _is_distributed() or int(state.get("rank", 0)) == dist.get_rank()
+        self._reset_accumulators()
+        if own:
+            self._loss_sum = float(state["open_loss_sum"])
+            self._count = float(state["open_count"])
+            self._nonfinite = float(state.get("open_nonfinite", 0.0))
 

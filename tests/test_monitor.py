@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
@@ -161,3 +162,29 @@ def test_distributed_epoch_mean_equals_the_single_process_mean(tmp_path):
     for rank in (0, 1):
         got = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
         assert got["samples"] == 32 and got["loss"] == pytest.approx(expected)
+
+
+def _resume_worker(rank: int, world: int, out_dir: str) -> None:
+    init_gloo(rank, world, out_dir)
+    before = PhaseMonitor(R_STAR)
+    before.update(torch.tensor(1.0 + rank), batch_size=10)  # mid-epoch: the ranks hold different sums
+    states = [None] * world
+    dist.all_gather_object(states, before.state_dict())
+    results = {}
+    for name, state in (("own", states[rank]), ("rank 0's", states[0])):  # per-rank files / one file from rank 0
+        monitor = PhaseMonitor(R_STAR)
+        monitor.load_state_dict(state)
+        monitor.update(torch.tensor(3.0), batch_size=10)
+        report = monitor.epoch_end()
+        results[name] = (report.adv_train_loss, report.samples)
+    torch.save(results, os.path.join(out_dir, f"resume{rank}.pt"))
+    leave()
+
+
+def test_a_mid_epoch_resume_never_counts_a_rank_twice(tmp_path):
+    mp.spawn(_resume_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"resume{rank}.pt", weights_only=True)
+        assert got["own"] == (pytest.approx((1.0 * 10 + 2.0 * 10 + 3.0 * 20) / 40), 40)
+        # One checkpoint from rank 0 loaded everywhere: rank 0's open sums enter once, rank 1's are lost.
+        assert got["rank 0's"] == (pytest.approx((1.0 * 10 + 3.0 * 20) / 30), 30)
