@@ -24,7 +24,7 @@ Checkpoints: ``adv.save_state(dir)`` / ``adv.load_state(dir)`` wrap ``accelerato
 (whose open-epoch sums differ from rank to rank), so a resume mid-epoch on several processes is exact
 and nothing of advhooks is unpickled. ``register_for_checkpointing=True`` instead hands both objects to
 Accelerate's own ``save_state``: simpler, but Accelerate saves custom objects from the main process only
-(resume at epoch boundaries) and reloads them with ``torch.load(weights_only=False)``.
+(resume at epoch boundaries) and unpickles them with the weights-only guard off.
 """
 
 from __future__ import annotations
