@@ -104,6 +104,11 @@ class PhaseReport:
         return asdict(self)
 
 
+def _comparable(ratios: Sequence[float]) -> list[float]:
+    """Ratios for min/plateau comparisons: a NaN or inf epoch (diverged) counts as +inf, i.e. no progress."""
+    return [r if math.isfinite(r) else math.inf for r in ratios]
+
+
 def decide_regime(ratios: Sequence[float], *, threshold: float = 1.5, patience: int = 5, warmup_epochs: int = 10,
                   min_delta: float = 0.01) -> tuple[str, str]:
     """The regime after the epochs whose ratios ρ = R̂/R*(0) are given, and why (a pure function).
@@ -123,7 +128,7 @@ def decide_regime(ratios: Sequence[float], *, threshold: float = 1.5, patience: 
     """
     if not ratios:
         raise ValueError("ratios must not be empty")
-    ratios = [r if math.isfinite(r) else math.inf for r in ratios]
+    ratios = _comparable(ratios)
     best = min(ratios)
     epoch = len(ratios)
     if math.isinf(best):
@@ -304,7 +309,7 @@ class PhaseMonitor:
         flagged = regime == FAR_ABOVE and self.flag_epoch is None
         if flagged:
             self.flag_epoch = self.epoch
-        finite = [r if math.isfinite(r) else math.inf for r in self.ratios]
+        finite = _comparable(self.ratios)
         best = min(finite)
         explanation = reason
         if nonfinite:
