@@ -3,15 +3,28 @@
 Images come in pixel space, float32 in [0, 1]; normalisation, where a model wants it, sits inside the
 model so that attacks and ε work in pixel units.
 
-Files are read in formats that need no unpickling: MNIST's IDX files (``DATA_DIR/MNIST/raw/``, the
-layout torchvision downloads), the *binary* versions of CIFAR-10 (``DATA_DIR/cifar-10-batches-bin/``)
-and CIFAR-100 (``DATA_DIR/cifar-100-binary/``), and SVHN's MATLAB files (``DATA_DIR/train_32x32.mat``,
-``test_32x32.mat``). Nothing is downloaded unless asked (``download=True``).
+Files are read from MNIST's IDX files (``DATA_DIR/MNIST/raw/``, the layout torchvision downloads),
+CIFAR-10 and CIFAR-100 in either the *binary* version (``DATA_DIR/cifar-10-batches-bin/``,
+``DATA_DIR/cifar-100-binary/``) or the *python* version (``DATA_DIR/cifar-10-batches-py/``,
+``DATA_DIR/cifar-100-python/``), and SVHN's MATLAB files (``DATA_DIR/train_32x32.mat``,
+``test_32x32.mat``). Nothing is downloaded unless asked (``download=True``; for CIFAR it fetches the
+binary version).
+
+Why the CIFAR python version is read, and why that is safe: it is what torchvision's ``CIFAR10`` and
+``CIFAR100`` download, so it is what most users already have on disk. Its batches are pickles, and a
+plain ``pickle.load`` of a file can run any code the file names. advhooks unpickles them with an
+allowlisting unpickler that can construct only numpy arrays (numpy's ``_reconstruct``,
+``numpy.ndarray``, ``numpy.dtype``) besides pickle's own dicts, lists, strings, bytes and numbers, as
+``torch.load(weights_only=True)`` does for tensors: a payload that would call anything else (``open``,
+``os.system``, ...) is refused with :class:`UnsafePickleError` when the unpickler meets the name, before
+anything runs. The arrays and labels are then checked (uint8 ``(N, 3072)``, ``N`` labels in range).
+When both versions are present, the binary one is read.
 """
 
 from __future__ import annotations
 
 import gzip
+import pickle
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +39,7 @@ __all__ = [
     "DataNotFoundError",
     "DatasetInfo",
     "ImageArrayDataset",
+    "UnsafePickleError",
     "labels_of",
     "load_cifar10",
     "load_cifar100",
@@ -38,6 +52,10 @@ __all__ = [
 
 class DataNotFoundError(FileNotFoundError):
     """A dataset's files are not where they should be; the message says where to put them."""
+
+
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickled dataset file names something other than what rebuilds numpy arrays; nothing was run."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +85,16 @@ class ImageArrayDataset(Dataset):
         images: uint8 tensor ``(N, C, H, W)``.
         labels: int64 tensor ``(N,)``.
         augment: random crop (padding 4) and horizontal flip, as in Rice et al.'s CIFAR training.
-        seed: seed of the augmentation's generator.
+        seed: seed of the augmentation's randomness (see below).
+
+    How the augmentation is seeded: in the main process (``DataLoader(num_workers=0)`` or indexing the
+    dataset directly) it draws from one generator seeded with ``seed`` that keeps advancing, so each epoch
+    gets new crops and flips and a fresh dataset with the same ``seed``, read in the same order, gives the
+    same ones. In a ``DataLoader`` worker it draws from a generator seeded from ``seed`` and the worker's
+    ``torch.utils.data.get_worker_info().seed``, which differs per worker and per epoch and derives from
+    the loader's base seed: the workers do not repeat each other's augmentation nor the previous epoch's,
+    and a loader with a seeded ``generator=`` (or under ``torch.manual_seed``) gives the same batches on
+    every run. With workers the batches differ from those of ``num_workers=0``.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool = False, seed: int = 0) -> None:
@@ -75,20 +102,34 @@ class ImageArrayDataset(Dataset):
             raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
             raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
-        self.images, self.labels, self.augment = images, labels.long(), augment
-        self._gen = torch.Generator().manual_seed(seed)
+        self.images, self.labels, self.augment, self.seed = images, labels.long(), augment, int(seed)
+        self._gen = torch.Generator().manual_seed(self.seed)
+        self._worker_key: tuple[int, int] | None = None  # (worker id, worker seed) that _worker_gen serves
+        self._worker_gen: torch.Generator | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def _generator(self) -> torch.Generator:
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return self._gen
+        if self._worker_gen is None or self._worker_key != (info.id, info.seed):
+            # Mix the dataset's seed with the worker's (base seed of this epoch's loader iterator + worker id).
+            mixed = np.random.SeedSequence([self.seed & (2**64 - 1), info.seed & (2**64 - 1)])
+            self._worker_gen = torch.Generator().manual_seed(int(mixed.generate_state(1, np.uint64)[0]))
+            self._worker_key = (info.id, info.seed)
+        return self._worker_gen
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         img = self.images[index].float().div_(255.0)
         if self.augment:
+            gen = self._generator()
             _, h, w = img.shape
             padded = torch.nn.functional.pad(img, (4, 4, 4, 4))
-            top, left = (int(v) for v in torch.randint(0, 9, (2,), generator=self._gen))
+            top, left = (int(v) for v in torch.randint(0, 9, (2,), generator=gen))
             img = padded[:, top : top + h, left : left + w]
-            if torch.rand((), generator=self._gen) < 0.5:
+            if torch.rand((), generator=gen) < 0.5:
                 img = img.flip(-1)
         return img, self.labels[index]
 
@@ -193,41 +234,132 @@ def _read_cifar_bin(path: Path, label_bytes: int) -> tuple[torch.Tensor, torch.T
     return images, labels
 
 
-def _load_cifar(data_dir: str | Path, download: bool, augment: bool, *, name: str, folder: str,
-                train_files: list[str], test_files: list[str], label_bytes: int, url: str):
-    root = Path(data_dir) / folder
-    paths = [root / f for f in train_files + test_files]
-    if not all(p.exists() for p in paths):
-        if (Path(data_dir) / folder.replace("-bin", "-py").replace("-binary", "-python")).exists():
-            hint = (f" (found the python/pickle version beside it; advhooks reads only the binary version, "
-                    f"which needs no unpickling: {url})")
-        else:
-            hint = f" (the binary version: {url})"
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+
+# The only names a CIFAR python batch needs: what pickle calls to rebuild a numpy array. Returned as
+# these objects, never looked up by importing the module the file names.
+_NUMPY_PICKLE_ALLOWLIST = {
+    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,  # written by numpy 1.x (the CIFAR files)
+    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,  # written by numpy 2
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, bytes, numbers and numpy arrays; refuses every other class or function."""
+
+    def __init__(self, file, source: str) -> None:
+        super().__init__(file, encoding="bytes")  # the CIFAR files were written by Python 2: bytes keys
+        self.source = source
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _NUMPY_PICKLE_ALLOWLIST[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(f"refusing to unpickle {module}.{name} from {self.source}: only numpy arrays "
+                                    f"are allowed") from None
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError(f"refusing to unpickle a persistent id from {self.source}: only numpy arrays "
+                                f"are allowed")
+
+
+def _read_cifar_py(path: Path, label_key: bytes, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of the CIFAR python version (a pickled dict), read with :class:`_NumpyOnlyUnpickler`."""
+    try:
+        with open(path, "rb") as fh:
+            batch = _NumpyOnlyUnpickler(fh, str(path)).load()
+    except UnsafePickleError:
+        raise
+    except Exception as err:  # truncated or not a pickle: pickle raises many kinds
+        raise ValueError(f"{path} is not a CIFAR python batch: {type(err).__name__}: {err}") from None
+    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(f"{path} is not a CIFAR python batch: expected a dict with keys b'data' and "
+                         f"{label_key!r}, got {keys}")
+    data, labels = batch[b"data"], batch[label_key]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        what = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"{path}: b'data' must be a uint8 array of shape (N, 3072), got {what}")
+    if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu" and labels.ndim == 1:
+        labels = labels.tolist()
+    if not isinstance(labels, list) or not all(type(v) is int for v in labels):
+        raise ValueError(f"{path}: {label_key!r} must be a list of ints")
+    if len(labels) != data.shape[0]:
+        raise ValueError(f"{path}: {len(labels)} labels for {data.shape[0]} images")
+    if labels and not 0 <= min(labels) <= max(labels) < num_classes:
+        raise ValueError(f"{path}: labels must be in [0, {num_classes}), got [{min(labels)}, {max(labels)}]")
+    images = torch.from_numpy(np.array(data, copy=True).reshape(-1, 3, 32, 32))
+    return images, torch.tensor(labels, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class _CifarLayout:
+    name: str
+    num_classes: int
+    bin_folder: str
+    bin_train: tuple[str, ...]
+    bin_test: tuple[str, ...]
+    label_bytes: int
+    py_folder: str
+    py_train: tuple[str, ...]
+    py_test: tuple[str, ...]
+    py_label_key: bytes
+    url: str
+
+
+_CIFAR10 = _CifarLayout(
+    "CIFAR-10", 10, "cifar-10-batches-bin", tuple(f"data_batch_{i}.bin" for i in range(1, 6)), ("test_batch.bin",), 1,
+    "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), b"labels",
+    "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz")
+_CIFAR100 = _CifarLayout(
+    "CIFAR-100", 100, "cifar-100-binary", ("train.bin",), ("test.bin",), 2,
+    "cifar-100-python", ("train",), ("test",), b"fine_labels",
+    "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz")
+
+
+def _load_cifar(data_dir: str | Path, download: bool, augment: bool, layout: _CifarLayout):
+    bin_root, py_root = Path(data_dir) / layout.bin_folder, Path(data_dir) / layout.py_folder
+    has_bin = all((bin_root / f).exists() for f in layout.bin_train + layout.bin_test)
+    has_py = all((py_root / f).exists() for f in layout.py_train + layout.py_test)
+    if not has_bin and not has_py:
         if not download:
-            raise _missing(name, root, ", ".join(train_files + test_files) + hint)
+            raise DataNotFoundError(
+                f"{layout.name} not found: expected either the binary version under {bin_root} "
+                f"({', '.join(layout.bin_train + layout.bin_test)}; {layout.url}) or the python version "
+                f"torchvision downloads under {py_root} ({', '.join(layout.py_train + layout.py_test)}). "
+                f"Put the files there, or pass --download (download=True) to fetch the binary version.")
         from torchvision.datasets.utils import download_and_extract_archive
 
-        download_and_extract_archive(url, download_root=str(data_dir))
+        download_and_extract_archive(layout.url, download_root=str(data_dir))
+        has_bin = True
 
-    def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [_read_cifar_bin(root / f, label_bytes) for f in files]
+    def read(files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        if has_bin:
+            parts = [_read_cifar_bin(bin_root / f, layout.label_bytes) for f in files]
+        else:
+            parts = [_read_cifar_py(py_root / f, layout.py_label_key, layout.num_classes) for f in files]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    return ImageArrayDataset(*read(train_files), augment=augment), ImageArrayDataset(*read(test_files))
+    train, test = (layout.bin_train, layout.bin_test) if has_bin else (layout.py_train, layout.py_test)
+    return ImageArrayDataset(*read(train), augment=augment), ImageArrayDataset(*read(test))
 
 
 def load_cifar10(data_dir: str | Path, download: bool = False, augment: bool = False):
-    """CIFAR-10 from ``data_dir/cifar-10-batches-bin`` (the binary version)."""
-    return _load_cifar(data_dir, download, augment, name="CIFAR-10", folder="cifar-10-batches-bin",
-                       train_files=[f"data_batch_{i}.bin" for i in range(1, 6)], test_files=["test_batch.bin"],
-                       label_bytes=1, url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz")
+    """CIFAR-10 from ``data_dir/cifar-10-batches-bin`` (binary version) or ``data_dir/cifar-10-batches-py``
+    (python version, torchvision's; read with an unpickler that builds only numpy arrays)."""
+    return _load_cifar(data_dir, download, augment, _CIFAR10)
 
 
 def load_cifar100(data_dir: str | Path, download: bool = False, augment: bool = False):
-    """CIFAR-100 (fine labels) from ``data_dir/cifar-100-binary`` (the binary version)."""
-    return _load_cifar(data_dir, download, augment, name="CIFAR-100", folder="cifar-100-binary",
-                       train_files=["train.bin"], test_files=["test.bin"], label_bytes=2,
-                       url="https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz")
+    """CIFAR-100 (fine labels) from ``data_dir/cifar-100-binary`` (binary version) or
+    ``data_dir/cifar-100-python`` (python version, torchvision's; read with an unpickler that builds only
+    numpy arrays)."""
+    return _load_cifar(data_dir, download, augment, _CIFAR100)
 
 
 def load_svhn(data_dir: str | Path, download: bool = False):

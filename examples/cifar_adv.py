@@ -6,9 +6,11 @@ The Accelerate version of examples/train_digits.py: the marked blocks are what c
     accelerate launch --multi_gpu --num_processes 2 examples/cifar_adv.py --data-dir ~/data   # 2 processes
     python examples/cifar_adv.py --dataset digits --epochs 20                                  # embedded data
 
-CIFAR-10 is read from the binary version under DATA_DIR/cifar-10-batches-bin (no unpickling); without it
-the script says where to put it, or fetches it with --download. On a CPU-only machine Accelerate starts
-several processes only with --multi_gpu (gloo backend); plain --num_processes N runs one.
+CIFAR-10 is read from DATA_DIR/cifar-10-batches-bin (binary version) or DATA_DIR/cifar-10-batches-py (the
+python version torchvision downloads, read with an unpickler that can build only numpy arrays); without
+either the script says where to put it, or fetches the binary version with --download. On a CPU-only
+machine Accelerate starts several processes only with --multi_gpu (gloo backend); plain --num_processes N
+runs one.
 Record the benchmark first: `advhooks benchmark-clean --preset cifar10-preactresnet18 --data-dir ~/data`
 (or `--preset digits-mlp` for --dataset digits).
 """
@@ -37,7 +39,7 @@ PRESETS = {"cifar10": "cifar10-preactresnet18", "digits": "digits-mlp"}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=sorted(PRESETS), default="cifar10")
-    p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-bin/")
+    p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-bin/ or cifar-10-batches-py/")
     p.add_argument("--download", action="store_true", help="fetch CIFAR-10 (binary version) if missing")
     p.add_argument("--eps", default="8/255", help="L∞ strength, e.g. 8/255")
     p.add_argument("--steps", type=int, default=10, help="PGD steps")
@@ -88,17 +90,22 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     for epoch in range(1, epochs + 1):
         model.train()
+        loss_sum, seen = torch.zeros((), device=accelerator.device), 0
         for x, y in train_loader:
             out = adv(x, y)
             optimizer.zero_grad()
             accelerator.backward(out.loss)  # accelerate (4/4): backward through the accelerator
             optimizer.step()
+            loss_sum += out.adv_loss * out.batch_size  # stays on the device: no sync per batch
+            seen += out.batch_size
         scheduler.step()
         report = adv.epoch_end()
         if report is not None:
             reports.append(report.to_dict())
             accelerator.print(f"epoch {epoch:3d}  adv train loss {report.adv_train_loss:.4f}  "
                               f"ratio {report.ratio:.3f}  {report.regime}")
+        else:  # no benchmark: this process's running mean of the adversarial training loss
+            accelerator.print(f"epoch {epoch:3d}  adv train loss {float(loss_sum) / max(seen, 1):.4f}")
         if adv.should_stop():
             accelerator.print(f"stopping at epoch {epoch}: eps >> eps* was flagged")
             break
