@@ -60,7 +60,9 @@ class AdversarialStep:
         attack: a configured :class:`~advhooks.attacks.PGD` or :class:`~advhooks.attacks.FGM`.
         objective: ``"at"`` (Madry), ``"trades"`` or ``"mart"``.
         criterion: per-sample loss ``criterion(logits, targets)`` for ``at`` (and the natural term of
-            ``trades``); default cross-entropy. MART defines its own loss.
+            ``trades``); default cross-entropy. MART defines its own loss. Unless the attack was built
+            with its own ``objective=``, the attack maximises this criterion too (for ``at`` and
+            ``mart``; TRADES' attack maximises its KL term).
         beta: weight of the robustness term of TRADES/MART (default 6).
         clean_fraction: for ``at``, weight c of the clean loss: ``(1 − c)·adv + c·clean``.
         grad_align: weight λ of GradAlign (Andriushchenko & Flammarion 2020), a guard against catastrophic
@@ -103,6 +105,8 @@ class AdversarialStep:
         if criterion is not None and self.objective.name == "mart":
             raise ValueError("criterion is not used by objective='mart' (MART defines its own boosted loss)")
         self.criterion = per_sample(criterion)
+        # The attack maximises the loss being trained unless the user gave the attack its own objective.
+        self.attack_objective = self.criterion if criterion is not None and not attack.custom_objective else None
         if beta is not None and self.objective.default_beta is None:
             raise ValueError(f"beta applies to 'trades' and 'mart', not to objective={self.objective.name!r}")
         default_beta = self.objective.default_beta
@@ -120,16 +124,20 @@ class AdversarialStep:
         self.label_key = label_key
         self.step = 0
 
-    def __call__(self, inputs: torch.Tensor | Mapping[str, Any], targets: torch.Tensor | None = None) -> StepOutput:
+    def __call__(self, inputs: torch.Tensor | Mapping[str, Any], targets: torch.Tensor | None = None, *,
+                 advance: bool = True) -> StepOutput:
         """Attack the batch and compute the training loss; advances the ε-schedule step by one.
 
         Args:
             inputs: a tensor batch, or a dict batch (with ``input_key`` set at construction).
             targets: labels; for dict batches defaults to ``inputs[label_key]``.
+            advance: count this call as a training step of the ε schedule; pass ``False`` for evaluation
+                batches, which use the current ε and leave the schedule where it is.
         """
         x, y, kwargs = self._unpack(inputs, targets)
         eps = self.attack.eps_at(self.step)
-        self.step += 1
+        if advance:
+            self.step += 1
         name = self.objective.name
 
         if name == "trades":
@@ -138,7 +146,8 @@ class AdversarialStep:
             adv = self.attack(self.model, x, reference, eps=eps, objective=kl_to_reference,
                               input_key=self.input_key, model_kwargs=kwargs)
         else:
-            adv = self.attack(self.model, x, y, eps=eps, input_key=self.input_key, model_kwargs=kwargs)
+            adv = self.attack(self.model, x, y, eps=eps, objective=self.attack_objective, input_key=self.input_key,
+                              model_kwargs=kwargs)
 
         clean_logits = None
         if self.objective.uses_clean_logits or self.clean_fraction > 0:

@@ -97,7 +97,11 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
         if report.eps_star_lower_bound is not None:
             metrics["advhooks/eps_star_lower_bound"] = report.eps_star_lower_bound
         if self.trainer is not None:
+            # Trainer.log() clears control.should_log; keep it, or the Trainer drops its own loss line
+            # for the epoch's last step (logging_strategy="epoch" logs right after this event).
+            should_log = control.should_log
             self.trainer.log(metrics)
+            control.should_log = should_log
         if self.stop_on_flag and report.regime == FAR_ABOVE:
             control.should_training_stop = True
         return control
@@ -141,11 +145,28 @@ class AdversarialTrainerMixin:
             ids = batch.pop("input_ids")
             batch["inputs_embeds"] = unwrap_parallel(model).get_input_embeddings()(ids)
         step.model = model
-        out = step(batch)
+        out = step(batch, advance=model.training)  # evaluation must not move the training's ε schedule
         if model.training:
             for cb in self._phase_callbacks():
                 cb.update(out)
-        return (out.loss, {"logits": out.logits}) if return_outputs else out.loss
+        loss = self._scale_for_accumulation(out.loss, out.batch_size, num_items_in_batch)
+        return (loss, {"logits": out.logits}) if return_outputs else loss
+
+    def _scale_for_accumulation(self, loss, batch_size, num_items_in_batch):
+        """The batch-mean loss in the units the Trainer expects, so accumulation gives the full batch's mean.
+
+        When the Trainer counts ``num_items_in_batch`` (the samples of all accumulated micro-batches), it
+        takes the loss as already divided by that count and does not divide by the accumulation steps
+        itself: return ``sum / num_items_in_batch`` then (and, as its own ``compute_loss`` does, undo the
+        division by the number of processes that DDP's gradient averaging brings when the count is
+        gathered across devices). Without a count the Trainer divides the mean by the steps itself.
+        """
+        if num_items_in_batch is None:
+            return loss
+        loss = loss * (batch_size / num_items_in_batch)
+        if getattr(self.args, "average_tokens_across_devices", False) and self.args.world_size > 1:
+            loss = loss * self.accelerator.num_processes
+        return loss
 
 
 class AdversarialTrainer(AdversarialTrainerMixin, Trainer):

@@ -106,3 +106,54 @@ def test_callback_state_survives_a_checkpoint_resume(tmp_path):
     (callback,) = [cb for cb in second.callback_handler.callbacks if isinstance(cb, PhaseMonitorCallback)]
     assert callback.monitor.epoch == 3  # two restored epochs plus the resumed one
     assert len(callback.monitor.ratios) == 3
+
+
+def _one_update(tmp_path, batch_size, accumulation):
+    torch.manual_seed(0)
+    model = _tiny_vit()
+    args = _args(tmp_path / f"ga{accumulation}", max_steps=1, per_device_train_batch_size=batch_size,
+                 gradient_accumulation_steps=accumulation, optim="sgd", lr_scheduler_type="constant",
+                 learning_rate=0.5, logging_strategy="steps", logging_steps=1)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    # No random start: both runs attack exactly the same samples the same way.
+    trainer = AdversarialTrainer(model=model, args=args, train_dataset=_digits_like(64),
+                                 attack=PGD(8 / 255, steps=2, random_start=False))
+    trainer.train()
+    assert trainer.model_accepts_loss_kwargs  # so the Trainer counted num_items_in_batch: the path under test
+    grads = {k: (before[k] - p.detach()) / 0.5 for k, p in model.named_parameters()}  # plain SGD: Δθ = −lr·g
+    (loss,) = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return loss, grads
+
+
+def test_gradient_accumulation_gives_the_full_batch_loss_and_gradients(tmp_path):
+    loss_full, grads_full = _one_update(tmp_path, 16, 1)
+    loss_acc, grads_acc = _one_update(tmp_path, 8, 2)
+    assert loss_acc == pytest.approx(loss_full, rel=1e-5)
+    for name, g in grads_full.items():
+        torch.testing.assert_close(grads_acc[name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_callback_keeps_the_trainers_own_loss_lines(tmp_path):
+    def loss_lines(callbacks):
+        torch.manual_seed(0)
+        trainer = AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path, logging_strategy="epoch"),
+                                     train_dataset=_digits_like(), attack=PGD(8 / 255, steps=1),
+                                     callbacks=callbacks)
+        trainer.train()
+        return [h for h in trainer.state.log_history if "loss" in h]
+
+    assert len(loss_lines([])) == 3
+    assert len(loss_lines([PhaseMonitorCallback(0.5, eps=8 / 255)])) == 3
+
+
+def test_adversarial_evaluation_does_not_advance_the_eps_schedule(tmp_path):
+    from advhooks import linear_warmup
+
+    torch.manual_seed(0)
+    trainer = AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path, num_train_epochs=1),
+                                 train_dataset=_digits_like(64), eval_dataset=_digits_like(64),
+                                 attack=PGD(linear_warmup(8 / 255, 100), steps=1), adversarial_eval=True)
+    trainer.train()
+    assert trainer.adversarial_step.step == 2  # two training batches of 32
+    trainer.evaluate()
+    assert trainer.adversarial_step.step == 2

@@ -53,7 +53,11 @@ class Attack:
         self.restarts = check_positive_int("restarts", restarts)
         self.targeted = bool(targeted)
         self.objective = per_sample(objective)
+        # AdversarialStep lets its criterion stand in for an objective the user did not choose.
+        self.custom_objective = objective is not None
         self.domain = InputDomain(bounds, normalization)
+        if not callable(self.eps):
+            self.domain.check_eps(self.eps, self.norm)
         self.out_of_bounds = check_choice("out_of_bounds", out_of_bounds, OUT_OF_BOUNDS)
         self.bn = check_choice("bn", bn, BN_MODES)
         self.compile = bool(compile)
