@@ -18,7 +18,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,13 @@ def evaluate_clean(model: nn.Module, loader: Iterable, criterion: Objective | No
             n += y.shape[0]
     if n == 0:
         raise ValueError("the data loader is empty")
-    return torch.cat(losses), correct.item() / n
+    losses = torch.cat(losses)
+    bad = ~torch.isfinite(losses)
+    if bad.any():
+        first = int(bad.nonzero()[0])
+        raise ValueError(f"the clean loss is {float(losses[first])} for {int(bad.sum())} of {n} samples (first at "
+                         f"index {first} of the loader): NaN or inf in the data or the model's weights")
+    return losses, correct.item() / n
 
 
 @dataclass
@@ -227,11 +233,8 @@ class CleanBenchmark:
         return float(lo), float(hi)
 
     def record(self) -> dict[str, Any]:
-        """The JSON-serialisable record (everything but the tensors)."""
-        out = asdict(self)
-        out.pop("test_losses")
-        out.pop("state_dict")
-        return out
+        """The JSON-serialisable record (everything but the tensors, which are never copied here)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in _TENSOR_FIELDS}
 
     def load_weights_into(self, model: nn.Module, strict: bool = True) -> nn.Module:
         """Load the clean weights into ``model`` (same architecture) and return it."""
@@ -250,6 +253,9 @@ class CleanBenchmark:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the benchmark atomically (temporary file + rename) as one safetensors file."""
         path = Path(path)
+        if not (math.isfinite(self.clean_test_loss) and self.clean_test_loss > 0):
+            raise ValueError(f"refusing to save a benchmark whose R*(0) is {self.clean_test_loss}: it must be finite "
+                             "and > 0 (a benchmark file that cannot be read back is worse than none)")
         tensors: dict[str, torch.Tensor] = {}
         for k, v in (self.state_dict or {}).items():
             tensors[_WEIGHTS + k] = v.detach().cpu().contiguous()
@@ -291,7 +297,7 @@ class CleanBenchmark:
 
     @classmethod
     def _from_record(cls, record: dict[str, Any], path: Any) -> CleanBenchmark:
-        names = {f for f in cls.__dataclass_fields__ if f not in ("test_losses", "state_dict")}
+        names = {f for f in cls.__dataclass_fields__ if f not in _TENSOR_FIELDS}
         missing = {"clean_test_loss", "clean_test_accuracy", "n_test"} - record.keys()
         if missing:
             raise BenchmarkFormatError(f"{path}: the record lacks {sorted(missing)}")
@@ -319,7 +325,7 @@ class CleanBenchmark:
             ("generalization gap Δ", fmt(self.generalization_gap)),
             ("clean test accuracy", fmt(self.clean_test_accuracy)),
             ("clean train accuracy", fmt(self.clean_train_accuracy)),
-            ("best epoch", fmt(self.best_epoch)),
+            ("best epoch", "- (a given model, measured as it is)" if self.best_epoch is None else str(self.best_epoch)),
             ("n train / n test", f"{self.n_train} / {self.n_test}"),
             ("criterion", self.criterion),
             ("model", f"{self.model.get('class', '?')} ({self.model.get('num_parameters', '?')} parameters)"),
@@ -330,6 +336,7 @@ class CleanBenchmark:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+_TENSOR_FIELDS = ("test_losses", "state_dict")
 _REQUIRED_VALUES = ("clean_test_loss", "clean_test_accuracy", "n_test")
 # What each record field must hold; None is accepted for the optional ones.
 _RECORD_TYPES = {
@@ -483,6 +490,9 @@ def record_clean_benchmark(
             total += loss.detach().double() * y.shape[0]
             count += y.shape[0]
         sched.step()
+        if not torch.isfinite(total):  # one read per epoch; the weights are poisoned from here on
+            raise ValueError(f"the clean training loss became {float(total)} in epoch {epoch}: NaN or inf in the "
+                             "training data, or the learning rate is too large for this model")
         test_losses, _ = evaluate_clean(model, test_loader, criterion, device)
         test_loss = float(test_losses.mean())
         if on_epoch:

@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,18 @@ from typing import Any
 import typer
 
 from ._version import __version__
-from .schedules import parse_eps_list
+from .schedules import format_eps, parse_eps_list
 
-__all__ = ["app", "main"]
+__all__ = ["PRESET_NAMES", "app", "main"]
+
+# The presets' names for the help texts (the CLI does not import torch to print --help);
+# tests/test_cli.py keeps this list equal to advhooks.presets.PRESETS.
+PRESET_NAMES = ("digits-mlp", "digits-cnn", "mnist-cnn", "mnist-mlp", "cifar10-preactresnet18", "cifar10-wrn34",
+                "cifar100-preactresnet18", "svhn-preactresnet18")
+_PRESET_HELP = "A named setting: " + ", ".join(PRESET_NAMES) + "."
+_DEVICE_HELP = "Device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ..."
+_NORMALIZE_HELP = ("Your --data yields inputs already normalised as (pixel - mean) / std: give MEAN,STD per channel "
+                   "(e.g. 0.4914,0.4822,0.4465,0.2471,0.2435,0.2616), so that eps stays in pixel units.")
 
 app = typer.Typer(
     name="advhooks",
@@ -25,6 +35,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no "<bool>" type column beside flags, nothing cut at the panel edge
 )
 
 
@@ -43,20 +54,84 @@ def _root(
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn bad input into a one-line message and exit code 2, never a traceback."""
+    """Turn bad input into a one-line message and exit code 2, never a traceback.
+
+    Bad input reaches here as the library's own errors (``ValueError``, which ``BenchmarkFormatError``
+    and the argument checks raise), file-system errors (``OSError``) or a missing optional extra
+    (``ImportError``). A ``TypeError``, ``KeyError`` or anything else raised inside the library is a bug
+    and keeps its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ValueError, TypeError, FileNotFoundError, ImportError, KeyError, IsADirectoryError) as err:
+        except (ValueError, OSError, ImportError) as err:
             msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in msg:
-                msg = f"{msg}: {err.filename}"
+            if isinstance(err, OSError) and err.filename and str(err.filename) not in msg:
+                msg = f"{err.strerror or msg}: {err.filename}"
             typer.echo(f"error: {msg}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _prepare_output(path: Path | None, option: str, *, folder: bool = False) -> None:
+    """Check before any work that ``path`` can be written, creating missing parent folders.
+
+    Every command calls this for each of its outputs first, so that a bad path costs nothing.
+    """
+    if path is None:
+        return
+    where = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name")
+    for parent in (where, *where.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".advhooks-write-check.", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"{option} {path}: cannot write in {where} ({err.strerror or err})") from None
+
+
+def _progress_shown(quiet: bool) -> bool:
+    """Progress bars only for a person at a terminal."""
+    return not quiet and sys.stderr.isatty()
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    return device
+
+
+def _parse_normalize(text: str | None) -> tuple[list[float], list[float]] | None:
+    """``"m1,..,mC,s1,..,sC"`` → (means, stds), checked."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--normalize must be comma-separated numbers MEAN,STD per channel, got {text!r}") from None
+    if len(values) < 2 or len(values) % 2:
+        raise ValueError(f"--normalize needs as many stds as means (MEAN,STD per channel), got {len(values)} values")
+    half = len(values) // 2
+    means, stds = values[:half], values[half:]
+    if not all(s > 0 for s in stds):
+        raise ValueError(f"--normalize: every std must be > 0, got {stds}")
+    return means, stds
 
 
 def _load_factory(spec: str, option: str) -> Callable[..., Any]:
@@ -109,7 +184,7 @@ def _resolve_setup(preset: str | None, model: str | None, data: str | None, data
     if data_factory is not None:
         sets = data_factory()
         if not (isinstance(sets, (tuple, list)) and len(sets) == 2):
-            raise TypeError("--data factory must return (train_dataset, test_dataset)")
+            raise ValueError("--data factory must return (train_dataset, test_dataset)")
         train_set, test_set = sets
         train_eval = train_set
     else:
@@ -119,43 +194,16 @@ def _resolve_setup(preset: str | None, model: str | None, data: str | None, data
     def build():
         net = model_factory() if model_factory is not None else chosen.model(width)
         if not isinstance(net, torch.nn.Module):
-            raise TypeError(f"--model factory must return a torch.nn.Module, got {type(net).__name__}")
+            raise ValueError(f"--model factory must return a torch.nn.Module, got {type(net).__name__}")
         return net
 
     return _Setup(chosen, build, train_set, test_set, train_eval)
 
 
-def _read_state_dict(path: Path) -> dict:
-    import torch
-
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except Exception as err:
-            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-        if any(k.startswith("weights.") for k in state):  # an advhooks benchmark file
-            state = {k[len("weights."):]: v for k, v in state.items() if k.startswith("weights.")}
-        return state
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a torch state dict readable with weights_only=True ({err})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return state
-
-
 @app.command("benchmark-clean")
 @_user_errors
 def benchmark_clean(
-    preset: str | None = typer.Option(None, help="A named setting: digits-mlp, digits-cnn, mnist-cnn, "
-                                         "mnist-mlp, cifar10-preactresnet18, cifar10-wrn34, ..."),
+    preset: str | None = typer.Option(None, help=_PRESET_HELP),
     model: str | None = typer.Option(None, help="Your model factory, 'package.module:function'."),
     data: str | None = typer.Option(None, help="Your data factory 'package.module:function' returning "
                                        "(train_dataset, test_dataset)."),
@@ -163,30 +211,39 @@ def benchmark_clean(
     download: bool = typer.Option(False, help="Download missing dataset files (only when asked)."),
     checkpoint: Path | None = typer.Option(None, help="Measure this clean model instead of training "
                                               "(safetensors, or a torch state dict read with weights_only)."),
-    epochs: int | None = typer.Option(None, help="Clean training epochs (default: the preset's)."),
+    epochs: int | None = typer.Option(None, help="Clean training epochs (default: the preset's; 10 with "
+                                      "--model/--data)."),
     batch_size: int | None = typer.Option(None, help="Batch size (default: the preset's, else 128)."),
     lr: float | None = typer.Option(None, help="Learning rate (default: the preset's, else 0.1)."),
     width: int | None = typer.Option(None, help="The preset model's width (hidden units / widen factor)."),
     seed: int = typer.Option(0, help="Seed for initialisation, shuffling and the digits split."),
-    device: str = typer.Option("cpu", help="Device to train on, e.g. cpu or cuda."),
+    normalize: str | None = typer.Option(None, metavar="MEAN,STD", help=_NORMALIZE_HELP + " Stored in the "
+                                         "benchmark, so estimate-eps-star uses it too."),
+    device: str = typer.Option("auto", help=_DEVICE_HELP),
     out: Path = typer.Option(Path("clean.safetensors"), help="Where to write the benchmark."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
 ) -> None:
     """Record the clean benchmark R*(0): train cleanly with early stopping (or measure --checkpoint)."""
     import torch
     from tqdm.auto import tqdm
 
     from .benchmark import CleanBenchmark, record_clean_benchmark
+    from .checkpoints import load_weights, read_state_dict
 
     _check_options(epochs=epochs, batch_size=batch_size, lr=lr)
+    normalization = _parse_normalize(normalize)
+    _prepare_output(out, "--out")
+    device = _resolve_device(device)
     setup = _resolve_setup(preset, model, data, data_dir, download, width, seed)
     chosen, net = setup.preset, setup.model_factory()
     train_set, test_set, train_eval = setup.train_set, setup.test_set, setup.train_eval
     training = {"preset": preset} if preset else {"model": model, "data": data}
+    if normalization is not None:
+        training["normalization"] = {"mean": normalization[0], "std": normalization[1]}
     bs = batch_size or (chosen.batch_size if chosen else 128)
 
     if checkpoint is not None:
-        net.load_state_dict(_read_state_dict(checkpoint))
+        load_weights(net, read_state_dict(checkpoint), source=str(checkpoint))
         net.to(device)
         loader = functools.partial(torch.utils.data.DataLoader, batch_size=max(bs, 256))
         bench = CleanBenchmark.measure(net, loader(test_set), loader(train_eval), device=device,
@@ -195,7 +252,8 @@ def benchmark_clean(
         n_epochs = epochs or (chosen.epochs if chosen else 10)
 
         def progress(loader, epoch):
-            return tqdm(loader, desc=f"epoch {epoch}/{n_epochs}", leave=False, disable=quiet, file=sys.stderr)
+            return tqdm(loader, desc=f"epoch {epoch}/{n_epochs}", leave=False, disable=not _progress_shown(quiet),
+                        file=sys.stderr)
 
         def on_epoch(epoch, train_loss, test_loss):
             if not quiet:
@@ -217,7 +275,8 @@ def benchmark_clean(
 def estimate_eps_star(
     benchmark: Path = typer.Option(..., help="The clean benchmark from `advhooks benchmark-clean`."),
     method: str = typer.Option("clean-probe", help="grid | finetune | clean-probe"),
-    preset: str | None = typer.Option(None, help="The preset the benchmark was recorded with."),
+    preset: str | None = typer.Option(None, help="The preset the benchmark was recorded with (default: the "
+                                      "benchmark's). " + _PRESET_HELP),
     model: str | None = typer.Option(None, help="Your model factory, 'package.module:function'."),
     data: str | None = typer.Option(None, help="Your data factory returning (train_dataset, test_dataset)."),
     data_dir: Path | None = typer.Option(None, help="Folder with the dataset files (mnist, cifar, svhn)."),
@@ -228,11 +287,14 @@ def estimate_eps_star(
     attack: str | None = typer.Option(None, help="pgd | fgm (default: pgd, fgm for finetune)"),
     steps: int = typer.Option(10, help="PGD steps."),
     runs: int = typer.Option(1, help="Repeats with other seeds (grid, finetune)."),
-    epochs: int | None = typer.Option(None, help="Epochs per run (default: the preset's for grid, 10 for finetune)."),
+    epochs: int | None = typer.Option(None, help="Epochs per run (default: 10 for finetune; for grid the "
+                                      "preset's, or 60 with --model/--data)."),
     lr: float | None = typer.Option(None, help="Learning rate (default: the clean run's)."),
     batch_size: int | None = typer.Option(None, help="Batch size (default: the clean run's)."),
     seed: int = typer.Option(0, help="Seed of the runs."),
-    device: str = typer.Option("cpu", help="Device, e.g. cpu or cuda."),
+    normalize: str | None = typer.Option(None, metavar="MEAN,STD", help=_NORMALIZE_HELP + " Default: the "
+                                         "benchmark's."),
+    device: str = typer.Option("auto", help=_DEVICE_HELP),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON."),
     plot: Path | None = typer.Option(None, help="Draw loss against eps with R*(0) and the estimate (PNG)."),
     strict: bool = typer.Option(False, help="Fail (instead of warning) when the benchmark's model or data "
@@ -255,7 +317,14 @@ def estimate_eps_star(
         raise ValueError(f"--attack must be pgd or fgm, got {attack!r}")
     _check_options(steps=steps, runs=runs, epochs=epochs, batch_size=batch_size, lr=lr)
     grid = E.check_eps_grid(parse_eps_list(eps), "--eps") if eps is not None else None
+    normalization = _parse_normalize(normalize)
+    _prepare_output(json_out, "--json")
+    _prepare_output(plot, "--plot")
+    device = _resolve_device(device)
     bench = CleanBenchmark.load(benchmark)
+    if normalization is None and isinstance(bench.training.get("normalization"), dict):
+        recorded = bench.training["normalization"]
+        normalization = (list(recorded["mean"]), list(recorded["std"]))
     if preset is None and model is None and data is None:
         preset = bench.training.get("preset")
     setup = _resolve_setup(preset, model, data, data_dir, False, width, seed)
@@ -277,13 +346,14 @@ def estimate_eps_star(
 
     bs = batch_size or int(bench.training.get("batch_size", 128))
     run_lr = lr or float(bench.training.get("lr", 0.1))
-    bar = tqdm(total=0, disable=quiet, file=sys.stderr, leave=False)
+    bar = tqdm(total=0, disable=not _progress_shown(quiet), file=sys.stderr, leave=False)
 
     def progress(text: str) -> None:
         bar.set_description(text, refresh=False)
         bar.update(1)
 
-    common = dict(norm=norm.lower(), attack=attack, steps=steps, device=device, progress=progress)
+    common = dict(norm=norm.lower(), attack=attack, steps=steps, device=device, progress=progress,
+                  normalization=normalization)
     probe = None
     if method == "clean-probe" or grid is None:
         ladder = grid if method == "clean-probe" and grid else [e / 255 for e in (0.5, 1, 2, 4, 8, 16, 32, 64)]
@@ -297,7 +367,8 @@ def estimate_eps_star(
         n_epochs = epochs or 10
         bar.reset(total=runs * len(points) * n_epochs)
         grad_norm = probe.mean_grad_dual_norm if probe else E.mean_input_grad_dual_norm(
-            bench.load_weights_into(setup.model_factory()), setup.train_eval, norm.lower(), device=device)
+            bench.load_weights_into(setup.model_factory()), setup.train_eval, norm.lower(), device=device,
+            normalization=normalization)
         result = E.estimate_finetune(setup.model_factory, setup.train_set, bench, points, epochs=n_epochs, lr=run_lr,
                                      batch_size=bs, runs=runs, seed=seed, mean_grad_dual_norm=grad_norm, **common)
     else:
@@ -325,13 +396,13 @@ def estimate_eps_star(
 
 def _estimate_table(est: Any) -> str:
     def u(v: float | None) -> str:
-        return "-" if v is None else f"{v:.5g} ({v * 255:.3g}/255)"
+        return "-" if v is None else format_eps(v)
 
     rows = [("method", est.method), ("eps*", u(est.value)), ("R*(0)", f"{est.clean_test_loss:.4f}")]
     if est.spread is not None:
         rows.append(("spread over runs (sd)", u(est.spread)))
     if est.per_run and len(est.per_run) > 1:
-        rows.append(("per run", ", ".join(f"{v * 255:.3g}/255" for v in est.per_run)))
+        rows.append(("per run", ", ".join(format_eps(v) for v in est.per_run)))
     if est.bracket and est.method == "grid":
         rows.append(("bracket", f"{u(est.bracket[0])} .. {u(est.bracket[1])}"))
     if est.fit:
@@ -342,8 +413,8 @@ def _estimate_table(est: Any) -> str:
         rows.append(("first-order estimate", u(est.first_order)))
     if est.consistency is not None:
         rows.append(("slope / mean grad dual norm", f"{est.consistency:.3f} (about 1 expected)"))
-    rows.append(("points", "; ".join(f"{p['eps'] * 255:.3g}/255: {p['loss']:.4f}" if p.get("loss") is not None
-                                     else f"{p['eps'] * 255:.3g}/255: failed" for p in est.points)))
+    rows.append(("points", "; ".join(f"{format_eps(p['eps'])}: {p['loss']:.4f}" if p.get("loss") is not None
+                                     else f"{format_eps(p['eps'])}: failed" for p in est.points)))
     rows.append(("cost", f"{est.seconds:.1f} s, {est.train_set_passes:.0f} training-set passes"))
     rows += [("warning", w) for w in est.warnings]
     width = max(len(k) for k, _ in rows)
@@ -356,11 +427,26 @@ def demo(
     out: Path = typer.Option(Path("advhooks-demo"), help="Folder for demo.json, demo.png and clean.safetensors."),
     quick: bool = typer.Option(False, "--quick", help="A short version (about 15 s) for smoke tests."),
     seed: int = typer.Option(0, help="Seed."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or progress lines."),
 ) -> None:
     """The main job on the embedded digits: benchmark, eps* estimates, and watched adversarial training."""
+    from tqdm.auto import tqdm
+
     from .demo import format_demo_table, run_demo
 
-    result = run_demo(out, quick=quick, seed=seed, progress=lambda text: typer.echo(f"- {text}", err=True))
+    _prepare_output(out, "--out", folder=True)
+    bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", disable=not _progress_shown(quiet), file=sys.stderr)
+
+    def progress(text: str) -> None:
+        if not bar.disable:
+            bar.set_description(text)
+        elif not quiet:
+            typer.echo(f"- {text}", err=True)
+
+    try:
+        result = run_demo(out, quick=quick, seed=seed, progress=progress)
+    finally:
+        bar.close()
     typer.echo(format_demo_table(result))
     typer.echo(f"wrote {out / 'demo.json'}" + (f" and {result['plot']}" if result.get("plot") else ""))
 
@@ -401,8 +487,10 @@ def simulate_linear(
     if any(r <= 0 for r in ratio_list):
         raise ValueError(f"--ratios must be > 0, got {ratios!r}")
     _check_options(n=n, repeats=repeats, steps=steps, lr=lr)
+    _prepare_output(json_out, "--json")
+    _prepare_output(plot, "--plot")
     settings = [LinearSetting(n, k, sigma=sigma, theta_norm=theta_norm) for k in dims]
-    bar = tqdm(total=len(dims) * len(ratio_list), disable=quiet, file=sys.stderr, leave=False)
+    bar = tqdm(total=len(dims) * len(ratio_list), disable=not _progress_shown(quiet), file=sys.stderr, leave=False)
     results = []
     for setting in settings:
         results.append(simulate(setting, ratio_list, repeats=repeats, steps=steps, lr=lr, seed=seed,

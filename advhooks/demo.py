@@ -25,6 +25,7 @@ from .data import load_digits
 from .monitor import PhaseMonitor
 from .plotting import pyplot, save_figure
 from .presets import get_preset
+from .schedules import format_eps
 from .training import adversarial_loss, train_adversarially
 
 __all__ = ["DEMO_EPS", "QUICK_EPS", "format_demo_table", "run_demo"]
@@ -70,7 +71,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
     runs = []
     test_loader = DataLoader(test, batch_size=256)
     for eps in eps_list:
-        say(f"adversarial training at eps = {eps * 255:.3g}/255")
+        say(f"adversarial training at eps = {format_eps(eps)}")
         torch.manual_seed(seed)
         model = preset.model()
         monitor = PhaseMonitor(bench, eps=eps, total_epochs=epochs)
@@ -133,7 +134,7 @@ def format_demo_table(result: dict[str, Any]) -> str:
     est = result["eps_star"]
 
     def u(v: float | None) -> str:
-        return "-" if v is None else f"{v * 255:.3g}/255"
+        return "-" if v is None else format_eps(v)
 
     lines = [
         f"clean benchmark: R*(0) = {bench['clean_test_loss']:.4f}, clean train loss {bench['clean_train_loss']:.4f}, "
@@ -141,12 +142,12 @@ def format_demo_table(result: dict[str, Any]) -> str:
         f"eps*: clean-probe lower bound {u(est['clean_probe_lower_bound'])}, first order {u(est['first_order'])}, "
         f"fine-tune {u(est['finetune'])}",
         "",
-        f"{'eps':>9}  {'adv train loss':>14}  {'ratio':>7}  {'regime':<12}  {'flagged at':>10}  "
+        f"{'eps':>17}  {'adv train loss':>14}  {'ratio':>7}  {'regime':<12}  {'flagged at':>10}  "
         f"{'PGD-20 test acc':>15}",
     ]
     for run in result["runs"]:
         flag = "-" if run["flag_epoch"] is None else f"epoch {run['flag_epoch']}"
-        lines.append(f"{u(run['eps']):>9}  {run['epoch_losses'][-1]:>14.4f}  {run['final_ratio']:>7.3f}  "
+        lines.append(f"{u(run['eps']):>17}  {run['epoch_losses'][-1]:>14.4f}  {run['final_ratio']:>7.3f}  "
                      f"{run['regime']:<12}  {flag:>10}  {run['pgd20_test_accuracy']:>15.3f}")
     lines.append("")
     lines.append(f"{result['seconds']:.1f} s")

@@ -33,8 +33,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from ._outputs import logits_of
 from .attacks import FGM, PGD, Attack, dual_norm, eval_mode
+from .attacks.domain import InputDomain, Normalization
 from .attacks.objectives import cross_entropy
 from .benchmark import CleanBenchmark
+from .schedules import format_eps
 from .training import PassCounter, adversarial_loss, train_adversarially
 
 __all__ = [
@@ -115,13 +117,16 @@ def check_eps_grid(eps: Sequence[float], name: str = "eps") -> list[float]:
     return values
 
 
-def make_attack(name: str, eps: float, norm: str, steps: int = 10) -> Attack:
-    """``"pgd"`` (PGD-``steps`` with random start) or ``"fgm"`` (FGM; FGSM-RS in L∞) of strength ``eps``."""
+def make_attack(name: str, eps: float, norm: str, steps: int = 10, normalization: Normalization = None) -> Attack:
+    """``"pgd"`` (PGD-``steps`` with random start) or ``"fgm"`` (FGM; FGSM-RS in L∞) of strength ``eps``.
+
+    ``normalization=(mean, std)`` when the data is normalised before the model (ε stays in pixel units).
+    """
     name = name.lower()
     if name == "pgd":
-        return PGD(eps, norm=norm, steps=steps)
+        return PGD(eps, norm=norm, steps=steps, normalization=normalization)
     if name == "fgm":
-        return FGM(eps, norm=norm, random_start=True)
+        return FGM(eps, norm=norm, random_start=True, normalization=normalization)
     raise ValueError(f"attack must be 'pgd' or 'fgm', got {name!r}")
 
 
@@ -162,6 +167,7 @@ def estimate_grid(
     runs: int = 1,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    normalization: Normalization = None,
     include_clean: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> EpsStarEstimate:
@@ -188,8 +194,8 @@ def estimate_grid(
             gen = torch.Generator().manual_seed(seed + 1000 * run)
             train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
             test_loader = DataLoader(test_set, batch_size=max(batch_size, 256))
-            atk = make_attack(attack, e, norm, steps) if e > 0 else make_attack("pgd", 0.0, norm, steps)
-            eval_attack = PGD(e, norm=norm, steps=steps) if e > 0 else None
+            atk = make_attack(attack if e > 0 else "pgd", e, norm, steps, normalization)
+            eval_attack = make_attack("pgd", e, norm, steps, normalization) if e > 0 else None
             history = train_adversarially(model, train_loader, atk, e, epochs, lr, decay=True,
                                            test_loader=test_loader, eval_attack=eval_attack, device=device,
                                            counter=counter, weight_decay=weight_decay, progress=progress)
@@ -197,7 +203,7 @@ def estimate_grid(
             finite = [h for h in history if _finite(h["train_loss"]) and _finite(h["test_loss"])]
             if not finite:
                 est.points.append({"eps": e, "run": run, "loss": None, "failed": "non-finite losses"})
-                est.warnings.append(f"run {run} at eps {e:.4g} failed: non-finite losses")
+                est.warnings.append(f"run {run} at eps {format_eps(e)} failed: non-finite losses")
                 continue
             best = min(finite, key=lambda h: h["test_loss"])
             est.points.append({"eps": e, "run": run, "loss": best["train_loss"], "epoch": best["epoch"],
@@ -225,11 +231,11 @@ def estimate_grid(
     if est.value is None and ys:
         if all(v > r_star for v in ys):
             est.warnings.append(f"the grid does not bracket the crossing: every loss is above R*(0) = {r_star:.4f}, "
-                                f"so eps* < {xs[0]:.4g}; add smaller eps")
+                                f"so eps* < {format_eps(xs[0])}; add smaller eps")
             est.bracket = (None, xs[0])
         elif all(v <= r_star for v in ys):
             est.warnings.append(f"the grid does not bracket the crossing: every loss is at or below R*(0) = "
-                                f"{r_star:.4f}, so eps* > {xs[-1]:.4g}; add larger eps")
+                                f"{r_star:.4f}, so eps* > {format_eps(xs[-1])}; add larger eps")
             est.bracket = (xs[-1], None)
         else:
             est.warnings.append("the losses are not increasing in eps where they cross R*(0); no interpolation")
@@ -251,6 +257,7 @@ def estimate_finetune(
     runs: int = 1,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    normalization: Normalization = None,
     mean_grad_dual_norm: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> EpsStarEstimate:
@@ -288,14 +295,15 @@ def estimate_finetune(
             handle = model.register_forward_hook(counter.hook)
             gen = torch.Generator().manual_seed(seed + 1000 * run)
             loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
-            history = train_adversarially(model, loader, make_attack(attack, e, norm, steps), e, epochs, lr,
+            history = train_adversarially(model, loader, make_attack(attack, e, norm, steps, normalization), e, epochs,
+                                           lr,
                                            decay=False, test_loader=None, eval_attack=None, device=device,
                                            counter=counter, progress=progress)
             handle.remove()
             loss = history[-1]["train_loss"]
             if not _finite(loss):
                 est.points.append({"eps": e, "run": run, "loss": None, "failed": "non-finite losses"})
-                est.warnings.append(f"run {run} at eps {e:.4g} failed: non-finite losses")
+                est.warnings.append(f"run {run} at eps {format_eps(e)} failed: non-finite losses")
                 continue
             est.points.append({"eps": e, "run": run, "loss": loss})
             xs.append(e)
@@ -317,8 +325,8 @@ def estimate_finetune(
         if len(est.per_run) > 1:
             est.spread = float(np.std(est.per_run, ddof=1))
         if est.value > 2 * grid[-1]:
-            est.warnings.append(f"the estimate {est.value:.4g} lies far beyond the largest eps {grid[-1]:.4g}: "
-                                "a long extrapolation; fine-tune at larger eps to confirm")
+            est.warnings.append(f"the estimate {format_eps(est.value)} lies far beyond the largest eps "
+                                f"{format_eps(grid[-1])}: a long extrapolation; fine-tune at larger eps to confirm")
         if est.value < 0:
             est.warnings.append("the fitted line is above R*(0) already at eps = 0: eps* is below the grid")
     if mean_grad_dual_norm:
@@ -329,18 +337,21 @@ def estimate_finetune(
 
 
 def mean_input_grad_dual_norm(model: nn.Module, dataset: Dataset, norm: str = "linf", *, batch_size: int = 256,
-                              device: torch.device | str = "cpu") -> float:
+                              device: torch.device | str = "cpu", normalization: Normalization = None) -> float:
     """Training-set mean of ‖∇ₓℓ‖_* (‖·‖₁ for L∞, ‖·‖₂ for L2) in eval mode: d/dε R̂ at ε = 0 to first order.
 
-    One forward and input-gradient pass over ``dataset``; the model's mode is restored.
+    One forward and input-gradient pass over ``dataset``; the model's mode is restored. With
+    ``normalization=(mean, std)`` (normalised data) the gradient is taken in pixel units, where ε lives.
     """
     norms = []
+    domain = InputDomain(None, normalization)
     with eval_mode(model):
         for x, y in DataLoader(dataset, batch_size=batch_size):
             x = x.to(device).requires_grad_(True)
             loss = cross_entropy(logits_of(model(x)), y.to(device)).sum()
             (g,) = torch.autograd.grad(loss, x)
-            norms.append(dual_norm(g, norm).double().cpu())
+            inv_std = domain.place(g).inv_std
+            norms.append(dual_norm(g if inv_std is None else g * inv_std, norm).double().cpu())
     return float(torch.cat(norms).mean())
 
 
@@ -355,6 +366,7 @@ def estimate_clean_probe(
     steps: int = 10,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    normalization: Normalization = None,
     progress: Callable[[str], None] | None = None,
 ) -> EpsStarEstimate:
     """Free figures from the clean model θ̂(0): a lower bound on ε* and the first-order estimate.
@@ -375,19 +387,20 @@ def estimate_clean_probe(
     handle = model.register_forward_hook(counter.hook)
     loader = DataLoader(train_set, batch_size=batch_size)
     try:
-        mean_norm = mean_input_grad_dual_norm(model, train_set, norm, batch_size=batch_size, device=device)
+        mean_norm = mean_input_grad_dual_norm(model, train_set, norm, batch_size=batch_size, device=device,
+                                              normalization=normalization)
         counter.backward += len(train_set)
         est.mean_grad_dual_norm = mean_norm
         if mean_norm > 0:
             est.first_order = benchmark.generalization_gap / mean_norm
         for e in grid:
-            atk = make_attack(attack, e, norm, steps) if e > 0 else None
+            atk = make_attack(attack, e, norm, steps, normalization) if e > 0 else None
             loss, acc = adversarial_loss(model, loader, atk, e, device)
             if atk is not None:
                 counter.backward += len(train_set) * atk.steps
             est.points.append({"eps": e, "loss": loss, "accuracy": acc})
             if progress:
-                progress(f"clean probe eps {e:.4g}: loss {loss:.4f}")
+                progress(f"clean probe eps {format_eps(e)}: loss {loss:.4f}")
     finally:
         handle.remove()
     passing = [p["eps"] for p in est.points if p["loss"] <= r_star]

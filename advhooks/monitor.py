@@ -45,6 +45,7 @@ from ._validation import check_finite_nonnegative, check_positive, check_positiv
 from .attacks import PGD, Attack, eval_mode
 from .attacks.objectives import per_sample
 from .benchmark import CleanBenchmark
+from .schedules import format_eps
 
 __all__ = ["REGIMES", "PhaseMonitor", "PhaseReport", "decide_regime"]
 
@@ -316,7 +317,7 @@ class PhaseMonitor:
             explanation = (f"{int(nonfinite)} samples had a NaN/inf loss and were left out of the mean; "
                            + explanation)
         if self.eps_star_lower_bound is not None:
-            explanation += f"; probe: eps* >= {self.eps_star_lower_bound:.4g}"
+            explanation += f"; probe: eps* >= {format_eps(self.eps_star_lower_bound)}"
         report = PhaseReport(
             epoch=self.epoch, eps=self.last_eps, adv_train_loss=mean, clean_test_loss=self.clean_test_loss,
             ratio=ratio, best_ratio=best if math.isfinite(best) else math.nan,
@@ -325,7 +326,7 @@ class PhaseMonitor:
             samples=int(count), explanation=explanation, nonfinite_samples=int(nonfinite),
         )
         if _is_main_process():
-            eps_txt = "?" if report.eps is None else f"{report.eps:.4g}"
+            eps_txt = "?" if report.eps is None else format_eps(report.eps)
             self.logger.info("epoch %d: adv train loss %.4f = %.3f x R*(0) (eps %s): %s — %s", report.epoch,
                              mean, ratio, eps_txt, regime, explanation)
             if nonfinite:

@@ -7,7 +7,8 @@ from typing import Any, Union
 
 from ._validation import check_finite_nonnegative
 
-__all__ = ["EpsLike", "LinearWarmup", "linear_warmup", "parse_eps", "parse_eps_list", "resolve_eps", "validate_eps"]
+__all__ = ["EpsLike", "LinearWarmup", "check_eps_value", "format_eps", "linear_warmup", "parse_eps", "parse_eps_list",
+           "resolve_eps", "validate_eps"]
 
 EpsLike = Union[float, Callable[[int], float]]
 
@@ -55,7 +56,26 @@ def validate_eps(eps: Any) -> EpsLike:
     if callable(eps):
         check_finite_nonnegative("eps schedule value at step 0", eps(0))
         return eps
+    return check_eps_value(eps)
+
+
+def check_eps_value(eps: Any) -> float:
+    """One strength in pixel units as a float, or a clear error (a per-channel ε points to ``normalization=``)."""
+    if _is_several_values(eps):
+        raise TypeError(
+            "eps must be one number in pixel units, got several values: a per-channel eps (eps / std, as in "
+            "scripts that attack normalised inputs) is what normalization=(mean, std) computes; give e.g. "
+            "eps=8/255, normalization=(mean, std)"
+        )
     return check_finite_nonnegative("eps", eps)
+
+
+def _is_several_values(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return len(value) > 1
+    numel = getattr(value, "numel", None)  # a tensor or an array, without importing torch here
+    size = numel() if callable(numel) else getattr(value, "size", None)
+    return isinstance(size, int) and size > 1
 
 
 def resolve_eps(eps: EpsLike, step: int) -> float:
@@ -78,6 +98,16 @@ def parse_eps(text: str) -> float:
         return float(num) / float(den) if den else float(num)
     except (ValueError, ZeroDivisionError):
         raise ValueError(f"eps must be a number or a fraction like 8/255, got {text!r}") from None
+
+
+def format_eps(eps: float) -> str:
+    """A strength as people read it and as a number, everywhere advhooks prints one: ``"8/255 (0.03137)"``.
+
+    Example:
+        >>> format_eps(8 / 255)
+        '8/255 (0.03137)'
+    """
+    return f"{eps * 255:.3g}/255 ({eps:.4g})"
 
 
 def parse_eps_list(text: str) -> list[float]:

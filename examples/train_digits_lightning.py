@@ -36,6 +36,17 @@ class LitDigits(AdversarialTrainingMixin, L.LightningModule):
         return [opt], [sched]
 
 
+class EpochLine(L.Callback):
+    """One line per epoch: the adversarial training loss the mixin logs (and the monitor's ratio, if any)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        m = trainer.callback_metrics
+        line = f"epoch {trainer.current_epoch + 1:3d}  adv train loss {float(m['train/adv_loss']):.4f}"
+        if "advhooks/ratio" in m:
+            line += f"  ratio {float(m['advhooks/ratio']):.3f}"
+        print(line, flush=True)
+
+
 def main(argv: list[str] | None = None) -> list:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--eps", default="8/255")
@@ -55,10 +66,11 @@ def main(argv: list[str] | None = None) -> list:
     model = LitDigits(eps, args.steps, args.objective, args.lr, args.epochs, args.width)
     # lightning (3/3): the monitor as a callback, the loop as a Trainer
     callbacks = [PhaseMonitorCallback(args.benchmark, eps=eps)] if args.benchmark else []
+    callbacks.append(EpochLine())
     trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, callbacks=callbacks, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, loader)
-    reports = callbacks[0].reports if callbacks else []
+    reports = callbacks[0].reports if args.benchmark else []
     if reports:
         last = reports[-1]
         print(f"final: ratio {last.ratio:.3f} (best {last.best_ratio:.3f} at epoch {last.best_epoch}), "

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import pickle
 import re
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,9 +22,11 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from advhooks import FGM, PGD, AdversarialStep, linear_warmup
-from advhooks.benchmark import BenchmarkFormatError, CleanBenchmark
+from advhooks import FGM, PGD, AdversarialStep, linear_warmup, pgd_perturb
+from advhooks.benchmark import BenchmarkFormatError, CleanBenchmark, record_clean_benchmark
+from advhooks.checkpoints import load_weights
 from advhooks.cli import app
+from advhooks.data import UnsafePickleError, load_cifar10
 from advhooks.monitor import PhaseMonitor
 
 from .conftest import SmallCNN
@@ -121,7 +125,48 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
                          r"not a safetensors file"),
     "benchmark-weights-for-another-model": (lambda t: CleanBenchmark.load(_bench(t)).load_weights_into(SmallCNN()),
                                             ValueError, r"model does not match the benchmark's"),
+    "eps-wider-than-bounds": (lambda t: PGD(8), ValueError, r"eps=8 is larger than the bounds' range 1.*8/255"),
+    "eps-wider-than-bounds-functional": (lambda t: pgd_perturb(SmallCNN(), _x(), _y(), eps=8), ValueError,
+                                         r"did you mean eps=8/255"),
+    "eps-per-channel": (lambda t: PGD(torch.tensor([0.12, 0.13, 0.12])), TypeError,
+                        r"per-channel eps .* normalization=\(mean, std\)"),
+    "benchmark-nan-data": (lambda t: record_clean_benchmark(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
+                                                            _nan_set(), _nan_set(), epochs=2),
+                           ValueError, r"clean training loss became nan in epoch 1"),
+    "benchmark-measure-nan": (lambda t: CleanBenchmark.measure(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
+                                                               [(_nan_x(), _y(8))]),
+                              ValueError, r"the clean loss is nan for 1 of 8 samples"),
+    "benchmark-save-nan": (lambda t: _nan_record(t), ValueError, r"refusing to save a benchmark whose R\*\(0\) is nan"),
+    "checkpoint-for-another-model": (lambda t: load_weights(SmallCNN(), {"module.w": torch.zeros(1)}, "ckpt.pt"),
+                                     ValueError, r"ckpt.pt does not fit the model \(after removing the wrapper "
+                                                 r"prefix 'module.'"),
+    "cifar-python-pickle-payload": (lambda t: load_cifar10(_cifar_payload(t)), UnsafePickleError,
+                                    r"refusing to unpickle .*only numpy arrays are allowed"),
 }
+
+
+def _cifar_payload(tmp: Path) -> Path:
+    folder = tmp / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(pickle.dumps(_Payload(str(tmp / "pwned")), protocol=2))
+    return tmp
+
+
+def _nan_x() -> torch.Tensor:
+    x = _x(8)
+    x[3, 0, 2, 2] = math.nan
+    return x
+
+
+def _nan_set() -> torch.utils.data.TensorDataset:
+    return torch.utils.data.TensorDataset(_nan_x(), _y(8))
+
+
+def _nan_record(tmp: Path) -> None:
+    bench = CleanBenchmark.load(_bench(tmp))
+    bench.clean_test_loss = math.nan
+    bench.save(tmp / "nan.safetensors")
 
 
 def _truncated(tmp: Path) -> Path:
@@ -161,9 +206,53 @@ def _monitor_nan_losses(tmp: Path) -> None:
     assert monitor.epoch_end().regime == "clean-like"
 
 
+def _normalization_on_pixel_inputs(tmp: Path) -> None:
+    attack = PGD(8 / 255, steps=1, normalization=((0.5,), (0.25,)))
+    with pytest.warns(UserWarning, match="every input of the first batch is >= 0: are the inputs still in pixel"):
+        attack(SmallCNN(), _x(), _y())
+    with warnings.catch_warnings():  # once: the first batch only
+        warnings.simplefilter("error")
+        attack(SmallCNN(), _x(), _y())
+        PGD(8 / 255, steps=1, normalization=((0.5,), (0.25,)))(SmallCNN(), (_x() - 0.5) / 0.25, _y())
+
+
+def _criterion_drives_the_attack(tmp: Path) -> None:
+    seen = []
+
+    def criterion(logits, y):
+        seen.append(logits.requires_grad)
+        return nn.functional.cross_entropy(logits, y, reduction="none", label_smoothing=0.1)
+
+    AdversarialStep(SmallCNN(), PGD(8 / 255, steps=3), criterion=criterion)(_x(), _y())
+    assert len(seen) == 3 + 1  # three attack iterations maximise it, then the training loss uses it
+    seen.clear()
+    own = PGD(8 / 255, steps=3, objective=lambda z, y: nn.functional.cross_entropy(z, y, reduction="none"))
+    AdversarialStep(SmallCNN(), own, criterion=criterion)(_x(), _y())
+    assert len(seen) == 1  # an attack built with its own objective keeps it
+
+
+def _evaluation_keeps_the_schedule(tmp: Path) -> None:
+    step = AdversarialStep(SmallCNN(), PGD(linear_warmup(8 / 255, 10), steps=1))
+    step(_x(), _y())
+    out = step(_x(), _y(), advance=False)
+    assert step.step == 1 and out.eps == pytest.approx(8 / 255 / 10)
+
+
+def _checkpoint_from_a_wrapper(tmp: Path) -> None:
+    source = SmallCNN()
+    for prefix in ("module.", "_orig_mod.", "module._orig_mod."):
+        target = load_weights(SmallCNN(), {prefix + k: v for k, v in source.state_dict().items()})
+        assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values(),
+                                                      strict=True))
+
+
 BEHAVIOUR: dict[str, Callable[[Path], None]] = {
     "batch-size-1": _batch_of_one,
     "monitor-nan-losses": _monitor_nan_losses,
+    "normalization-on-pixel-inputs": _normalization_on_pixel_inputs,
+    "step-criterion-drives-the-attack": _criterion_drives_the_attack,
+    "evaluation-keeps-the-eps-schedule": _evaluation_keeps_the_schedule,
+    "checkpoint-from-a-wrapper": _checkpoint_from_a_wrapper,
 }
 
 # -- CLI rows: id -> (arguments, message); exit code 2, one line --------------------------------------------
@@ -194,6 +283,21 @@ CLI: dict[str, tuple[list[str], str]] = {
                                            "--preset", "digits-mlp", "--width", "8", "--strict"],
                                           "the benchmark was recorded on something else"),
     "cli-simulate-bad-dimensions": (["simulate-linear", "--d", "2,x"], "--d must be comma-separated integers"),
+    "cli-out-under-a-file": (["benchmark-clean", "--preset", "digits-mlp", "--out", "{tmp}/plain.safetensors/b.st"],
+                             "plain.safetensors is a file, not a folder"),
+    "cli-json-in-a-read-only-folder": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors", "--json",
+                                        "/proc/self/e.json"], "--json /proc/self/e.json: cannot write in /proc/self"),
+    "cli-plot-under-a-file": (["simulate-linear", "--plot", "{tmp}/plain.safetensors/fig.png"], "is a file"),
+    "cli-demo-out-is-a-file": (["demo", "--out", "{tmp}/plain.safetensors"], "is a file, not a folder"),
+    "cli-checkpoint-for-another-model": (["benchmark-clean", "--preset", "digits-cnn", "--checkpoint",
+                                          "{tmp}/digits.safetensors", "--out", "{tmp}/o.safetensors"],
+                                         "does not fit the model"),
+    "cli-normalize-odd-count": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors", "--normalize",
+                                 "0.5,0.5,0.2"], "--normalize needs as many stds as means"),
+    "cli-device-unknown": (["benchmark-clean", "--preset", "digits-mlp", "--device", "tpu"], "--device must be"),
+    "cli-benchmark-nan-data": (["benchmark-clean", "--model", "tests.cli_factories:mlp", "--data",
+                                "tests.cli_factories:data_with_a_nan", "--epochs", "1", "--out", "{tmp}/n.st"],
+                               "the clean training loss became nan in epoch 1"),
 }
 
 
@@ -234,7 +338,9 @@ def cli_files(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("row", list(CLI))
 def test_cli_row(row, cli_files):
     args, message = CLI[row]
+    started = time.perf_counter()
     result = CliRunner().invoke(app, [a.replace("{tmp}", str(cli_files)) for a in args])
+    assert time.perf_counter() - started < 30, "a bad argument must be refused before the work, not after it"
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output

@@ -145,3 +145,16 @@ def test_measure_needs_per_sample_losses():
     data = [(torch.rand(4, 3), torch.randint(0, 2, (4,)))]
     with pytest.raises(ValueError, match="one loss per sample"):
         CleanBenchmark.measure(nn.Linear(3, 2), data, criterion=lambda z, y: z.sum())
+
+
+def test_record_never_copies_the_tensors():
+    class NoCopy:
+        def __deepcopy__(self, memo):
+            raise AssertionError("record() copied a tensor field")
+
+    net = nn.Linear(4, 3)
+    data = [(torch.rand(8, 4), torch.randint(0, 3, (8,)))]
+    bench = CleanBenchmark.measure(net, data)
+    bench.state_dict, bench.test_losses = {"w": NoCopy()}, NoCopy()
+    record = bench.record()
+    assert "state_dict" not in record and "test_losses" not in record and record["n_test"] == 8

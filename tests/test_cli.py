@@ -45,5 +45,36 @@ def test_wheel_installs_integrations_as_a_subpackage(tmp_path):
     (wheel,) = tmp_path.glob("advhooks-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "advhooks/integrations/__init__.py" in names
-    assert "advhooks/attacks/functional.py" in names
-    assert not [n for n in names if n.startswith("integrations/")]
+    assert not [n for n in names if n.startswith(("integrations/", "tests/", "examples/"))]
+    # Every module of every subpackage: a hand-written package list once left advhooks.theory out.
+    expected = {p.relative_to(root).as_posix() for p in (root / "advhooks").rglob("*.py")}
+    expected |= {"advhooks/integrations/" + p.name for p in (root / "integrations").glob("*.py")}
+    assert "advhooks/theory/linear.py" in expected
+    assert not sorted(expected - set(names)), f"the wheel lacks {sorted(expected - set(names))}"
+
+
+def test_preset_names_in_the_help_are_the_presets():
+    from advhooks.cli import PRESET_NAMES
+    from advhooks.presets import PRESETS
+
+    assert set(PRESET_NAMES) == set(PRESETS)
+    help_text = CliRunner().invoke(app, ["benchmark-clean", "--help"], terminal_width=200).output
+    assert all(name in " ".join(help_text.split()) for name in PRESETS)
+    assert "<bool>" not in help_text and "…" not in help_text
+
+
+def test_a_bug_inside_the_library_keeps_its_traceback(tmp_path, monkeypatch):
+    (tmp_path / "buggy.py").write_text(
+        "import torch\n"
+        "def model():\n    return torch.nn.Linear(64, 10)\n"
+        "def data():\n    raise TypeError('a bug, not bad input')\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["benchmark-clean", "--model", "buggy:model", "--data", "buggy:data"])
+    assert result.exit_code == 1 and isinstance(result.exception, TypeError)
+
+
+def test_outputs_are_created_in_missing_folders_before_the_work(tmp_path):
+    result = CliRunner().invoke(app, ["simulate-linear", "--n", "20", "--d", "2", "--ratios", "1", "--repeats", "5",
+                                      "--steps", "20", "--json", str(tmp_path / "new" / "sub" / "s.json"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "new" / "sub" / "s.json").exists()

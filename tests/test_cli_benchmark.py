@@ -56,6 +56,47 @@ def test_measure_a_checkpoint(tmp_path):
     assert bench.best_epoch is None and bench.training["checkpoint"].endswith("clean.pt")
     for k, v in model.state_dict().items():
         assert torch.equal(bench.state_dict[k], v)
+    shown = _run("show", str(out)).output
+    assert "None" not in shown and "a given model, measured as it is" in shown
+
+
+def test_measure_a_checkpoint_saved_from_data_parallel(tmp_path):
+    model = get_preset("digits-mlp").model()
+    torch.save(torch.nn.DataParallel(model).state_dict(), tmp_path / "dp.pt")  # keys "module.*"
+    out = tmp_path / "b.safetensors"
+    result = _run("benchmark-clean", "--preset", "digits-mlp", "--checkpoint", str(tmp_path / "dp.pt"),
+                  "--out", str(out))
+    assert result.exit_code == 0, result.output
+    bench = CleanBenchmark.load(out)
+    assert all(torch.equal(bench.state_dict[k], v) for k, v in model.state_dict().items())
+
+
+def test_normalised_data_with_normalize_is_attacked_in_pixel_units(tmp_path, monkeypatch):
+    (tmp_path / "normmod.py").write_text(
+        "import torch\n"
+        "from torch.utils.data import TensorDataset\n"
+        "def model():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))\n"
+        "def data():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    x = torch.rand(96, 3, 2, 2, generator=g); y = (x.flatten(1).sum(1) > 6).long()\n"
+        "    mean = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)\n"
+        "    std = torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)\n"
+        "    x = (x - mean) / std  # normalised outside the model, as many CIFAR scripts do\n"
+        "    return TensorDataset(x[:64], y[:64]), TensorDataset(x[64:], y[64:])\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common = ["--model", "normmod:model", "--data", "normmod:data"]
+    result = _run("benchmark-clean", *common, "--epochs", "2", "--out", "b.safetensors", "-q",
+                  "--normalize", "0.5,0.4,0.3,0.2,0.25,0.3")
+    assert result.exit_code == 0, result.output
+    recorded = CleanBenchmark.read(tmp_path / "b.safetensors").training["normalization"]
+    assert recorded == {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    probe = ["estimate-eps-star", "--benchmark", "b.safetensors", *common, "--method", "clean-probe",
+             "--eps", "1/255,2/255", "--steps", "2", "-q"]
+    assert _run(*probe).exit_code == 0  # the benchmark's normalisation is used: inputs are inside the bounds
+    refused = _run(*probe, "--normalize", "0,0,0,1,1,1")  # saying the data is in pixel units: out of [0, 1]
+    assert refused.exit_code == 2 and "outside the attack's bounds" in refused.output
 
 
 def test_user_model_and_data_factories(tmp_path, monkeypatch):

@@ -35,3 +35,5 @@ def test_framework_examples_run(tmp_path, script):
                           "--benchmark", str(bench)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "final: ratio" in out.stdout
+    if "lightning" in script:  # one line per epoch
+        assert "epoch   1  adv train loss" in out.stdout and "epoch   2  adv train loss" in out.stdout

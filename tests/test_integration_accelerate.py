@@ -188,6 +188,7 @@ def test_cifar_example_on_a_tiny_cifar10_folder(tmp_path):
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cifar10: 200 train / 40 test" in proc.stdout and "PGD-1 test accuracy" in proc.stdout
+    assert "epoch   1  adv train loss" in proc.stdout  # one line per epoch, also without a benchmark
 
 
 def test_cifar_example_without_data_says_where_to_put_it(tmp_path):

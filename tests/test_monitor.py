@@ -119,7 +119,7 @@ def test_probe_reports_a_lower_bound_from_the_ladder():
     report = _feed(monitor, [[clean_loss]])[0]
     assert report.eps_star_lower_bound == pytest.approx(0.05)
     assert report.probe == pytest.approx({f"{e:.6g}": v for e, v in zip(ladder, losses, strict=True)}, rel=1e-5)
-    assert "eps* >= 0.05" in report.explanation
+    assert "eps* >= 12.8/255 (0.05)" in report.explanation
     assert _feed(monitor, [[clean_loss]])[0].probe is None  # every=2: not at epoch 2
 
 

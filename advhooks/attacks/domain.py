@@ -92,6 +92,8 @@ class InputDomain:
     _mean: torch.Tensor | None = field(init=False, repr=False, default=None)
     _std: torch.Tensor | None = field(init=False, repr=False, default=None)
     _cache: dict = field(init=False, repr=False, default_factory=dict)
+    width: float | None = field(init=False, repr=False, default=None)
+    first_batch_checked: bool = field(init=False, repr=False, default=False)
 
     def __post_init__(self) -> None:
         if self.bounds is not None:
@@ -105,12 +107,29 @@ class InputDomain:
                 )
             if not (self._low < self._high).all():
                 raise ValueError(f"bounds must satisfy low < high in every channel, got {self.bounds!r}")
+            self.width = float((self._high - self._low).max())
         if self.normalization is not None:
             mean, std = _pair("normalization", self.normalization)
             self._mean = _as_cpu_vector("normalization mean", mean)
             self._std = _as_cpu_vector("normalization std", std)
             if not (self._std > 0).all():
                 raise ValueError(f"normalization std must be > 0 in every channel, got {std!r}")
+
+    def check_eps(self, eps: float, norm: str) -> None:
+        """Refuse an L∞ ε wider than the box: a ball that covers every input is an ε in the wrong units.
+
+        (``PGD(8)`` from a script that meant ``8/255`` would otherwise run with max |δ| = 1.) L2 radii may
+        legitimately exceed the box's width per coordinate, so only L∞ is checked.
+        """
+        if norm == "linf" and self.width is not None and eps > self.width * (1 + 1e-6):  # rounding of high − low
+            hint = f" (did you mean eps={eps:g}/255?)" if self.width <= 1 and eps >= 1 else ""
+            raise ValueError(f"eps={eps:g} is larger than the bounds' range {self.width:g} (bounds {self.bounds!r}): "
+                             f"an L-inf ball that wide covers every input{hint}; eps is in the units of the bounds")
+
+    @property
+    def maps_zero_below_zero(self) -> bool:
+        """Whether the normalisation sends a pixel value of 0 below 0 (some channel has mean > 0)."""
+        return self._mean is not None and bool((self._mean > 0).any())
 
     @property
     def is_bounded(self) -> bool:

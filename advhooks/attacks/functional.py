@@ -8,6 +8,7 @@ loop can be compiled or captured as a CUDA graph.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
@@ -17,7 +18,8 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
 from .._outputs import call_model
-from .._validation import check_choice, check_finite_nonnegative, check_positive, check_positive_int
+from .._validation import check_choice, check_positive, check_positive_int
+from ..schedules import check_eps_value
 from .domain import Bounds, InputDomain, Normalization
 from .model_state import BN_MODES, attack_mode, autocast_loss_scale, unwrap_parallel
 from .norms import NORMS, project_, random_in_ball_, steepest_direction_
@@ -109,7 +111,7 @@ def pgd_perturb(
         >>> bool((adv - x).abs().max() <= 0.1 + 1e-6)
         True
     """
-    eps = check_finite_nonnegative("eps", eps)
+    eps = check_eps_value(eps)
     norm = check_choice("norm", norm, NORMS)
     steps = check_positive_int("steps", steps)
     step_size = 2.5 * eps / steps if step_size is None else check_positive("step_size", step_size)
@@ -154,7 +156,7 @@ def fgm_perturb(
         >>> bool(torch.allclose((adv - x).abs(), torch.full_like(x, 0.1)))
         True
     """
-    eps = check_finite_nonnegative("eps", eps)
+    eps = check_eps_value(eps)
     norm = check_choice("norm", norm, NORMS)
     if step_size is None:
         step_size = 1.25 * eps if random_start else eps
@@ -179,6 +181,7 @@ def _perturb(model, inputs, targets, *, eps, norm, steps, step_size, random_star
     if inputs.ndim < 1 or inputs.shape[0] == 0:
         raise ValueError(f"inputs must be a non-empty batch (N, ...), got shape {tuple(inputs.shape)}")
     domain = bounds if isinstance(bounds, InputDomain) else InputDomain(bounds, normalization)
+    domain.check_eps(eps, norm)
     objective = per_sample(objective)
     kwargs = dict(model_kwargs or {})
     _check_targets(inputs, targets)
@@ -260,17 +263,27 @@ def _perturb(model, inputs, targets, *, eps, norm, steps, step_size, random_star
 def _check_inputs(x, domain, placed):
     """One host read per attack call, outside the iteration loop: a silently wrong attack is worse."""
     bad = ~torch.isfinite(x)
+    checks = [bad.any()]
     if domain.is_bounded:
         pixels = domain.pixels(x, placed)
         tol = _BOUNDS_TOLERANCE * (placed.high - placed.low)
         outside = (pixels < placed.low - tol) | (pixels > placed.high + tol)
-        flags = torch.stack([bad.any(), outside.any()]).tolist()
-    else:
-        flags = [bool(bad.any()), False]
+        checks.append(outside.any())
+    # Normalised inputs have values below 0 wherever a pixel is under the mean; a first batch with none
+    # is almost surely still in pixel units (normalization= given, but the data is not normalised yet).
+    look_for_pixels = not domain.first_batch_checked and domain.maps_zero_below_zero
+    domain.first_batch_checked = True
+    if look_for_pixels:
+        checks.append((x >= 0).all())
+    flags = torch.stack(checks).tolist() if len(checks) > 1 else [bool(checks[0])]
+    if look_for_pixels and flags[-1]:
+        warnings.warn("normalization=(mean, std) is set but every input of the first batch is >= 0: are the "
+                      "inputs still in pixel units? normalization= expects inputs already normalised as "
+                      "(pixel - mean) / std; drop it for pixel inputs", UserWarning, stacklevel=4)
     if flags[0]:
         raise ValueError(f"inputs contain NaN or inf values ({int(bad.sum())} of {x.numel()}); "
                          "clean the batch before attacking it")
-    if flags[1]:
+    if domain.is_bounded and flags[1]:
         lo, hi = pixels.min().item(), pixels.max().item()
         raise ValueError(
             f"inputs lie outside the attack's bounds (pixel range [{lo:.4g}, {hi:.4g}] vs bounds "
