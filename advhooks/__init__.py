@@ -5,6 +5,7 @@ one batch into an adversarial training loss inside the user's own loop; :class:`
 and :class:`PhaseMonitor`, which tells during training whether ε is far above ε*.
 """
 
+from . import logs as _logs  # noqa: F401 - the library logger's default handler
 from ._version import __version__
 from .attacks import FGM, FGSM, PGD, Attack, fgm_perturb, pgd_perturb
 from .benchmark import CleanBenchmark

@@ -34,15 +34,19 @@ from .attacks.objectives import Objective, per_sample
 from .data import labels_of
 
 __all__ = [
+    "RECIPE_KEYS",
     "SCHEMA_VERSION",
     "BenchmarkFormatError",
     "CleanBenchmark",
+    "benchmark_reference",
     "dataset_fingerprint",
     "evaluate_clean",
     "model_fingerprint",
     "read_record",
+    "recipe_differences",
     "record_clean_benchmark",
     "step_decay",
+    "write_json_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -336,6 +340,64 @@ class CleanBenchmark:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+# What a recipe records (in a benchmark's ``training`` and a run's ``recipe``) and the monitor compares.
+RECIPE_KEYS = ("batch_size", "epochs", "optimizer", "lr", "momentum", "weight_decay", "schedule", "augmentation",
+               "normalization", "n_train")
+
+
+def recipe_differences(benchmark: CleanBenchmark, recipe: dict[str, Any]) -> list[str]:
+    """What differs between a run's ``recipe`` and the recipe the benchmark was recorded with.
+
+    Only what both sides know is compared; ``recipe["model"]`` (a module) is compared by fingerprint.
+
+    Example:
+        >>> bench = CleanBenchmark(0.1, 0.05, 0.05, 0.9, 0.95, 0.01, 100, 400, training={"batch_size": 64})
+        >>> recipe_differences(bench, {"batch_size": 128})
+        ["batch size 128 vs the benchmark's 64"]
+    """
+    out = []
+    for key in RECIPE_KEYS:
+        ours = recipe.get(key)
+        theirs = benchmark.n_train if key == "n_train" else benchmark.training.get(key)
+        if ours is None or theirs is None:
+            continue
+        same = math.isclose(float(ours), float(theirs), rel_tol=1e-9) if all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (ours, theirs)) else ours == theirs
+        if not same:
+            out.append(f"{key.replace('_', ' ')} {ours} vs the benchmark's {theirs}")
+    model = recipe.get("model")
+    if isinstance(model, nn.Module) and benchmark.model.get("hash"):
+        fp = model_fingerprint(model)
+        if fp["hash"] != benchmark.model["hash"]:
+            out.append(f"model {fp['class']} ({fp['num_parameters']} parameters) vs the benchmark's "
+                       f"{benchmark.model.get('class')} ({benchmark.model.get('num_parameters')} parameters)")
+    return out
+
+
+def benchmark_reference(benchmark: CleanBenchmark | float) -> dict[str, Any]:
+    """What identifies a benchmark in a run record: R*(0), its s.e., when it was made, the model and data."""
+    if not isinstance(benchmark, CleanBenchmark):
+        return {"clean_test_loss": float(benchmark)}
+    return {"clean_test_loss": benchmark.clean_test_loss, "test_loss_stderr": benchmark.test_loss_stderr,
+            "created": benchmark.created, "model_hash": benchmark.model.get("hash"),
+            "test_labels_hash": benchmark.dataset.get("test_labels_hash"), "n_test": benchmark.n_test}
+
+
+def write_json_atomic(path: str | os.PathLike, value: Any) -> Path:
+    """Write ``value`` as JSON through a temporary file renamed into place (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(value, fh, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 _TENSOR_FIELDS = ("test_losses", "state_dict")
 _REQUIRED_VALUES = ("clean_test_loss", "clean_test_accuracy", "n_test")
 # What each record field must hold; None is accepted for the optional ones.
@@ -502,8 +564,8 @@ def record_clean_benchmark(
             best_state = copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     eval_train = DataLoader(train_eval_set or train_set, batch_size=max(batch_size, 256))
-    info = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum,
-            "weight_decay": weight_decay, "seed": seed, **(training or {})}
+    info = {"epochs": epochs, "batch_size": batch_size, "optimizer": "sgd", "lr": lr, "momentum": momentum,
+            "weight_decay": weight_decay, "schedule": "step_decay", "seed": seed, **(training or {})}
     bench = CleanBenchmark.measure(model, test_loader, eval_train, criterion, device, best_epoch=best_epoch,
                                    training=info)
     bench.dataset = dataset_fingerprint(train_eval_set or train_set, test_set)

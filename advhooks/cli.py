@@ -166,7 +166,7 @@ class _Setup:
 
 
 def _resolve_setup(preset: str | None, model: str | None, data: str | None, data_dir: Path | None,
-                   download: bool, width: int | None, seed: int) -> _Setup:
+                   download: bool, width: int | None, split_seed: int) -> _Setup:
     """The model factory and datasets from --preset and/or --model/--data (shared by the commands)."""
     import torch
 
@@ -180,7 +180,7 @@ def _resolve_setup(preset: str | None, model: str | None, data: str | None, data
     chosen = get_preset(preset) if preset else None
     model_factory = _load_factory(model, "--model") if model is not None else None
     data_factory = _load_factory(data, "--data") if data is not None else None
-    torch.manual_seed(seed)
+    torch.manual_seed(split_seed)  # a --data factory that splits at random splits the same way each time
     if data_factory is not None:
         sets = data_factory()
         if not (isinstance(sets, (tuple, list)) and len(sets) == 2):
@@ -188,8 +188,8 @@ def _resolve_setup(preset: str | None, model: str | None, data: str | None, data
         train_set, test_set = sets
         train_eval = train_set
     else:
-        train_set, test_set = load_dataset(chosen.dataset, data_dir, download, augment=chosen.augment, seed=seed)
-        train_eval = load_dataset(chosen.dataset, data_dir, False, seed=seed)[0] if chosen.augment else train_set
+        train_set, test_set = load_dataset(chosen.dataset, data_dir, download, augment=chosen.augment, seed=split_seed)
+        train_eval = load_dataset(chosen.dataset, data_dir, False, seed=split_seed)[0] if chosen.augment else train_set
 
     def build():
         net = model_factory() if model_factory is not None else chosen.model(width)
@@ -216,7 +216,8 @@ def benchmark_clean(
     batch_size: int | None = typer.Option(None, help="Batch size (default: the preset's, else 128)."),
     lr: float | None = typer.Option(None, help="Learning rate (default: the preset's, else 0.1)."),
     width: int | None = typer.Option(None, help="The preset model's width (hidden units / widen factor)."),
-    seed: int = typer.Option(0, help="Seed for initialisation, shuffling and the digits split."),
+    seed: int = typer.Option(0, help="Seed for initialisation and shuffling."),
+    split_seed: int = typer.Option(0, help="Seed of the digits train/test split (recorded in the benchmark)."),
     normalize: str | None = typer.Option(None, metavar="MEAN,STD", help=_NORMALIZE_HELP + " Stored in the "
                                          "benchmark, so estimate-eps-star uses it too."),
     device: str = typer.Option("auto", help=_DEVICE_HELP),
@@ -234,10 +235,12 @@ def benchmark_clean(
     normalization = _parse_normalize(normalize)
     _prepare_output(out, "--out")
     device = _resolve_device(device)
-    setup = _resolve_setup(preset, model, data, data_dir, download, width, seed)
+    setup = _resolve_setup(preset, model, data, data_dir, download, width, split_seed)
+    torch.manual_seed(seed)
     chosen, net = setup.preset, setup.model_factory()
     train_set, test_set, train_eval = setup.train_set, setup.test_set, setup.train_eval
     training = {"preset": preset} if preset else {"model": model, "data": data}
+    training["split_seed"] = split_seed
     if normalization is not None:
         training["normalization"] = {"mean": normalization[0], "std": normalization[1]}
     bs = batch_size or (chosen.batch_size if chosen else 128)
@@ -274,7 +277,10 @@ def benchmark_clean(
 @_user_errors
 def estimate_eps_star(
     benchmark: Path = typer.Option(..., help="The clean benchmark from `advhooks benchmark-clean`."),
-    method: str = typer.Option("clean-probe", help="grid | finetune | clean-probe"),
+    method: str = typer.Option("clean-probe", help="clean-probe (no training) | finetune | grid (training from "
+                               "scratch at each eps) | runs (combine --records)"),
+    records: str | None = typer.Option(None, metavar="GLOB", help="Run records (JSON from PhaseMonitor.save_record, "
+                                       "e.g. 'runs/*.json') for --method runs."),
     preset: str | None = typer.Option(None, help="The preset the benchmark was recorded with (default: the "
                                       "benchmark's). " + _PRESET_HELP),
     model: str | None = typer.Option(None, help="Your model factory, 'package.module:function'."),
@@ -284,14 +290,17 @@ def estimate_eps_star(
     eps: str | None = typer.Option(None, help="Strengths, e.g. '0.5/255,1/255,2/255' (grid points, fine-tune "
                                    "points, or the probe ladder). Default: chosen from the clean probe."),
     norm: str = typer.Option("linf", help="linf | l2"),
-    attack: str | None = typer.Option(None, help="pgd | fgm (default: pgd, fgm for finetune)"),
+    attack: str | None = typer.Option(None, help="The training attack: pgd | fgm (default: pgd)."),
     steps: int = typer.Option(10, help="PGD steps."),
     runs: int = typer.Option(1, help="Repeats with other seeds (grid, finetune)."),
     epochs: int | None = typer.Option(None, help="Epochs per run (default: 10 for finetune; for grid the "
                                       "preset's, or 60 with --model/--data)."),
     lr: float | None = typer.Option(None, help="Learning rate (default: the clean run's)."),
     batch_size: int | None = typer.Option(None, help="Batch size (default: the clean run's)."),
-    seed: int = typer.Option(0, help="Seed of the runs."),
+    seed: int = typer.Option(0, help="Seed of the runs (initialisation, shuffling, attacks)."),
+    split_seed: int | None = typer.Option(None, help="Seed of the digits train/test split (default: the "
+                                          "benchmark's); a split other than the benchmark's is an error."),
+    level: float = typer.Option(0.8, help="Coverage of the band around eps*."),
     normalize: str | None = typer.Option(None, metavar="MEAN,STD", help=_NORMALIZE_HELP + " Default: the "
                                          "benchmark's."),
     device: str = typer.Option("auto", help=_DEVICE_HELP),
@@ -301,20 +310,23 @@ def estimate_eps_star(
                                 "fingerprint differs from the given ones."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Estimate the critical attack strength eps* for a clean benchmark (grid, finetune or clean-probe)."""
+    """Estimate the critical attack strength eps*, with its band, for a clean benchmark."""
     from tqdm.auto import tqdm
 
     from . import estimate as E
-    from .benchmark import CleanBenchmark, dataset_fingerprint, model_fingerprint
+    from .benchmark import CleanBenchmark
 
     method = method.lower()
-    if method not in ("grid", "finetune", "clean-probe"):
-        raise ValueError(f"--method must be grid, finetune or clean-probe, got {method!r}")
+    if method not in E.METHODS:
+        raise ValueError(f"--method must be grid, finetune, clean-probe or runs, got {method!r}")
     if norm.lower() not in ("linf", "l2"):
         raise ValueError(f"--norm must be linf or l2, got {norm!r}")
-    attack = (attack or ("fgm" if method == "finetune" else "pgd")).lower()
-    if attack not in ("pgd", "fgm"):
+    if attack is not None and attack.lower() not in ("pgd", "fgm"):
         raise ValueError(f"--attack must be pgd or fgm, got {attack!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"--level must be in (0, 1), got {level}")
+    if (method == "runs") != (records is not None):
+        raise ValueError("--records goes with --method runs (and --method runs needs --records)")
     _check_options(steps=steps, runs=runs, epochs=epochs, batch_size=batch_size, lr=lr)
     grid = E.check_eps_grid(parse_eps_list(eps), "--eps") if eps is not None else None
     normalization = _parse_normalize(normalize)
@@ -325,65 +337,34 @@ def estimate_eps_star(
     if normalization is None and isinstance(bench.training.get("normalization"), dict):
         recorded = bench.training["normalization"]
         normalization = (list(recorded["mean"]), list(recorded["std"]))
-    if preset is None and model is None and data is None:
-        preset = bench.training.get("preset")
-    setup = _resolve_setup(preset, model, data, data_dir, False, width, seed)
+    loaded_records, setup = None, None
+    if method == "runs":
+        loaded_records = _read_records(records)
+    else:
+        if preset is None and model is None and data is None:
+            preset = bench.training.get("preset")
+        if split_seed is None:  # benchmarks before --split-seed split with their --seed
+            split_seed = int(bench.training.get("split_seed", bench.training.get("seed", 0)))
+        setup = _resolve_setup(preset, model, data, data_dir, False, width, split_seed)
+        _check_setup_matches(bench, setup, strict)
 
-    differences = []
-    fp = model_fingerprint(setup.model_factory())
-    if bench.model.get("hash") and fp["hash"] != bench.model["hash"]:
-        differences.append(f"model {fp['class']} ({fp['num_parameters']} parameters) vs the benchmark's "
-                           f"{bench.model.get('class')} ({bench.model.get('num_parameters')})")
-    dfp = dataset_fingerprint(setup.train_eval, setup.test_set)
-    for key in ("n_train", "n_test", "train_labels_hash", "test_labels_hash"):
-        if key in bench.dataset and bench.dataset[key] != dfp.get(key):
-            differences.append(f"data {key} {dfp.get(key)} vs the benchmark's {bench.dataset[key]}")
-    if differences:
-        msg = "the benchmark was recorded on something else: " + "; ".join(differences)
-        if strict:
-            raise ValueError(msg)
-        typer.echo(f"warning: {msg}", err=True)
-
-    bs = batch_size or int(bench.training.get("batch_size", 128))
-    run_lr = lr or float(bench.training.get("lr", 0.1))
     bar = tqdm(total=0, disable=not _progress_shown(quiet), file=sys.stderr, leave=False)
 
     def progress(text: str) -> None:
         bar.set_description(text, refresh=False)
         bar.update(1)
 
-    common = dict(norm=norm.lower(), attack=attack, steps=steps, device=device, progress=progress,
-                  normalization=normalization)
-    probe = None
-    if method == "clean-probe" or grid is None:
-        ladder = grid if method == "clean-probe" and grid else [e / 255 for e in (0.5, 1, 2, 4, 8, 16, 32, 64)]
-        bar.reset(total=len(ladder))
-        probe = E.estimate_clean_probe(bench.load_weights_into(setup.model_factory()), setup.train_eval, bench,
-                                       ladder, **common)
-    if method == "clean-probe":
-        result = probe
-    elif method == "finetune":
-        points = grid or E.default_finetune_eps(probe)
-        n_epochs = epochs or 10
-        bar.reset(total=runs * len(points) * n_epochs)
-        grad_norm = probe.mean_grad_dual_norm if probe else E.mean_input_grad_dual_norm(
-            bench.load_weights_into(setup.model_factory()), setup.train_eval, norm.lower(), device=device,
-            normalization=normalization)
-        result = E.estimate_finetune(setup.model_factory, setup.train_set, bench, points, epochs=n_epochs, lr=run_lr,
-                                     batch_size=bs, runs=runs, seed=seed, mean_grad_dual_norm=grad_norm, **common)
-    else:
-        points = grid or (E.default_finetune_eps(probe) + [4 * probe.lower_bound] if probe.lower_bound
-                          else E.default_finetune_eps(probe))
-        n_epochs = epochs or (setup.preset.epochs if setup.preset else 60)
-        bar.reset(total=runs * len(points) * n_epochs)
-        result = E.estimate_grid(setup.model_factory, setup.train_set, setup.test_set, bench, points,
-                                 epochs=n_epochs, lr=run_lr, batch_size=bs, runs=runs, seed=seed,
-                                 weight_decay=float(bench.training.get("weight_decay", 0.0)), **common)
-    bar.close()
-    if probe is not None and result is not probe:
-        result.warnings += [f"clean probe: {w}" for w in probe.warnings]
-        result.lower_bound, result.first_order = probe.lower_bound, probe.first_order
-        result.mean_grad_dual_norm = result.mean_grad_dual_norm or probe.mean_grad_dual_norm
+    try:
+        result = E.estimate_eps_star(
+            method, bench, model_factory=setup.model_factory if setup else None,
+            train_set=setup.train_set if setup else None, test_set=setup.test_set if setup else None,
+            train_eval_set=setup.train_eval if setup else None, records=loaded_records, eps=grid, norm=norm.lower(),
+            attack=attack, steps=steps, runs=runs, epochs=epochs or (setup.preset.epochs if setup and setup.preset
+                                                                     and method == "grid" else None),
+            lr=lr, batch_size=batch_size, seed=seed, device=device, normalization=normalization, level=level,
+            progress=progress)
+    finally:
+        bar.close()
     typer.echo(_estimate_table(result))
     if json_out is not None:
         json_out.write_text(result.to_json(indent=2))
@@ -394,11 +375,47 @@ def estimate_eps_star(
         typer.echo(f"wrote {plot_estimate(result, plot)}")
 
 
+def _read_records(pattern: str) -> list[dict]:
+    import glob
+
+    paths = sorted(glob.glob(os.path.expanduser(pattern)))
+    if not paths:
+        raise ValueError(f"--records {pattern!r} matches no file")
+    out = []
+    for path in paths:
+        try:
+            out.append(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not JSON ({err})") from None
+    return out
+
+
+def _check_setup_matches(bench: Any, setup: _Setup, strict: bool) -> None:
+    """The data must be the benchmark's (an error); another model is a warning unless ``strict``."""
+    from .benchmark import dataset_fingerprint, model_fingerprint
+
+    dfp = dataset_fingerprint(setup.train_eval, setup.test_set)
+    data = [f"{key} {dfp.get(key)} vs the benchmark's {bench.dataset[key]}"
+            for key in ("n_train", "n_test", "train_labels_hash", "test_labels_hash")
+            if key in bench.dataset and bench.dataset[key] != dfp.get(key)]
+    if data:
+        raise ValueError("the data is not the benchmark's (another split or data set; see --split-seed): "
+                         + "; ".join(data))
+    fp = model_fingerprint(setup.model_factory())
+    if bench.model.get("hash") and fp["hash"] != bench.model["hash"]:
+        msg = (f"the benchmark was recorded on something else: model {fp['class']} ({fp['num_parameters']} "
+               f"parameters) vs the benchmark's {bench.model.get('class')} ({bench.model.get('num_parameters')})")
+        if strict:
+            raise ValueError(msg)
+        typer.echo(f"warning: {msg}", err=True)
+
+
 def _estimate_table(est: Any) -> str:
     def u(v: float | None) -> str:
         return "-" if v is None else format_eps(v)
 
-    rows = [("method", est.method), ("eps*", u(est.value)), ("R*(0)", f"{est.clean_test_loss:.4f}")]
+    band = "-" if est.interval is None else f"[{u(est.interval[0])}, {u(est.interval[1])}] ({est.level:.0%} band)"
+    rows = [("method", est.method), ("eps*", u(est.value)), ("band", band), ("R*(0)", f"{est.clean_test_loss:.4f}")]
     if est.spread is not None:
         rows.append(("spread over runs (sd)", u(est.spread)))
     if est.per_run and len(est.per_run) > 1:

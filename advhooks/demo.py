@@ -1,15 +1,20 @@
 """The main job on the embedded default, end to end: ``advhooks demo``.
 
 1. Records the clean benchmark R*(0) on the bundled digits (digits-mlp preset, early stopping).
-2. Estimates ε* for free (clean probe) and by fine-tuning + extrapolation.
-3. Trains adversarially (PGD-10, L∞) at a few ε below and above ε*, each watched by a PhaseMonitor.
-4. Writes ``demo.json`` (everything) and ``demo.png`` (adversarial training loss per epoch against R*(0)
-   for each ε; needs the ``plot`` extra) into the output folder, and returns a summary table.
+2. Estimates ε* for free (clean probe) and by fine-tuning (section 6), each with its band.
+3. Trains adversarially (PGD-10, L∞) from scratch at a few ε, each watched by a PhaseMonitor that evaluates
+   the adversarial test loss every epoch and the paper's R̂ of the early-stopped model; the runs are run
+   records, and together they give the grid ε* (section 5.2) with its band. Each run's ρ, band and regime
+   come from the same R̂, so the verdicts and the grid agree.
+4. Writes ``demo.json`` (everything; ``eps_star.grid|finetune|clean_probe`` are
+   :meth:`EpsStarEstimate.to_dict` and ``runs[i]`` hold ``eps``, ``ratio``, ``ratio_interval``, ``regime``,
+   ``early_stopped_epoch``) and ``demo.png`` (needs the ``plot`` extra), and returns a summary table.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,40 +67,47 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
     say(f"R*(0) = {bench.clean_test_loss:.4f}")
 
     say("estimating eps* (clean probe, fine-tune)")
-    probe = E.estimate_clean_probe(bench.load_weights_into(preset.model()), train, bench,
-                                   [e / 255 for e in (0.5, 1, 2, 4, 8, 16, 32, 64)])
+    probe = E.estimate_clean_probe(bench.load_weights_into(preset.model()), train, bench, list(E.DEFAULT_LADDER))
     finetune = E.estimate_finetune(preset.model, train, bench, E.default_finetune_eps(probe),
                                    epochs=4 if quick else 10, lr=preset.lr, seed=seed,
                                    mean_grad_dual_norm=probe.mean_grad_dual_norm)
 
-    runs = []
+    runs, records = [], []
     test_loader = DataLoader(test, batch_size=256)
     for eps in eps_list:
         say(f"adversarial training at eps = {format_eps(eps)}")
         torch.manual_seed(seed)
         model = preset.model()
-        monitor = PhaseMonitor(bench, eps=eps, total_epochs=epochs)
+        monitor = PhaseMonitor(bench, eps=eps, total_epochs=epochs, attack=PGD(eps, steps=10),
+                               recipe={"batch_size": preset.batch_size, "epochs": epochs, "lr": preset.lr})
+        monitor.evaluate_with(model, train, test, seed=seed)
         loader = DataLoader(train, batch_size=preset.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
         history = train_adversarially(model, loader, PGD(eps, steps=10), eps, epochs, preset.lr, decay=True,
                                       monitor=monitor)
         last = history[-1]["report"]
+        records.append(monitor.record())
         robust_loss, robust_acc = adversarial_loss(model, test_loader, PGD(eps, steps=20), eps)
         runs.append({
             "eps": eps,
-            "epoch_losses": [h["train_loss"] for h in history],
-            "ratios": [h["report"].ratio for h in history],
-            "final_ratio": last.ratio,
-            "best_ratio": last.best_ratio,
+            "ratio": last.ratio,
+            "ratio_interval": list(last.ratio_interval),
             "regime": last.regime,
+            "early_stopped_epoch": last.early_stopped_epoch,
+            "rhat": last.rhat,
+            "rhat_stderr": last.rhat_stderr,
+            "epoch_losses": [h["train_loss"] for h in history],
+            "adv_test_losses": [h["report"].adv_test_loss for h in history],
             "flag_epoch": last.flag_epoch,
             "pgd20_test_loss": robust_loss,
             "pgd20_test_accuracy": robust_acc,
         })
+    grid = E.estimate_from_records(records, bench, seed=seed)
+    grid.method = "grid"
     result = {
         "clean_benchmark": bench.record(),
-        "eps_star": {"clean_probe_lower_bound": probe.lower_bound, "first_order": probe.first_order,
-                     "finetune": finetune.value, "finetune_fit": finetune.fit, "finetune_warnings": finetune.warnings},
+        "clean_test_loss_interval": list(bench.bootstrap_interval(level=grid.level)),
+        "eps_star": {"grid": grid.to_dict(), "finetune": finetune.to_dict(), "clean_probe": probe.to_dict()},
         "runs": runs,
         "epochs": epochs,
         "quick": quick,
@@ -112,19 +124,35 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
 
 def _plot(result: dict[str, Any], path: Path) -> Path:
     r_star = result["clean_benchmark"]["clean_test_loss"]
-    fig, ax = pyplot().subplots(figsize=(7, 4.4), dpi=120)
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4.2), dpi=120)
     for run in result["runs"]:
         label = f"ε = {run['eps'] * 255:.3g}/255: {run['regime']}"
-        ax.plot(range(1, len(run["epoch_losses"]) + 1), run["epoch_losses"], label=label)
-    ax.axhline(r_star, color="black", ls="--", label=f"R*(0) = {r_star:.4f} (clean benchmark)")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("adversarial training loss R̂(θ_t, ε)")
-    est = result["eps_star"]["finetune"]
-    title = "digits-mlp, PGD-10 L∞" + (f"; fine-tune ε* ≈ {est * 255:.3g}/255" if est else "")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+        (line,) = left.plot(range(1, len(run["epoch_losses"]) + 1), run["epoch_losses"], label=label)
+        low, high = run["ratio_interval"]
+        if run["early_stopped_epoch"] and math.isfinite(low):
+            epoch = run["early_stopped_epoch"]
+            left.errorbar([epoch], [run["rhat"]], yerr=[[run["rhat"] - low * r_star], [high * r_star - run["rhat"]]],
+                          fmt="o", color=line.get_color(), capsize=3)
+    left.axhline(r_star, color="black", ls="--", label=f"R*(0) = {r_star:.4f}")
+    left.axhspan(*result["clean_test_loss_interval"], color="black", alpha=0.1, lw=0)
+    left.set_yscale("log")
+    left.set_xlabel("epoch")
+    left.set_ylabel("adversarial training loss (running mean; dot: R̂ of θ̂)")
+    left.set_title("digits-mlp, PGD-10 L∞")
+    left.grid(alpha=0.3, which="both")
+    left.legend(fontsize=7)
+    for row, (name, est) in enumerate(result["eps_star"].items()):
+        if est["value"] is None:
+            continue
+        low, high = est["interval"] or (est["value"], est["value"])
+        right.errorbar([est["value"] * 255], [row], xerr=[[(est["value"] - low) * 255], [(high - est["value"]) * 255]],
+                       fmt="o", capsize=4, label=f"{name}: {est['value'] * 255:.3g}/255")
+    for run in result["runs"]:
+        right.axvline(run["eps"] * 255, color="grey", lw=0.8, ls=":")
+    right.set_yticks(range(len(result["eps_star"])), list(result["eps_star"]))
+    right.set_xlabel(f"ε* × 255 ({result['eps_star']['grid']['level']:.0%} bands; dotted: the runs' ε)")
+    right.set_title("ε* estimates")
+    right.grid(alpha=0.3)
     return save_figure(fig, path)
 
 
@@ -136,19 +164,28 @@ def format_demo_table(result: dict[str, Any]) -> str:
     def u(v: float | None) -> str:
         return "-" if v is None else format_eps(v)
 
+    def band(e: dict[str, Any]) -> str:
+        if e["value"] is None:
+            return "-"
+        return u(e["value"]) + ("" if e["interval"] is None else
+                                f" [{e['interval'][0] * 255:.3g}, {e['interval'][1] * 255:.3g}]/255")
+
+    low, high = result["clean_test_loss_interval"]
     lines = [
-        f"clean benchmark: R*(0) = {bench['clean_test_loss']:.4f}, clean train loss {bench['clean_train_loss']:.4f}, "
-        f"gap {bench['generalization_gap']:.4f}, test accuracy {bench['clean_test_accuracy']:.3f}",
-        f"eps*: clean-probe lower bound {u(est['clean_probe_lower_bound'])}, first order {u(est['first_order'])}, "
-        f"fine-tune {u(est['finetune'])}",
+        f"clean benchmark: R*(0) = {bench['clean_test_loss']:.4f} [{low:.4f}, {high:.4f}], clean train loss "
+        f"{bench['clean_train_loss']:.4f}, gap {bench['generalization_gap']:.4f}, test accuracy "
+        f"{bench['clean_test_accuracy']:.3f}",
+        f"eps* ({est['grid']['level']:.0%} bands): grid {band(est['grid'])}; fine-tune {band(est['finetune'])}; "
+        f"clean-probe lower bound {band(est['clean_probe'])}",
         "",
-        f"{'eps':>17}  {'adv train loss':>14}  {'ratio':>7}  {'regime':<12}  {'flagged at':>10}  "
+        f"{'eps':>17}  {'R-hat(theta-hat)':>16}  {'ratio [band]':>22}  {'regime':<12}  {'stopped at':>10}  "
         f"{'PGD-20 test acc':>15}",
     ]
     for run in result["runs"]:
-        flag = "-" if run["flag_epoch"] is None else f"epoch {run['flag_epoch']}"
-        lines.append(f"{u(run['eps']):>17}  {run['epoch_losses'][-1]:>14.4f}  {run['final_ratio']:>7.3f}  "
-                     f"{run['regime']:<12}  {flag:>10}  {run['pgd20_test_accuracy']:>15.3f}")
+        lo, hi = run["ratio_interval"]
+        ratio = f"{run['ratio']:.3f} [{lo:.3f}, {hi:.3f}]"
+        lines.append(f"{u(run['eps']):>17}  {run['rhat']:>16.4f}  {ratio:>22}  {run['regime']:<12}  "
+                     f"{'epoch ' + str(run['early_stopped_epoch']):>10}  {run['pgd20_test_accuracy']:>15.3f}")
     lines.append("")
     lines.append(f"{result['seconds']:.1f} s")
     return "\n".join(lines)

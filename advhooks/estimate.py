@@ -21,9 +21,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,20 +37,28 @@ from ._outputs import logits_of
 from .attacks import FGM, PGD, Attack, dual_norm, eval_mode
 from .attacks.domain import InputDomain, Normalization
 from .attacks.objectives import cross_entropy
-from .benchmark import CleanBenchmark
+from .benchmark import CleanBenchmark, benchmark_reference, write_json_atomic
+from .evaluation import FixedSubset, evaluate_adversarial_loss
+from .monitor import RUN_RECORD_SCHEMA, PhaseMonitor
 from .schedules import format_eps
 from .training import PassCounter, adversarial_loss, train_adversarially
+from .uncertainty import DEFAULT_LEVEL, bootstrap_means, normal_draws, propagate, z_value
 
 __all__ = [
+    "DEFAULT_LADDER",
+    "METHODS",
     "EpsStarEstimate",
     "default_finetune_eps",
     "adversarial_loss",
     "check_eps_grid",
     "estimate_clean_probe",
+    "estimate_eps_star",
     "estimate_finetune",
+    "estimate_from_records",
     "estimate_grid",
     "make_attack",
     "mean_input_grad_dual_norm",
+    "r_star_draws",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,6 +82,8 @@ class EpsStarEstimate:
         seconds: wall time; forward_samples / backward_samples: per-sample passes through the model;
         train_set_passes: (forward + backward samples) / (2 · n_train), in epochs of clean training.
         warnings: what the reader should know.
+        interval / level: the band ``[low, high]`` around ``value`` and its coverage (default 0.8): R*(0)'s
+            bootstrap, R̂'s sampling error and the spread over runs, carried through the estimator.
     """
 
     method: str
@@ -93,10 +105,14 @@ class EpsStarEstimate:
     train_set_passes: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    interval: tuple[float, float] | None = None
+    level: float = DEFAULT_LEVEL
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (JSON-ready)."""
-        return asdict(self)
+        out = asdict(self)
+        out["interval"] = None if self.interval is None else list(self.interval)
+        return out
 
     def to_json(self, **kwargs: Any) -> str:
         """The estimate as JSON."""
@@ -169,23 +185,29 @@ def estimate_grid(
     device: torch.device | str = "cpu",
     normalization: Normalization = None,
     include_clean: bool = True,
+    train_subset: int | None = 512,
+    train_eval_set: Dataset | None = None,
+    level: float = DEFAULT_LEVEL,
+    records_dir: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> EpsStarEstimate:
-    """ε* from adversarial training from scratch at each ε (the paper's section 5.2).
+    """ε* from adversarial training from scratch at each ε (the paper's section 5.2), with a band.
 
-    Each run trains with the clean benchmark's schedule (lr / 10 at 1/2 and 3/4 of ``epochs``), selects the
-    epoch of smallest adversarial test loss, and takes the adversarial training loss of that epoch. The
-    crossing with R*(0) is interpolated linearly; ``include_clean`` adds the benchmark's own point
-    (0, R̂(θ̂(0), 0)). When the grid does not bracket the crossing the value is ``None`` and a warning
-    says on which side ε* lies.
+    Each run trains with the clean benchmark's schedule (lr / 10 at 1/2 and 3/4 of ``epochs``) under a
+    :class:`~advhooks.monitor.PhaseMonitor` that evaluates the adversarial test loss each epoch, keeps θ̂(ε)
+    (the epoch of the smallest one) and evaluates R̂(θ̂(ε), ε) at those fixed weights on a fixed training
+    subset of ``train_subset`` samples. Each run is a run record (written to ``records_dir`` when given),
+    and :func:`estimate_from_records` combines them: the same path as ``estimate-eps-star --method runs``.
+
+    Args:
+        train_eval_set: the training set without augmentation, for R̂ (default ``train_set``).
+        level: the band's coverage.
+        Others: as their names say; ``include_clean`` adds the benchmark's own point (0, R̂(θ̂(0), 0)).
     """
     grid = check_eps_grid(eps)
     device = torch.device(device)
     start, counter = time.perf_counter(), PassCounter()
-    r_star = benchmark.clean_test_loss
-    est = EpsStarEstimate("grid", None, r_star, norm, settings=dict(eps=grid, attack=attack, steps=steps,
-                          epochs=epochs, lr=lr, batch_size=batch_size, runs=runs, seed=seed))
-    per_eps: dict[float, list[float]] = {e: [] for e in grid}
+    records = []
     for run in range(runs):
         for e in grid:
             torch.manual_seed(seed + 1000 * run)
@@ -193,36 +215,119 @@ def estimate_grid(
             handle = model.register_forward_hook(counter.hook)
             gen = torch.Generator().manual_seed(seed + 1000 * run)
             train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
-            test_loader = DataLoader(test_set, batch_size=max(batch_size, 256))
             atk = make_attack(attack if e > 0 else "pgd", e, norm, steps, normalization)
-            eval_attack = make_attack("pgd", e, norm, steps, normalization) if e > 0 else None
-            history = train_adversarially(model, train_loader, atk, e, epochs, lr, decay=True,
-                                           test_loader=test_loader, eval_attack=eval_attack, device=device,
-                                           counter=counter, weight_decay=weight_decay, progress=progress)
+            eval_attack = make_attack("pgd", e, norm, steps, normalization)
+            monitor = PhaseMonitor(benchmark, eps=e, total_epochs=epochs, attack=eval_attack,
+                                   recipe=dict(batch_size=batch_size, lr=lr, weight_decay=weight_decay, run=run,
+                                               seed=seed + 1000 * run, schedule="step_decay", optimizer="sgd"))
+            monitor.evaluate_with(model, train_eval_set or train_set, test_set, train_subset=train_subset,
+                                  seed=seed, device=device)
+            train_adversarially(model, train_loader, atk, e, epochs, lr, decay=True, device=device, counter=counter,
+                                weight_decay=weight_decay, monitor=monitor, progress=progress)
             handle.remove()
-            finite = [h for h in history if _finite(h["train_loss"]) and _finite(h["test_loss"])]
-            if not finite:
-                est.points.append({"eps": e, "run": run, "loss": None, "failed": "non-finite losses"})
-                est.warnings.append(f"run {run} at eps {format_eps(e)} failed: non-finite losses")
-                continue
-            best = min(finite, key=lambda h: h["test_loss"])
-            est.points.append({"eps": e, "run": run, "loss": best["train_loss"], "epoch": best["epoch"],
-                               "test_loss": best["test_loss"]})
-            per_eps[e].append(best["train_loss"])
-    xs, ys = [], []
+            record = monitor.record()
+            records.append(record)
+            if records_dir is not None:
+                write_json_atomic(Path(records_dir) / f"eps{e * 255:.4g}-run{run}.json", record)
+    est = estimate_from_records(records, benchmark, include_clean=include_clean, level=level, seed=seed)
+    est.method = "grid"
+    est.settings = dict(eps=grid, attack=attack, steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, runs=runs,
+                        seed=seed, train_subset=train_subset)
+    return _cost(est, counter, start, len(train_set))
+
+
+def _record_point(record: Mapping[str, Any]) -> tuple[float, float, float] | None:
+    """(ε, R̂ of θ̂, its s.e.) from a run record, or ``None`` when the run has no finite R̂."""
+    rhat = record.get("rhat")
+    if not rhat or rhat.get("mean") is None or not math.isfinite(rhat["mean"]):
+        return None
+    return float(record["eps"]), float(rhat["mean"]), float(rhat.get("stderr") or 0.0)
+
+
+def _check_records(records: Sequence[Mapping[str, Any]], benchmark: CleanBenchmark,
+                   ignore: tuple[str, ...]) -> None:
+    """Refuse records of another benchmark, of mixed norms or of mixed recipes (one clear error)."""
+    if not records:
+        raise ValueError("no run records to combine")
+    ours = benchmark_reference(benchmark)
+    norms, recipes = set(), set()
+    for i, rec in enumerate(records):
+        if not isinstance(rec, Mapping) or rec.get("schema") != RUN_RECORD_SCHEMA:
+            raise ValueError(f"record {i} is not an advhooks run record (schema {RUN_RECORD_SCHEMA})")
+        theirs = rec.get("benchmark") or {}
+        for key in ("clean_test_loss", "created", "model_hash", "test_labels_hash"):
+            a, b = ours.get(key), theirs.get(key)
+            if a is not None and b is not None and a != b:
+                raise ValueError(f"record {i} (eps {rec.get('eps')}) was measured against another benchmark: "
+                                 f"{key} {b!r} vs {a!r}")
+        norms.add(rec.get("norm"))
+        recipe = {k: v for k, v in (rec.get("recipe") or {}).items() if k not in ignore}
+        recipes.add(json.dumps(recipe, sort_keys=True, default=str))
+    if len(norms) > 1:
+        raise ValueError(f"the records mix norms {sorted(map(str, norms))}: combine one norm at a time")
+    if len(recipes) > 1:
+        raise ValueError("the records come from different recipes: " + " | ".join(sorted(recipes)))
+
+
+def r_star_draws(benchmark: CleanBenchmark, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Draws of R*(0): the bootstrap of the stored per-sample test losses, else normal with its s.e."""
+    if benchmark.test_losses is not None and benchmark.test_losses.numel() > 1:
+        return bootstrap_means(benchmark.test_losses.double().numpy(), draws, rng)
+    return normal_draws([benchmark.clean_test_loss], [benchmark.test_loss_stderr], draws, rng)[:, 0]
+
+
+def estimate_from_records(records: Sequence[Mapping[str, Any]], benchmark: CleanBenchmark, *,
+                          include_clean: bool = True, level: float = DEFAULT_LEVEL, draws: int = 2000,
+                          seed: int = 0, vary: tuple[str, ...] = ("run", "seed")) -> EpsStarEstimate:
+    """ε* from any set of monitored runs (:meth:`PhaseMonitor.record`), with its band.
+
+    Runs at the same ε are averaged; a point's standard error combines the runs' sampling errors and their
+    spread. ε* is where the piecewise-linear R̂(θ̂(ε), ε) crosses R*(0) (with the benchmark's own point
+    (0, R̂(θ̂(0), 0)) when ``include_clean``); the band draws R*(0) from the bootstrap of the benchmark's
+    per-sample test losses and each point from its error, and takes the quantiles of the crossings.
+
+    Args:
+        vary: recipe fields that may differ between the records (the run index and seed).
+
+    Raises:
+        ValueError: records of another benchmark, of mixed norms or recipes, or not run records.
+    """
+    _check_records(records, benchmark, vary)
+    r_star = benchmark.clean_test_loss
+    norm = next((r.get("norm") for r in records if r.get("norm")), "linf")
+    est = EpsStarEstimate("runs", None, r_star, norm, level=level)
+    per_eps: dict[float, list[tuple[float, float]]] = {}
+    for i, rec in enumerate(records):
+        point = _record_point(rec)
+        run = (rec.get("recipe") or {}).get("run", i)
+        if point is None:
+            est.points.append({"eps": rec.get("eps"), "run": run, "loss": None, "failed": "no finite R-hat"})
+            est.warnings.append(f"the run at eps {format_eps(float(rec.get('eps') or 0))} has no finite R-hat")
+            continue
+        e, loss, se = point
+        est.points.append({"eps": e, "run": run, "loss": loss, "stderr": se, "epoch": rec.get("early_stopped_epoch"),
+                           "kind": rec["rhat"].get("kind")})
+        per_eps.setdefault(e, []).append((loss, se))
+    xs, ys, ses = [], [], []
     if include_clean and benchmark.clean_train_loss is not None and 0.0 not in per_eps:
-        xs.append(0.0)
-        ys.append(benchmark.clean_train_loss)
-    for e in grid:
-        if per_eps[e]:
-            xs.append(e)
-            ys.append(float(np.mean(per_eps[e])))
+        xs, ys, ses = [0.0], [benchmark.clean_train_loss], [0.0]
+    for e in sorted(per_eps):
+        values = np.array([v for v, _ in per_eps[e]])
+        sampling = np.array([se for _, se in per_eps[e]])
+        spread = values.var(ddof=1) if values.size > 1 else 0.0
+        xs.append(e)
+        ys.append(float(values.mean()))
+        ses.append(float(math.sqrt((np.mean(sampling ** 2) + spread) / values.size)))
     est.value, est.bracket = _interpolate_crossing(xs, ys, r_star)
-    if runs > 1:
-        for run in range(runs):
-            pts = {p["eps"]: p["loss"] for p in est.points if p["run"] == run and p.get("loss") is not None}
-            rx = ([0.0] if xs and xs[0] == 0.0 and 0.0 not in pts else []) + sorted(pts)
-            ry = ([ys[0]] if rx and rx[0] == 0.0 and 0.0 not in pts else []) + [pts[k] for k in sorted(pts)]
+    rng = np.random.default_rng(seed)
+    samples = np.column_stack([r_star_draws(benchmark, draws, rng), normal_draws(ys, ses, draws, rng)])
+    est.interval = propagate(lambda row: _interpolate_crossing(xs, list(row[1:]), row[0])[0], samples, level=level)
+    runs = sorted({p["run"] for p in est.points})
+    if len(runs) > 1:
+        for run in runs:
+            pts = sorted((p["eps"], p["loss"]) for p in est.points if p["run"] == run and p.get("loss") is not None)
+            rx = xs[:1] + [p[0] for p in pts] if xs and xs[0] == 0.0 else [p[0] for p in pts]
+            ry = ys[:1] + [p[1] for p in pts] if xs and xs[0] == 0.0 else [p[1] for p in pts]
             value, _ = _interpolate_crossing(rx, ry, r_star)
             if value is not None:
                 est.per_run.append(value)
@@ -239,7 +344,9 @@ def estimate_grid(
             est.bracket = (xs[-1], None)
         else:
             est.warnings.append("the losses are not increasing in eps where they cross R*(0); no interpolation")
-    return _cost(est, counter, start, len(train_set))
+    if est.value is not None and est.interval is None:
+        est.warnings.append("the band is undefined: in most draws the loss curve does not cross R*(0) inside the grid")
+    return est
 
 
 def estimate_finetune(
@@ -249,7 +356,7 @@ def estimate_finetune(
     eps: Sequence[float],
     *,
     norm: str = "linf",
-    attack: str = "fgm",
+    attack: str = "pgd",
     steps: int = 10,
     epochs: int = 10,
     lr: float | None = None,
@@ -259,21 +366,28 @@ def estimate_finetune(
     device: torch.device | str = "cpu",
     normalization: Normalization = None,
     mean_grad_dual_norm: float | None = None,
+    train_subset: int | None = 512,
+    train_eval_set: Dataset | None = None,
+    level: float = DEFAULT_LEVEL,
+    draws: int = 2000,
     progress: Callable[[str], None] | None = None,
 ) -> EpsStarEstimate:
-    """ε* by adversarial fine-tuning from the clean weights and linear extrapolation (the paper's section 6).
+    """ε* by adversarial fine-tuning from the clean weights and a fitted line (the paper's section 6), with a band.
 
-    At each ε (small, ideally around and below ε*: :func:`default_finetune_eps` picks them from the clean
-    probe) the clean model is fine-tuned for ``epochs`` at the clean run's learning rate (``lr`` overrides
-    it) and the last epoch's adversarial training loss is recorded; a least-squares line through
-    (ε, loss) is solved for R*(0). Each of ``runs`` repeats uses another seed; the estimate is their mean
-    and ``spread`` their standard deviation.
+    At each ε (small, around and below ε*: :func:`default_finetune_eps` picks them from the clean probe)
+    the clean model is fine-tuned for ``epochs`` at the clean run's learning rate (``lr`` overrides it),
+    then R̂(θ, ε) of the fine-tuned weights is evaluated like every R̂ in advhooks
+    (:func:`~advhooks.evaluation.evaluate_adversarial_loss`, PGD-``steps``, on a fixed training subset).
+    A least-squares line L(ε) = a + bε through those points is solved for R*(0). The points usually lie
+    around ε*, so this mostly *interpolates*; when the crossing falls beyond the largest ε it extrapolates
+    (the paper's section 6 extrapolates from small ε) and a warning says how far. Each of ``runs`` repeats
+    uses another seed; the estimate is their mean. The band draws R*(0) from its bootstrap and every point
+    from its sampling error, refits, and takes the quantiles.
 
-    Defaults (FGM with random start, 10 epochs) were chosen on the digits preset, where they came within
-    a few percent of the grid at under a tenth of its time (``benchmarks/eps_star_digits.py``). Fewer
-    epochs underestimate ε* (the model has not adapted and the loss still curves upward in ε); many more
-    overestimate it, because a long constant-rate fine-tune overfits past the early-stopped epoch the
-    grid's definition uses.
+    The training attack defaults to PGD (FGM, ``attack="fgm"``, is cheaper but read 12–16 % higher on the
+    digits preset). Fewer epochs underestimate ε* (the model has not adapted and the loss still curves
+    upward in ε); many more overestimate it (a long constant-rate fine-tune overfits past the early-stopped
+    epoch of the grid's definition).
     """
     grid = check_eps_grid(eps)
     if len(grid) < 2:
@@ -284,49 +398,79 @@ def estimate_finetune(
     lr = float(lr if lr is not None else benchmark.training.get("lr", 0.05))
     start, counter = time.perf_counter(), PassCounter()
     r_star = benchmark.clean_test_loss
-    est = EpsStarEstimate("finetune", None, r_star, norm, settings=dict(eps=grid, attack=attack, steps=steps,
-                          epochs=epochs, lr=lr, batch_size=batch_size, runs=runs, seed=seed))
-    fits = []
+    est = EpsStarEstimate("finetune", None, r_star, norm, level=level, settings=dict(
+        eps=grid, attack=attack, steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, runs=runs, seed=seed,
+        train_subset=train_subset))
+    subset = None if train_subset is None else FixedSubset(train_subset, seed)
     for run in range(runs):
-        xs, ys = [], []
         for e in grid:
             torch.manual_seed(seed + 1000 * run)
             model = benchmark.load_weights_into(model_factory()).to(device)
             handle = model.register_forward_hook(counter.hook)
             gen = torch.Generator().manual_seed(seed + 1000 * run)
             loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
-            history = train_adversarially(model, loader, make_attack(attack, e, norm, steps, normalization), e, epochs,
-                                           lr,
-                                           decay=False, test_loader=None, eval_attack=None, device=device,
-                                           counter=counter, progress=progress)
+            train_adversarially(model, loader, make_attack(attack, e, norm, steps, normalization), e, epochs, lr,
+                                decay=False, device=device, counter=counter, progress=progress)
+            rhat, _ = evaluate_adversarial_loss(model, train_eval_set or train_set,
+                                                make_attack("pgd", e, norm, steps, normalization), subset=subset,
+                                                device=device)
             handle.remove()
-            loss = history[-1]["train_loss"]
-            if not _finite(loss):
+            if not math.isfinite(rhat.mean):
                 est.points.append({"eps": e, "run": run, "loss": None, "failed": "non-finite losses"})
                 est.warnings.append(f"run {run} at eps {format_eps(e)} failed: non-finite losses")
                 continue
-            est.points.append({"eps": e, "run": run, "loss": loss})
-            xs.append(e)
-            ys.append(loss)
-        if len(xs) < 2:
+            est.points.append({"eps": e, "run": run, "loss": rhat.mean, "stderr": rhat.stderr})
+    points = [p for p in est.points if p.get("loss") is not None]
+
+    def crossings(losses: Sequence[float], target: float) -> list[float]:
+        out = []
+        for run in range(runs):
+            pts = [(p["eps"], v) for p, v in zip(points, losses, strict=True) if p["run"] == run]
+            if len(pts) < 2:
+                continue
+            slope, intercept = np.polyfit(*zip(*pts, strict=True), 1)
+            if slope > 0:
+                out.append((target - intercept) / slope)
+        return out
+
+    est.per_run = crossings([p["loss"] for p in points], r_star)
+    fits = []
+    for run in range(runs):
+        pts = [(p["eps"], p["loss"]) for p in points if p["run"] == run]
+        if len(pts) < 2:
             est.warnings.append(f"run {run}: fewer than two usable points, no line")
             continue
+        xs, ys = np.array(pts).T
         slope, intercept = np.polyfit(xs, ys, 1)
-        residual = float(np.sqrt(np.mean((np.polyval([slope, intercept], xs) - np.asarray(ys)) ** 2)))
+        residual = float(np.sqrt(np.mean((np.polyval([slope, intercept], xs) - ys) ** 2)))
         if slope <= 0:
             est.warnings.append(f"run {run}: the loss does not increase with eps (slope {slope:.4g}); no estimate")
             continue
         fits.append((float(slope), float(intercept), residual))
-        est.per_run.append((r_star - intercept) / slope)
     if fits:
         slope, intercept, residual = (float(np.mean(v)) for v in zip(*fits, strict=True))
         est.fit = {"slope": slope, "intercept": intercept, "residual": residual}
         est.value = float(np.mean(est.per_run))
         if len(est.per_run) > 1:
             est.spread = float(np.std(est.per_run, ddof=1))
+        rng = np.random.default_rng(seed)
+        samples = np.column_stack([r_star_draws(benchmark, draws, rng),
+                                   normal_draws([p["loss"] for p in points], [p["stderr"] for p in points], draws,
+                                                rng)])
+
+        def draw_estimate(row: np.ndarray) -> float | None:
+            values = crossings(list(row[1:]), row[0])
+            return float(np.mean(values)) if values else None
+
+        est.interval = propagate(draw_estimate, samples, level=level)
+        if len(est.per_run) > 1 and est.interval is not None:  # the spread over seeds enters the band too
+            half = z_value(level) * est.spread / math.sqrt(len(est.per_run))
+            est.interval = (min(est.interval[0], est.value - half), max(est.interval[1], est.value + half))
         if est.value > 2 * grid[-1]:
             est.warnings.append(f"the estimate {format_eps(est.value)} lies far beyond the largest eps "
                                 f"{format_eps(grid[-1])}: a long extrapolation; fine-tune at larger eps to confirm")
+        elif est.value > grid[-1]:
+            est.warnings.append(f"extrapolated beyond the largest eps {format_eps(grid[-1])}")
         if est.value < 0:
             est.warnings.append("the fitted line is above R*(0) already at eps = 0: eps* is below the grid")
     if mean_grad_dual_norm:
@@ -391,8 +535,14 @@ def estimate_clean_probe(
                                               normalization=normalization)
         counter.backward += len(train_set)
         est.mean_grad_dual_norm = mean_norm
-        if mean_norm > 0:
-            est.first_order = benchmark.generalization_gap / mean_norm
+        first_order = benchmark.generalization_gap / mean_norm if mean_norm > 0 else math.nan
+        if math.isfinite(first_order) and first_order > 0:
+            est.first_order = first_order
+        else:
+            est.warnings.append(
+                f"first-order estimate unavailable: Delta / mean grad norm = {benchmark.generalization_gap:.4g} / "
+                f"{mean_norm:.4g} is not a positive number (a clean model whose test loss is not above its "
+                "training loss has no first-order eps*)")
         for e in grid:
             atk = make_attack(attack, e, norm, steps, normalization) if e > 0 else None
             loss, acc = adversarial_loss(model, loader, atk, e, device)
@@ -407,6 +557,13 @@ def estimate_clean_probe(
     est.lower_bound = max(passing) if passing else None
     est.value = est.lower_bound
     est.bracket = (est.lower_bound, None)
+    losses = [p["loss"] for p in est.points]
+
+    def bound_for(r: float) -> float:
+        return max([e for e, v in zip(grid, losses, strict=True) if v <= r], default=0.0)
+
+    rng = np.random.default_rng(0)
+    est.interval = propagate(lambda row: bound_for(row[0]), r_star_draws(benchmark, 2000, rng)[:, None])
     if est.lower_bound is None:
         est.warnings.append("even the smallest rung's loss is above R*(0): no lower bound from this ladder")
     elif est.lower_bound == grid[-1]:
@@ -425,3 +582,93 @@ def default_finetune_eps(probe: EpsStarEstimate) -> list[float]:
     if probe.first_order:
         return [probe.first_order * f for f in (0.25, 0.5, 0.75, 1.0)]
     raise ValueError("the clean probe gave neither a lower bound nor a first-order estimate; pass eps explicitly")
+
+
+# The clean probe's default ladder, when no strengths are given.
+DEFAULT_LADDER = tuple(e / 255 for e in (0.5, 1, 2, 4, 8, 16, 32, 64))
+METHODS = ("grid", "finetune", "clean-probe", "runs")
+
+
+def estimate_eps_star(
+    method: str,
+    benchmark: CleanBenchmark,
+    *,
+    model_factory: Callable[[], nn.Module] | None = None,
+    train_set: Dataset | None = None,
+    test_set: Dataset | None = None,
+    train_eval_set: Dataset | None = None,
+    records: Sequence[Mapping[str, Any]] | None = None,
+    eps: Sequence[float] | None = None,
+    norm: str = "linf",
+    attack: str | None = None,
+    steps: int = 10,
+    runs: int = 1,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    normalization: Normalization = None,
+    level: float = DEFAULT_LEVEL,
+    progress: Callable[[str], None] | None = None,
+) -> EpsStarEstimate:
+    """ε* by any method, with its band: what ``advhooks estimate-eps-star`` runs, for Python callers.
+
+    Args:
+        method: ``"clean-probe"`` (no training), ``"finetune"`` (section 6), ``"grid"`` (section 5.2, training
+            from scratch at each ε) or ``"runs"`` (combine existing run ``records``).
+        benchmark: the clean benchmark, loaded with its weights (:meth:`CleanBenchmark.load`).
+        model_factory / train_set / test_set / train_eval_set: the setting (``train_eval_set``: the training set
+            without augmentation; default ``train_set``). Not needed for ``"runs"``.
+        records: run records (:meth:`PhaseMonitor.record`) for ``"runs"``.
+        eps: the strengths (grid points, fine-tune points, or the probe's ladder); default: chosen from the
+            clean probe (fine-tune: its lower bound × (1/2, 1, 3/2, 2); grid: those and 4×).
+        attack: ``"pgd"`` or ``"fgm"`` for training (default PGD).
+        epochs: per run (default: 10 for the fine-tune, 60 for the grid).
+        lr / batch_size: default: the benchmark's recipe.
+        Others: as in :func:`estimate_grid` and :func:`estimate_finetune`.
+    """
+    method = method.lower()
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if method == "runs":
+        if not records:
+            raise ValueError("method 'runs' needs run records")
+        return estimate_from_records(records, benchmark, level=level, seed=seed)
+    if model_factory is None or train_set is None:
+        raise ValueError(f"method {method!r} needs model_factory and train_set")
+    attack = (attack or "pgd").lower()
+    if attack not in ("pgd", "fgm"):
+        raise ValueError(f"attack must be 'pgd' or 'fgm', got {attack!r}")
+    grid = check_eps_grid(eps) if eps is not None else None
+    train_eval = train_eval_set or train_set
+    common = dict(norm=norm, attack=attack, steps=steps, device=device, progress=progress,
+                  normalization=normalization)
+    probe = None
+    if method == "clean-probe" or grid is None:
+        ladder = grid if method == "clean-probe" and grid else list(DEFAULT_LADDER)
+        probe = estimate_clean_probe(benchmark.load_weights_into(model_factory()), train_eval, benchmark, ladder,
+                                     **common)
+        if method == "clean-probe":
+            return probe
+    run_lr = float(lr or benchmark.training.get("lr", 0.1))
+    bs = int(batch_size or benchmark.training.get("batch_size", 128))
+    if method == "finetune":
+        points = grid or default_finetune_eps(probe)
+        grad_norm = probe.mean_grad_dual_norm if probe else mean_input_grad_dual_norm(
+            benchmark.load_weights_into(model_factory()), train_eval, norm, device=device, normalization=normalization)
+        result = estimate_finetune(model_factory, train_set, benchmark, points, epochs=epochs or 10, lr=run_lr,
+                                   batch_size=bs, runs=runs, seed=seed, mean_grad_dual_norm=grad_norm,
+                                   train_eval_set=train_eval, level=level, **common)
+    else:
+        if test_set is None:
+            raise ValueError("method 'grid' needs test_set (the adversarial test loss selects each run's epoch)")
+        points = grid or (default_finetune_eps(probe) + ([4 * probe.lower_bound] if probe.lower_bound else []))
+        result = estimate_grid(model_factory, train_set, test_set, benchmark, points, epochs=epochs or 60, lr=run_lr,
+                               batch_size=bs, runs=runs, seed=seed, train_eval_set=train_eval, level=level,
+                               weight_decay=float(benchmark.training.get("weight_decay", 0.0)), **common)
+    if probe is not None:
+        result.warnings += [f"clean probe: {w}" for w in probe.warnings]
+        result.lower_bound, result.first_order = probe.lower_bound, probe.first_order
+        result.mean_grad_dual_norm = result.mean_grad_dual_norm or probe.mean_grad_dual_norm
+    return result

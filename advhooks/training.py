@@ -10,9 +10,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ._outputs import logits_of
-from .attacks import Attack, eval_mode
+from .attacks import Attack
 from .attacks.objectives import cross_entropy
 from .benchmark import step_decay
+from .evaluation import evaluate_adversarial_loss
 from .monitor import PhaseMonitor
 from .step import AdversarialStep
 
@@ -34,19 +35,12 @@ class PassCounter:
 
 def adversarial_loss(model: nn.Module, loader: Iterable, attack: Attack | None, eps: float,
                      device: torch.device | str = "cpu") -> tuple[float, float]:
-    """Mean per-sample cross-entropy and accuracy of ``model`` under ``attack`` at ``eps`` (eval mode)."""
-    total, correct, n = 0.0, 0, 0
-    with eval_mode(model):
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            if attack is not None and eps > 0:
-                x = attack(model, x, y, eps=eps)
-            with torch.no_grad():
-                logits = logits_of(model(x))
-            total += float(cross_entropy(logits, y).double().sum())
-            correct += int((logits.argmax(1) == y).sum())
-            n += y.shape[0]
-    return total / max(n, 1), correct / max(n, 1)
+    """Mean per-sample cross-entropy and accuracy of ``model`` under ``attack`` at ``eps`` (eval mode).
+
+    A shorthand for :func:`advhooks.evaluation.evaluate_adversarial_loss` without the standard error.
+    """
+    estimate, accuracy = evaluate_adversarial_loss(model, loader, attack, eps=eps, device=device)
+    return estimate.mean, accuracy
 
 
 def train_adversarially(model: nn.Module, train_loader: DataLoader, attack: Attack, eps: float, epochs: int,

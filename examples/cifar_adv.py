@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     # accelerate (3/4): prepare, then the adversarial step and the monitor wired to the accelerator
     model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, test_loader, scheduler)
-    monitor = PhaseMonitor(args.benchmark, eps=eps, total_epochs=epochs) if args.benchmark else None
+    monitor = PhaseMonitor(args.benchmark, eps=eps, total_epochs=epochs, verbose=True) if args.benchmark else None
     adv = AcceleratedAdversarialTraining(accelerator, model, PGD(eps, steps=args.steps), objective=args.objective,
                                          monitor=monitor, stop_on_flag=args.stop_on_flag)
     accelerator.print(f"{args.dataset}: {len(train_set)} train / {len(test_set)} test, {accelerator.num_processes} "

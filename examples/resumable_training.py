@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.SGD(model.parameters(), lr=preset.lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, args.epochs))
     model, opt = accelerator.prepare(model, opt)
-    monitor = PhaseMonitor(args.benchmark, eps=args.eps, total_epochs=args.epochs)
+    monitor = PhaseMonitor(args.benchmark, eps=args.eps, total_epochs=args.epochs, verbose=True)
     adv = AcceleratedAdversarialTraining(accelerator, model, PGD(args.eps, steps=args.steps), monitor=monitor)
 
     epoch, skip, global_step = 0, 0, 0

@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> list:
     step = AdversarialStep(model, attack, objective=args.objective)
     monitor = None
     if args.benchmark:  # advhooks (3/4): watch R̂(θ_t, ε) against R*(0)
-        monitor = PhaseMonitor(args.benchmark, eps=args.eps, total_epochs=args.epochs)
+        monitor = PhaseMonitor(args.benchmark, eps=args.eps, total_epochs=args.epochs, verbose=True,
+                               recipe={"batch_size": 64, "lr": args.lr, "model": model},
+                               attack=PGD(eps=args.eps, steps=10))
+        monitor.evaluate_with(model, train_set, test_set)  # θ̂ by adversarial test loss; R̂ at its weights
         log.info("R*(0) = %.4f from %s", monitor.clean_test_loss, args.benchmark)
     eval_attack = PGD(eps=args.eps, steps=20) if args.eps > 0 else None
 
@@ -98,8 +101,9 @@ def main(argv: list[str] | None = None) -> list:
             log.info(line)
     if reports:
         last = reports[-1]
-        log.info("final: ratio %.3f (best %.3f at epoch %d), regime %s", last.ratio, last.best_ratio,
-                 last.best_epoch, last.regime)
+        low, high = last.ratio_interval
+        log.info("final: ratio %.3f [%.3f, %.3f] (R-hat of the epoch-%s model), regime %s", last.ratio, low, high,
+                 last.early_stopped_epoch, last.regime)
     log.info("done in %.1f s", time.perf_counter() - start)
     return reports
 

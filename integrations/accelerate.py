@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from advhooks.attacks import Attack
-from advhooks.monitor import FAR_ABOVE, PhaseMonitor, PhaseReport
+from advhooks.monitor import PhaseMonitor, PhaseReport
 from advhooks.step import AdversarialStep, StepOutput
 
 __all__ = ["AcceleratedAdversarialTraining", "report_metrics"]
@@ -47,19 +47,8 @@ STATE_FILE = "advhooks_state_{rank}.json"
 
 
 def report_metrics(report: PhaseReport, prefix: str = "advhooks/") -> dict[str, float]:
-    """The numeric fields of a report, for experiment trackers."""
-    out = {
-        f"{prefix}adv_train_loss": report.adv_train_loss,
-        f"{prefix}ratio": report.ratio,
-        f"{prefix}best_ratio": report.best_ratio,
-        f"{prefix}eps_far_above_eps_star": float(report.regime == FAR_ABOVE),
-        f"{prefix}clean_like": float(report.regime == "clean-like"),
-    }
-    if report.eps is not None:
-        out[f"{prefix}eps"] = report.eps
-    if report.eps_star_lower_bound is not None:
-        out[f"{prefix}eps_star_lower_bound"] = report.eps_star_lower_bound
-    return out
+    """The numeric fields of a report, for experiment trackers (``report.metrics(prefix)``)."""
+    return report.metrics(prefix)
 
 
 class AcceleratedAdversarialTraining:
@@ -111,7 +100,7 @@ class AcceleratedAdversarialTraining:
             return None
         report = self.monitor.epoch_end()
         self.accelerator.log(report_metrics(report, self.log_prefix), step=report.epoch)
-        if self.stop_on_flag and report.regime == FAR_ABOVE:
+        if self.stop_on_flag and report.should_stop:
             self.accelerator.set_trigger()
         return report
 

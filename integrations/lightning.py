@@ -37,7 +37,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     raise ImportError("advhooks.integrations.lightning needs lightning: pip install 'advhooks[lightning]'") from err
 
 from advhooks.attacks import Attack
-from advhooks.monitor import FAR_ABOVE, PhaseMonitor, PhaseReport
+from advhooks.monitor import PhaseMonitor, PhaseReport
 from advhooks.step import AdversarialStep, StepOutput
 
 __all__ = ["AdversarialTrainingMixin", "PhaseMonitorCallback"]
@@ -70,11 +70,10 @@ class PhaseMonitorCallback(pl.Callback):
         return self._generate_state_key(eps=self._kwargs["eps"], threshold=self._kwargs["threshold"])
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Without total_epochs or warmup_epochs, the warm-up follows the trainer's max_epochs.
-        if self._kwargs["total_epochs"] is None and self._kwargs["warmup_epochs"] is None:
-            if trainer.max_epochs and trainer.max_epochs > 0:
-                self.monitor.total_epochs = trainer.max_epochs
-                self.monitor.warmup_epochs = trainer.max_epochs // 2 + self.monitor.patience
+        # Without total_epochs, the monitor learns the run's length from the trainer (its own default
+        # warm-up and short-run warning then apply).
+        if self._kwargs["total_epochs"] is None and trainer.max_epochs and trainer.max_epochs > 0:
+            self.monitor = PhaseMonitor(self.benchmark, **{**self._kwargs, "total_epochs": trainer.max_epochs})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         out = outputs.get(self.output_key) if isinstance(outputs, dict) else None
@@ -87,11 +86,8 @@ class PhaseMonitorCallback(pl.Callback):
         report = self.monitor.epoch_end()
         self.reports.append(report)
         # Already reduced across processes by the monitor: no sync_dist.
-        pl_module.log_dict({"advhooks/adv_train_loss": report.adv_train_loss, "advhooks/ratio": report.ratio,
-                            "advhooks/best_ratio": report.best_ratio,
-                            "advhooks/eps_far_above_eps_star": float(report.regime == FAR_ABOVE)},
-                           on_step=False, on_epoch=True)
-        if self.stop_on_flag and report.regime == FAR_ABOVE:
+        pl_module.log_dict(report.metrics("advhooks/"), on_step=False, on_epoch=True)
+        if self.stop_on_flag and report.should_stop:
             trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:

@@ -34,7 +34,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     raise ImportError("advhooks.integrations.transformers needs transformers: pip install 'advhooks[hf]'") from err
 
 from advhooks.attacks import Attack, unwrap_parallel
-from advhooks.monitor import FAR_ABOVE, PhaseMonitor
+from advhooks.monitor import PhaseMonitor
 from advhooks.step import AdversarialStep, StepOutput
 
 __all__ = ["AdversarialTrainer", "AdversarialTrainerMixin", "PhaseMonitorCallback"]
@@ -91,18 +91,14 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
             return control
         report = self.monitor.epoch_end()
         self.reports.append(report)
-        metrics = {"advhooks/adv_train_loss": report.adv_train_loss, "advhooks/ratio": report.ratio,
-                   "advhooks/best_ratio": report.best_ratio,
-                   "advhooks/eps_far_above_eps_star": float(report.regime == FAR_ABOVE)}
-        if report.eps_star_lower_bound is not None:
-            metrics["advhooks/eps_star_lower_bound"] = report.eps_star_lower_bound
+        metrics = report.metrics("advhooks/")
         if self.trainer is not None:
             # Trainer.log() clears control.should_log; keep it, or the Trainer drops its own loss line
             # for the epoch's last step (logging_strategy="epoch" logs right after this event).
             should_log = control.should_log
             self.trainer.log(metrics)
             control.should_log = should_log
-        if self.stop_on_flag and report.regime == FAR_ABOVE:
+        if self.stop_on_flag and report.should_stop:
             control.should_training_stop = True
         return control
 

@@ -201,7 +201,8 @@ def _monitor_nan_losses(tmp: Path) -> None:
     assert report.samples == 10 and report.nonfinite_samples == 10 and "NaN/inf" in report.explanation
     monitor.update(torch.tensor(math.nan), batch_size=5)
     diverged = monitor.epoch_end()  # an epoch with no finite loss: recorded as NaN, history kept
-    assert math.isnan(diverged.ratio) and diverged.best_ratio == 2.0 and diverged.best_epoch == 1
+    assert math.isnan(diverged.adv_train_loss) and math.isnan(monitor.ratios[-1])
+    assert diverged.ratio == 2.0 and diverged.best_ratio == 2.0 and diverged.best_epoch == 1  # the best finite
     monitor.update(torch.tensor(0.25), batch_size=10)
     assert monitor.epoch_end().regime == "clean-like"
 
@@ -276,7 +277,7 @@ CLI: dict[str, tuple[list[str], str]] = {
     "cli-show-corrupt-file": (["show", "{tmp}/corrupt.safetensors"], "not a safetensors file"),
     "cli-show-pickle": (["show", "{tmp}/evil.safetensors"], "not a safetensors file"),
     "cli-estimate-bad-method": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors", "--method", "magic"],
-                                "--method must be grid, finetune or clean-probe"),
+                                "--method must be grid, finetune, clean-probe or runs"),
     "cli-estimate-bad-eps": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors", "--eps", "abc"],
                              "eps"),
     "cli-estimate-fingerprint-mismatch": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors",

@@ -22,18 +22,39 @@ R_STAR = 0.2
 @pytest.mark.parametrize(
     "ratios,expected",
     [
-        ([5.0, 3.0, 1.2, 0.95], "clean-like"),  # reaching R*(0) proves eps <= eps*
+        ([5.0, 3.0, 1.2, 0.95], "clean-like"),  # reaching below R*(0) proves eps < eps*
         ([5.0, 0.9, 1.4, 1.6], "clean-like"),  # the best epoch counts
-        ([5.0, 4.0, 3.0, 2.5, 2.2], "transition"),  # still improving
+        ([5.0, 4.0, 3.0, 2.5, 2.2], "above eps*"),  # still improving: no >> verdict yet
         ([3.0] + [2.5] * 12, "eps >> eps*"),  # plateau far above
-        ([3.0] + [1.3] * 12, "transition"),  # plateau near R*(0): around eps*
-        ([2.5] * 4, "transition"),  # plateau, but inside the warm-up
-        ([3.0] + [2.5] * 6 + [2.0] * 3, "transition"),  # the plateau broke (e.g. a learning-rate decay)
+        ([3.0] + [1.3] * 12, "above eps*"),  # plateau above R*(0), below the threshold
+        ([2.5] * 4, "above eps*"),  # plateau, but inside the warm-up
+        ([3.0] + [2.5] * 6 + [2.0] * 3, "above eps*"),  # the plateau broke (e.g. a learning-rate decay)
     ],
 )
-def test_regimes(ratios, expected):
-    regime, reason = decide_regime(ratios, threshold=1.5, patience=3, warmup_epochs=5)
-    assert regime == expected, reason
+def test_regimes_of_provisional_runs(ratios, expected):
+    monitor = PhaseMonitor(R_STAR, threshold=1.5, patience=3, warmup_epochs=5)
+    report = _feed(monitor, [[r * R_STAR] for r in ratios])[-1]
+    assert report.regime == expected, report.explanation
+    assert report.provisional and report.rhat_kind == "provisional" and "provisional" in report.explanation
+
+
+def test_the_benchmarks_error_widens_the_band():
+    from advhooks.benchmark import CleanBenchmark
+
+    bench = CleanBenchmark(R_STAR, 0.1, 0.1, 0.9, 0.95, test_loss_stderr=0.02, n_test=400, n_train=1000)
+    report = _feed(PhaseMonitor(bench, warmup_epochs=1), [[1.05 * R_STAR]])[-1]
+    low, high = report.ratio_interval
+    assert low < 1.0 < high and report.regime == "near eps*"  # 5 % above R*(0), but R*(0) is known to 10 %
+    assert high / report.ratio == pytest.approx(report.ratio / low)  # symmetric on the log scale
+
+
+@pytest.mark.parametrize(
+    "band,far_allowed,expected",
+    [((0.8, 0.95), True, "clean-like"), ((0.9, 1.1), True, "near eps*"), ((1.0, 1.2), True, "near eps*"),
+     ((1.1, 1.6), True, "above eps*"), ((1.5, 2.0), True, "eps >> eps*"), ((1.5, 2.0), False, "above eps*")],
+)
+def test_the_band_decides_the_regime(band, far_allowed, expected):
+    assert decide_regime(*band, threshold=1.5, far_allowed=far_allowed)[0] == expected
 
 
 def _feed(monitor, losses_per_epoch, batch=10):
@@ -188,3 +209,36 @@ def test_a_mid_epoch_resume_never_counts_a_rank_twice(tmp_path):
         assert got["own"] == (pytest.approx((1.0 * 10 + 2.0 * 10 + 3.0 * 20) / 40), 40)
         # One checkpoint from rank 0 loaded everywhere: rank 0's open sums enter once, rank 1's are lost.
         assert got["rank 0's"] == (pytest.approx((1.0 * 10 + 3.0 * 20) / 30), 30)
+
+
+def test_warnings_show_without_logging_configuration_and_verbose_prints_each_epoch(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from advhooks import PhaseMonitor\n"
+        "m = PhaseMonitor(0.2, eps=0.1, total_epochs=6, verbose=True)\n"
+        "m.update(torch.tensor(0.5), batch_size=4)\n"
+        "m.epoch_end()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "shorter than the monitor's warm-up (8 epochs)" in out.stderr and "can never fire" in out.stderr
+    assert "epoch 1: R-hat" in out.stderr and "provisional" in out.stderr
+
+
+def test_the_recipe_check_names_each_difference(caplog):
+    from advhooks.benchmark import CleanBenchmark, model_fingerprint
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    bench = CleanBenchmark(R_STAR, 0.1, 0.1, 0.9, 0.95, 0.01, 100, 400, training={"batch_size": 64, "epochs": 60},
+                           model=model_fingerprint(nn.Sequential(nn.Flatten(), nn.Linear(8, 3))))
+    with caplog.at_level(logging.WARNING, logger="advhooks.monitor"):
+        PhaseMonitor(bench, total_epochs=60, recipe={"batch_size": 128, "model": model})
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "batch size 128 vs the benchmark's 64" in warning and "model" in warning and "parameters" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="advhooks.monitor"):
+        PhaseMonitor(bench, total_epochs=60, recipe={"batch_size": 64})
+    assert not caplog.records

@@ -1,0 +1,111 @@
+"""The paper's R̂ in one function: the mean adversarial loss of *fixed* weights over a data set.
+
+R̂(θ, ε) = mean over the training set of ℓ(f_θ(x + A_ε(x)), y) (the paper's eq. 2) is defined for one θ.
+Every piece of advhooks that needs it (the monitor's verdict, the grid and fine-tune estimators, the
+demo) evaluates it here, at the early-stopped weights θ̂(ε), on the training set or on a fixed random
+subset whose sampling error enters the band. The per-epoch running mean of the training loss (what
+Rice et al.'s logs show) mixes the weights of a whole epoch; it is reported beside R̂, never instead.
+The same function gives the adversarial *test* loss that selects θ̂(ε).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ._outputs import logits_of
+from .attacks import Attack, eval_mode
+from .attacks.objectives import Objective, per_sample
+from .uncertainty import MeanEstimate
+
+__all__ = ["FixedSubset", "evaluate_adversarial_loss"]
+
+
+@dataclass(frozen=True)
+class FixedSubset:
+    """``size`` samples of a data set drawn once with ``seed``: the same samples at every evaluation.
+
+    Example:
+        >>> data = torch.utils.data.TensorDataset(torch.rand(10, 2), torch.zeros(10, dtype=torch.long))
+        >>> len(FixedSubset(4, seed=1).of(data)), FixedSubset(4, seed=1).indices(10) == FixedSubset(4, 1).indices(10)
+        (4, True)
+    """
+
+    size: int
+    seed: int = 0
+
+    def indices(self, population: int) -> list[int]:
+        """The chosen indices (all of them, in order, when ``size >= population``)."""
+        if self.size >= population:
+            return list(range(population))
+        gen = torch.Generator().manual_seed(self.seed)
+        return sorted(torch.randperm(population, generator=gen)[: self.size].tolist())
+
+    def of(self, dataset: Dataset) -> Dataset:
+        """The subset of ``dataset``."""
+        return Subset(dataset, self.indices(len(dataset)))
+
+
+def evaluate_adversarial_loss(
+    model: nn.Module,
+    data: Dataset | Iterable,
+    attack: Attack | None,
+    *,
+    eps: float | None = None,
+    subset: FixedSubset | int | None = None,
+    criterion: Objective | None = None,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> tuple[MeanEstimate, float]:
+    """R̂(θ, ε) for the model's current weights: the mean per-sample adversarial loss, with its s.e.
+
+    The model is evaluated in eval mode (and left in the mode it was in); the attack leaves it untouched.
+
+    Args:
+        model: the model at the weights to evaluate (θ̂(ε) for the paper's R̂).
+        data: a ``Dataset`` (then ``subset`` may pick a fixed random subset) or any iterable of
+            ``(inputs, targets)`` batches (evaluated whole).
+        attack: the attack; ``None`` or ε = 0 gives the clean loss.
+        eps: the strength (default: the attack's configured ε).
+        subset: a :class:`FixedSubset` or a size (seed 0); its sampling error (with the finite-population
+            correction) is the returned standard error. ``None``: the whole set, standard error 0.
+        criterion: per-sample loss, default cross-entropy.
+        batch_size: for datasets.
+        device: where to evaluate (default: where the data already is).
+
+    Returns:
+        ``(MeanEstimate, accuracy)``: the mean loss with its standard error and sample counts, and the
+        adversarial accuracy.
+    """
+    crit = per_sample(criterion)
+    population = None
+    if isinstance(data, Dataset):
+        population = len(data)
+        if subset is not None:
+            chosen = subset if isinstance(subset, FixedSubset) else FixedSubset(int(subset))
+            data = chosen.of(data)
+        data = DataLoader(data, batch_size=batch_size)
+    elif subset is not None:
+        raise ValueError("subset= needs a Dataset (a loader's batches cannot be subsampled reproducibly)")
+    losses, correct = [], None
+    with eval_mode(model):
+        for x, y in data:
+            if device is not None:
+                x, y = x.to(device), y.to(device)
+            strength = attack.eps_at(0) if (attack is not None and eps is None) else eps
+            if attack is not None and strength and strength > 0:
+                x = attack(model, x, y, eps=strength)
+            with torch.no_grad():
+                logits = logits_of(model(x))
+                losses.append(crit(logits, y).double())
+                hits = (logits.argmax(1) == y).sum()
+            correct = hits if correct is None else correct + hits
+    if not losses:
+        raise ValueError("the data is empty")
+    values = torch.cat(losses).cpu().numpy()
+    estimate = MeanEstimate.of(values, population=population if population is not None else None)
+    return estimate, float(correct) / values.size
