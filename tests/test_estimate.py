@@ -122,7 +122,7 @@ def test_cli_estimate_with_json_and_plot(bench, tmp_path):
     assert result.exit_code == 0, result.output
     assert "eps*" in result.output and "slope / mean grad dual norm" in result.output
     data = json.loads((tmp_path / "e.json").read_text())
-    assert data["method"] == "finetune" and data["settings"]["attack"] == "pgd"  # the default since FGM read 12-16 % high
+    assert data["method"] == "finetune" and data["settings"]["attack"] == "pgd"  # the default: FGM read high
     assert (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     probe = runner.invoke(app, ["estimate-eps-star", "--benchmark", str(path), "--method", "clean-probe", "-q"])
     assert probe.exit_code == 0 and "clean-probe lower bound" in probe.output
