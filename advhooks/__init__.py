@@ -12,6 +12,7 @@ from .benchmark import CleanBenchmark
 from .free import FreeAdversarialStep
 from .losses import at_loss, mart_loss, trades_loss
 from .monitor import PhaseMonitor, PhaseReport
+from .recorder import CleanBenchmarkRecorder
 from .schedules import LinearWarmup, linear_warmup, parse_eps, parse_eps_list
 from .step import AdversarialStep, StepOutput
 
@@ -22,6 +23,7 @@ __all__ = [
     "AdversarialStep",
     "Attack",
     "CleanBenchmark",
+    "CleanBenchmarkRecorder",
     "FreeAdversarialStep",
     "LinearWarmup",
     "PhaseMonitor",

@@ -62,6 +62,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# The grid's own monitored runs report through their records, not as warnings to the person who asked for ε*.
+_RUN_LOG = logging.getLogger(__name__ + ".runs")
+_RUN_LOG.setLevel(logging.ERROR)
 
 
 @dataclass
@@ -217,7 +220,7 @@ def estimate_grid(
             train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
             atk = make_attack(attack if e > 0 else "pgd", e, norm, steps, normalization)
             eval_attack = make_attack("pgd", e, norm, steps, normalization)
-            monitor = PhaseMonitor(benchmark, eps=e, total_epochs=epochs, attack=eval_attack,
+            monitor = PhaseMonitor(benchmark, eps=e, total_epochs=epochs, attack=eval_attack, logger=_RUN_LOG,
                                    recipe=dict(batch_size=batch_size, lr=lr, weight_decay=weight_decay, run=run,
                                                seed=seed + 1000 * run, schedule="step_decay", optimizer="sgd"))
             monitor.evaluate_with(model, train_eval_set or train_set, test_set, train_subset=train_subset,
@@ -306,7 +309,8 @@ def estimate_from_records(records: Sequence[Mapping[str, Any]], benchmark: Clean
             continue
         e, loss, se = point
         est.points.append({"eps": e, "run": run, "loss": loss, "stderr": se, "epoch": rec.get("early_stopped_epoch"),
-                           "kind": rec["rhat"].get("kind")})
+                           "kind": rec["rhat"].get("kind"),
+                           "rhat_seconds": (rec.get("evaluation_seconds") or {}).get("rhat")})
         per_eps.setdefault(e, []).append((loss, se))
     xs, ys, ses = [], [], []
     if include_clean and benchmark.clean_train_loss is not None and 0.0 not in per_eps:

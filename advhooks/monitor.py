@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -347,6 +348,7 @@ class PhaseMonitor:
         self.flag_epoch: int | None = None
         self.eps_star_lower_bound: float | None = None
         self.last_eps: float | None = self.eps
+        self.evaluation_seconds = {"test": 0.0, "rhat": 0.0}  # wall time of the monitor's own evaluations
         self._reset_accumulators()
 
     def _reset_accumulators(self) -> None:
@@ -426,8 +428,10 @@ class PhaseMonitor:
             return check_finite_nonnegative("adv_test_loss", adv_test_loss)
         if ev is None or ev.test_data is None:
             return None
+        started = time.perf_counter()
         estimate, _ = evaluate_adversarial_loss(ev.model, ev.test_data, self._evaluation_attack(), eps=self.last_eps,
                                                 subset=ev.test_subset, batch_size=ev.batch_size, device=ev.device)
+        self.evaluation_seconds["test"] += time.perf_counter() - started
         return estimate.mean
 
     def _update_rhat(self, test_loss: float | None, running_mean: float) -> None:
@@ -456,6 +460,7 @@ class PhaseMonitor:
                                                              and self.epoch >= self.total_epochs)
         if weights is None or ev is None or not due:
             return
+        started = time.perf_counter()
         current = {k: v.detach().clone() for k, v in ev.model.state_dict().items()}
         try:
             ev.model.load_state_dict(weights)
@@ -463,6 +468,7 @@ class PhaseMonitor:
                                                subset=ev.train_subset, batch_size=ev.batch_size, device=ev.device)
         finally:
             ev.model.load_state_dict(current)
+        self.evaluation_seconds["rhat"] += time.perf_counter() - started
         self.rhat.update(mean=est.mean, stderr=est.stderr, n=est.n, population=est.population, kind="fixed weights")
         self._theta_hat = None
 
@@ -663,6 +669,7 @@ class PhaseMonitor:
             "recipe": recipe,
             "benchmark": benchmark_reference(self.benchmark),
             "level": self.level,
+            "evaluation_seconds": dict(self.evaluation_seconds),
         }
 
     def save_record(self, path: str | os.PathLike) -> Path:

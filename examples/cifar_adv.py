@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = get_preset(PRESETS[args.dataset])
     try:
         train_set, test_set = load_dataset(preset.dataset, args.data_dir, download=args.download,
-                                           augment=preset.augment, seed=args.seed)
+                                           augment=preset.augment, seed=0)  # the split benchmark-clean uses
     except DataNotFoundError as err:
         accelerator.print(f"error: {err}", file=sys.stderr)
         return 2
@@ -82,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     # accelerate (3/4): prepare, then the adversarial step and the monitor wired to the accelerator
     model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, test_loader, scheduler)
-    monitor = PhaseMonitor(args.benchmark, eps=eps, total_epochs=epochs, verbose=True) if args.benchmark else None
+    # The monitor names every way this run's recipe differs from the benchmark's (batch size, model, ...).
+    recipe = {"batch_size": args.batch_size * accelerator.num_processes, "lr": preset.lr, "model": model,
+              "n_train": len(train_set)}
+    monitor = (PhaseMonitor(args.benchmark, eps=eps, total_epochs=epochs, verbose=True, recipe=recipe)
+               if args.benchmark else None)
     adv = AcceleratedAdversarialTraining(accelerator, model, PGD(eps, steps=args.steps), objective=args.objective,
                                          monitor=monitor, stop_on_flag=args.stop_on_flag)
     accelerator.print(f"{args.dataset}: {len(train_set)} train / {len(test_set)} test, {accelerator.num_processes} "

@@ -3,8 +3,10 @@
     advhooks benchmark-clean --preset digits-mlp --out clean.safetensors   # R*(0) of a clean digits model
     python examples/train_digits_hf.py --benchmark clean.safetensors --eps 8/255
 
-(The ViT is a different model from the benchmark's MLP; for a like-for-like comparison record the
-benchmark of the ViT itself with `advhooks benchmark-clean --model ... --data ...`.)
+The ViT is a different model from the benchmark's MLP, and the callback says so (it compares the Trainer's
+model, batch size and learning rate with the benchmark's recipe and warns, naming each difference). For a
+verdict that means something, record the ViT's own benchmark from a clean run of the same recipe
+(`advhooks.CleanBenchmarkRecorder`, called after each epoch of a plain Trainer run; see the README).
 """
 
 from __future__ import annotations

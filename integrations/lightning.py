@@ -38,9 +38,10 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from advhooks.attacks import Attack
 from advhooks.monitor import PhaseMonitor, PhaseReport
+from advhooks.recorder import CleanBenchmarkRecorder
 from advhooks.step import AdversarialStep, StepOutput
 
-__all__ = ["AdversarialTrainingMixin", "PhaseMonitorCallback"]
+__all__ = ["AdversarialTrainingMixin", "CleanBenchmarkCallback", "PhaseMonitorCallback"]
 
 
 class PhaseMonitorCallback(pl.Callback):
@@ -72,8 +73,12 @@ class PhaseMonitorCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Without total_epochs, the monitor learns the run's length from the trainer (its own default
         # warm-up and short-run warning then apply).
+        kwargs = dict(self._kwargs)
         if self._kwargs["total_epochs"] is None and trainer.max_epochs and trainer.max_epochs > 0:
-            self.monitor = PhaseMonitor(self.benchmark, **{**self._kwargs, "total_epochs": trainer.max_epochs})
+            kwargs["total_epochs"] = trainer.max_epochs
+        kept = self.monitor.state_dict()
+        self.monitor = PhaseMonitor(self.benchmark, **kwargs)
+        self.monitor.load_state_dict(kept)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         out = outputs.get(self.output_key) if isinstance(outputs, dict) else None
@@ -118,3 +123,33 @@ class AdversarialTrainingMixin:
         self.log("train/adv_loss", out.adv_loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=out.batch_size)
         return {"loss": out.loss, "step_output": out}
+
+
+class CleanBenchmarkCallback(pl.Callback):
+    """Record the clean benchmark R*(0) from a clean ``Trainer.fit`` of the same LightningModule and recipe.
+
+    After each training epoch it evaluates the clean test loss and keeps the best epoch's weights (the paper's
+    early stopping); when fitting ends it loads them into the module and writes the benchmark to ``path``
+    (main process). Use the module and the data set-up of your adversarial runs, trained with ε = 0.
+
+    Args:
+        test_data: the test set (a ``Dataset`` or a loader of ``(inputs, labels)``).
+        path: where to write the benchmark (safetensors).
+        train_data: the training set without augmentation, for R̂(θ̂(0), 0) and Δ.
+        recipe: what the run does (batch size, lr, schedule, augmentation, ...), stored in the benchmark.
+    """
+
+    def __init__(self, test_data: Any, path: str | os.PathLike, *, train_data: Any = None,
+                 recipe: dict[str, Any] | None = None) -> None:
+        self.path, self.train_data = str(path), train_data
+        self.recorder = CleanBenchmarkRecorder(test_data, recipe=recipe)
+        self.benchmark = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.recorder.epoch_end(pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self.recorder.epoch:
+            self.benchmark = self.recorder.finish(pl_module, train_data=self.train_data)
+            self.benchmark.save(self.path)

@@ -35,9 +35,10 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from advhooks.attacks import Attack, unwrap_parallel
 from advhooks.monitor import PhaseMonitor
+from advhooks.recorder import CleanBenchmarkRecorder
 from advhooks.step import AdversarialStep, StepOutput
 
-__all__ = ["AdversarialTrainer", "AdversarialTrainerMixin", "PhaseMonitorCallback"]
+__all__ = ["AdversarialTrainer", "AdversarialTrainerMixin", "CleanBenchmarkCallback", "PhaseMonitorCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,7 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
         self._args = dict(benchmark=benchmark, eps=eps, threshold=threshold, patience=patience,
                           warmup_epochs=warmup_epochs, total_epochs=total_epochs, min_delta=min_delta,
                           stop_on_flag=stop_on_flag)
-        self.monitor = PhaseMonitor(benchmark, eps=eps, threshold=threshold, patience=patience,
-                                    warmup_epochs=warmup_epochs, total_epochs=total_epochs, min_delta=min_delta)
+        self.monitor = PhaseMonitor(benchmark, **self._monitor_kwargs())
         self.stop_on_flag = stop_on_flag
         self.trainer: Trainer | None = None
         self.reports: list = []
@@ -80,6 +80,22 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
     def state(self) -> dict:
         """The Trainer's stateful-callback hook: constructor args and the monitor's state."""
         return {"args": dict(self._args), "attributes": {"monitor_state": self.monitor.state_dict()}}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # The Trainer knows the run's recipe: compare it with the benchmark's (one warning naming each
+        # difference), keeping any state restored from a checkpoint.
+        recipe = {"batch_size": args.per_device_train_batch_size * max(args.world_size, 1)
+                  * args.gradient_accumulation_steps, "lr": args.learning_rate, "weight_decay": args.weight_decay,
+                  "model": model}
+        if self._args["total_epochs"] is None and args.num_train_epochs and args.max_steps <= 0:
+            recipe["epochs"] = int(args.num_train_epochs)
+        kept = self.monitor.state_dict()
+        self.monitor = PhaseMonitor(self._args["benchmark"], **self._monitor_kwargs(), recipe=recipe)
+        self.monitor.load_state_dict(kept)
+        return control
+
+    def _monitor_kwargs(self) -> dict:
+        return {k: v for k, v in self._args.items() if k not in ("benchmark", "stop_on_flag")}
 
     def update(self, output: StepOutput) -> None:
         """Add one batch (called by :class:`AdversarialTrainerMixin`)."""
@@ -169,3 +185,65 @@ class AdversarialTrainer(AdversarialTrainerMixin, Trainer):
     """``transformers.Trainer`` that trains adversarially (see :class:`AdversarialTrainerMixin`)."""
 
 
+
+
+class _PairsFromDicts:
+    """Iterate a dict-batch data set as ``(inputs, labels)`` batches for the clean evaluation."""
+
+    def __init__(self, dataset: Any, input_key: str, label_key: str, batch_size: int, device: Any) -> None:
+        import torch.utils.data as tud
+
+        self.loader = tud.DataLoader(dataset, batch_size=batch_size)
+        self.input_key, self.label_key, self.device = input_key, label_key, device
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield batch[self.input_key].to(self.device), batch[self.label_key].to(self.device)
+
+
+class CleanBenchmarkCallback(TrainerCallback):
+    """Record the clean benchmark R*(0) from a plain (clean) ``Trainer`` run: the same recipe as your adversarial one.
+
+    After each epoch it evaluates the clean test loss and keeps the best epoch's weights (the paper's early
+    stopping); at the end of training it loads them into the model and writes the benchmark to ``path``, with
+    the Trainer's recipe (batch size, epochs, learning rate, weight decay, schedule).
+
+    Args:
+        test_dataset: the test set, yielding dict samples.
+        path: where to write the benchmark (safetensors).
+        train_dataset: the training set without augmentation, for R̂(θ̂(0), 0) and Δ.
+        input_key / label_key: the batch keys of the inputs and the labels (the model is called with the inputs
+            as its first argument, as ``ViTForImageClassification(pixel_values)`` is).
+        batch_size: for the evaluations.
+    """
+
+    def __init__(self, test_dataset: Any, path: str | os.PathLike, *, train_dataset: Any = None,
+                 input_key: str = "pixel_values", label_key: str = "labels", batch_size: int = 256) -> None:
+        self.test_dataset, self.train_dataset, self.path = test_dataset, train_dataset, str(path)
+        self.keys, self.batch_size = (input_key, label_key), batch_size
+        self.recorder: CleanBenchmarkRecorder | None = None
+        self.benchmark = None
+
+    def _pairs(self, dataset: Any, model: Any) -> _PairsFromDicts:
+        return _PairsFromDicts(dataset, *self.keys, self.batch_size, next(model.parameters()).device)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        recipe = {"batch_size": args.per_device_train_batch_size * max(args.world_size, 1)
+                  * args.gradient_accumulation_steps, "optimizer": str(args.optim), "lr": args.learning_rate,
+                  "weight_decay": args.weight_decay, "schedule": str(args.lr_scheduler_type)}
+        self.recorder = CleanBenchmarkRecorder(self._pairs(self.test_dataset, model), recipe=recipe)
+        return control
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero:
+            self.recorder.epoch_end(model)
+        return control
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and self.recorder is not None and self.recorder.epoch:
+            train = None if self.train_dataset is None else self._pairs(self.train_dataset, model)
+            self.benchmark = self.recorder.finish(model, train_data=train)
+            self.benchmark.save(self.path)
+            log.info("clean benchmark R*(0) = %.4f (epoch %s) written to %s", self.benchmark.clean_test_loss,
+                        self.benchmark.best_epoch, self.path)
+        return control

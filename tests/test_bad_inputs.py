@@ -140,9 +140,20 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
     "checkpoint-for-another-model": (lambda t: load_weights(SmallCNN(), {"module.w": torch.zeros(1)}, "ckpt.pt"),
                                      ValueError, r"ckpt.pt does not fit the model \(after removing the wrapper "
                                                  r"prefix 'module.'"),
+    "records-of-another-benchmark": (lambda t: _records_of_another_benchmark(t), ValueError,
+                                     r"measured against another benchmark: clean_test_loss"),
     "cifar-python-pickle-payload": (lambda t: load_cifar10(_cifar_payload(t)), UnsafePickleError,
                                     r"refusing to unpickle .*only numpy arrays are allowed"),
 }
+
+
+def _records_of_another_benchmark(tmp: Path) -> None:
+    from advhooks.estimate import estimate_from_records
+
+    mine, other = CleanBenchmark.load(_bench(tmp)), PhaseMonitor(0.123, eps=0.01)
+    other.update(torch.tensor(0.2), batch_size=4)
+    other.epoch_end(adv_test_loss=0.3)
+    estimate_from_records([other.record()], mine)
 
 
 def _cifar_payload(tmp: Path) -> Path:
@@ -247,6 +258,21 @@ def _checkpoint_from_a_wrapper(tmp: Path) -> None:
                                                       strict=True))
 
 
+def _run_shorter_than_the_warmup(tmp: Path) -> None:
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("advhooks.monitor")
+    logger.addHandler(handler)
+    try:
+        PhaseMonitor(0.2, total_epochs=6)
+    finally:
+        logger.removeHandler(handler)
+    assert any("shorter than the monitor's warm-up (8 epochs)" in r.getMessage() for r in records)
+
+
 BEHAVIOUR: dict[str, Callable[[Path], None]] = {
     "batch-size-1": _batch_of_one,
     "monitor-nan-losses": _monitor_nan_losses,
@@ -254,6 +280,7 @@ BEHAVIOUR: dict[str, Callable[[Path], None]] = {
     "step-criterion-drives-the-attack": _criterion_drives_the_attack,
     "evaluation-keeps-the-eps-schedule": _evaluation_keeps_the_schedule,
     "checkpoint-from-a-wrapper": _checkpoint_from_a_wrapper,
+    "monitor-run-shorter-than-warmup": _run_shorter_than_the_warmup,
 }
 
 # -- CLI rows: id -> (arguments, message); exit code 2, one line --------------------------------------------
@@ -296,6 +323,10 @@ CLI: dict[str, tuple[list[str], str]] = {
     "cli-normalize-odd-count": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors", "--normalize",
                                  "0.5,0.5,0.2"], "--normalize needs as many stds as means"),
     "cli-device-unknown": (["benchmark-clean", "--preset", "digits-mlp", "--device", "tpu"], "--device must be"),
+    "cli-records-without-method-runs": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors", "--records",
+                                         "{tmp}/*.json"], "--records goes with --method runs"),
+    "cli-split-not-the-benchmarks": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors",
+                                      "--split-seed", "1"], "the data is not the benchmark's"),
     "cli-benchmark-nan-data": (["benchmark-clean", "--model", "tests.cli_factories:mlp", "--data",
                                 "tests.cli_factories:data_with_a_nan", "--epochs", "1", "--out", "{tmp}/n.st"],
                                "the clean training loss became nan in epoch 1"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 L = pytest.importorskip("lightning", reason="needs lightning: pip install 'advhooks[lightning]'")
@@ -72,3 +73,38 @@ def test_training_step_needs_configuration():
 
     with pytest.raises(RuntimeError, match="configure_adversarial"):
         Bare().training_step((torch.rand(2, 4), torch.tensor([0, 1])), 0)
+
+
+def test_clean_benchmark_from_a_clean_fit(tmp_path):
+    from advhooks.benchmark import CleanBenchmark
+    from advhooks.integrations.lightning import CleanBenchmarkCallback
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(96, 1, 8, 8, generator=g), torch.randint(0, 10, (96,), generator=g)
+    train = torch.utils.data.TensorDataset(x, y)
+    test_x, test_y = torch.rand(48, 1, 8, 8, generator=g), torch.randint(0, 10, (48,), generator=g)
+    test = torch.utils.data.TensorDataset(test_x, test_y)
+
+    class Clean(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    callback = CleanBenchmarkCallback(test, tmp_path / "clean.safetensors", train_data=train,
+                                      recipe={"batch_size": 32, "lr": 0.1})
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", devices=1, callbacks=[callback], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Clean(), torch.utils.data.DataLoader(train, batch_size=32))
+    bench = CleanBenchmark.load(tmp_path / "clean.safetensors")
+    assert bench.clean_test_loss == pytest.approx(min(callback.recorder.history), rel=1e-6)
+    assert bench.training["epochs"] == 3 and bench.training["batch_size"] == 32 and bench.n_train == 96

@@ -157,3 +157,32 @@ def test_adversarial_evaluation_does_not_advance_the_eps_schedule(tmp_path):
     assert trainer.adversarial_step.step == 2  # two training batches of 32
     trainer.evaluate()
     assert trainer.adversarial_step.step == 2
+
+
+def test_clean_benchmark_from_a_plain_trainer_run_and_no_recipe_warning_after(tmp_path, caplog):
+    import logging
+
+    from transformers import Trainer
+
+    from advhooks.benchmark import CleanBenchmark
+    from advhooks.integrations.transformers import CleanBenchmarkCallback
+
+    torch.manual_seed(0)
+    data, test = _digits_like(96), _digits_like(48)
+    recorder = CleanBenchmarkCallback(test, tmp_path / "clean.safetensors", train_dataset=data)
+    Trainer(model=_tiny_vit(), args=_args(tmp_path), train_dataset=data, callbacks=[recorder]).train()
+    bench = CleanBenchmark.load(tmp_path / "clean.safetensors")
+    assert bench.clean_test_loss == pytest.approx(min(recorder.recorder.history), rel=1e-6)
+    assert bench.best_epoch == 1 + recorder.recorder.history.index(min(recorder.recorder.history))
+    assert bench.training["batch_size"] == 32 and bench.training["epochs"] == 3 and bench.n_train == 96
+    with caplog.at_level(logging.WARNING, logger="advhooks.monitor"):
+        AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path), train_dataset=data, attack=PGD(8 / 255, steps=1),
+                           callbacks=[PhaseMonitorCallback(str(tmp_path / "clean.safetensors"), eps=8 / 255)]).train()
+    assert not [r for r in caplog.records if "recipe" in r.getMessage()]  # same model, batch size, lr: silent
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="advhooks.monitor"):
+        AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path, per_device_train_batch_size=16), train_dataset=data,
+                           attack=PGD(8 / 255, steps=1),
+                           callbacks=[PhaseMonitorCallback(str(tmp_path / "clean.safetensors"), eps=8 / 255)]).train()
+    (warning,) = [r.getMessage() for r in caplog.records if "recipe" in r.getMessage()]
+    assert "batch size 16 vs the benchmark's 32" in warning
