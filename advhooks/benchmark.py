@@ -357,7 +357,8 @@ def recipe_differences(benchmark: CleanBenchmark, recipe: dict[str, Any]) -> lis
     """
     out = []
     for key in RECIPE_KEYS:
-        ours = recipe.get(key)
+        # Through JSON, as the benchmark's side was: a tuple and the list it was saved as are the same.
+        ours = json.loads(json.dumps(recipe.get(key), default=str))
         theirs = benchmark.n_train if key == "n_train" else benchmark.training.get(key)
         if ours is None or theirs is None:
             continue

@@ -251,7 +251,9 @@ class PhaseMonitor:
             ``lr``, ``weight_decay``, ``optimizer``, ``schedule``, ``augmentation``, ``normalization``,
             ``n_train``, and ``model``: the model itself, compared by fingerprint). Each difference is named
             in one warning.
-        attack: the training attack (its norm and settings go into the run record).
+        attack: the attack A_ε of the paper's R̂: what :meth:`evaluate_with` evaluates the adversarial test
+            loss and R̂ with (PGD-10 is customary, whatever the training attack), and what the run record
+            names. Give it ``normalization=`` when the data is normalised outside the model.
 
     Example:
         >>> monitor = PhaseMonitor(benchmark=0.2, eps=8 / 255, warmup_epochs=1)
@@ -404,7 +406,7 @@ class PhaseMonitor:
             train_data / test_data: datasets without augmentation (``test_data`` may be ``None`` when the loop
                 passes the adversarial test loss).
             attack: the evaluation attack; default: the monitor's ``attack``, else PGD-10 in L∞ at the
-                epoch's ε.
+                epoch's ε with bounds (0, 1) and no normalisation (pass one for normalised inputs).
             train_subset / test_subset: subset sizes (``None``: the whole set), drawn once with ``seed``.
             batch_size / device: for the evaluation passes.
         """

@@ -9,6 +9,7 @@ test losses, and returns the :class:`~advhooks.benchmark.CleanBenchmark` at the 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -51,7 +52,11 @@ class CleanBenchmarkRecorder:
                  criterion: Objective | None = None, batch_size: int = 256,
                  device: torch.device | str | None = None) -> None:
         self.test_data = test_data
-        self.recipe = dict(recipe or {})
+        self.recipe = {k: v for k, v in dict(recipe or {}).items() if k != "model"}  # the benchmark fingerprints it
+        try:
+            json.dumps(self.recipe)
+        except TypeError as err:
+            raise TypeError(f"recipe must hold plain values (it is stored as JSON in the benchmark): {err}") from None
         self.criterion = criterion
         self.batch_size = batch_size
         self.device = device

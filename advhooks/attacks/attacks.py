@@ -113,7 +113,8 @@ class Attack:
             f"{k}={getattr(self, k)!r}" for k in ("eps", "norm", "steps", "step_size", "random_start", "restarts",
                                                    "targeted", "bn", "compile", "precision")
         )
-        return f"{type(self).__name__}({fields}, bounds={self.domain.bounds!r})"
+        return (f"{type(self).__name__}({fields}, bounds={self.domain.bounds!r}, "
+                f"normalization={self.domain.normalization!r})")
 
 
 class PGD(Attack):
