@@ -1,19 +1,23 @@
-"""Estimating ε*: from a grid of runs, by fine-tuning + extrapolation, and for free from the clean model.
+"""Estimating ε*, with a band: from run records, by fine-tuning, and for free from the clean model.
 
-ε* = sup{ε : R̂(θ̂(ε), ε) ≤ R*(0)} (the paper, section 3). Three estimators, cheapest last:
+ε* = sup{ε : R̂(θ̂(ε), ε) ≤ R*(0)} (the paper, section 3), with R̂ always the adversarial training loss of
+fixed weights (:func:`advhooks.evaluation.evaluate_adversarial_loss`). Estimators, cheapest last:
 
-- :func:`estimate_grid` — the paper's section 5.2 ground truth: adversarial training from scratch at each
-  ε of a grid, early-stopped at the epoch of smallest adversarial test loss; ε* by linear interpolation
-  where the adversarial training loss at the selected epoch crosses R*(0).
+- :func:`estimate_grid` — the paper's section 5.2 ground truth: monitored adversarial training from scratch
+  at each ε of a grid, θ̂(ε) early-stopped at the smallest adversarial test loss; the runs' records are
+  combined by :func:`estimate_from_records` (also ``estimate-eps-star --method runs``), which interpolates
+  where R̂(θ̂(ε), ε) crosses R*(0).
 - :func:`estimate_finetune` — the paper's section 6: from the clean weights θ̂(0), short adversarial
-  fine-tuning at a few small ε; least-squares line L(ε) ≈ a + bε through the adversarial training losses;
-  ε* solves a + bε = R*(0). ``runs`` repeats with other seeds; their spread is reported.
+  fine-tuning at a few ε around the clean probe's bound; a least-squares line L(ε) ≈ a + bε through R̂ of
+  the fine-tuned weights, solved for R*(0). ``runs`` repeats with other seeds.
 - :func:`estimate_clean_probe` — no training: the clean model's adversarial training loss at a ladder of ε
   is a lower bound on ε* (θ̂(ε) can only do better than θ̂(0)), and Δ / mean‖∇ₓℓ(θ̂(0))‖_* is the
   first-order estimate (envelope theorem; the dual norm is ‖·‖₁ for L∞, ‖·‖₂ for L2).
 
-Each returns an :class:`EpsStarEstimate` that serialises to JSON with its points, cost and warnings.
-The fine-tune slope b is compared with mean‖∇ₓℓ‖_* (they agree to first order) as a consistency figure.
+Each returns an :class:`EpsStarEstimate` with ``interval`` and ``level`` (R*(0)'s bootstrap, R̂'s sampling
+error and the spread over runs carried through by Monte Carlo) that serialises to JSON with its points,
+cost and warnings. :func:`estimate_eps_star` picks the method (what the CLI runs). The fine-tune slope b is
+compared with mean‖∇ₓℓ‖_* (they agree to first order) as a consistency figure.
 """
 
 from __future__ import annotations
