@@ -23,6 +23,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from advhooks import FGM, PGD, AdversarialStep, linear_warmup, pgd_perturb
+from advhooks.attacks.graphs import GraphedAttack
 from advhooks.benchmark import BenchmarkFormatError, CleanBenchmark, record_clean_benchmark
 from advhooks.checkpoints import load_weights
 from advhooks.cli import app
@@ -140,6 +141,13 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
     "checkpoint-for-another-model": (lambda t: load_weights(SmallCNN(), {"module.w": torch.zeros(1)}, "ckpt.pt"),
                                      ValueError, r"ckpt.pt does not fit the model \(after removing the wrapper "
                                                  r"prefix 'module.'"),
+    "cuda-graph-without-cuda": (lambda t: PGD(8 / 255, cuda_graph=True), ValueError,
+                                r"cuda_graph=True needs a CUDA device"),
+    "cuda-graph-on-cpu-inputs": (lambda t: GraphedAttack()(SmallCNN(), _x(), _y(), eps=0.1, norm="linf", steps=1,
+                                                           step_size=0.1, random_start=False, targeted=False,
+                                                           objective=None, domain=None, bn="eval", input_key=None,
+                                                           out_of_bounds="raise", precision_dtype=None),
+                                 ValueError, r"cuda_graph=True needs CUDA inputs, got inputs on cpu"),
     "records-of-another-benchmark": (lambda t: _records_of_another_benchmark(t), ValueError,
                                      r"measured against another benchmark: clean_test_loss"),
     "cifar-python-pickle-payload": (lambda t: load_cifar10(_cifar_payload(t)), UnsafePickleError,

@@ -11,7 +11,8 @@ from torch import nn
 from .._validation import check_choice, check_positive, check_positive_int
 from ..schedules import EpsLike, resolve_eps, validate_eps
 from .domain import Bounds, InputDomain, Normalization
-from .functional import OUT_OF_BOUNDS, PRECISIONS, _perturb
+from .functional import OUT_OF_BOUNDS, PRECISIONS, _check_targets, _perturb
+from .graphs import GraphedAttack, check_cuda_graph_available
 from .model_state import BN_MODES
 from .norms import NORMS
 from .objectives import Objective, per_sample
@@ -44,6 +45,7 @@ class Attack:
         bn: str = "eval",
         compile: bool = False,
         precision: str | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         self.eps = validate_eps(eps)
         self.norm = check_choice("norm", norm, NORMS)
@@ -62,6 +64,13 @@ class Attack:
         self.bn = check_choice("bn", bn, BN_MODES)
         self.compile = bool(compile)
         self.precision = None if precision is None else check_choice("precision", precision, tuple(PRECISIONS))
+        self.cuda_graph = bool(cuda_graph)
+        self._graphed = None
+        if self.cuda_graph:
+            check_cuda_graph_available()
+            if self.restarts > 1 or self.compile:
+                raise ValueError("cuda_graph=True captures one start of the attack: use restarts=1 and compile=False")
+            self._graphed = GraphedAttack()
 
     def eps_at(self, step: int = 0) -> float:
         """The attack strength at training step ``step``."""
@@ -99,6 +108,16 @@ class Attack:
         """
         eps = self.eps_at(step) if eps is None else resolve_eps(eps, step)
         step_size = self.default_step_size(eps) if self.step_size is None else self.step_size
+        if self._graphed is not None:
+            if model_kwargs or generator is not None:
+                raise ValueError("cuda_graph=True takes no model_kwargs and no generator (the capture is static)")
+            self.domain.check_eps(eps, self.norm)
+            _check_targets(inputs, targets)
+            return self._graphed(model, inputs, targets, eps=eps, norm=self.norm, steps=self.steps,
+                                 step_size=step_size, random_start=self.random_start, targeted=self.targeted,
+                                 objective=self.objective if objective is None else objective, domain=self.domain,
+                                 bn=self.bn, input_key=input_key, out_of_bounds=self.out_of_bounds,
+                                 precision_dtype=None if self.precision is None else PRECISIONS[self.precision])
         return _perturb(
             model, inputs, targets, eps=eps, norm=self.norm, steps=self.steps, step_size=step_size,
             random_start=self.random_start, restarts=self.restarts, targeted=self.targeted,
@@ -135,6 +154,8 @@ class PGD(Attack):
         bn: ``"eval"`` or ``"train"`` (see :func:`advhooks.attacks.attack_mode`).
         compile: run the attack's forwards through ``torch.compile`` (see :func:`pgd_perturb`).
         precision: ``"bf16"``/``"fp16"``: the attack's own autocast dtype (see :func:`pgd_perturb`).
+        cuda_graph: capture the whole k-step loop as one CUDA graph per batch shape and replay it
+            (:mod:`advhooks.attacks.graphs`; CUDA only, refused on the CPU; restarts=1).
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -148,11 +169,11 @@ class PGD(Attack):
                  random_start: bool = True, restarts: int = 1, targeted: bool = False,
                  objective: Objective | None = None, bounds: Bounds = (0.0, 1.0),
                  normalization: Normalization = None, out_of_bounds: str = "raise", bn: str = "eval",
-                 compile: bool = False, precision: str | None = None) -> None:
+                 compile: bool = False, precision: str | None = None, cuda_graph: bool = False) -> None:
         super().__init__(eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
                          restarts=restarts, targeted=targeted, objective=objective, bounds=bounds,
                          normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile,
-                         precision=precision)
+                         precision=precision, cuda_graph=cuda_graph)
 
     def default_step_size(self, eps: float) -> float:
         """``2.5 * eps / steps`` (Madry et al.)."""

@@ -189,23 +189,19 @@ def _perturb(model, inputs, targets, *, eps, norm, steps, step_size, random_star
 
     placed = domain.place(inputs)
     x = inputs.detach()
+    checks = None  # the input checks: device flags, read on the host once, at the first forward
     if out_of_bounds == "clamp":
         if domain.is_bounded:
             inputs = torch.clamp(inputs, placed.input_low, placed.input_high)
             x = inputs.detach()
     else:
-        _check_inputs(x, domain, placed)
+        checks = _InputChecks(x, domain, placed)
     if eps == 0.0:
+        if checks is not None:
+            checks.read(None, targets)
         return inputs.clone()
 
-    # δ's box in pixel units: low <= pixel(x) + δ <= high.
-    delta_low = delta_high = None
-    if domain.is_bounded:
-        # The clamp absorbs normalise/denormalise rounding so that δ's box always contains 0.
-        x_pixels = torch.clamp(domain.pixels(x, placed), placed.low, placed.high)
-        delta_low, delta_high = placed.low - x_pixels, placed.high - x_pixels
-        if norm == "linf":  # one clamp then projects onto ball ∩ box exactly
-            delta_low, delta_high = delta_low.clamp_min(-eps), delta_high.clamp_max(eps)
+    delta_low, delta_high = delta_box(x, domain, placed, norm, eps)
     inv_std = placed.inv_std
     direction_sign = -1.0 if targeted else 1.0
     device_type = x.device.type
@@ -219,6 +215,12 @@ def _perturb(model, inputs, targets, *, eps, norm, steps, step_size, random_star
             adv = x + delta if inv_std is None else x + delta * inv_std
             return run_model(module, adv, input_key, kwargs)
 
+        def read_checks(logits: torch.Tensor) -> None:  # one host read per call, before any loss
+            nonlocal checks
+            if checks is not None:
+                checks.read(logits, targets)
+                checks = None
+
         best_delta = best_loss = None
         for _ in range(restarts):
             delta = torch.zeros_like(x)
@@ -226,18 +228,9 @@ def _perturb(model, inputs, targets, *, eps, norm, steps, step_size, random_star
                 random_in_ball_(delta, norm, eps, generator)
                 if delta_low is not None:
                     delta.clamp_(delta_low, delta_high)
-            delta.requires_grad_(True)
-            for _ in range(steps):
-                loss = objective(forward(delta), targets)
-                if loss_scale != 1.0:
-                    loss = loss * loss_scale
-                (grad,) = torch.autograd.grad(loss.sum(), delta)
-                with torch.no_grad():
-                    if loss_scale != 1.0:  # an fp16 overflow must not poison δ
-                        torch.nan_to_num_(grad, nan=0.0, posinf=1.0, neginf=-1.0)
-                    delta.add_(steepest_direction_(grad, norm), alpha=direction_sign * step_size)
-                    project_(delta, norm, eps, delta_low, delta_high)
-            delta = delta.detach()
+            delta = ascend_(delta, forward, objective, targets, norm=norm, eps=eps, steps=steps, step_size=step_size,
+                            sign=direction_sign, loss_scale=loss_scale, low=delta_low, high=delta_high,
+                            on_first_logits=read_checks)
             if restarts == 1:
                 best_delta = delta
                 break
@@ -260,36 +253,94 @@ def _perturb(model, inputs, targets, *, eps, norm, steps, step_size, random_star
     return adv
 
 
-def _check_inputs(x, domain, placed):
-    """One host read per attack call, outside the iteration loop: a silently wrong attack is worse."""
-    bad = ~torch.isfinite(x)
-    checks = [bad.any()]
-    if domain.is_bounded:
-        pixels = domain.pixels(x, placed)
-        tol = _BOUNDS_TOLERANCE * (placed.high - placed.low)
-        outside = (pixels < placed.low - tol) | (pixels > placed.high + tol)
-        checks.append(outside.any())
-    # Normalised inputs have values below 0 wherever a pixel is under the mean; a first batch with none
-    # is almost surely still in pixel units (normalization= given, but the data is not normalised yet).
-    look_for_pixels = not domain.first_batch_checked and domain.maps_zero_below_zero
-    domain.first_batch_checked = True
-    if look_for_pixels:
-        checks.append((x >= 0).all())
-    flags = torch.stack(checks).tolist() if len(checks) > 1 else [bool(checks[0])]
-    if look_for_pixels and flags[-1]:
-        warnings.warn("normalization=(mean, std) is set but every input of the first batch is >= 0: are the "
-                      "inputs still in pixel units? normalization= expects inputs already normalised as "
-                      "(pixel - mean) / std; drop it for pixel inputs", UserWarning, stacklevel=4)
-    if flags[0]:
-        raise ValueError(f"inputs contain NaN or inf values ({int(bad.sum())} of {x.numel()}); "
-                         "clean the batch before attacking it")
-    if domain.is_bounded and flags[1]:
-        lo, hi = pixels.min().item(), pixels.max().item()
-        raise ValueError(
-            f"inputs lie outside the attack's bounds (pixel range [{lo:.4g}, {hi:.4g}] vs bounds "
-            f"{domain.bounds!r}); pass the right bounds (or normalization=(mean, std) for normalised "
-            "inputs), bounds=None for unbounded inputs, or out_of_bounds='clamp' to clamp them"
-        )
+class _InputChecks:
+    """NaN/inf inputs, inputs outside the bounds, pixel inputs under ``normalization=``, and class labels
+    outside the logits' range: computed on the device, read on the host in one go.
+
+    The label range needs the number of classes, known from the first forward's logits (shape metadata,
+    no read), so the one read happens there, before the first loss: on CUDA an out-of-range label would
+    otherwise be a device-side assert that kills the process. A silently wrong attack is worse than the read.
+    """
+
+    def __init__(self, x: torch.Tensor, domain: InputDomain, placed: Any) -> None:
+        self.x, self.domain, self.placed = x, domain, placed
+        self.flags = {"nonfinite": (~torch.isfinite(x)).any()}
+        if domain.is_bounded:
+            pixels = domain.pixels(x, placed)
+            tol = _BOUNDS_TOLERANCE * (placed.high - placed.low)
+            self.flags["outside"] = ((pixels < placed.low - tol) | (pixels > placed.high + tol)).any()
+        # Normalised inputs have values below 0 wherever a pixel is under the mean; a first batch with none
+        # is almost surely still in pixel units (normalization= given, but the data is not normalised yet).
+        if not domain.first_batch_checked and domain.maps_zero_below_zero:
+            self.flags["pixel_units"] = (x >= 0).all()
+        domain.first_batch_checked = True
+
+    def read(self, logits: torch.Tensor | None, targets: torch.Tensor) -> None:
+        """Read every flag with one host read; raise (or warn) for what they show."""
+        flags = dict(self.flags)
+        classes = None
+        if logits is not None and logits.ndim == 2 and targets.ndim == 1 and not targets.is_floating_point():
+            classes = logits.shape[1]
+            flags["labels"] = ((targets < 0) | (targets >= classes)).any()
+        values = dict(zip(flags, torch.stack(list(flags.values())).tolist(), strict=True))
+        x, domain, placed = self.x, self.domain, self.placed
+        if values.get("pixel_units"):
+            warnings.warn("normalization=(mean, std) is set but every input of the first batch is >= 0: are the "
+                          "inputs still in pixel units? normalization= expects inputs already normalised as "
+                          "(pixel - mean) / std; drop it for pixel inputs", UserWarning, stacklevel=5)
+        if values["nonfinite"]:
+            raise ValueError(f"inputs contain NaN or inf values ({int((~torch.isfinite(x)).sum())} of {x.numel()}); "
+                             "clean the batch before attacking it")
+        if values.get("outside"):
+            pixels = domain.pixels(x, placed)
+            lo, hi = pixels.min().item(), pixels.max().item()
+            raise ValueError(
+                f"inputs lie outside the attack's bounds (pixel range [{lo:.4g}, {hi:.4g}] vs bounds "
+                f"{domain.bounds!r}); pass the right bounds (or normalization=(mean, std) for normalised "
+                "inputs), bounds=None for unbounded inputs, or out_of_bounds='clamp' to clamp them"
+            )
+        if values.get("labels"):
+            bad = targets[(targets < 0) | (targets >= classes)]
+            raise ValueError(f"targets hold a class index outside [0, {classes}) for logits of {classes} classes "
+                             f"(e.g. {int(bad[0])})")
+
+
+def delta_box(x: torch.Tensor, domain: InputDomain, placed: Any, norm: str,
+              eps: float) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """δ's box in pixel units, ``low <= pixel(x) + δ <= high`` (and the L∞ ball folded in); ``None`` unbounded."""
+    if not domain.is_bounded:
+        return None, None
+    # The clamp absorbs normalise/denormalise rounding so that δ's box always contains 0.
+    x_pixels = torch.clamp(domain.pixels(x, placed), placed.low, placed.high)
+    low, high = placed.low - x_pixels, placed.high - x_pixels
+    if norm == "linf":  # one clamp then projects onto ball ∩ box exactly
+        low, high = low.clamp_min(-eps), high.clamp_max(eps)
+    return low, high
+
+
+def ascend_(delta: torch.Tensor, forward: Any, objective: Objective, targets: torch.Tensor, *, norm: str, eps: float,
+            steps: int, step_size: float, sign: float, loss_scale: float, low: torch.Tensor | None,
+            high: torch.Tensor | None, on_first_logits: Any = None) -> torch.Tensor:
+    """PGD's iterations from ``delta`` (updated in place): ``steps`` steepest-ascent steps, each projected.
+
+    The one loop every path runs (eager, compiled, captured as a CUDA graph): no host read, no branch on a
+    tensor value. ``on_first_logits(logits)`` runs once, before the first loss (the eager path's input checks).
+    """
+    delta.requires_grad_(True)
+    for i in range(steps):
+        logits = forward(delta)
+        if i == 0 and on_first_logits is not None:
+            on_first_logits(logits)
+        loss = objective(logits, targets)
+        if loss_scale != 1.0:
+            loss = loss * loss_scale
+        (grad,) = torch.autograd.grad(loss.sum(), delta)
+        with torch.no_grad():
+            if loss_scale != 1.0:  # an fp16 overflow must not poison δ
+                torch.nan_to_num_(grad, nan=0.0, posinf=1.0, neginf=-1.0)
+            delta.add_(steepest_direction_(grad, norm), alpha=sign * step_size)
+            project_(delta, norm, eps, low, high)
+    return delta.detach()
 
 
 def _check_targets(inputs: torch.Tensor, targets: Any) -> None:

@@ -1,0 +1,130 @@
+"""PGD's whole k-step loop captured as one CUDA graph: ``PGD(eps, cuda_graph=True)``.
+
+For small models eager PyTorch is launch-bound: each of the k iterations launches dozens of kernels from
+Python. Capturing the loop once per batch shape (static input, target and δ buffers; the random start
+drawn inside the graph from the CUDA generator) and replaying it launches them all at once. The model's
+parameters and buffers are read where they live, so the graph follows the optimiser's in-place updates;
+a new batch shape (or dtype, ε, ...) is captured anew, and the captures are cached on the attack.
+
+What the graph path does not do, and says so: CPU inputs, ``restarts > 1``, ``model_kwargs`` and an
+explicit ``generator``. The input checks (NaN, bounds, label range) still cost one host read per call,
+outside the graph; ``out_of_bounds="clamp"`` skips them. Replacing the model's parameter tensors (not
+updating them in place) needs a new attack object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._outputs import call_model
+from .domain import InputDomain
+from .functional import _InputChecks, ascend_, delta_box
+from .model_state import attack_mode, autocast_loss_scale
+from .norms import random_in_ball_
+from .objectives import Objective
+
+__all__ = ["GraphedAttack", "check_cuda_graph_available"]
+
+_WARMUP_ITERATIONS = 3  # CUDA graphs want the kernels' lazy setup done on a side stream before capture
+
+
+def check_cuda_graph_available() -> None:
+    """Refuse the CUDA-graph path in one line where there is no CUDA device."""
+    if not torch.cuda.is_available():
+        raise ValueError("cuda_graph=True needs a CUDA device (torch.cuda.is_available() is False); leave it off "
+                         "on the CPU, where eager PyTorch already runs at the attack's compute limit")
+
+
+@dataclass
+class _Capture:
+    graph: Any
+    x: torch.Tensor
+    targets: torch.Tensor
+    out: torch.Tensor
+    classes: int
+
+
+class GraphedAttack:
+    """The captures of one attack configuration, keyed by everything a capture depends on."""
+
+    def __init__(self) -> None:
+        self._captures: dict[tuple, _Capture] = {}
+
+    def __len__(self) -> int:
+        return len(self._captures)
+
+    def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, eps: float, norm: str,
+                 steps: int, step_size: float, random_start: bool, targeted: bool, objective: Objective,
+                 domain: InputDomain, bn: str, input_key: str | None, out_of_bounds: str,
+                 precision_dtype: torch.dtype | None) -> torch.Tensor:
+        if inputs.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs CUDA inputs, got inputs on {inputs.device}")
+        placed = domain.place(inputs)
+        key = (id(model), tuple(inputs.shape), inputs.dtype, inputs.device, tuple(targets.shape), targets.dtype,
+               eps, norm, steps, step_size, random_start, targeted, id(objective), bn, input_key, precision_dtype)
+        capture = self._captures.get(key)
+        if capture is None:
+            capture = self._captures[key] = self._capture(model, inputs, targets, eps, norm, steps, step_size,
+                                                          random_start, targeted, objective, domain, placed, bn,
+                                                          input_key, precision_dtype)
+        if out_of_bounds == "clamp":
+            if domain.is_bounded:
+                inputs = torch.clamp(inputs, placed.input_low, placed.input_high)
+        else:
+            _InputChecks(inputs.detach(), domain, placed).read(
+                torch.empty(inputs.shape[0], capture.classes, device="meta"), targets)
+        capture.x.copy_(inputs.detach())
+        capture.targets.copy_(targets)
+        with attack_mode(model, bn):
+            capture.graph.replay()
+        out = capture.out.clone()  # the static buffer is overwritten by the next replay
+        if inputs.requires_grad:  # embeddings: keep the graph to the inputs, as the eager path does
+            out = inputs + (out - inputs.detach())
+        return out
+
+    def _capture(self, model, inputs, targets, eps, norm, steps, step_size, random_start, targeted, objective,
+                 domain, placed, bn, input_key, precision_dtype) -> _Capture:
+        static_x = inputs.detach().clone()
+        static_targets = targets.clone()
+        device_type = inputs.device.type
+        with attack_mode(model, bn) as module:
+            classes = int(call_model(module, static_x[:1], input_key).shape[-1])
+
+            def body() -> torch.Tensor:
+                autocast = (torch.autocast(device_type, dtype=precision_dtype) if precision_dtype is not None
+                            else torch.autocast(device_type, enabled=False))
+                with torch.enable_grad(), autocast:
+                    low, high = delta_box(static_x, domain, placed, norm, eps)
+                    delta = torch.zeros_like(static_x)
+                    if random_start:
+                        random_in_ball_(delta, norm, eps)
+                        if low is not None:
+                            delta.clamp_(low, high)
+                    inv_std = placed.inv_std
+
+                    def forward(d: torch.Tensor) -> torch.Tensor:
+                        adv = static_x + d if inv_std is None else static_x + d * inv_std
+                        return call_model(module, adv, input_key)
+
+                    delta = ascend_(delta, forward, objective, static_targets, norm=norm, eps=eps, steps=steps,
+                                    step_size=step_size, sign=-1.0 if targeted else 1.0,
+                                    loss_scale=autocast_loss_scale(device_type), low=low, high=high)
+                    adv = static_x + (delta if inv_std is None else delta * inv_std)
+                    if domain.is_bounded:
+                        adv = torch.clamp(adv, placed.input_low, placed.input_high)
+                    return adv
+
+            side = torch.cuda.Stream(device=inputs.device)
+            side.wait_stream(torch.cuda.current_stream(inputs.device))
+            with torch.cuda.stream(side):
+                for _ in range(_WARMUP_ITERATIONS):
+                    body()
+            torch.cuda.current_stream(inputs.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = body()
+        return _Capture(graph, static_x, static_targets, static_out, classes)
