@@ -330,31 +330,39 @@ def estimate_from_records(records: Sequence[Mapping[str, Any]], benchmark: Clean
     rng = np.random.default_rng(seed)
     samples = np.column_stack([r_star_draws(benchmark, draws, rng), normal_draws(ys, ses, draws, rng)])
     est.interval = propagate(lambda row: _interpolate_crossing(xs, list(row[1:]), row[0])[0], samples, level=level)
-    runs = sorted({p["run"] for p in est.points})
-    if len(runs) > 1:
-        for run in runs:
-            pts = sorted((p["eps"], p["loss"]) for p in est.points if p["run"] == run and p.get("loss") is not None)
-            rx = xs[:1] + [p[0] for p in pts] if xs and xs[0] == 0.0 else [p[0] for p in pts]
-            ry = ys[:1] + [p[1] for p in pts] if xs and xs[0] == 0.0 else [p[1] for p in pts]
-            value, _ = _interpolate_crossing(rx, ry, r_star)
-            if value is not None:
-                est.per_run.append(value)
-        if len(est.per_run) > 1:
-            est.spread = float(np.std(est.per_run, ddof=1))
+    est.per_run = _per_run_crossings(est.points, xs, ys, r_star)
+    if len(est.per_run) > 1:
+        est.spread = float(np.std(est.per_run, ddof=1))
     if est.value is None and ys:
-        if all(v > r_star for v in ys):
-            est.warnings.append(f"the grid does not bracket the crossing: every loss is above R*(0) = {r_star:.4f}, "
-                                f"so eps* < {format_eps(xs[0])}; add smaller eps")
-            est.bracket = (None, xs[0])
-        elif all(v <= r_star for v in ys):
-            est.warnings.append(f"the grid does not bracket the crossing: every loss is at or below R*(0) = "
-                                f"{r_star:.4f}, so eps* > {format_eps(xs[-1])}; add larger eps")
-            est.bracket = (xs[-1], None)
-        else:
-            est.warnings.append("the losses are not increasing in eps where they cross R*(0); no interpolation")
+        est.bracket, warning = _unbracketed(xs, ys, r_star)
+        est.warnings.append(warning)
     if est.value is not None and est.interval is None:
         est.warnings.append("the band is undefined: in most draws the loss curve does not cross R*(0) inside the grid")
     return est
+
+
+def _per_run_crossings(points: list[dict[str, Any]], xs: list[float], ys: list[float], r_star: float) -> list[float]:
+    """Each run's own crossing (with the shared clean point at ε = 0), when there are several runs."""
+    runs = sorted({p["run"] for p in points})
+    out = []
+    for run in runs if len(runs) > 1 else []:
+        pts = sorted((p["eps"], p["loss"]) for p in points if p["run"] == run and p.get("loss") is not None)
+        clean = [(xs[0], ys[0])] if xs and xs[0] == 0.0 else []
+        value, _ = _interpolate_crossing(*map(list, zip(*(clean + pts), strict=True)), r_star) if pts else (None, None)
+        if value is not None:
+            out.append(value)
+    return out
+
+
+def _unbracketed(xs: list[float], ys: list[float], r_star: float) -> tuple[tuple, str]:
+    """Where ε* lies when the curve does not cross R*(0) inside the grid, and the warning that says so."""
+    if all(v > r_star for v in ys):
+        return (None, xs[0]), (f"the grid does not bracket the crossing: every loss is above R*(0) = {r_star:.4f}, "
+                               f"so eps* < {format_eps(xs[0])}; add smaller eps")
+    if all(v <= r_star for v in ys):
+        return (xs[-1], None), (f"the grid does not bracket the crossing: every loss is at or below R*(0) = "
+                                f"{r_star:.4f}, so eps* > {format_eps(xs[-1])}; add larger eps")
+    return None, "the losses are not increasing in eps where they cross R*(0); no interpolation"
 
 
 def estimate_finetune(
@@ -429,63 +437,74 @@ def estimate_finetune(
                 continue
             est.points.append({"eps": e, "run": run, "loss": rhat.mean, "stderr": rhat.stderr})
     points = [p for p in est.points if p.get("loss") is not None]
-
-    def crossings(losses: Sequence[float], target: float) -> list[float]:
-        out = []
-        for run in range(runs):
-            pts = [(p["eps"], v) for p, v in zip(points, losses, strict=True) if p["run"] == run]
-            if len(pts) < 2:
-                continue
-            slope, intercept = np.polyfit(*zip(*pts, strict=True), 1)
-            if slope > 0:
-                out.append((target - intercept) / slope)
-        return out
-
-    est.per_run = crossings([p["loss"] for p in points], r_star)
-    fits = []
-    for run in range(runs):
-        pts = [(p["eps"], p["loss"]) for p in points if p["run"] == run]
-        if len(pts) < 2:
-            est.warnings.append(f"run {run}: fewer than two usable points, no line")
-            continue
-        xs, ys = np.array(pts).T
-        slope, intercept = np.polyfit(xs, ys, 1)
-        residual = float(np.sqrt(np.mean((np.polyval([slope, intercept], xs) - ys) ** 2)))
-        if slope <= 0:
-            est.warnings.append(f"run {run}: the loss does not increase with eps (slope {slope:.4g}); no estimate")
-            continue
-        fits.append((float(slope), float(intercept), residual))
+    fits = _fit_lines(points, [p["loss"] for p in points], runs, est.warnings)
     if fits:
+        est.per_run = [(r_star - intercept) / slope for slope, intercept, _ in fits]
         slope, intercept, residual = (float(np.mean(v)) for v in zip(*fits, strict=True))
         est.fit = {"slope": slope, "intercept": intercept, "residual": residual}
         est.value = float(np.mean(est.per_run))
         if len(est.per_run) > 1:
             est.spread = float(np.std(est.per_run, ddof=1))
-        rng = np.random.default_rng(seed)
-        samples = np.column_stack([r_star_draws(benchmark, draws, rng),
-                                   normal_draws([p["loss"] for p in points], [p["stderr"] for p in points], draws,
-                                                rng)])
-
-        def draw_estimate(row: np.ndarray) -> float | None:
-            values = crossings(list(row[1:]), row[0])
-            return float(np.mean(values)) if values else None
-
-        est.interval = propagate(draw_estimate, samples, level=level)
-        if len(est.per_run) > 1 and est.interval is not None:  # the spread over seeds enters the band too
-            half = z_value(level) * est.spread / math.sqrt(len(est.per_run))
-            est.interval = (min(est.interval[0], est.value - half), max(est.interval[1], est.value + half))
-        if est.value > 2 * grid[-1]:
-            est.warnings.append(f"the estimate {format_eps(est.value)} lies far beyond the largest eps "
-                                f"{format_eps(grid[-1])}: a long extrapolation; fine-tune at larger eps to confirm")
-        elif est.value > grid[-1]:
-            est.warnings.append(f"extrapolated beyond the largest eps {format_eps(grid[-1])}")
-        if est.value < 0:
-            est.warnings.append("the fitted line is above R*(0) already at eps = 0: eps* is below the grid")
+        est.interval = _finetune_band(est, points, runs, benchmark, draws, seed, level)
+        est.warnings += _extrapolation_warnings(est.value, grid)
     if mean_grad_dual_norm:
         est.mean_grad_dual_norm = mean_grad_dual_norm
         if est.fit:
             est.consistency = est.fit["slope"] / mean_grad_dual_norm
     return _cost(est, counter, start, len(train_set))
+
+
+def _fit_lines(points: list[dict[str, Any]], losses: Sequence[float], runs: int,
+               warnings: list[str] | None = None) -> list[tuple[float, float, float]]:
+    """Per run, the least-squares line (slope, intercept, RMS residual) through its (ε, loss) points.
+
+    Runs with fewer than two points or a slope <= 0 have no line (said in ``warnings`` when given).
+    """
+    fits = []
+    for run in range(runs):
+        pts = [(p["eps"], v) for p, v in zip(points, losses, strict=True) if p["run"] == run]
+        if len(pts) < 2:
+            if warnings is not None:
+                warnings.append(f"run {run}: fewer than two usable points, no line")
+            continue
+        xs, ys = np.array(pts).T
+        slope, intercept = np.polyfit(xs, ys, 1)
+        if slope <= 0:
+            if warnings is not None:
+                warnings.append(f"run {run}: the loss does not increase with eps (slope {slope:.4g}); no estimate")
+            continue
+        residual = float(np.sqrt(np.mean((np.polyval([slope, intercept], xs) - ys) ** 2)))
+        fits.append((float(slope), float(intercept), residual))
+    return fits
+
+
+def _finetune_band(est: EpsStarEstimate, points: list[dict[str, Any]], runs: int, benchmark: CleanBenchmark,
+                   draws: int, seed: int, level: float) -> tuple[float, float] | None:
+    """R*(0) from its bootstrap and every point from its sampling error, refitted; the seeds' spread on top."""
+    rng = np.random.default_rng(seed)
+    samples = np.column_stack([r_star_draws(benchmark, draws, rng),
+                               normal_draws([p["loss"] for p in points], [p["stderr"] for p in points], draws, rng)])
+
+    def draw_estimate(row: np.ndarray) -> float | None:
+        fits = _fit_lines(points, list(row[1:]), runs)
+        return float(np.mean([(row[0] - b) / a for a, b, _ in fits])) if fits else None
+
+    band = propagate(draw_estimate, samples, level=level)
+    if band is not None and len(est.per_run) > 1:  # the spread over seeds enters the band too
+        half = z_value(level) * est.spread / math.sqrt(len(est.per_run))
+        band = (min(band[0], est.value - half), max(band[1], est.value + half))
+    return band
+
+
+def _extrapolation_warnings(value: float, grid: Sequence[float]) -> list[str]:
+    if value > 2 * grid[-1]:
+        return [f"the estimate {format_eps(value)} lies far beyond the largest eps {format_eps(grid[-1])}: a long "
+                "extrapolation; fine-tune at larger eps to confirm"]
+    if value > grid[-1]:
+        return [f"extrapolated beyond the largest eps {format_eps(grid[-1])}"]
+    if value < 0:
+        return ["the fitted line is above R*(0) already at eps = 0: eps* is below the grid"]
+    return []
 
 
 def mean_input_grad_dual_norm(model: nn.Module, dataset: Dataset, norm: str = "linf", *, batch_size: int = 256,
