@@ -11,8 +11,9 @@ python version torchvision downloads, read with an unpickler that can build only
 either the script says where to put it, or fetches the binary version with --download. On a CPU-only
 machine Accelerate starts several processes only with --multi_gpu (gloo backend); plain --num_processes N
 runs one.
-Record the benchmark first: `advhooks benchmark-clean --preset cifar10-preactresnet18 --data-dir ~/data`
-(or `--preset digits-mlp` for --dataset digits).
+Record the benchmark first, with this script's recipe (batch 128 per process; the monitor names every
+difference it sees): `advhooks benchmark-clean --preset cifar10-preactresnet18 --batch-size 128
+--data-dir ~/data` (or `--preset digits-mlp --batch-size 128` for --dataset digits).
 """
 
 from __future__ import annotations

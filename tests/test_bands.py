@@ -123,3 +123,13 @@ def test_the_monitor_evaluates_the_early_stopped_model_at_fixed_weights():
     record = monitor.record()
     assert record["early_stopped_epoch"] == 2 and record["rhat"]["kind"] == "fixed weights"
     assert [e["adv_test_loss"] for e in record["epochs"]] == [0.9, 0.7, 0.8]
+
+
+def test_a_monitored_run_is_drawn_with_both_bands(tmp_path):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib: pip install 'advhooks[plot]'")
+    monitor = PhaseMonitor(_benchmark(), eps=8 / 255, warmup_epochs=1)
+    for loss, test_loss in ((0.5, 0.6), (0.3, 0.45), (0.25, 0.5)):
+        monitor.update(torch.tensor(loss), batch_size=10)
+        monitor.epoch_end(adv_test_loss=test_loss)
+    path = monitor.plot(tmp_path / "run.png")
+    assert path.read_bytes()[:4] == b"\x89PNG" and monitor.record()["early_stopped_epoch"] == 2
