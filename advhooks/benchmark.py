@@ -236,6 +236,22 @@ class CleanBenchmark:
         lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
         return float(lo), float(hi)
 
+    def warnings(self) -> list[str]:
+        """What makes this benchmark a poor reference, in words (empty when nothing does).
+
+        A clean model whose test loss is not above its training loss (Δ <= 0) gives ε* = 0 against anything;
+        one whose best epoch is the last was still improving, so R*(0) is too high and every ε looks small.
+        """
+        out = []
+        if self.generalization_gap is not None and self.generalization_gap <= 0:
+            out.append(f"generalization gap Delta = {self.generalization_gap:.4f} <= 0: the clean model is not fitted "
+                       "(train longer); eps* measured against this benchmark is 0")
+        epochs = self.training.get("epochs")
+        if self.best_epoch is not None and isinstance(epochs, int) and epochs > 1 and self.best_epoch >= epochs:
+            out.append(f"the best epoch is the last one ({self.best_epoch} of {epochs}): the clean test loss was "
+                       "still falling, so R*(0) is too high; train longer")
+        return out
+
     def record(self) -> dict[str, Any]:
         """The JSON-serialisable record (everything but the tensors, which are never copied here)."""
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in _TENSOR_FIELDS}
@@ -478,6 +494,19 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
+class _OneEpoch:
+    """One pass over a loader whose batch order is fixed at construction; sized, for progress bars."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self._batches, self._length = iter(loader), len(loader)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self):
+        return self._batches
+
+
 def step_decay(epoch: int, epochs: int) -> float:
     """The paper's learning-rate factor: 1, then 0.1 from ``epochs // 2``, 0.01 from ``3 * epochs // 4``.
 
@@ -543,7 +572,10 @@ def record_clean_benchmark(
         model.train()
         total = torch.zeros((), dtype=torch.float64, device=device)
         count = 0
-        batches = progress(train_loader, epoch) if progress else train_loader
+        # The epoch's order is drawn here, once: a progress wrapper that calls iter() twice (tqdm.auto does)
+        # would otherwise draw from the loader's generator again and train on another order.
+        batches = _OneEpoch(train_loader)
+        batches = progress(batches, epoch) if progress else batches
         for x, y in batches:
             x, y = x.to(device), y.to(device)
             loss = crit(logits_of(model(x)), y).mean()

@@ -68,8 +68,8 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except (ValueError, OSError, ImportError) as err:
             msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            if isinstance(err, OSError) and err.filename and str(err.filename) not in msg:
-                msg = f"{err.strerror or msg}: {err.filename}"
+            if isinstance(err, OSError) and err.filename and err.strerror:
+                msg = f"{err.strerror}: {err.filename}"
             typer.echo(f"error: {msg}", err=True)
             raise typer.Exit(2) from None
 
@@ -270,6 +270,8 @@ def benchmark_clean(
         )
     bench.save(out)
     typer.echo(bench.summary())
+    for warning in bench.warnings():
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"wrote {out}")
 
 
@@ -384,9 +386,12 @@ def _read_records(pattern: str) -> list[dict]:
     out = []
     for path in paths:
         try:
-            out.append(json.loads(Path(path).read_text()))
+            record = json.loads(Path(path).read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not JSON ({err})") from None
+        if isinstance(record, dict):
+            record["source"] = path  # named in the refusals
+        out.append(record)
     return out
 
 
@@ -399,8 +404,9 @@ def _check_setup_matches(bench: Any, setup: _Setup, strict: bool) -> None:
             for key in ("n_train", "n_test", "train_labels_hash", "test_labels_hash")
             if key in bench.dataset and bench.dataset[key] != dfp.get(key)]
     if data:
-        raise ValueError("the data is not the benchmark's (another split or data set; see --split-seed): "
-                         + "; ".join(data))
+        recorded = bench.training.get("split_seed", bench.training.get("seed"))
+        raise ValueError(f"the data is not the benchmark's (another split or data set; the benchmark was recorded "
+                         f"with split seed {recorded}, see --split-seed): " + "; ".join(data))
     fp = model_fingerprint(setup.model_factory())
     if bench.model.get("hash") and fp["hash"] != bench.model["hash"]:
         msg = (f"the benchmark was recorded on something else: model {fp['class']} ({fp['num_parameters']} "
@@ -415,7 +421,8 @@ def _estimate_table(est: Any) -> str:
         return "-" if v is None else format_eps(v)
 
     band = "-" if est.interval is None else f"[{u(est.interval[0])}, {u(est.interval[1])}] ({est.level:.0%} band)"
-    rows = [("method", est.method), ("eps*", u(est.value)), ("band", band), ("R*(0)", f"{est.clean_test_loss:.4f}")]
+    value = ("eps* >= (lower bound)", u(est.value)) if est.method == "clean-probe" else ("eps*", u(est.value))
+    rows = [("method", est.method), value, ("band", band), ("R*(0)", f"{est.clean_test_loss:.4f}")]
     if est.spread is not None:
         rows.append(("spread over runs (sd)", u(est.spread)))
     if est.per_run and len(est.per_run) > 1:
@@ -551,7 +558,10 @@ def show(
     if as_json:
         typer.echo(json.dumps(read_record(file), indent=2, sort_keys=True))
     else:
-        typer.echo(CleanBenchmark.read(file).summary())
+        bench = CleanBenchmark.read(file)
+        typer.echo(bench.summary())
+        for warning in bench.warnings():
+            typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command("info")

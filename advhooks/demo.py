@@ -74,6 +74,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
 
     runs, records = [], []
     test_loader = DataLoader(test, batch_size=256)
+    runs_started = time.perf_counter()
     for eps in eps_list:
         say(f"adversarial training at eps = {format_eps(eps)}")
         torch.manual_seed(seed)
@@ -87,6 +88,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
                                       monitor=monitor)
         last = history[-1]["report"]
         records.append(monitor.record())
+        runs_seconds = time.perf_counter() - runs_started
         robust_loss, robust_acc = adversarial_loss(model, test_loader, PGD(eps, steps=20), eps)
         runs.append({
             "eps": eps,
@@ -104,6 +106,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
         })
     grid = E.estimate_from_records(records, bench, seed=seed)
     grid.method = "grid"
+    grid.seconds = runs_seconds
     result = {
         "clean_benchmark": bench.record(),
         "clean_test_loss_interval": list(bench.bootstrap_interval(level=grid.level)),
@@ -141,15 +144,17 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
     left.set_title("digits-mlp, PGD-10 L∞")
     left.grid(alpha=0.3, which="both")
     left.legend(fontsize=7)
+    labels = {"grid": "grid ε*", "finetune": "fine-tune ε*", "clean_probe": "clean-probe\nlower bound"}
     for row, (name, est) in enumerate(result["eps_star"].items()):
         if est["value"] is None:
             continue
         low, high = est["interval"] or (est["value"], est["value"])
+        marker = ">" if name == "clean_probe" else "o"  # a lower bound, not an estimate
         right.errorbar([est["value"] * 255], [row], xerr=[[(est["value"] - low) * 255], [(high - est["value"]) * 255]],
-                       fmt="o", capsize=4, label=f"{name}: {est['value'] * 255:.3g}/255")
+                       fmt=marker, capsize=4, label=f"{labels[name]}: {est['value'] * 255:.3g}/255")
     for run in result["runs"]:
         right.axvline(run["eps"] * 255, color="grey", lw=0.8, ls=":")
-    right.set_yticks(range(len(result["eps_star"])), list(result["eps_star"]))
+    right.set_yticks(range(len(result["eps_star"])), [labels[name] for name in result["eps_star"]])
     right.set_xlabel(f"ε* × 255 ({result['eps_star']['grid']['level']:.0%} bands; dotted: the runs' ε)")
     right.set_title("ε* estimates")
     right.grid(alpha=0.3)
@@ -186,6 +191,8 @@ def format_demo_table(result: dict[str, Any]) -> str:
         ratio = f"{run['ratio']:.3f} [{lo:.3f}, {hi:.3f}]"
         lines.append(f"{u(run['eps']):>17}  {run['rhat']:>16.4f}  {ratio:>22}  {run['regime']:<12}  "
                      f"{'epoch ' + str(run['early_stopped_epoch']):>10}  {run['pgd20_test_accuracy']:>15.3f}")
+    for name, e in est.items():
+        lines += [f"warning ({name.replace('_', '-')}): {w}" for w in e["warnings"]]
     lines.append("")
     lines.append(f"{result['seconds']:.1f} s")
     return "\n".join(lines)

@@ -164,6 +164,23 @@ def _cost(est: EpsStarEstimate, counter: PassCounter, start: float, n_train: int
     return est
 
 
+def _censored_crossing(eps: list[float], losses: list[float], target: float) -> float | None:
+    """The crossing of one Monte-Carlo draw; a draw whose curve stays below ``target`` counts as the grid's end.
+
+    Dropping such draws would bias the band low (they are the draws where ε* is largest), so they are kept
+    at the largest ε, and the band then says it reaches the grid's edge. Draws above ``target`` from the
+    first point on count as the first ε.
+    """
+    value, _ = _interpolate_crossing(eps, losses, target)
+    if value is not None:
+        return value
+    if all(v <= target for v in losses):
+        return eps[-1]
+    if all(v > target for v in losses):
+        return eps[0]
+    return None
+
+
 def _interpolate_crossing(eps: list[float], losses: list[float], target: float):
     """ε where the piecewise-linear L(ε) first crosses ``target`` from below, and the bracketing pair."""
     points = list(zip(eps, losses, strict=True))
@@ -261,12 +278,13 @@ def _check_records(records: Sequence[Mapping[str, Any]], benchmark: CleanBenchma
     for i, rec in enumerate(records):
         if not isinstance(rec, Mapping) or rec.get("schema") != RUN_RECORD_SCHEMA:
             raise ValueError(f"record {i} is not an advhooks run record (schema {RUN_RECORD_SCHEMA})")
+        name = rec.get("source") or f"record {i}"
         theirs = rec.get("benchmark") or {}
         for key in ("clean_test_loss", "created", "model_hash", "test_labels_hash"):
             a, b = ours.get(key), theirs.get(key)
             if a is not None and b is not None and a != b:
-                raise ValueError(f"record {i} (eps {rec.get('eps')}) was measured against another benchmark: "
-                                 f"{key} {b!r} vs {a!r}")
+                raise ValueError(f"{name} (eps {format_eps(float(rec.get('eps') or 0))}) was measured against another "
+                                 f"benchmark: {key} {b!r} vs {a!r}")
         norms.add(rec.get("norm"))
         recipe = {k: v for k, v in (rec.get("recipe") or {}).items() if k not in ignore}
         recipes.add(json.dumps(recipe, sort_keys=True, default=str))
@@ -304,9 +322,9 @@ def estimate_from_records(records: Sequence[Mapping[str, Any]], benchmark: Clean
     norm = next((r.get("norm") for r in records if r.get("norm")), "linf")
     est = EpsStarEstimate("runs", None, r_star, norm, level=level)
     per_eps: dict[float, list[tuple[float, float]]] = {}
-    for i, rec in enumerate(records):
+    for rec in records:
         point = _record_point(rec)
-        run = (rec.get("recipe") or {}).get("run", i)
+        run = (rec.get("recipe") or {}).get("run", 0)  # records without a run index are one set of runs
         if point is None:
             est.points.append({"eps": rec.get("eps"), "run": run, "loss": None, "failed": "no finite R-hat"})
             est.warnings.append(f"the run at eps {format_eps(float(rec.get('eps') or 0))} has no finite R-hat")
@@ -329,7 +347,10 @@ def estimate_from_records(records: Sequence[Mapping[str, Any]], benchmark: Clean
     est.value, est.bracket = _interpolate_crossing(xs, ys, r_star)
     rng = np.random.default_rng(seed)
     samples = np.column_stack([r_star_draws(benchmark, draws, rng), normal_draws(ys, ses, draws, rng)])
-    est.interval = propagate(lambda row: _interpolate_crossing(xs, list(row[1:]), row[0])[0], samples, level=level)
+    est.interval = propagate(lambda row: _censored_crossing(xs, list(row[1:]), row[0]), samples, level=level)
+    if est.interval is not None and est.value is not None and est.interval[1] >= xs[-1]:
+        est.warnings.append(f"the band reaches the largest eps {format_eps(xs[-1])}: eps* may lie beyond it; "
+                            "add a larger eps to bound it")
     est.per_run = _per_run_crossings(est.points, xs, ys, r_star)
     if len(est.per_run) > 1:
         est.spread = float(np.std(est.per_run, ddof=1))
@@ -356,6 +377,10 @@ def _per_run_crossings(points: list[dict[str, Any]], xs: list[float], ys: list[f
 
 def _unbracketed(xs: list[float], ys: list[float], r_star: float) -> tuple[tuple, str]:
     """Where ε* lies when the curve does not cross R*(0) inside the grid, and the warning that says so."""
+    if all(v > r_star for v in ys) and xs[0] == 0.0:
+        return (None, 0.0), (f"even the clean model's own training loss ({ys[0]:.4f}, eps = 0) is above R*(0) = "
+                             f"{r_star:.4f}: the benchmark's clean model is not fitted (Delta <= 0), so nothing can "
+                             "be measured against it; record the benchmark with more epochs")
     if all(v > r_star for v in ys):
         return (None, xs[0]), (f"the grid does not bracket the crossing: every loss is above R*(0) = {r_star:.4f}, "
                                f"so eps* < {format_eps(xs[0])}; add smaller eps")

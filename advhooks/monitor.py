@@ -527,9 +527,12 @@ class PhaseMonitor:
         if kind == "provisional":
             caveats.append("provisional: no adversarial test loss, so the verdict uses the best running mean of "
                            "the training loss (give the monitor evaluate_with(...) or epoch_end(adv_test_loss=...))")
+        elif kind == "running mean" and self._evaluation is not None and self._evaluation.train_data is not None:
+            caveats.append("R-hat at theta-hat's fixed weights is evaluated once the warm-up is over; until then it "
+                           "is theta-hat's running mean")
         elif kind == "running mean":
-            caveats.append("R-hat is the running mean of the early-stopped epoch (evaluate_with(model, ...) gives "
-                           "the paper's fixed-weights value)")
+            caveats.append("R-hat is the running mean of the early-stopped epoch (evaluate_with(model, train_data) "
+                           "gives the paper's fixed-weights value)")
         if not warmed_up and regime != CLEAN_LIKE:
             caveats.append(f"warm-up {self.epoch}/{self.warmup_epochs}")
         if nonfinite:
@@ -557,9 +560,10 @@ class PhaseMonitor:
     def _log(self, report: PhaseReport, reason: str) -> None:
         eps_txt = "?" if report.eps is None else format_eps(report.eps)
         low, high = report.ratio_interval
-        self.logger.info("epoch %d: R-hat %.4f (%s) = %.3f x R*(0) [%.3f, %.3f] (eps %s): %s — %s", report.epoch,
-                         report.rhat, report.rhat_kind, report.ratio, low, high, eps_txt, report.regime,
-                         report.explanation)
+        where = "" if report.early_stopped_epoch is None else f", theta-hat = epoch {report.early_stopped_epoch}"
+        self.logger.info("epoch %d: R-hat %.4f (%s%s) = %.3f x R*(0) [%.3f, %.3f] (eps %s): %s%s — %s", report.epoch,
+                         report.rhat, report.rhat_kind, where, report.ratio, low, high, eps_txt, report.regime,
+                         " (provisional)" if report.provisional else "", report.explanation)
         if report.nonfinite_samples:
             self.logger.warning("epoch %d: %d samples had a NaN/inf adversarial loss (left out of the mean)",
                                 report.epoch, report.nonfinite_samples)

@@ -10,6 +10,7 @@ test losses, and returns the :class:`~advhooks.benchmark.CleanBenchmark` at the 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -22,6 +23,8 @@ from .attacks.objectives import Objective
 from .benchmark import CleanBenchmark, dataset_fingerprint, evaluate_clean
 
 __all__ = ["CleanBenchmarkRecorder"]
+
+log = logging.getLogger(__name__)
 
 
 class CleanBenchmarkRecorder:
@@ -99,4 +102,6 @@ class CleanBenchmarkRecorder:
                                        self.device, best_epoch=self.best_epoch, training=recipe)
         if isinstance(self.test_data, Dataset) and (train_data is None or isinstance(train_data, Dataset)):
             bench.dataset = dataset_fingerprint(train_data, self.test_data)
+        for warning in bench.warnings():
+            log.warning("clean benchmark: %s", warning)
         return bench

@@ -61,6 +61,9 @@ def validate_eps(eps: Any) -> EpsLike:
 
 def check_eps_value(eps: Any) -> float:
     """One strength in pixel units as a float, or a clear error (a per-channel ε points to ``normalization=``)."""
+    if isinstance(eps, str):
+        raise TypeError(f"eps must be a real number, got the string {eps!r}: write 8/255 as a number in Python, or "
+                        "parse text with advhooks.parse_eps")
     if _is_several_values(eps):
         raise TypeError(
             "eps must be one number in pixel units, got several values: a per-channel eps (eps / std, as in "

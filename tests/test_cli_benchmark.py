@@ -115,3 +115,18 @@ def test_user_model_and_data_factories(tmp_path, monkeypatch):
                   "--out", "b.safetensors", "-q")
     assert result.exit_code == 0, result.output
     assert CleanBenchmark.read(tmp_path / "b.safetensors").n_test == 16
+
+
+def test_the_cli_records_the_same_benchmark_as_the_library(tmp_path):
+    # The CLI's progress bar once drew the batch order a second time: same seed, another R*(0).
+    from advhooks.benchmark import record_clean_benchmark
+    from advhooks.data import load_digits
+
+    preset = get_preset("digits-mlp")
+    train, test = load_digits(seed=0)
+    torch.manual_seed(0)
+    direct = record_clean_benchmark(preset.model(), train, test, epochs=3, batch_size=preset.batch_size, lr=preset.lr,
+                                    weight_decay=preset.weight_decay, seed=0)
+    out = tmp_path / "b.safetensors"
+    assert _run("benchmark-clean", "--preset", "digits-mlp", "--epochs", "3", "--out", str(out), "-q").exit_code == 0
+    assert CleanBenchmark.read(out).clean_test_loss == direct.clean_test_loss
