@@ -6,8 +6,8 @@ adversarially with the very same recipe, watched by the PhaseMonitor against tha
 advhooks adds to the clean script is marked `# advhooks (k/5)`: a marked line with the block it opens, a
 marked comment with the lines below it up to the next blank line.
 
-    python examples/own_loop.py --eps 0 --benchmark clean.safetensors                     # once: R*(0)
-    python examples/own_loop.py --eps 8/255 --benchmark clean.safetensors --record run.json
+    python examples/own_loop.py --eps 0 --benchmark own-clean.safetensors                 # once: R*(0)
+    python examples/own_loop.py --eps 8/255 --benchmark own-clean.safetensors --record run.json
 
 Default data: the bundled 8×8 digits upsampled to 32×32 and repeated to 3 channels (CIFAR's shape, no
 download); --data-dir DIR reads CIFAR-10 from DIR/cifar-10-batches-bin or DIR/cifar-10-batches-py. As in
@@ -116,7 +116,9 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=None, help="default 0.05 (cnn), 0.1 (preactresnet18)")
     p.add_argument("--eps", type=parse_eps, default=0.0, help="L∞ strength in pixel units; 0: record R*(0)")
     p.add_argument("--steps", type=int, default=10, help="PGD steps of the training attack")
-    p.add_argument("--benchmark", default="clean.safetensors", help="written with --eps 0, read otherwise")
+    p.add_argument("--benchmark", default="own-clean.safetensors",
+                   help="written with --eps 0, read otherwise (not benchmark-clean's default name: a preset benchmark "
+                        "is another recipe)")
     p.add_argument("--record", help="write the adversarial run's record (JSON) here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-train-samples", type=int, default=None, help="train on the first N samples")
