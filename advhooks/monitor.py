@@ -310,6 +310,8 @@ class PhaseMonitor:
             raise ValueError(f"level must be in (0, 1), got {self.level!r}")
         if self.on_flag is not None and not callable(self.on_flag):
             raise TypeError("on_flag must be callable as on_flag(report)")
+        if self.recipe is not None and not isinstance(self.recipe, Mapping):
+            raise TypeError(f"recipe must be a mapping, got {type(self.recipe).__name__}")
         if self.attack is not None and not isinstance(self.attack, Attack):
             raise TypeError(f"attack must be an advhooks attack (PGD, FGM), got {type(self.attack).__name__}")
         if self.verbose and self.logger.getEffectiveLevel() > logging.INFO:
@@ -327,8 +329,6 @@ class PhaseMonitor:
                 "never fire; pass warmup_epochs= (past your first learning-rate decay) or train longer",
                 self.total_epochs, self.warmup_epochs)
         if self.recipe is not None:
-            if not isinstance(self.recipe, Mapping):
-                raise TypeError(f"recipe must be a mapping, got {type(self.recipe).__name__}")
             if isinstance(self.benchmark, CleanBenchmark):
                 recipe = dict(self.recipe)
                 recipe.setdefault("epochs", self.total_epochs)

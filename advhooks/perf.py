@@ -6,8 +6,10 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["retain_host_memory"]
+__all__ = ["HostReads", "count_host_reads", "retain_host_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +48,51 @@ def retain_host_memory() -> bool:
     if not ok:
         log.warning("mallopt refused the settings; host memory is not retained")
     return ok
+
+
+class HostReads:
+    """How many times tensor values were copied to the host (see :func:`count_host_reads`)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+@contextmanager
+def count_host_reads() -> Iterator[HostReads]:
+    """Count the reads of tensor values on the host inside the block: ``.item()``, ``bool()``, ``float()``,
+    ``.tolist()``.
+
+    On a GPU each is a device synchronisation (and breaks CUDA-graph capture); on the CPU the same reads
+    are visible at the dispatcher (``aten._local_scalar_dense``) and through ``Tensor.tolist``, so the
+    attacks' "no host read in the loop" rule can be checked without a GPU.
+
+    Example:
+        >>> import torch
+        >>> with count_host_reads() as reads:
+        ...     _ = torch.ones(3).sum().item()
+        >>> reads.count
+        1
+    """
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads = HostReads()
+
+    class _Counting(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                reads.count += 1
+            return func(*args, **(kwargs or {}))
+
+    original = torch.Tensor.tolist
+
+    def counted_tolist(self):
+        reads.count += 1
+        return original(self)
+
+    torch.Tensor.tolist = counted_tolist
+    try:
+        with _Counting():
+            yield reads
+    finally:
+        torch.Tensor.tolist = original

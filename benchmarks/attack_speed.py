@@ -25,24 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _timing import paired_times
 
 from advhooks import PGD, AdversarialStep
 from advhooks.models import MnistCNN, PreActResNet18
 
 STEPS = 10
 EPS = 8 / 255
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _configs(device: torch.device) -> list[dict]:
@@ -116,21 +109,7 @@ def _bench_config(cfg: dict, device: torch.device, repeats: int, warmup: int) ->
             art_pgd.generate(x_np, y_np)
 
         fns["art pgd"] = art
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns)
-    rng = random.Random(0)
-    for _ in range(repeats):
-        rng.shuffle(order)
-        for k in order:
-            _sync(device)
-            t0 = time.perf_counter()
-            fns[k]()
-            _sync(device)
-            times[k].append(time.perf_counter() - t0)
-    t = {k: torch.tensor(v, dtype=torch.float64) for k, v in times.items()}
+    t = paired_times(fns, device, repeats, warmup)
 
     def paired(ratio: torch.Tensor) -> dict[str, float]:
         return {"median": float(ratio.median()), "min": float(ratio.min()), "max": float(ratio.max())}
@@ -143,7 +122,7 @@ def _bench_config(cfg: dict, device: torch.device, repeats: int, warmup: int) ->
     }
     if "art pgd" in t:
         ratios["art_over_advhooks"] = paired(t["art pgd"] / t["pgd"])
-    medians = {k: statistics.median(v) for k, v in times.items()}
+    medians = {k: float(v.median()) for k, v in t.items()}
     return {"config": cfg["name"], "device": str(device), "median_s": medians, **ratios}
 
 

@@ -27,17 +27,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from _timing import paired_times, sync
 
 from advhooks import PGD, AdversarialStep, PhaseMonitor
 from advhooks.models import MnistCNN, PreActResNet18
+from advhooks.perf import count_host_reads
 
 STEPS, EPS = 10, 8 / 255
 
@@ -51,28 +51,6 @@ def _configs(smoke: bool) -> list[dict]:
             for name, model, chw in (("mnist-cnn", lambda: MnistCNN(hidden=128), (1, 28, 28)),
                                      ("preact18", PreActResNet18, (3, 32, 32)))
             for b in (128, 512)]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _paired(fns: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int) -> dict:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    order, rng = list(fns), random.Random(0)
-    for _ in range(repeats):
-        rng.shuffle(order)
-        for k in order:
-            _sync(device)
-            t0 = time.perf_counter()
-            fns[k]()
-            _sync(device)
-            times[k].append(time.perf_counter() - t0)
-    return {k: torch.tensor(v, dtype=torch.float64) for k, v in times.items()}
 
 
 def _ratio(r: torch.Tensor) -> dict[str, float]:
@@ -126,7 +104,7 @@ def _speed(cfg: dict, device: torch.device, repeats: int, warmup: int) -> dict:
                                           "ta": lambda: ta(x, y), "cl": lambda: attacks["pgd"](model_cl, x_cl, y),
                                           "monitor x100": monitor_update}
     fns.update({name: (lambda a=a: a(model, x, y)) for name, a in attacks.items()})
-    t = _paired(fns, device, repeats, warmup)
+    t = paired_times(fns, device, repeats, warmup)
     medians = {k: 1e3 * float(v.median()) for k, v in t.items()}
     row = {"config": cfg["name"], "device": str(device), "median_ms": medians,
            "pgd/10U": _ratio(t["pgd"] / (STEPS * t["unit"])), "ta/pgd": _ratio(t["ta"] / t["pgd"]),
@@ -148,24 +126,13 @@ def _speed(cfg: dict, device: torch.device, repeats: int, warmup: int) -> dict:
 def _peak_ratio(model, x, y, opt, clean_step, adv_step, device) -> float:
     peaks = []
     for fn in (clean_step, adv_step):
-        _sync(device)
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         fn()
-        _sync(device)
+        sync(device)
         peaks.append(torch.cuda.max_memory_allocated(device) - base)
     return peaks[1] / max(peaks[0], 1)
-
-
-class _HostReads(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _host_syncs(device: torch.device) -> dict:
@@ -198,8 +165,7 @@ def _host_syncs(device: torch.device) -> dict:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     else:
-        reads = _HostReads()
-        with reads:
+        with count_host_reads() as reads:
             run()
         result["syncs"] = reads.count
     return result
