@@ -70,6 +70,14 @@ def _speed(cfg: dict, device: torch.device, repeats: int, warmup: int) -> dict:
         attacks["compile"] = PGD(EPS, steps=STEPS, compile=True)
     if device.type == "cuda":
         attacks["graph"] = PGD(EPS, steps=STEPS, cuda_graph=True)
+    errors = {}
+    for name in ("compile", "graph"):  # the optional paths: one failing must not cost the session the rest
+        if name in attacks:
+            try:
+                attacks[name](model, x, y)
+            except Exception as err:  # noqa: BLE001 - recorded in the results, and the exit status says so
+                errors[name] = f"{type(err).__name__}: {err}"
+                del attacks[name]
     model_cl = cfg["model"]().to(device).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     ta = torchattacks.PGD(model, eps=EPS, alpha=2.5 * EPS / STEPS, steps=STEPS, random_start=True)
@@ -110,7 +118,7 @@ def _speed(cfg: dict, device: torch.device, repeats: int, warmup: int) -> dict:
            "pgd/10U": _ratio(t["pgd"] / (STEPS * t["unit"])), "ta/pgd": _ratio(t["ta"] / t["pgd"]),
            "bf16/pgd": _ratio(t["bf16"] / t["pgd"]), "cl/pgd": _ratio(t["cl"] / t["pgd"]),
            "step/(10U+C)": _ratio(t["adv step"] / (STEPS * t["unit"] + t["clean step"])),
-           "monitor_us": 1e6 * float(t["monitor x100"].median()) / 100}
+           "monitor_us": 1e6 * float(t["monitor x100"].median()) / 100, "errors": errors}
     if "compile" in t:
         row["compile/pgd"] = _ratio(t["compile"] / t["pgd"])
     if "graph" in t:
@@ -192,6 +200,8 @@ def _markdown(results: dict) -> str:
         lines.append(f"| {r['config']} | " + " | ".join(cells) + f" | {r['monitor_us']:.1f} | {mem} |")
     lines += ["", f"host syncs in PGD-20 + AT/TRADES steps + monitor: {results['host_syncs']['syncs']}",
               f"out-of-range label refused: {results['label_check']['refused']} ({results['label_check']['message']})"]
+    lines += [f"error in {r['config']} {name}: {msg}" for r in results["speed"] for name, msg in r["errors"].items()]
+    lines += [f"error in {name}: {msg}" for name, msg in results.get("errors", {}).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -212,19 +222,27 @@ def main(argv: list[str] | None = None) -> int:
     results = {"torch": torch.__version__, "device": str(device), "smoke": args.smoke,
                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
                or platform.machine(), "speed": []}
+    # The checks first: they take seconds, and a timeout in the timings must not cost them.
+    for name, check in (("host_syncs", _host_syncs), ("label_check", _label_check)):
+        try:
+            results[name] = check(device)
+        except Exception as err:  # noqa: BLE001 - recorded, and the exit status says so
+            results[name] = {"syncs": "not run", "refused": False, "message": f"{type(err).__name__}: {err}"}
+            results.setdefault("errors", {})[name] = results[name]["message"]
+        print(f"{name}: {results[name]}", flush=True)
     for cfg in _configs(args.smoke):
         row = _speed(cfg, device, repeats, warmup)
         results["speed"].append(row)
+        (out / "gpu_check.json").write_text(json.dumps(results, indent=2))  # what a timeout would leave
         print(f"{row['config']}: pgd/10U {row['pgd/10U']['median']:.3f}, ta/pgd {row['ta/pgd']['median']:.3f}",
               flush=True)
-    results["host_syncs"] = _host_syncs(device)
-    results["label_check"] = _label_check(device)
     results["seconds"] = time.perf_counter() - started
     (out / "gpu_check.json").write_text(json.dumps(results, indent=2))
     (out / "gpu_check.md").write_text(_markdown(results))
     print(_markdown(results))
     print(f"{results['seconds']:.0f} s; wrote {out / 'gpu_check.json'} and {out / 'gpu_check.md'}")
-    return 0
+    failed = bool(results.get("errors")) or any(r["errors"] for r in results["speed"])
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
