@@ -5,6 +5,7 @@ one batch into an adversarial training loss inside the user's own loop; :class:`
 and :class:`PhaseMonitor`, which tells during training whether ε is far above ε*.
 """
 
+from . import _moved
 from . import logs as _logs  # noqa: F401 - the library logger's default handler
 from ._version import __version__
 from .attacks import FGM, FGSM, PGD, Attack, fgm_perturb, pgd_perturb
@@ -15,6 +16,8 @@ from .monitor import PhaseMonitor, PhaseReport
 from .recorder import CleanBenchmarkRecorder
 from .schedules import LinearWarmup, linear_warmup, parse_eps, parse_eps_list
 from .step import AdversarialStep, StepOutput
+
+_moved.install()  # the old import paths of the kit's modules, for one release
 
 __all__ = [
     "FGM",

@@ -17,7 +17,7 @@ import math
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,13 +25,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from ._datasets import labels_of
 from ._outputs import logits_of
 from ._version import __version__
 from .attacks.model_state import eval_mode
 from .attacks.objectives import Objective, per_sample
-from .data import labels_of
 
 __all__ = [
     "RECIPE_KEYS",
@@ -44,8 +44,6 @@ __all__ = [
     "model_fingerprint",
     "read_record",
     "recipe_differences",
-    "record_clean_benchmark",
-    "step_decay",
     "write_json_atomic",
 ]
 
@@ -494,112 +492,7 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-class _OneEpoch:
-    """One pass over a loader whose batch order is fixed at construction; sized, for progress bars."""
+def __getattr__(name: str) -> Any:  # step_decay and record_clean_benchmark lived here until 0.1.0
+    from ._moved import moved_attribute
 
-    def __init__(self, loader: DataLoader) -> None:
-        self._batches, self._length = iter(loader), len(loader)
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __iter__(self):
-        return self._batches
-
-
-def step_decay(epoch: int, epochs: int) -> float:
-    """The paper's learning-rate factor: 1, then 0.1 from ``epochs // 2``, 0.01 from ``3 * epochs // 4``.
-
-    (Rice et al.'s schedule, lr / 10 at epochs 100 and 150 of 200, scaled to any length; ``epoch`` counts
-    from 0.) Use it for adversarial runs too, so that they compare with the clean benchmark like for like:
-    ``torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, epochs))``.
-
-    Example:
-        >>> [step_decay(e, 8) for e in (0, 3, 4, 5, 6, 7)]
-        [1.0, 1.0, 0.1, 0.1, 0.010000000000000002, 0.010000000000000002]
-    """
-    return 0.1 ** ((epoch >= epochs // 2) + (epoch >= (3 * epochs) // 4))
-
-
-def record_clean_benchmark(
-    model: nn.Module,
-    train_set: Dataset,
-    test_set: Dataset,
-    *,
-    epochs: int,
-    batch_size: int = 128,
-    lr: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    criterion: Objective | None = None,
-    train_eval_set: Dataset | None = None,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    on_epoch: Callable[[int, float, float], None] | None = None,
-    progress: Callable[[Iterable, int], Iterable] | None = None,
-    training: dict[str, Any] | None = None,
-) -> CleanBenchmark:
-    """Train ``model`` cleanly from its current weights and return the benchmark of its best epoch.
-
-    As in the paper: SGD with momentum, the learning rate divided by 10 at 1/2 and 3/4 of the epochs,
-    and early stopping at the epoch with the smallest clean test loss, whose weights are kept.
-
-    Args:
-        model: a freshly initialised model (trained in place; ends with the best epoch's weights).
-        train_set / test_set: the data, yielding ``(image, label)``.
-        epochs: training epochs.
-        batch_size, lr, momentum, weight_decay: SGD settings.
-        criterion: per-sample training loss; default cross-entropy.
-        train_eval_set: the training set without augmentation, for R̂(θ̂(0), 0); default ``train_set``.
-        device: where to train.
-        seed: seeds the shuffling.
-        on_epoch: called with ``(epoch, train_loss, test_loss)`` after each epoch.
-        progress: wraps each epoch's batch iterator (a progress bar), called as ``progress(loader, epoch)``.
-        training: extra fields for the record's ``training`` entry.
-    """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    device = torch.device(device)
-    crit = per_sample(criterion)
-    model.to(device)
-    gen = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
-    test_loader = DataLoader(test_set, batch_size=max(batch_size, 256))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, epochs))
-    best_loss, best_epoch, best_state = math.inf, 0, None
-    for epoch in range(1, epochs + 1):
-        model.train()
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        count = 0
-        # The epoch's order is drawn here, once: a progress wrapper that calls iter() twice (tqdm.auto does)
-        # would otherwise draw from the loader's generator again and train on another order.
-        batches = _OneEpoch(train_loader)
-        batches = progress(batches, epoch) if progress else batches
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            loss = crit(logits_of(model(x)), y).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach().double() * y.shape[0]
-            count += y.shape[0]
-        sched.step()
-        if not torch.isfinite(total):  # one read per epoch; the weights are poisoned from here on
-            raise ValueError(f"the clean training loss became {float(total)} in epoch {epoch}: NaN or inf in the "
-                             "training data, or the learning rate is too large for this model")
-        test_losses, _ = evaluate_clean(model, test_loader, criterion, device)
-        test_loss = float(test_losses.mean())
-        if on_epoch:
-            on_epoch(epoch, float(total) / max(count, 1), test_loss)
-        if test_loss < best_loss:
-            best_loss, best_epoch = test_loss, epoch
-            best_state = copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    eval_train = DataLoader(train_eval_set or train_set, batch_size=max(batch_size, 256))
-    info = {"epochs": epochs, "batch_size": batch_size, "optimizer": "sgd", "lr": lr, "momentum": momentum,
-            "weight_decay": weight_decay, "schedule": "step_decay", "seed": seed, **(training or {})}
-    bench = CleanBenchmark.measure(model, test_loader, eval_train, criterion, device, best_epoch=best_epoch,
-                                   training=info)
-    bench.dataset = dataset_fingerprint(train_eval_set or train_set, test_set)
-    return bench
+    return moved_attribute(__name__, name)

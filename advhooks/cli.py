@@ -21,7 +21,7 @@ from .schedules import format_eps, parse_eps_list
 __all__ = ["PRESET_NAMES", "app", "main"]
 
 # The presets' names for the help texts (the CLI does not import torch to print --help);
-# tests/test_cli.py keeps this list equal to advhooks.presets.PRESETS.
+# tests/test_cli.py keeps this list equal to advhooks.kit.presets.PRESETS.
 PRESET_NAMES = ("digits-mlp", "digits-cnn", "mnist-cnn", "mnist-mlp", "cifar10-preactresnet18", "cifar10-wrn34",
                 "cifar100-preactresnet18", "svhn-preactresnet18")
 _PRESET_HELP = "A named setting: " + ", ".join(PRESET_NAMES) + "."
@@ -170,8 +170,8 @@ def _resolve_setup(preset: str | None, model: str | None, data: str | None, data
     """The model factory and datasets from --preset and/or --model/--data (shared by the commands)."""
     import torch
 
-    from .data import load_dataset
-    from .presets import get_preset
+    from .kit.data import load_dataset
+    from .kit.presets import get_preset
 
     if preset is None and (model is None or data is None):
         raise ValueError("give --preset, or both --model and --data")
@@ -228,8 +228,9 @@ def benchmark_clean(
     import torch
     from tqdm.auto import tqdm
 
-    from .benchmark import CleanBenchmark, record_clean_benchmark
-    from .checkpoints import load_weights, read_state_dict
+    from .benchmark import CleanBenchmark
+    from .kit.checkpoints import load_weights, read_state_dict
+    from .kit.training import record_clean_benchmark
 
     _check_options(epochs=epochs, batch_size=batch_size, lr=lr)
     normalization = _parse_normalize(normalize)
@@ -315,8 +316,8 @@ def estimate_eps_star(
     """Estimate the critical attack strength eps*, with its band, for a clean benchmark."""
     from tqdm.auto import tqdm
 
-    from . import estimate as E
     from .benchmark import CleanBenchmark
+    from .kit import estimate as E
 
     method = method.lower()
     if method not in E.METHODS:
@@ -372,7 +373,7 @@ def estimate_eps_star(
         json_out.write_text(result.to_json(indent=2))
         typer.echo(f"wrote {json_out}")
     if plot is not None:
-        from .plotting import plot_estimate
+        from .kit.estimate_plot import plot_estimate
 
         typer.echo(f"wrote {plot_estimate(result, plot)}")
 
@@ -456,7 +457,7 @@ def demo(
     """The main job on the embedded digits: benchmark, eps* estimates, and watched adversarial training."""
     from tqdm.auto import tqdm
 
-    from .demo import format_demo_table, run_demo
+    from .kit.demo import format_demo_table, run_demo
 
     _prepare_output(out, "--out", folder=True)
     bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", disable=not _progress_shown(quiet), file=sys.stderr)
@@ -504,7 +505,7 @@ def simulate_linear(
     """Section 4 of the paper: linear regression under an L2 attack, Figures 2 and 3 as a table."""
     from tqdm.auto import tqdm
 
-    from .theory import LinearSetting, simulate
+    from .kit.theory import LinearSetting, simulate
 
     dims = _int_list(d, "--d")
     ratio_list = parse_eps_list(ratios)
@@ -541,7 +542,7 @@ def simulate_linear(
         json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2))
         typer.echo(f"wrote {json_out}")
     if plot is not None:
-        from .theory.plot import plot_simulation
+        from .kit.theory.plot import plot_simulation
 
         typer.echo(f"wrote {plot_simulation(results, plot)}")
 

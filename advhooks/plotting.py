@@ -1,15 +1,11 @@
-"""Pictures of ε* estimates (needs the ``plot`` extra: matplotlib)."""
+"""Pictures of a monitored run, and the matplotlib helpers the kit's figures share (the ``plot`` extra)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .estimate import EpsStarEstimate
-
-__all__ = ["plot_estimate", "plot_run", "pyplot", "save_figure"]
+__all__ = ["plot_run", "pyplot", "save_figure"]
 
 
 def pyplot():
@@ -32,48 +28,6 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     fig.savefig(out)
     pyplot().close(fig)
     return out
-
-
-def plot_estimate(est: EpsStarEstimate, path: str | os.PathLike, unit: float = 1 / 255) -> Path:
-    """Adversarial training loss against ε with the R*(0) line, the points, the fit and the ε* marker.
-
-    Args:
-        est: an estimate from :mod:`advhooks.estimate`.
-        path: where to write the PNG.
-        unit: the x axis is ε / ``unit`` (default ε × 255).
-    """
-    plt = pyplot()
-    scale = 1 / unit
-    label = "ε × 255" if abs(scale - 255) < 1e-9 else f"ε / {unit:g}"
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    pts = [p for p in est.points if p.get("loss") is not None]
-    runs = sorted({p.get("run", 0) for p in pts})
-    for run in runs:
-        xs = [p["eps"] * scale for p in pts if p.get("run", 0) == run]
-        ys = [p["loss"] for p in pts if p.get("run", 0) == run]
-        ax.plot(xs, ys, "o" if est.method == "finetune" else "o-", alpha=0.8,
-                label="adversarial training loss" if run == runs[0] else None, color="tab:blue")
-    ax.axhline(est.clean_test_loss, color="tab:green", ls="--", label=f"R*(0) = {est.clean_test_loss:.4f}")
-    if est.fit:
-        hi = max([p["eps"] for p in pts] + [est.value or 0.0]) * 1.1
-        xs = [0.0, hi]
-        ax.plot([x * scale for x in xs], [est.fit["intercept"] + est.fit["slope"] * x for x in xs], color="tab:orange",
-                label=f"fit a + bε (b = {est.fit['slope']:.3g})")
-    if est.value is not None:
-        ax.axvline(est.value * scale, color="tab:red", ls=":", label=f"{est.method} ε* = {est.value * scale:.3g}/255")
-        ax.plot([est.value * scale], [est.clean_test_loss], "*", color="tab:red", markersize=14)
-    if est.lower_bound is not None and est.method != "clean-probe":
-        ax.axvline(est.lower_bound * scale, color="tab:gray", ls="--", lw=1,
-                   label=f"clean-probe lower bound {est.lower_bound * scale:.3g}/255")
-    if est.first_order is not None:
-        ax.axvline(est.first_order * scale, color="tab:purple", ls="-.",
-                   label=f"first order {est.first_order * scale:.3g}/255")
-    ax.set_xlabel(label)
-    ax.set_ylabel("adversarial training loss R̂(θ, ε)")
-    ax.set_title(f"ε* by {est.method} ({est.norm})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
 
 
 def plot_run(record: dict, clean_test_loss: float, clean_band: tuple[float, float], path: str | os.PathLike) -> Path:

@@ -1,4 +1,4 @@
-"""ε schedules: callables of the training step that return the attack strength."""
+"""Schedules: ε as a callable of the training step, and the paper's learning-rate decay (:func:`step_decay`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Union
 from ._validation import check_finite_nonnegative
 
 __all__ = ["EpsLike", "LinearWarmup", "check_eps_value", "format_eps", "linear_warmup", "parse_eps", "parse_eps_list",
-           "resolve_eps", "validate_eps"]
+           "resolve_eps", "step_decay", "validate_eps"]
 
 EpsLike = Union[float, Callable[[int], float]]
 
@@ -124,3 +124,17 @@ def parse_eps_list(text: str) -> list[float]:
     if any(not p for p in parts):
         raise ValueError(f"eps list has an empty entry: {text!r}")
     return [parse_eps(p) for p in parts]
+
+
+def step_decay(epoch: int, epochs: int) -> float:
+    """The paper's learning-rate factor: 1, then 0.1 from ``epochs // 2``, 0.01 from ``3 * epochs // 4``.
+
+    (Rice et al.'s schedule, lr / 10 at epochs 100 and 150 of 200, scaled to any length; ``epoch`` counts
+    from 0.) Use it for adversarial runs too, so that they compare with the clean benchmark like for like:
+    ``torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, epochs))``.
+
+    Example:
+        >>> [step_decay(e, 8) for e in (0, 3, 4, 5, 6, 7)]
+        [1.0, 1.0, 0.1, 0.1, 0.010000000000000002, 0.010000000000000002]
+    """
+    return 0.1 ** ((epoch >= epochs // 2) + (epoch >= (3 * epochs) // 4))

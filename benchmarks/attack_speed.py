@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from _timing import paired_times
 
 from advhooks import PGD, AdversarialStep
-from advhooks.models import MnistCNN, PreActResNet18
+from advhooks.kit.models import MnistCNN, PreActResNet18
 
 STEPS = 10
 EPS = 8 / 255

@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from advhooks import estimate as E
-from advhooks.benchmark import record_clean_benchmark
-from advhooks.data import load_digits
-from advhooks.presets import get_preset
+from advhooks.kit import estimate as E
+from advhooks.kit.data import load_digits
+from advhooks.kit.presets import get_preset
+from advhooks.kit.training import record_clean_benchmark
 
 GRID = tuple(e / 255 for e in (4, 8, 12, 16, 24))
 

@@ -30,7 +30,7 @@ import json, random, statistics, sys, time
 import torch
 import torch.nn.functional as F
 from advhooks import PGD
-from advhooks.models import MnistCNN, PreActResNet18
+from advhooks.kit.models import MnistCNN, PreActResNet18
 from advhooks.perf import retain_host_memory
 retained = retain_host_memory() if sys.argv[1] == "retained" else False
 repeats = int(sys.argv[2])

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from _timing import paired_times, sync
 
 from advhooks import PGD, AdversarialStep, PhaseMonitor
-from advhooks.models import MnistCNN, PreActResNet18
+from advhooks.kit.models import MnistCNN, PreActResNet18
 from advhooks.perf import count_host_reads
 
 STEPS, EPS = 10, 8 / 255

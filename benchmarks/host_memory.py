@@ -17,7 +17,7 @@ CHILD = r"""
 import json, resource, statistics, sys, time
 import torch
 from advhooks import PGD
-from advhooks.models import MnistCNN, PreActResNet18
+from advhooks.kit.models import MnistCNN, PreActResNet18
 from advhooks.perf import retain_host_memory
 retained = retain_host_memory() if sys.argv[1] == "retained" else False
 torch.manual_seed(0)

@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from advhooks import PGD, AdversarialStep
-from advhooks.data import load_digits
-from advhooks.models import MLP, MnistCNN
+from advhooks.kit.data import load_digits
+from advhooks.kit.models import MLP, MnistCNN
 from advhooks.monitor import PhaseMonitor
 
 

@@ -21,11 +21,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from advhooks import FGM, PGD, AdversarialStep
-from advhooks.benchmark import step_decay
-from advhooks.data import load_digits
 from advhooks.free import FreeAdversarialStep
-from advhooks.presets import get_preset
-from advhooks.training import adversarial_loss
+from advhooks.kit.data import load_digits
+from advhooks.kit.presets import get_preset
+from advhooks.kit.training import adversarial_loss
+from advhooks.schedules import step_decay
 
 EPS = 8 / 255
 

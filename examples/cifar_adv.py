@@ -28,11 +28,11 @@ from accelerate import Accelerator  # accelerate (1/4)
 from torch.utils.data import DataLoader
 
 from advhooks import PGD, parse_eps
-from advhooks.benchmark import step_decay
-from advhooks.data import DataNotFoundError, load_dataset
 from advhooks.integrations.accelerate import AcceleratedAdversarialTraining
+from advhooks.kit.data import DataNotFoundError, load_dataset
+from advhooks.kit.presets import get_preset
 from advhooks.monitor import PhaseMonitor
-from advhooks.presets import get_preset
+from advhooks.schedules import step_decay
 
 PRESETS = {"cifar10": "cifar10-preactresnet18", "digits": "digits-mlp"}
 

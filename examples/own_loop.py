@@ -26,9 +26,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from advhooks import PGD, AdversarialStep, CleanBenchmarkRecorder, PhaseMonitor, parse_eps  # advhooks (1/5)
-from advhooks.benchmark import step_decay
-from advhooks.data import DATASETS, load_cifar10, load_digits
-from advhooks.models import PreActResNet18
+from advhooks.kit.data import DATASETS, load_cifar10, load_digits
+from advhooks.kit.models import PreActResNet18
+from advhooks.schedules import step_decay
 
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
 

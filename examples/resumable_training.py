@@ -30,11 +30,11 @@ import torch
 from accelerate import Accelerator
 
 from advhooks import PGD
-from advhooks.benchmark import step_decay
-from advhooks.data import load_digits
 from advhooks.integrations.accelerate import AcceleratedAdversarialTraining
+from advhooks.kit.data import load_digits
+from advhooks.kit.presets import get_preset
 from advhooks.monitor import PhaseMonitor
-from advhooks.presets import get_preset
+from advhooks.schedules import step_decay
 
 CHECKPOINT_PREFIX = "step_"
 

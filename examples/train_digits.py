@@ -20,10 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from advhooks import PGD, AdversarialStep, parse_eps  # advhooks (1/4)
-from advhooks.benchmark import step_decay
-from advhooks.data import load_digits
+from advhooks.kit.data import load_digits
+from advhooks.kit.presets import get_preset
 from advhooks.monitor import PhaseMonitor
-from advhooks.presets import get_preset
+from advhooks.schedules import step_decay
 
 log = logging.getLogger("train_digits")
 

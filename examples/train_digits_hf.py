@@ -19,8 +19,8 @@ import torch
 from transformers import Trainer, TrainingArguments, ViTConfig, ViTForImageClassification  # transformers (1/3)
 
 from advhooks import PGD, parse_eps
-from advhooks.data import load_digits
 from advhooks.integrations.transformers import AdversarialTrainer, CleanBenchmarkCallback, PhaseMonitorCallback
+from advhooks.kit.data import load_digits
 
 
 class PixelDataset(torch.utils.data.Dataset):

@@ -13,10 +13,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from advhooks import PGD, parse_eps
-from advhooks.benchmark import step_decay
-from advhooks.data import load_digits
 from advhooks.integrations.lightning import AdversarialTrainingMixin, PhaseMonitorCallback
-from advhooks.presets import get_preset
+from advhooks.kit.data import load_digits
+from advhooks.kit.presets import get_preset
+from advhooks.schedules import step_decay
 
 
 # lightning (2/3): the model as a LightningModule; the mixin supplies the adversarial training_step

@@ -24,10 +24,11 @@ from typer.testing import CliRunner
 
 from advhooks import FGM, PGD, AdversarialStep, linear_warmup, pgd_perturb
 from advhooks.attacks.graphs import GraphedAttack
-from advhooks.benchmark import BenchmarkFormatError, CleanBenchmark, record_clean_benchmark
-from advhooks.checkpoints import load_weights
+from advhooks.benchmark import BenchmarkFormatError, CleanBenchmark
 from advhooks.cli import app
-from advhooks.data import UnsafePickleError, load_cifar10
+from advhooks.kit.checkpoints import load_weights
+from advhooks.kit.data import UnsafePickleError, load_cifar10
+from advhooks.kit.training import record_clean_benchmark
 from advhooks.monitor import PhaseMonitor
 
 from .conftest import SmallCNN
@@ -156,7 +157,7 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
 
 
 def _records_of_another_benchmark(tmp: Path) -> None:
-    from advhooks.estimate import estimate_from_records
+    from advhooks.kit.estimate import estimate_from_records
 
     mine, other = CleanBenchmark.load(_bench(tmp)), PhaseMonitor(0.123, eps=0.01)
     other.update(torch.tensor(0.2), batch_size=4)
@@ -297,10 +298,10 @@ CLI: dict[str, tuple[list[str], str]] = {
     "cli-unknown-preset": (["benchmark-clean", "--preset", "imagenet"], "preset must be one of"),
     "cli-factory-module-missing": (["benchmark-clean", "--model", "nosuchmod:f", "--data", "nosuchmod:g"],
                                    "cannot import module"),
-    "cli-factory-path-malformed": (["benchmark-clean", "--model", "advhooks.models", "--data", "x:y"],
+    "cli-factory-path-malformed": (["benchmark-clean", "--model", "advhooks.kit.models", "--data", "x:y"],
                                    "package.module:function"),
-    "cli-factory-attribute-missing": (["benchmark-clean", "--model", "advhooks.models:Nope", "--data",
-                                       "advhooks.data:load_digits"], "has no callable"),
+    "cli-factory-attribute-missing": (["benchmark-clean", "--model", "advhooks.kit.models:Nope", "--data",
+                                       "advhooks.kit.data:load_digits"], "has no callable"),
     "cli-epochs-zero": (["benchmark-clean", "--preset", "digits-mlp", "--epochs", "0"], "--epochs must be >= 1"),
     "cli-dataset-missing": (["benchmark-clean", "--preset", "mnist-cnn", "--data-dir", "{tmp}"], "MNIST not found"),
     "cli-checkpoint-missing": (["benchmark-clean", "--preset", "digits-mlp", "--checkpoint", "{tmp}/none.pt"],
@@ -358,9 +359,9 @@ def test_behaviour_row(row, tmp_path):
 def cli_files(tmp_path_factory) -> Path:
     from safetensors.torch import save_file
 
-    from advhooks.benchmark import record_clean_benchmark
-    from advhooks.data import load_digits
-    from advhooks.presets import get_preset
+    from advhooks.kit.data import load_digits
+    from advhooks.kit.presets import get_preset
+    from advhooks.kit.training import record_clean_benchmark
 
     tmp = tmp_path_factory.mktemp("cli")
     save_file({"w": torch.zeros(1)}, str(tmp / "plain.safetensors"))

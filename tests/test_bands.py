@@ -12,9 +12,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from advhooks import PGD, PhaseMonitor
-from advhooks import estimate as E
 from advhooks.benchmark import CleanBenchmark
 from advhooks.cli import app
+from advhooks.kit import estimate as E
 from advhooks.monitor import RUN_RECORD_SCHEMA
 from advhooks.uncertainty import MeanEstimate, ratio_interval
 

@@ -17,10 +17,10 @@ from advhooks.benchmark import (
     BenchmarkFormatError,
     CleanBenchmark,
     read_record,
-    record_clean_benchmark,
 )
-from advhooks.data import load_digits
-from advhooks.models import MLP
+from advhooks.kit.data import load_digits
+from advhooks.kit.models import MLP
+from advhooks.kit.training import record_clean_benchmark
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from advhooks import FGM, AdversarialStep
-from advhooks.data import load_digits
 from advhooks.diagnostics import CatastrophicOverfittingDetector
 from advhooks.free import FreeAdversarialStep
+from advhooks.kit.data import load_digits
+from advhooks.kit.presets import get_preset
 from advhooks.monitor import PhaseMonitor
-from advhooks.presets import get_preset
 
 EPS = 8 / 255
 EPOCHS = 3

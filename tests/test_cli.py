@@ -46,16 +46,16 @@ def test_wheel_installs_integrations_as_a_subpackage(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "advhooks/integrations/__init__.py" in names
     assert not [n for n in names if n.startswith(("integrations/", "tests/", "examples/"))]
-    # Every module of every subpackage: a hand-written package list once left advhooks.theory out.
+    # Every module of every subpackage: a hand-written package list once left advhooks.kit.theory out.
     expected = {p.relative_to(root).as_posix() for p in (root / "advhooks").rglob("*.py")}
     expected |= {"advhooks/integrations/" + p.name for p in (root / "integrations").glob("*.py")}
-    assert "advhooks/theory/linear.py" in expected
+    assert "advhooks/kit/theory/linear.py" in expected
     assert not sorted(expected - set(names)), f"the wheel lacks {sorted(expected - set(names))}"
 
 
 def test_preset_names_in_the_help_are_the_presets():
     from advhooks.cli import PRESET_NAMES
-    from advhooks.presets import PRESETS
+    from advhooks.kit.presets import PRESETS
 
     assert set(PRESET_NAMES) == set(PRESETS)
     help_text = CliRunner().invoke(app, ["benchmark-clean", "--help"], terminal_width=200).output

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from advhooks.benchmark import CleanBenchmark
 from advhooks.cli import app
-from advhooks.presets import get_preset
+from advhooks.kit.presets import get_preset
 
 runner = CliRunner()
 
@@ -119,8 +119,8 @@ def test_user_model_and_data_factories(tmp_path, monkeypatch):
 
 def test_the_cli_records_the_same_benchmark_as_the_library(tmp_path):
     # The CLI's progress bar once drew the batch order a second time: same seed, another R*(0).
-    from advhooks.benchmark import record_clean_benchmark
-    from advhooks.data import load_digits
+    from advhooks.kit.data import load_digits
+    from advhooks.kit.training import record_clean_benchmark
 
     preset = get_preset("digits-mlp")
     train, test = load_digits(seed=0)

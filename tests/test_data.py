@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from advhooks.data import (
+from advhooks.kit.data import (
     DataNotFoundError,
     ImageArrayDataset,
     UnsafePickleError,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from advhooks.data import ImageArrayDataset
+from advhooks.kit.data import ImageArrayDataset
 
 
 def _dataset(seed: int = 0) -> ImageArrayDataset:

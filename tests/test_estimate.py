@@ -8,12 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from advhooks import estimate as E
 from advhooks import parse_eps_list
-from advhooks.benchmark import CleanBenchmark, record_clean_benchmark
+from advhooks.benchmark import CleanBenchmark
 from advhooks.cli import app
-from advhooks.data import load_digits
-from advhooks.presets import get_preset
+from advhooks.kit import estimate as E
+from advhooks.kit.data import load_digits
+from advhooks.kit.presets import get_preset
+from advhooks.kit.training import record_clean_benchmark
 
 PRESET = get_preset("digits-mlp")
 

@@ -11,7 +11,7 @@ from scipy import optimize, stats
 from typer.testing import CliRunner
 
 from advhooks.cli import app
-from advhooks.theory import (
+from advhooks.kit.theory import (
     LinearSetting,
     adversarial_loss_grad,
     adversarial_sq_loss,
@@ -21,7 +21,7 @@ from advhooks.theory import (
     sample_data,
     simulate,
 )
-from advhooks.theory.linear import _hotelling_pvalues
+from advhooks.kit.theory.linear import _hotelling_pvalues
 
 
 def test_closed_form_inner_max_beats_a_brute_force_search_of_the_ball():

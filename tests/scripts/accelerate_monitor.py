@@ -13,10 +13,10 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from advhooks import PGD
-from advhooks.data import load_digits
 from advhooks.integrations.accelerate import AcceleratedAdversarialTraining
+from advhooks.kit.data import load_digits
+from advhooks.kit.presets import get_preset
 from advhooks.monitor import PhaseMonitor
-from advhooks.presets import get_preset
 
 
 def main(out_path: str) -> None:

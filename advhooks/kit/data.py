@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from .._datasets import labels_of
+
 __all__ = [
     "DATASETS",
     "DataNotFoundError",
@@ -132,19 +134,6 @@ class ImageArrayDataset(Dataset):
             if torch.rand((), generator=gen) < 0.5:
                 img = img.flip(-1)
         return img, self.labels[index]
-
-
-def labels_of(dataset: Dataset) -> torch.Tensor:
-    """All labels of a classification dataset as an int64 tensor (fast paths for the presets)."""
-    if isinstance(dataset, ImageArrayDataset):
-        return dataset.labels
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
-        return dataset.tensors[1].long()
-    for attr in ("targets", "labels"):
-        value = getattr(dataset, attr, None)
-        if value is not None:
-            return torch.as_tensor(np.asarray(value)).long()
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
 
 
 def load_digits(seed: int = 0, test_fraction: float = 0.25) -> tuple[TensorDataset, TensorDataset]:

@@ -1,4 +1,4 @@
-"""Figures 2 and 3 of the paper from :func:`advhooks.theory.simulate` results (needs matplotlib)."""
+"""Figures 2 and 3 of the paper from :func:`advhooks.kit.theory.simulate` results (needs matplotlib)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..plotting import pyplot, save_figure
+from ...plotting import pyplot, save_figure
 from .linear import SimulationResult
 
 __all__ = ["plot_simulation"]

@@ -37,16 +37,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ._outputs import logits_of
-from .attacks import FGM, PGD, Attack, dual_norm, eval_mode
-from .attacks.domain import InputDomain, Normalization
-from .attacks.objectives import cross_entropy
-from .benchmark import CleanBenchmark, benchmark_reference, write_json_atomic
-from .evaluation import FixedSubset, evaluate_adversarial_loss
-from .monitor import RUN_RECORD_SCHEMA, PhaseMonitor
-from .schedules import format_eps
+from .._outputs import logits_of
+from ..attacks import FGM, PGD, Attack, dual_norm, eval_mode
+from ..attacks.domain import InputDomain, Normalization
+from ..attacks.objectives import cross_entropy
+from ..benchmark import CleanBenchmark, benchmark_reference, write_json_atomic
+from ..evaluation import FixedSubset, evaluate_adversarial_loss
+from ..monitor import RUN_RECORD_SCHEMA, PhaseMonitor
+from ..schedules import format_eps
+from ..uncertainty import DEFAULT_LEVEL, bootstrap_means, normal_draws, propagate, z_value
 from .training import PassCounter, adversarial_loss, train_adversarially
-from .uncertainty import DEFAULT_LEVEL, bootstrap_means, normal_draws, propagate, z_value
 
 __all__ = [
     "DEFAULT_LADDER",

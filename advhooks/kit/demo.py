@@ -23,15 +23,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ..attacks import PGD
+from ..monitor import PhaseMonitor
+from ..plotting import pyplot, save_figure
+from ..schedules import format_eps
 from . import estimate as E
-from .attacks import PGD
-from .benchmark import record_clean_benchmark
 from .data import load_digits
-from .monitor import PhaseMonitor
-from .plotting import pyplot, save_figure
 from .presets import get_preset
-from .schedules import format_eps
-from .training import adversarial_loss, train_adversarially
+from .training import adversarial_loss, record_clean_benchmark, train_adversarially
 
 __all__ = ["DEMO_EPS", "QUICK_EPS", "format_demo_table", "run_demo"]
 

@@ -15,7 +15,7 @@ Measurements (Figures 2 and 3 of the paper):
   R̂(θ^(T)(0), 0) of the reference runs, upper tail, (1 + #{clean ≥ x}) / (m + 1);
 - the loss-criterion ε* of each repeat: sup{ε : R̂(θ̂(ε), ε) ≤ R(θ̂(0), 0)} with the exact population
   clean risk R(θ, 0) = ‖θ − θ0‖² + σ², found by bisection (R̂(θ̂(ε), ε) increases with ε);
-- the gradient-based estimators of :mod:`advhooks.estimate` applied to this model: the first-order
+- the gradient-based estimators of :mod:`advhooks.kit.estimate` applied to this model: the first-order
   Δ / mean‖∇ₓℓ‖₂ (here ‖∇ₓℓ‖₂ = 2|r|‖θ‖) and the fine-tune + linear extrapolation from θ̂(0).
 """
 

@@ -1,0 +1,91 @@
+"""The two layers: the core a user wraps a loop with imports nothing from the experiment kit or the CLI,
+and the import paths that moved to the kit keep working for one release."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "advhooks"
+
+
+def _module_name(path: Path) -> str:
+    if path.is_relative_to(ROOT / "integrations"):
+        return "advhooks.integrations." + path.stem
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, name: str | None = None) -> set[str]:
+    """Every advhooks module ``path`` (module ``name``) imports, at any depth of the file (lazy imports too)."""
+    name = name or _module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m.startswith("advhooks")}
+
+
+def _core_files() -> list[Path]:
+    kit, cli = PACKAGE / "kit", PACKAGE / "cli.py"
+    files = [p for p in PACKAGE.rglob("*.py") if not p.is_relative_to(kit) and p != cli]
+    return files + sorted((ROOT / "integrations").glob("*.py"))
+
+
+def test_the_core_and_the_adapters_import_nothing_from_the_kit_or_the_cli():
+    files = _core_files()
+    assert len(files) > 20 and any(p.name == "monitor.py" or p.parent.name == "monitor" for p in files)
+    offending = {}
+    for path in files:
+        bad = sorted(m for m in _imports(path) if m.startswith(("advhooks.kit", "advhooks.cli")))
+        if bad:
+            offending[str(path.relative_to(ROOT))] = bad
+    assert offending == {}
+
+
+def test_the_layer_check_sees_a_lazy_import_of_the_kit(tmp_path):
+    module = tmp_path / "lazy.py"
+    module.write_text("def f():\n    from ..kit.data import load_digits\n")
+    assert "advhooks.kit.data" in _imports(module, "advhooks.attacks.lazy")
+
+
+@pytest.mark.parametrize("old, new", [
+    ("advhooks.data", "advhooks.kit.data"), ("advhooks.models", "advhooks.kit.models"),
+    ("advhooks.presets", "advhooks.kit.presets"), ("advhooks.training", "advhooks.kit.training"),
+    ("advhooks.estimate", "advhooks.kit.estimate"), ("advhooks.theory.linear", "advhooks.kit.theory.linear"),
+])
+def test_an_old_module_path_is_the_moved_module_with_a_deprecation_warning(old, new):
+    import sys
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(new)
+
+
+def test_names_that_left_the_benchmark_module_still_import_from_it():
+    from advhooks.kit.training import record_clean_benchmark
+    from advhooks.schedules import step_decay
+
+    with pytest.warns(DeprecationWarning, match="advhooks.benchmark.step_decay moved to advhooks.schedules"):
+        from advhooks.benchmark import step_decay as old_step_decay
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from advhooks.benchmark import record_clean_benchmark as old_record
+    assert old_step_decay is step_decay and old_record is record_clean_benchmark
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        getattr(importlib.import_module("advhooks.benchmark"), "no_such_name")
