@@ -8,7 +8,7 @@ and :class:`PhaseMonitor`, which tells during training whether Îµ is far above Î
 from . import _moved
 from . import logs as _logs  # noqa: F401 - the library logger's default handler
 from ._version import __version__
-from .attacks import FGM, FGSM, PGD, Attack, fgm_perturb, pgd_perturb
+from .attacks import FGM, FGSM, PGD, Attack, AttackConfig, fgm_perturb, perturb, pgd_perturb
 from .benchmark import CleanBenchmark
 from .free import FreeAdversarialStep
 from .losses import at_loss, mart_loss, trades_loss
@@ -25,6 +25,7 @@ __all__ = [
     "PGD",
     "AdversarialStep",
     "Attack",
+    "AttackConfig",
     "CleanBenchmark",
     "CleanBenchmarkRecorder",
     "FreeAdversarialStep",
@@ -39,6 +40,7 @@ __all__ = [
     "mart_loss",
     "parse_eps",
     "parse_eps_list",
+    "perturb",
     "pgd_perturb",
     "trades_loss",
 ]

@@ -2,8 +2,9 @@
 
 The experiment kit (data, models, presets, training recipes, ε* estimators, demo, theory, checkpoints) went
 to :mod:`advhooks.kit`; :func:`step_decay` went to :mod:`advhooks.schedules` and
-:func:`record_clean_benchmark` to :mod:`advhooks.kit.training`. An old module path is an alias of the new
-module (the same object, so ``isinstance`` and monkeypatching still agree).
+:func:`record_clean_benchmark` to :mod:`advhooks.kit.training`; ``advhooks.attacks.objectives`` is now
+:mod:`advhooks.attacks.criteria` (an attack's ``objective=`` is now ``criterion=``). An old module path is an
+alias of the new module (the same object, so ``isinstance`` and monkeypatching still agree).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = ["MOVED_MODULES", "MOVED_NAMES", "install", "moved_attribute"]
 
 MOVED_MODULES = {f"advhooks.{name}": f"advhooks.kit.{name}"
                  for name in ("data", "models", "presets", "training", "estimate", "demo", "checkpoints", "theory")}
+MOVED_MODULES["advhooks.attacks.objectives"] = "advhooks.attacks.criteria"  # an attack's "objective" is its criterion
 MOVED_NAMES = {("advhooks.benchmark", "step_decay"): "advhooks.schedules",
                ("advhooks.benchmark", "record_clean_benchmark"): "advhooks.kit.training"}
 

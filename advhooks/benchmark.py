@@ -30,8 +30,8 @@ from torch.utils.data import Dataset
 from ._datasets import labels_of
 from ._outputs import logits_of
 from ._version import __version__
+from .attacks.criteria import Criterion, per_sample
 from .attacks.model_state import eval_mode
-from .attacks.objectives import Objective, per_sample
 
 __all__ = [
     "RECIPE_KEYS",
@@ -93,14 +93,14 @@ def dataset_fingerprint(train: Dataset | None, test: Dataset) -> dict[str, Any]:
     return out
 
 
-def _criterion_name(criterion: Objective | None) -> str:
+def _criterion_name(criterion: Criterion | None) -> str:
     if criterion is None:
         return "cross_entropy"
     return getattr(criterion, "__name__", type(criterion).__name__)
 
 
 @torch.no_grad()
-def evaluate_clean(model: nn.Module, loader: Iterable, criterion: Objective | None = None,
+def evaluate_clean(model: nn.Module, loader: Iterable, criterion: Criterion | None = None,
                    device: torch.device | str | None = None) -> tuple[torch.Tensor, float]:
     """Per-sample clean losses (float64, on the CPU) and the accuracy of ``model`` over ``loader``.
 
@@ -178,7 +178,7 @@ class CleanBenchmark:
     # -- measuring -------------------------------------------------------------------------------
     @classmethod
     def measure(cls, model: nn.Module, test_loader: Iterable, train_loader: Iterable | None = None,
-                criterion: Objective | None = None, device: torch.device | str | None = None,
+                criterion: Criterion | None = None, device: torch.device | str | None = None,
                 best_epoch: int | None = None, training: dict[str, Any] | None = None) -> CleanBenchmark:
         """Measure a clean model the user already has.
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ._outputs import logits_of
 from .attacks import Attack, eval_mode
-from .attacks.objectives import Objective, per_sample
+from .attacks.criteria import Criterion, per_sample
 from .uncertainty import MeanEstimate
 
 __all__ = ["FixedSubset", "evaluate_adversarial_loss"]
@@ -57,7 +57,7 @@ def evaluate_adversarial_loss(
     *,
     eps: float | None = None,
     subset: FixedSubset | int | None = None,
-    criterion: Objective | None = None,
+    criterion: Criterion | None = None,
     batch_size: int = 256,
     device: torch.device | str | None = None,
 ) -> tuple[MeanEstimate, float]:

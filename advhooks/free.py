@@ -23,9 +23,9 @@ from torch import nn
 
 from ._outputs import logits_of
 from ._validation import check_choice, check_finite_nonnegative, check_positive, check_positive_int
+from .attacks.criteria import Criterion, per_sample
 from .attacks.domain import Bounds, InputDomain
 from .attacks.norms import NORMS, project_, steepest_direction_
-from .attacks.objectives import Objective, per_sample
 from .step import StepOutput
 
 __all__ = ["FreeAdversarialStep"]
@@ -55,7 +55,7 @@ class FreeAdversarialStep:
 
     def __init__(self, model: nn.Module, eps: float, replays: int = 4, norm: str = "linf",
                  step_size: float | None = None, bounds: Bounds = (0.0, 1.0),
-                 criterion: Objective | None = None) -> None:
+                 criterion: Criterion | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model

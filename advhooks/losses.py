@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attacks.objectives import Objective, per_sample, upcast
+from .attacks.criteria import Criterion, kl_to_reference, per_sample, upcast
 
 __all__ = [
     "OBJECTIVES",
@@ -30,30 +30,18 @@ __all__ = [
     "at_loss",
     "boosted_cross_entropy",
     "get_objective",
-    "kl_to_reference",
     "mart_loss",
     "trades_loss",
 ]
 
 
-def kl_to_reference(logits: torch.Tensor, reference_log_probs: torch.Tensor) -> torch.Tensor:
-    """Per-sample KL(p_ref ‖ softmax(logits)): TRADES' attack objective.
-
-    Args:
-        logits: logits on the perturbed input.
-        reference_log_probs: log-probabilities on the clean input (detached).
-    """
-    log_q = F.log_softmax(upcast(logits), dim=1)
-    return F.kl_div(log_q, upcast(reference_log_probs), reduction="none", log_target=True).sum(dim=1)
-
-
-def at_loss(adv_logits: torch.Tensor, targets: torch.Tensor, criterion: Objective | None = None) -> torch.Tensor:
+def at_loss(adv_logits: torch.Tensor, targets: torch.Tensor, criterion: Criterion | None = None) -> torch.Tensor:
     """Standard adversarial training (Madry et al.): mean criterion on the adversarial logits."""
     return per_sample(criterion)(adv_logits, targets).mean()
 
 
 def trades_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, targets: torch.Tensor, beta: float = 6.0,
-                criterion: Objective | None = None) -> torch.Tensor:
+                criterion: Criterion | None = None) -> torch.Tensor:
     """TRADES (Zhang et al. 2019): ``CE(f(x), y) + β · KL(f(x) ‖ f(x'))``, batch mean.
 
     Args:

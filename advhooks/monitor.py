@@ -51,7 +51,7 @@ from torch import nn
 from ._outputs import logits_of
 from ._validation import check_finite_nonnegative, check_positive, check_positive_int
 from .attacks import PGD, Attack, eval_mode
-from .attacks.objectives import per_sample
+from .attacks.criteria import per_sample
 from .benchmark import (
     CleanBenchmark,
     benchmark_reference,

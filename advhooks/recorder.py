@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .attacks.objectives import Objective
+from .attacks.criteria import Criterion
 from .benchmark import CleanBenchmark, dataset_fingerprint, evaluate_clean
 
 __all__ = ["CleanBenchmarkRecorder"]
@@ -52,7 +52,7 @@ class CleanBenchmarkRecorder:
     """
 
     def __init__(self, test_data: Dataset | Iterable, *, recipe: Mapping[str, Any] | None = None,
-                 criterion: Objective | None = None, batch_size: int = 256,
+                 criterion: Criterion | None = None, batch_size: int = 256,
                  device: torch.device | str | None = None) -> None:
         self.test_data = test_data
         self.recipe = {k: v for k, v in dict(recipe or {}).items() if k != "model"}  # the benchmark fingerprints it

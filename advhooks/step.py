@@ -17,9 +17,9 @@ from torch import nn
 from ._outputs import call_model
 from ._validation import check_finite_nonnegative, check_unit_interval
 from .attacks import Attack, attack_mode, per_sample
+from .attacks.criteria import Criterion, kl_to_reference, upcast
 from .attacks.norms import random_in_ball_
-from .attacks.objectives import Objective, upcast
-from .losses import get_objective, kl_to_reference, mart_loss, trades_loss
+from .losses import get_objective, mart_loss, trades_loss
 
 __all__ = ["AdversarialStep", "StepOutput"]
 
@@ -61,7 +61,7 @@ class AdversarialStep:
         objective: ``"at"`` (Madry), ``"trades"`` or ``"mart"``.
         criterion: per-sample loss ``criterion(logits, targets)`` for ``at`` (and the natural term of
             ``trades``); default cross-entropy. MART defines its own loss. Unless the attack was built
-            with its own ``objective=``, the attack maximises this criterion too (for ``at`` and
+            with its own ``criterion=``, the attack maximises this criterion too (for ``at`` and
             ``mart``; TRADES' attack maximises its KL term).
         beta: weight of the robustness term of TRADES/MART (default 6).
         clean_fraction: for ``at``, weight c of the clean loss: ``(1 − c)·adv + c·clean``.
@@ -88,7 +88,7 @@ class AdversarialStep:
         model: nn.Module,
         attack: Attack,
         objective: str = "at",
-        criterion: Objective | None = None,
+        criterion: Criterion | None = None,
         beta: float | None = None,
         clean_fraction: float = 0.0,
         grad_align: float = 0.0,
@@ -105,8 +105,8 @@ class AdversarialStep:
         if criterion is not None and self.objective.name == "mart":
             raise ValueError("criterion is not used by objective='mart' (MART defines its own boosted loss)")
         self.criterion = per_sample(criterion)
-        # The attack maximises the loss being trained unless the user gave the attack its own objective.
-        self.attack_objective = self.criterion if criterion is not None and not attack.custom_objective else None
+        # The attack maximises the loss being trained unless the user gave the attack its own criterion.
+        self.attack_criterion = self.criterion if criterion is not None and not attack.custom_criterion else None
         if beta is not None and self.objective.default_beta is None:
             raise ValueError(f"beta applies to 'trades' and 'mart', not to objective={self.objective.name!r}")
         default_beta = self.objective.default_beta
@@ -117,7 +117,7 @@ class AdversarialStep:
             raise ValueError("clean_fraction applies to objective='at'; TRADES and MART already weigh the clean loss")
         if self.objective.attacks_kl and not attack.random_start:
             raise ValueError(
-                "objective='trades' needs an attack with random_start=True: the KL objective has a zero "
+                "objective='trades' needs an attack with random_start=True: the KL criterion has a zero "
                 "gradient at the clean input, so an attack started there never moves"
             )
         self.input_key = input_key
@@ -143,10 +143,10 @@ class AdversarialStep:
         if name == "trades":
             with attack_mode(self.model, self.attack.bn) as module, torch.no_grad():
                 reference = F.log_softmax(upcast(call_model(module, x, self.input_key, kwargs)), dim=1)
-            adv = self.attack(self.model, x, reference, eps=eps, objective=kl_to_reference,
+            adv = self.attack(self.model, x, reference, eps=eps, criterion=kl_to_reference,
                               input_key=self.input_key, model_kwargs=kwargs)
         else:
-            adv = self.attack(self.model, x, y, eps=eps, objective=self.attack_objective, input_key=self.input_key,
+            adv = self.attack(self.model, x, y, eps=eps, criterion=self.attack_criterion, input_key=self.input_key,
                               model_kwargs=kwargs)
 
         clean_logits = None

@@ -23,6 +23,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from advhooks import FGM, PGD, AdversarialStep, linear_warmup, pgd_perturb
+from advhooks.attacks import AttackConfig
 from advhooks.attacks.graphs import GraphedAttack
 from advhooks.benchmark import BenchmarkFormatError, CleanBenchmark
 from advhooks.cli import app
@@ -103,8 +104,8 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
                                 r"inputs are on cpu but the model's parameters are on meta"),
     "model-dtype-mismatch": (lambda t: _attack(x=_x().double()), TypeError,
                              r"inputs are torch.float64 but the model's parameters are torch.float32"),
-    "restarts-with-scalar-objective": (
-        lambda t: PGD(0.1, steps=1, restarts=2, objective=lambda z, y: nn.functional.cross_entropy(z, y))(
+    "restarts-with-scalar-criterion": (
+        lambda t: PGD(0.1, steps=1, restarts=2, criterion=lambda z, y: nn.functional.cross_entropy(z, y))(
             SmallCNN(), _x(), _y()), ValueError, r"one loss per sample"),
     "dict-batch-without-input-key": (lambda t: AdversarialStep(SmallCNN(), PGD(0.1))({"pixel_values": _x()}),
                                      ValueError, r"dict batches need input_key"),
@@ -144,10 +145,7 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
                                                  r"prefix 'module.'"),
     "cuda-graph-without-cuda": (lambda t: PGD(8 / 255, cuda_graph=True), ValueError,
                                 r"cuda_graph=True needs a CUDA device"),
-    "cuda-graph-on-cpu-inputs": (lambda t: GraphedAttack()(SmallCNN(), _x(), _y(), eps=0.1, norm="linf", steps=1,
-                                                           step_size=0.1, random_start=False, targeted=False,
-                                                           objective=None, domain=None, bn="eval", input_key=None,
-                                                           out_of_bounds="raise", precision_dtype=None),
+    "cuda-graph-on-cpu-inputs": (lambda t: GraphedAttack()(SmallCNN(), _x(), _y(), AttackConfig(0.1, steps=1)),
                                  ValueError, r"cuda_graph=True needs CUDA inputs, got inputs on cpu"),
     "records-of-another-benchmark": (lambda t: _records_of_another_benchmark(t), ValueError,
                                      r"measured against another benchmark: clean_test_loss"),
@@ -247,9 +245,9 @@ def _criterion_drives_the_attack(tmp: Path) -> None:
     AdversarialStep(SmallCNN(), PGD(8 / 255, steps=3), criterion=criterion)(_x(), _y())
     assert len(seen) == 3 + 1  # three attack iterations maximise it, then the training loss uses it
     seen.clear()
-    own = PGD(8 / 255, steps=3, objective=lambda z, y: nn.functional.cross_entropy(z, y, reduction="none"))
+    own = PGD(8 / 255, steps=3, criterion=lambda z, y: nn.functional.cross_entropy(z, y, reduction="none"))
     AdversarialStep(SmallCNN(), own, criterion=criterion)(_x(), _y())
-    assert len(seen) == 1  # an attack built with its own objective keeps it
+    assert len(seen) == 1  # an attack built with its own criterion keeps it
 
 
 def _evaluation_keeps_the_schedule(tmp: Path) -> None:

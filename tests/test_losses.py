@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advhooks.losses import at_loss, boosted_cross_entropy, get_objective, kl_to_reference, mart_loss, trades_loss
+from advhooks.attacks.criteria import kl_to_reference
+from advhooks.losses import at_loss, boosted_cross_entropy, get_objective, mart_loss, trades_loss
 
 
 @pytest.fixture

@@ -69,4 +69,4 @@ def test_linear_warmup_rejects_bad_arguments():
 
 def test_restarts_need_per_sample_objective(cnn, batch):
     with pytest.raises(ValueError, match="one loss per sample"):
-        PGD(0.1, steps=1, restarts=2, objective=lambda z, y: torch.nn.functional.cross_entropy(z, y))(cnn, *batch)
+        PGD(0.1, steps=1, restarts=2, criterion=lambda z, y: torch.nn.functional.cross_entropy(z, y))(cnn, *batch)

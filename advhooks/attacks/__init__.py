@@ -1,24 +1,33 @@
-"""Batched, CUDA-friendly PGD and FGM attacks (L∞, L2): pure functions and thin classes."""
+"""Batched, CUDA-friendly PGD and FGM attacks (L∞, L2).
+
+One frozen :class:`AttackConfig` holds an attack's settings; :func:`perturb` does the work with it
+(``pgd_perturb`` / ``fgm_perturb`` are its keyword forms); :class:`PGD` and :class:`FGM` store a config.
+"""
 
 from .attacks import FGM, FGSM, PGD, Attack
+from .config import AttackConfig
+from .criteria import Criterion, cross_entropy, kl_to_reference, per_sample
 from .domain import InputDomain
-from .functional import fgm_perturb, pgd_perturb
+from .functional import fgm_perturb, perturb, pgd_perturb
 from .model_state import attack_mode, eval_mode, unwrap_parallel
 from .norms import dual_norm
-from .objectives import cross_entropy, per_sample
 
 __all__ = [
     "FGM",
     "FGSM",
     "PGD",
     "Attack",
+    "AttackConfig",
+    "Criterion",
     "InputDomain",
     "attack_mode",
     "cross_entropy",
     "dual_norm",
     "eval_mode",
     "fgm_perturb",
+    "kl_to_reference",
     "per_sample",
+    "perturb",
     "pgd_perturb",
     "unwrap_parallel",
 ]

@@ -1,5 +1,7 @@
 """PGD and FGM as pure functions on tensors: the hot path of advhooks.
 
+:func:`perturb` does the work for every attack path: it takes the inputs and one :class:`AttackConfig`.
+``pgd_perturb`` and ``fgm_perturb`` are its keyword forms, and the attack classes only store a config.
 The perturbation δ is one batched buffer updated in place. Each iteration is exactly one forward and
 one input-gradient pass (``torch.autograd.grad`` with δ as the only input, so no parameter gradient is
 computed or touched) plus a few element-wise ops; nothing reads a tensor value on the host, so the
@@ -18,17 +20,14 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
 from .._outputs import call_model
-from .._validation import check_choice, check_positive, check_positive_int
-from ..schedules import check_eps_value
+from ..schedules import check_eps_value, resolve_eps
+from .config import AttackConfig
+from .criteria import Criterion, per_sample
 from .domain import Bounds, InputDomain, Normalization
-from .model_state import BN_MODES, attack_mode, autocast_loss_scale, unwrap_parallel
-from .norms import NORMS, project_, random_in_ball_, steepest_direction_
-from .objectives import Objective, per_sample
+from .model_state import attack_mode, autocast_loss_scale, unwrap_parallel
+from .norms import project_, random_in_ball_, steepest_direction_
 
-__all__ = ["OUT_OF_BOUNDS", "PRECISIONS", "fgm_perturb", "pgd_perturb"]
-
-# The attack's own autocast dtype; None keeps the caller's context (fp32, or the caller's autocast).
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+__all__ = ["fgm_perturb", "perturb", "pgd_perturb"]
 
 _compiled_call = None
 
@@ -40,10 +39,21 @@ def _compiled_call_model(module, inputs, input_key, kwargs):
         _compiled_call = torch.compile(call_model, dynamic=False)
     return _compiled_call(module, inputs, input_key, kwargs)
 
-OUT_OF_BOUNDS = ("raise", "clamp")
+
 # Inputs this far outside the bounds (relative to the box width) still count as inside: it absorbs the
 # rounding of a normalise/denormalise round trip.
 _BOUNDS_TOLERANCE = 1e-5
+
+
+def renamed_objective(criterion: Criterion | None, objective: Criterion | None) -> Criterion | None:
+    """``objective=``, the attack criterion's name until advhooks 0.1.0: accepted for one release, with a warning."""
+    if objective is None:
+        return criterion
+    if criterion is not None:
+        raise TypeError("give criterion= only (objective= is its old name)")
+    warnings.warn("an attack's objective= is now called criterion= (objective= now only names AdversarialStep's "
+                  "training objective); the old name goes in the next release", DeprecationWarning, stacklevel=3)
+    return objective
 
 
 def pgd_perturb(
@@ -58,7 +68,7 @@ def pgd_perturb(
     random_start: bool = True,
     restarts: int = 1,
     targeted: bool = False,
-    objective: Objective | None = None,
+    criterion: Criterion | None = None,
     bounds: Bounds | InputDomain = (0.0, 1.0),
     normalization: Normalization = None,
     out_of_bounds: str = "raise",
@@ -68,38 +78,27 @@ def pgd_perturb(
     generator: torch.Generator | None = None,
     compile: bool = False,
     precision: str | None = None,
+    objective: Criterion | None = None,
 ) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018): adversarial inputs in the ε-ball of ``norm``.
+
+    The settings are :class:`AttackConfig`'s (see there for each); the call's own arguments:
 
     Args:
         model: the classifier; DDP wrappers are looked through. Left exactly as found.
         inputs: a batch ``(N, ...)``. If it requires grad (embeddings), the result keeps that graph.
-        targets: what ``objective`` compares the logits with (labels; target labels when ``targeted``;
-            reference log-probabilities for TRADES' KL objective).
+        targets: what ``criterion`` compares the logits with (labels; target labels when ``targeted``;
+            reference log-probabilities for TRADES' KL criterion).
         eps: radius of the ball, in pixel units (before any normalisation).
-        norm: ``"linf"`` or ``"l2"``.
-        steps: number of gradient steps.
         step_size: step length; default ``2.5 * eps / steps``.
-        random_start: start uniformly inside the ball (else at the clean input).
-        restarts: independent runs; each sample keeps its worst perturbation (for evaluation).
-        targeted: minimise the objective towards ``targets`` instead of maximising it.
-        objective: ``objective(logits, targets) -> per-sample loss``; default cross-entropy. A loss
-            module with a ``reduction`` is used with ``reduction="none"``.
-        bounds: ``(low, high)`` in pixel units (numbers or per-channel values), or ``None`` for
-            unbounded inputs, or a prepared :class:`InputDomain`.
-        normalization: ``(mean, std)`` per channel when ``inputs`` are normalised before the model.
-        out_of_bounds: ``"raise"`` (default) if ``inputs`` lie outside ``bounds``, or ``"clamp"`` them.
-        bn: ``"eval"`` or ``"train"``; see :func:`advhooks.attacks.attack_mode`.
         input_key: pass the adversarial tensor as this keyword (``"pixel_values"``, ``"inputs_embeds"``).
         model_kwargs: further keyword arguments for every forward (attention masks, ...).
         generator: random generator for the starts.
-        compile: run the attack's forwards through ``torch.compile`` (first call compiles; measured on the
-            CPU: 0.87× eager time for PreActResNet18, 1.5× for a small MNIST CNN, hence off by default).
-        precision: ``"bf16"`` or ``"fp16"`` runs the attack's forwards under ``torch.autocast`` with that
-            dtype, whatever the training forward uses (the perturbation itself stays in the inputs' dtype);
-            ``None`` (default) keeps the caller's context. Measured on an AVX512-BF16 CPU: ``"bf16"`` takes
-            0.5× the fp32 time of PGD-10 on PreActResNet18; see ``benchmarks/fused_path.py`` for the
-            attack strength it keeps.
+        compile: measured on the CPU: 0.87× eager time for PreActResNet18, 1.5× for a small MNIST CNN, hence
+            off by default.
+        precision: ``"bf16"`` takes 0.5× the fp32 time of PGD-10 on PreActResNet18 on an AVX512-BF16 CPU; see
+            ``benchmarks/fused_path.py`` for the attack strength it keeps.
+        objective: the old name of ``criterion`` (deprecated).
 
     Returns:
         ``inputs + δ`` with δ detached, inside the ball and the bounds.
@@ -111,16 +110,13 @@ def pgd_perturb(
         >>> bool((adv - x).abs().max() <= 0.1 + 1e-6)
         True
     """
-    eps = check_eps_value(eps)
-    norm = check_choice("norm", norm, NORMS)
-    steps = check_positive_int("steps", steps)
-    step_size = 2.5 * eps / steps if step_size is None else check_positive("step_size", step_size)
-    restarts = check_positive_int("restarts", restarts)
-    return _perturb(model, inputs, targets, eps=eps, norm=norm, steps=steps, step_size=step_size,
-                    random_start=random_start, restarts=restarts, targeted=targeted, objective=objective,
-                    bounds=bounds, normalization=normalization, out_of_bounds=out_of_bounds, bn=bn,
-                    input_key=input_key, model_kwargs=model_kwargs, generator=generator, compile=compile,
-                    precision=precision)
+    config = AttackConfig(check_eps_value(eps), norm=norm, steps=steps, step_size=step_size, step_rule="pgd",
+                          random_start=random_start, restarts=restarts, targeted=targeted,
+                          criterion=renamed_objective(criterion, objective), bounds=bounds,
+                          normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile,
+                          precision=precision)
+    return perturb(model, inputs, targets, config, input_key=input_key, model_kwargs=model_kwargs,
+                   generator=generator)
 
 
 def fgm_perturb(
@@ -133,7 +129,7 @@ def fgm_perturb(
     step_size: float | None = None,
     random_start: bool = False,
     targeted: bool = False,
-    objective: Objective | None = None,
+    criterion: Criterion | None = None,
     bounds: Bounds | InputDomain = (0.0, 1.0),
     normalization: Normalization = None,
     out_of_bounds: str = "raise",
@@ -143,6 +139,7 @@ def fgm_perturb(
     generator: torch.Generator | None = None,
     compile: bool = False,
     precision: str | None = None,
+    objective: Criterion | None = None,
 ) -> torch.Tensor:
     """Fast gradient method: one step to the ball's boundary (FGSM for ``norm="linf"``).
 
@@ -156,59 +153,78 @@ def fgm_perturb(
         >>> bool(torch.allclose((adv - x).abs(), torch.full_like(x, 0.1)))
         True
     """
-    eps = check_eps_value(eps)
-    norm = check_choice("norm", norm, NORMS)
-    if step_size is None:
-        step_size = 1.25 * eps if random_start else eps
-    else:
-        step_size = check_positive("step_size", step_size)
-    return _perturb(model, inputs, targets, eps=eps, norm=norm, steps=1, step_size=step_size,
-                    random_start=random_start, restarts=1, targeted=targeted, objective=objective,
-                    bounds=bounds, normalization=normalization, out_of_bounds=out_of_bounds, bn=bn,
-                    input_key=input_key, model_kwargs=model_kwargs, generator=generator, compile=compile,
-                    precision=precision)
+    config = AttackConfig(check_eps_value(eps), norm=norm, steps=1, step_size=step_size, step_rule="fgm",
+                          random_start=random_start, targeted=targeted,
+                          criterion=renamed_objective(criterion, objective), bounds=bounds,
+                          normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile,
+                          precision=precision)
+    return perturb(model, inputs, targets, config, input_key=input_key, model_kwargs=model_kwargs,
+                   generator=generator)
 
 
-def _perturb(model, inputs, targets, *, eps, norm, steps, step_size, random_start, restarts, targeted,
-             objective, bounds, normalization, out_of_bounds, bn, input_key, model_kwargs, generator, compile=False,
-             precision=None):
-    bn = check_choice("bn", bn, BN_MODES)
-    if precision is not None:
-        precision = check_choice("precision", precision, tuple(PRECISIONS))
-    out_of_bounds = check_choice("out_of_bounds", out_of_bounds, OUT_OF_BOUNDS)
+def check_call(config: AttackConfig, inputs: Any, targets: Any, eps: float | None, step: int,
+               criterion: Criterion | None) -> tuple[float, Criterion]:
+    """The checks of one call that need no host read; returns its strength and per-sample criterion."""
     if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
         raise TypeError("inputs must be a floating-point tensor (N, ...)")
     if inputs.ndim < 1 or inputs.shape[0] == 0:
         raise ValueError(f"inputs must be a non-empty batch (N, ...), got shape {tuple(inputs.shape)}")
-    domain = bounds if isinstance(bounds, InputDomain) else InputDomain(bounds, normalization)
-    domain.check_eps(eps, norm)
-    objective = per_sample(objective)
-    kwargs = dict(model_kwargs or {})
     _check_targets(inputs, targets)
-    _check_model_matches(unwrap_parallel(model), inputs, precision)
+    eps = check_eps_value(config.eps_at(step) if eps is None else resolve_eps(eps, step))
+    config.domain.check_eps(eps, config.norm)
+    return eps, config.criterion_fn if criterion is None else per_sample(criterion)
 
+
+def perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, config: AttackConfig, *,
+            eps: float | None = None, step: int = 0, criterion: Criterion | None = None,
+            input_key: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Adversarial inputs for ``(inputs, targets)`` under ``config``; the model is left exactly as found.
+
+    Args:
+        model: the classifier; DDP wrappers are looked through.
+        inputs / targets: a batch; see :func:`pgd_perturb`.
+        config: the attack's settings.
+        eps: the strength of this call; default the config's ε at ``step``.
+        step: training step, for ε schedules.
+        criterion: overrides the config's criterion for this call (TRADES' KL).
+        input_key, model_kwargs, generator: as in :func:`pgd_perturb`.
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> x, y = torch.rand(8, 1, 2, 2), torch.randint(0, 3, (8,))
+        >>> adv = perturb(net, x, y, AttackConfig(0.1, norm="l2", steps=3))
+        >>> bool(((adv - x).flatten(1).norm(dim=1) <= 0.1 + 1e-6).all())
+        True
+    """
+    eps, criterion = check_call(config, inputs, targets, eps, step, criterion)
+    _check_model_matches(unwrap_parallel(model), inputs, config.precision)
+    domain = config.domain
     placed = domain.place(inputs)
-    x = inputs.detach()
     checks = None  # the input checks: device flags, read on the host once, at the first forward
-    if out_of_bounds == "clamp":
+    if config.out_of_bounds == "clamp":
         if domain.is_bounded:
             inputs = torch.clamp(inputs, placed.input_low, placed.input_high)
-            x = inputs.detach()
     else:
-        checks = _InputChecks(x, domain, placed)
+        checks = _InputChecks(inputs.detach(), domain, placed)
     if eps == 0.0:
         if checks is not None:
             checks.read(None, targets)
         return inputs.clone()
+    delta = _search(model, inputs.detach(), targets, config, eps, criterion, placed, checks,
+                    input_key, dict(model_kwargs or {}), generator)
+    return apply_delta(inputs, delta, domain, placed)
 
-    delta_low, delta_high = delta_box(x, domain, placed, norm, eps)
+
+def _search(model, x, targets, config, eps, criterion, placed, checks, input_key, kwargs, generator) -> torch.Tensor:
+    """δ of the attack (of its worst restart per sample), in pixel units."""
+    low, high = delta_box(x, config.domain, placed, config.norm, eps)
     inv_std = placed.inv_std
-    direction_sign = -1.0 if targeted else 1.0
+    sign = -1.0 if config.targeted else 1.0
     device_type = x.device.type
-    autocast = nullcontext() if precision is None else torch.autocast(device_type, dtype=PRECISIONS[precision])
-
-    run_model = _compiled_call_model if compile else call_model
-    with attack_mode(model, bn) as module, torch.enable_grad(), autocast:  # callers may be under no_grad
+    autocast = nullcontext() if config.precision is None else torch.autocast(device_type, config.precision_dtype)
+    run_model = _compiled_call_model if config.compile else call_model
+    with attack_mode(model, config.bn) as module, torch.enable_grad(), autocast:  # callers may be under no_grad
         loss_scale = autocast_loss_scale(device_type)
 
         def forward(delta: torch.Tensor) -> torch.Tensor:
@@ -221,33 +237,39 @@ def _perturb(model, inputs, targets, *, eps, norm, steps, step_size, random_star
                 checks.read(logits, targets)
                 checks = None
 
-        best_delta = best_loss = None
-        for _ in range(restarts):
+        best = None
+        for _ in range(config.restarts):
             delta = torch.zeros_like(x)
-            if random_start:
-                random_in_ball_(delta, norm, eps, generator)
-                if delta_low is not None:
-                    delta.clamp_(delta_low, delta_high)
-            delta = ascend_(delta, forward, objective, targets, norm=norm, eps=eps, steps=steps, step_size=step_size,
-                            sign=direction_sign, loss_scale=loss_scale, low=delta_low, high=delta_high,
-                            on_first_logits=read_checks)
-            if restarts == 1:
-                best_delta = delta
-                break
-            with torch.no_grad():
-                score = objective(forward(delta), targets)
-                if score.ndim != 1:
-                    raise ValueError("restarts > 1 needs an objective that returns one loss per sample")
-                score = score.float() * direction_sign
-                if best_delta is None:
-                    best_delta, best_loss = delta, score
-                else:
-                    better = (score > best_loss).reshape((-1,) + (1,) * (delta.ndim - 1))
-                    best_delta = torch.where(better, delta, best_delta)
-                    best_loss = torch.maximum(score, best_loss)
+            if config.random_start:
+                random_in_ball_(delta, config.norm, eps, generator)
+                if low is not None:
+                    delta.clamp_(low, high)
+            delta = ascend_(delta, forward, criterion, targets, norm=config.norm, eps=eps,
+                            steps=config.steps, step_size=config.step_size_for(eps), sign=sign,
+                            loss_scale=loss_scale, low=low, high=high, on_first_logits=read_checks)
+            if config.restarts == 1:
+                return delta
+            best = _keep_worst(best, delta, forward, criterion, targets, sign)
+    return best[0]
 
-    step = best_delta if inv_std is None else best_delta * inv_std
-    adv = inputs + step
+
+def _keep_worst(best: tuple[torch.Tensor, torch.Tensor] | None, delta: torch.Tensor, forward: Any,
+                criterion: Criterion, targets: torch.Tensor, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the restart with the highest (signed) criterion so far: ``(delta, score)``."""
+    with torch.no_grad():
+        score = criterion(forward(delta), targets)
+        if score.ndim != 1:
+            raise ValueError("restarts > 1 needs a criterion that returns one loss per sample")
+        score = score.float() * sign
+    if best is None:
+        return delta, score
+    better = (score > best[1]).reshape((-1,) + (1,) * (delta.ndim - 1))
+    return torch.where(better, delta, best[0]), torch.maximum(score, best[1])
+
+
+def apply_delta(inputs: torch.Tensor, delta: torch.Tensor, domain: InputDomain, placed: Any) -> torch.Tensor:
+    """``inputs + δ`` (δ in pixel units, scaled into normalised units), clamped into the bounds."""
+    adv = inputs + (delta if placed.inv_std is None else delta * placed.inv_std)
     if domain.is_bounded:
         adv = torch.clamp(adv, placed.input_low, placed.input_high)
     return adv
@@ -318,7 +340,7 @@ def delta_box(x: torch.Tensor, domain: InputDomain, placed: Any, norm: str,
     return low, high
 
 
-def ascend_(delta: torch.Tensor, forward: Any, objective: Objective, targets: torch.Tensor, *, norm: str, eps: float,
+def ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, targets: torch.Tensor, *, norm: str, eps: float,
             steps: int, step_size: float, sign: float, loss_scale: float, low: torch.Tensor | None,
             high: torch.Tensor | None, on_first_logits: Any = None) -> torch.Tensor:
     """PGD's iterations from ``delta`` (updated in place): ``steps`` steepest-ascent steps, each projected.
@@ -331,7 +353,7 @@ def ascend_(delta: torch.Tensor, forward: Any, objective: Objective, targets: to
         logits = forward(delta)
         if i == 0 and on_first_logits is not None:
             on_first_logits(logits)
-        loss = objective(logits, targets)
+        loss = criterion(logits, targets)
         if loss_scale != 1.0:
             loss = loss * loss_scale
         (grad,) = torch.autograd.grad(loss.sum(), delta)
@@ -344,7 +366,7 @@ def ascend_(delta: torch.Tensor, forward: Any, objective: Objective, targets: to
 
 
 def _check_targets(inputs: torch.Tensor, targets: Any) -> None:
-    """Shape and dtype checks that need no host read (the label range is checked by the objective)."""
+    """Shape and dtype checks that need no host read (the label range is read with the input checks)."""
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets must be a tensor, got {type(targets).__name__}")
     if targets.ndim == 0 or targets.shape[0] != inputs.shape[0]:

@@ -21,22 +21,15 @@ import torch
 from torch import nn
 
 from .._outputs import call_model
-from .domain import InputDomain
-from .functional import _InputChecks, ascend_, delta_box
+from .config import AttackConfig
+from .criteria import Criterion
+from .functional import _InputChecks, apply_delta, ascend_, check_call, delta_box
 from .model_state import attack_mode, autocast_loss_scale
 from .norms import random_in_ball_
-from .objectives import Objective
 
-__all__ = ["GraphedAttack", "check_cuda_graph_available"]
+__all__ = ["GraphedAttack"]
 
 _WARMUP_ITERATIONS = 3  # CUDA graphs want the kernels' lazy setup done on a side stream before capture
-
-
-def check_cuda_graph_available() -> None:
-    """Refuse the CUDA-graph path in one line where there is no CUDA device."""
-    if not torch.cuda.is_available():
-        raise ValueError("cuda_graph=True needs a CUDA device (torch.cuda.is_available() is False); leave it off "
-                         "on the CPU, where eager PyTorch already runs at the attack's compute limit")
 
 
 @dataclass
@@ -49,7 +42,8 @@ class _Capture:
 
 
 class GraphedAttack:
-    """The captures of one attack configuration, keyed by everything a capture depends on."""
+    """The captures of one attack: per model, batch shape, ε, criterion and config (a frozen
+    :class:`AttackConfig`, so a changed setting is a new config and a new capture)."""
 
     def __init__(self) -> None:
         self._captures: dict[tuple, _Capture] = {}
@@ -57,21 +51,23 @@ class GraphedAttack:
     def __len__(self) -> int:
         return len(self._captures)
 
-    def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, eps: float, norm: str,
-                 steps: int, step_size: float, random_start: bool, targeted: bool, objective: Objective,
-                 domain: InputDomain, bn: str, input_key: str | None, out_of_bounds: str,
-                 precision_dtype: torch.dtype | None) -> torch.Tensor:
+    def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, config: AttackConfig, *,
+                 eps: float | None = None, step: int = 0, criterion: Criterion | None = None,
+                 input_key: str | None = None, model_kwargs: Any = None, generator: Any = None) -> torch.Tensor:
+        if model_kwargs or generator is not None:
+            raise ValueError("cuda_graph=True takes no model_kwargs and no generator (the capture is static)")
+        eps, criterion = check_call(config, inputs, targets, eps, step, criterion)
         if inputs.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs CUDA inputs, got inputs on {inputs.device}")
+        domain = config.domain
         placed = domain.place(inputs)
         key = (id(model), tuple(inputs.shape), inputs.dtype, inputs.device, tuple(targets.shape), targets.dtype,
-               eps, norm, steps, step_size, random_start, targeted, id(objective), bn, input_key, precision_dtype)
+               eps, id(criterion), input_key, id(config))
         capture = self._captures.get(key)
         if capture is None:
-            capture = self._captures[key] = self._capture(model, inputs, targets, eps, norm, steps, step_size,
-                                                          random_start, targeted, objective, domain, placed, bn,
-                                                          input_key, precision_dtype)
-        if out_of_bounds == "clamp":
+            capture = self._captures[key] = self._capture(model, inputs, targets, config, eps, criterion, placed,
+                                                          input_key)
+        if config.out_of_bounds == "clamp":
             if domain.is_bounded:
                 inputs = torch.clamp(inputs, placed.input_low, placed.input_high)
         else:
@@ -79,28 +75,28 @@ class GraphedAttack:
                 torch.empty(inputs.shape[0], capture.classes, device="meta"), targets)
         capture.x.copy_(inputs.detach())
         capture.targets.copy_(targets)
-        with attack_mode(model, bn):
+        with attack_mode(model, config.bn):
             capture.graph.replay()
         out = capture.out.clone()  # the static buffer is overwritten by the next replay
         if inputs.requires_grad:  # embeddings: keep the graph to the inputs, as the eager path does
             out = inputs + (out - inputs.detach())
         return out
 
-    def _capture(self, model, inputs, targets, eps, norm, steps, step_size, random_start, targeted, objective,
-                 domain, placed, bn, input_key, precision_dtype) -> _Capture:
+    def _capture(self, model, inputs, targets, config, eps, criterion, placed, input_key) -> _Capture:
         static_x = inputs.detach().clone()
         static_targets = targets.clone()
         device_type = inputs.device.type
-        with attack_mode(model, bn) as module:
+        domain, norm = config.domain, config.norm
+        with attack_mode(model, config.bn) as module:
             classes = int(call_model(module, static_x[:1], input_key).shape[-1])
 
             def body() -> torch.Tensor:
-                autocast = (torch.autocast(device_type, dtype=precision_dtype) if precision_dtype is not None
-                            else torch.autocast(device_type, enabled=False))
+                autocast = (torch.autocast(device_type, dtype=config.precision_dtype)
+                            if config.precision_dtype is not None else torch.autocast(device_type, enabled=False))
                 with torch.enable_grad(), autocast:
                     low, high = delta_box(static_x, domain, placed, norm, eps)
                     delta = torch.zeros_like(static_x)
-                    if random_start:
+                    if config.random_start:
                         random_in_ball_(delta, norm, eps)
                         if low is not None:
                             delta.clamp_(low, high)
@@ -110,13 +106,10 @@ class GraphedAttack:
                         adv = static_x + d if inv_std is None else static_x + d * inv_std
                         return call_model(module, adv, input_key)
 
-                    delta = ascend_(delta, forward, objective, static_targets, norm=norm, eps=eps, steps=steps,
-                                    step_size=step_size, sign=-1.0 if targeted else 1.0,
+                    delta = ascend_(delta, forward, criterion, static_targets, norm=norm, eps=eps, steps=config.steps,
+                                    step_size=config.step_size_for(eps), sign=-1.0 if config.targeted else 1.0,
                                     loss_scale=autocast_loss_scale(device_type), low=low, high=high)
-                    adv = static_x + (delta if inv_std is None else delta * inv_std)
-                    if domain.is_bounded:
-                        adv = torch.clamp(adv, placed.input_low, placed.input_high)
-                    return adv
+                    return apply_delta(static_x, delta, domain, placed)
 
             side = torch.cuda.Stream(device=inputs.device)
             side.wait_stream(torch.cuda.current_stream(inputs.device))

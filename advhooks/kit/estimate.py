@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._outputs import logits_of
 from ..attacks import FGM, PGD, Attack, dual_norm, eval_mode
+from ..attacks.criteria import cross_entropy
 from ..attacks.domain import InputDomain, Normalization
-from ..attacks.objectives import cross_entropy
 from ..benchmark import CleanBenchmark, benchmark_reference, write_json_atomic
 from ..evaluation import FixedSubset, evaluate_adversarial_loss
 from ..monitor import RUN_RECORD_SCHEMA, PhaseMonitor

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._outputs import logits_of
 from ..attacks import Attack
-from ..attacks.objectives import Objective, cross_entropy, per_sample
+from ..attacks.criteria import Criterion, cross_entropy, per_sample
 from ..benchmark import CleanBenchmark, dataset_fingerprint, evaluate_clean
 from ..evaluation import evaluate_adversarial_loss
 from ..monitor import PhaseMonitor
@@ -133,7 +133,7 @@ def record_clean_benchmark(
     lr: float = 0.1,
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
-    criterion: Objective | None = None,
+    criterion: Criterion | None = None,
     train_eval_set: Dataset | None = None,
     device: torch.device | str = "cpu",
     seed: int = 0,

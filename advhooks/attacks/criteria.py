@@ -1,4 +1,6 @@
-"""What an attack maximises: per-sample losses of ``(logits, targets)``."""
+"""Criteria: per-sample losses ``criterion(logits, targets)``, what an attack maximises (and what
+:class:`~advhooks.AdversarialStep` trains on). The training objectives (AT, TRADES, MART) are in
+:mod:`advhooks.losses`."""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Objective", "cross_entropy", "per_sample", "upcast"]
+__all__ = ["Criterion", "cross_entropy", "kl_to_reference", "per_sample", "upcast"]
 
-Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def upcast(logits: torch.Tensor) -> torch.Tensor:
@@ -20,7 +22,7 @@ def upcast(logits: torch.Tensor) -> torch.Tensor:
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-sample cross-entropy, the default attack objective (in at least float32).
+    """Per-sample cross-entropy, the default criterion (in at least float32).
 
     ``targets`` are integer class labels ``(N,)`` or class probabilities shaped like the logits.
     """
@@ -36,8 +38,8 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
                          f"({err})") from None
 
 
-def per_sample(criterion: Objective | None) -> Objective:
-    """An objective returning one loss per sample, from a user criterion.
+def per_sample(criterion: Criterion | None) -> Criterion:
+    """A criterion returning one loss per sample, from a user criterion.
 
     ``None`` gives :func:`cross_entropy`. A loss module with a ``reduction`` attribute (``nn.CrossEntropyLoss()``
     and friends) is copied with ``reduction="none"``. Any other callable is used as is: it should
@@ -55,3 +57,14 @@ def per_sample(criterion: Objective | None) -> Objective:
         criterion = copy.copy(criterion)
         criterion.reduction = "none"
     return criterion
+
+
+def kl_to_reference(logits: torch.Tensor, reference_log_probs: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL(p_ref ‖ softmax(logits)): TRADES' attack criterion.
+
+    Args:
+        logits: logits on the perturbed input.
+        reference_log_probs: log-probabilities on the clean input (detached).
+    """
+    log_q = F.log_softmax(upcast(logits), dim=1)
+    return F.kl_div(log_q, upcast(reference_log_probs), reduction="none", log_target=True).sum(dim=1)

@@ -1,0 +1,100 @@
+"""AttackConfig: every attack setting declared and validated once, shared by the functions and the classes."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from advhooks import FGM, PGD, Attack, AttackConfig, fgm_perturb, perturb, pgd_perturb
+from advhooks.attacks.criteria import cross_entropy
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), torch.rand(6, 1, 4, 4), torch.randint(0, 4, (6,))
+
+
+def test_the_function_the_keyword_form_and_the_class_give_the_same_examples(batch):
+    model, x, y = batch
+    config = AttackConfig(0.1, norm="l2", steps=4, restarts=2)
+    runs = [
+        perturb(model, x, y, config, generator=torch.Generator().manual_seed(3)),
+        pgd_perturb(model, x, y, eps=0.1, norm="l2", steps=4, restarts=2, generator=torch.Generator().manual_seed(3)),
+        PGD(0.1, norm="l2", steps=4, restarts=2)(model, x, y, generator=torch.Generator().manual_seed(3)),
+        Attack(config)(model, x, y, generator=torch.Generator().manual_seed(3)),
+    ]
+    for other in runs[1:]:
+        assert torch.equal(runs[0], other)
+    fgm = AttackConfig(0.1, steps=1, step_rule="fgm", random_start=False)
+    assert torch.equal(perturb(model, x, y, fgm), fgm_perturb(model, x, y, eps=0.1))
+    assert torch.equal(perturb(model, x, y, fgm), FGM(0.1)(model, x, y))
+
+
+def test_the_default_step_sizes_are_defined_once():
+    assert AttackConfig(0.1, steps=10).step_size_for(0.1) == pytest.approx(0.025)  # PGD: 2.5 eps / steps
+    assert AttackConfig(0.1, steps=1, step_rule="fgm", random_start=False).step_size_for(0.1) == pytest.approx(0.1)
+    assert AttackConfig(0.1, steps=1, step_rule="fgm").step_size_for(0.1) == pytest.approx(0.125)  # FGSM-RS
+    assert AttackConfig(0.1, step_size=0.01).step_size_for(0.2) == 0.01
+    assert PGD(0.1).default_step_size(0.1) == AttackConfig(0.1).step_size_for(0.1)
+
+
+@pytest.mark.parametrize("settings, error, match", [
+    (dict(norm="l3"), ValueError, "norm must be one of"),
+    (dict(steps=0), ValueError, "steps"),
+    (dict(step_rule="adam"), ValueError, "step_rule must be one of"),
+    (dict(bn="frozen"), ValueError, "bn must be one of"),
+    (dict(precision="fp8"), ValueError, "precision must be one of"),
+    (dict(out_of_bounds="wrap"), ValueError, "out_of_bounds must be one of"),
+    (dict(criterion="ce"), TypeError, "criterion must be callable"),
+    (dict(eps=2.0), ValueError, "larger than the bounds' range"),
+])
+def test_a_bad_setting_is_refused_where_the_config_is_built(settings, error, match):
+    with pytest.raises(error, match=match):
+        AttackConfig(**{"eps": 0.1, **settings})
+    if "step_rule" not in settings:  # the class refuses it through the same config
+        with pytest.raises(error, match=match):
+            PGD(**{"eps": 0.1, **settings})
+
+
+def test_the_config_is_frozen_and_a_setting_on_the_attack_replaces_it_validated(batch):
+    attack = PGD(0.1, steps=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        attack.config.steps = 5
+    before = attack.config
+    attack.bn = "train"
+    assert attack.bn == "train" and attack.config is not before and before.bn == "eval"
+    with pytest.raises(ValueError, match="bn must be one of"):
+        attack.bn = "frozen"
+    assert attack.bn == "train"
+    assert attack.criterion_fn is cross_entropy and not attack.custom_criterion
+    with pytest.raises(TypeError, match="takes an AttackConfig"):
+        Attack(0.1)
+
+
+def test_objective_is_the_old_name_of_an_attacks_criterion(batch):
+    model, x, y = batch
+    seen = []
+
+    def criterion(logits, targets):
+        seen.append(1)
+        return cross_entropy(logits, targets)
+
+    with pytest.warns(DeprecationWarning, match="objective= is now called criterion="):
+        attack = PGD(0.1, steps=2, objective=criterion)
+    assert attack.criterion is criterion and attack.custom_criterion
+    attack(model, x, y)
+    assert len(seen) == 2
+    with pytest.warns(DeprecationWarning):
+        pgd_perturb(model, x, y, eps=0.1, steps=1, objective=criterion)
+    with pytest.raises(TypeError, match="give criterion= only"):
+        PGD(0.1, criterion=criterion, objective=criterion)
+    sys.modules.pop("advhooks.attacks.objectives", None)
+    with pytest.warns(DeprecationWarning, match="advhooks.attacks.objectives moved to advhooks.attacks.criteria"):
+        old = importlib.import_module("advhooks.attacks.objectives")
+    assert old.per_sample is importlib.import_module("advhooks.attacks.criteria").per_sample
