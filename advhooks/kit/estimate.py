@@ -43,7 +43,7 @@ from ..attacks.criteria import cross_entropy
 from ..attacks.domain import InputDomain, Normalization
 from ..benchmark import CleanBenchmark, benchmark_reference, write_json_atomic
 from ..evaluation import FixedSubset, evaluate_adversarial_loss
-from ..monitor import RUN_RECORD_SCHEMA, PhaseMonitor
+from ..monitor import RUN_RECORD_SCHEMA, PhaseMonitor, ladder_lower_bound
 from ..schedules import format_eps
 from ..uncertainty import DEFAULT_LEVEL, bootstrap_means, normal_draws, propagate, z_value
 from .training import PassCounter, adversarial_loss, train_adversarially
@@ -605,14 +605,13 @@ def estimate_clean_probe(
                 progress(f"clean probe eps {format_eps(e)}: loss {loss:.4f}")
     finally:
         handle.remove()
-    passing = [p["eps"] for p in est.points if p["loss"] <= r_star]
-    est.lower_bound = max(passing) if passing else None
+    est.lower_bound = ladder_lower_bound(((p["eps"], p["loss"]) for p in est.points), r_star)
     est.value = est.lower_bound
     est.bracket = (est.lower_bound, None)
     losses = [p["loss"] for p in est.points]
 
     def bound_for(r: float) -> float:
-        return max([e for e, v in zip(grid, losses, strict=True) if v <= r], default=0.0)
+        return ladder_lower_bound(zip(grid, losses, strict=True), r) or 0.0
 
     rng = np.random.default_rng(0)
     est.interval = propagate(lambda row: bound_for(row[0]), r_star_draws(benchmark, 2000, rng)[:, None])

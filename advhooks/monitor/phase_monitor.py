@@ -1,0 +1,247 @@
+"""``PhaseMonitor``: per batch, the adversarial training loss; per epoch, the verdict against R*(0)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attacks import Attack
+from ..benchmark import write_json_atomic
+from ..schedules import format_eps
+from .history import EpochHistory
+from .probe import EpsStarProbe
+from .record import run_record
+from .report import FAR_ABOVE, PhaseReport, caveats, judge, log_report, ratio_band
+from .rhat import EarlyStoppedRisk, Evaluation
+from .settings import MonitorSettings
+from .sums import EpochSums, batch_loss, is_main_process
+
+__all__ = ["PhaseMonitor"]
+
+log = logging.getLogger("advhooks.monitor")
+
+
+@dataclass
+class PhaseMonitor(MonitorSettings):
+    """Watch the paper's R̂ of the early-stopped model against the clean benchmark R*(0).
+
+    Args:
+        benchmark: a :class:`~advhooks.benchmark.CleanBenchmark`, the path of a benchmark file, or R*(0)
+            as a number (then R*(0) has no band).
+        eps: the training attack strength, for the reports (taken from the step outputs when given).
+        threshold: ρ above which ε is several times ε* (default 1.5; see :mod:`advhooks.monitor`).
+        patience: epochs without progress of the verdict ρ that make a plateau.
+        warmup_epochs: no ε ≫ ε* verdict before this many epochs; default ``total_epochs // 2 + patience``
+            when ``total_epochs`` is given, else 10.
+        total_epochs: the planned number of epochs (the default warm-up, the short-run warning, the recipe).
+        min_delta: relative improvement of the verdict ρ that counts as progress.
+        on_flag: called once with the :class:`PhaseReport` when the ε ≫ ε* flag fires (main process).
+        logger: where reports go (main process only); default ``advhooks.monitor``.
+        reducer: sums a tensor across processes (e.g. ``lambda t: accelerator.reduce(t, "sum")``); default
+            ``torch.distributed.all_reduce`` when a process group is initialised.
+        sync_timeout: seconds ``epoch_end`` waits for the other ranks (gloo) before raising.
+        level: coverage of the bands (default 0.8).
+        verbose: log one line per epoch (INFO on the ``advhooks`` logger, shown by its default handler).
+        recipe: what this run does, to compare with the benchmark's recipe (``batch_size``, ``epochs``,
+            ``lr``, ``weight_decay``, ``optimizer``, ``schedule``, ``augmentation``, ``normalization``,
+            ``n_train``, and ``model``: the model itself, compared by fingerprint). Each difference is named
+            in one warning.
+        attack: the attack A_ε of the paper's R̂: what :meth:`evaluate_with` evaluates the adversarial test
+            loss and R̂ with (PGD-10 is customary, whatever the training attack), and what the run record
+            names. Give it ``normalization=`` when the data is normalised outside the model.
+
+    Example:
+        >>> monitor = PhaseMonitor(benchmark=0.2, eps=8 / 255, warmup_epochs=1)
+        >>> monitor.update(torch.tensor(0.5), batch_size=32)
+        >>> report = monitor.epoch_end()
+        >>> round(report.ratio, 2), report.regime, report.provisional
+        (2.5, 'above eps*', True)
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # the settings, validated
+        self._sums, self._risk, self._probe = EpochSums(), EarlyStoppedRisk(), None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all epochs (a new run)."""
+        self.history = EpochHistory()
+        self._risk.reset()
+        self.flag_epoch: int | None = None
+        self.eps_star_lower_bound: float | None = None
+        self.last_eps: float | None = self.eps
+        self._sums.reset()
+
+    epoch = property(lambda self: self.history.epochs, doc="Closed epochs.")
+    ratios = property(lambda self: self.history.ratios, doc="Each epoch's running mean / R*(0).")
+    losses = property(lambda self: self.history.losses, doc="Each epoch's running mean of the training loss.")
+    test_losses = property(lambda self: self.history.test_losses, doc="Each epoch's adversarial test loss, if known.")
+    rhat = property(lambda self: self._risk.rhat, doc="R̂ of θ̂ (``None`` before θ̂ is known).")
+    evaluation_seconds = property(lambda self: self._risk.seconds, doc="Wall time of the monitor's evaluations.")
+    has_updates = property(lambda self: self._sums.has_updates,
+                           doc="Whether the open epoch has seen a batch (reads the count: one host sync).")
+
+    def update(self, output: Any, batch_size: int | None = None) -> None:
+        """Add one batch: a :class:`~advhooks.StepOutput`, or a mean loss tensor and its batch size.
+
+        No host-device synchronisation: the sums stay on the device until :meth:`epoch_end`. A batch whose
+        loss is NaN or inf is counted apart and left out of the mean.
+        """
+        loss, n, eps = batch_loss(output, batch_size)
+        if eps is not None:
+            self.last_eps = eps
+        self._sums.add(loss, n)
+
+    # -- the paper's R̂ and the probe -------------------------------------------------------------
+    def evaluate_with(self, model: nn.Module, train_data: Any, test_data: Any = None, *,
+                      attack: Attack | None = None, train_subset: int | None = 512, test_subset: int | None = None,
+                      seed: int = 0, batch_size: int = 256, device: Any = None) -> None:
+        """Let the monitor evaluate θ̂ and the paper's R̂ itself: each epoch the adversarial test loss on
+        ``test_data`` (unless the loop passes ``epoch_end(adv_test_loss=...)``); when it is the smallest so far,
+        the current weights are θ̂, and R̂(θ̂, ε) is evaluated at those fixed weights on a fixed random
+        ``train_subset`` of ``train_data`` (its sampling error enters the band; ``None``: the whole set).
+
+        Args:
+            model: the model being trained.
+            train_data / test_data: datasets without augmentation (``test_data`` may be ``None`` when the loop
+                passes the adversarial test loss).
+            attack: the evaluation attack; default: the monitor's ``attack``, else PGD-10 in L∞ at the
+                epoch's ε with bounds (0, 1) and no normalisation (pass one for normalised inputs).
+            train_subset / test_subset: subset sizes (``None``: the whole set), drawn once with ``seed``.
+            batch_size / device: for the evaluation passes.
+        """
+        self._risk.evaluation = Evaluation.build(model, train_data, test_data, attack or self.attack, train_subset,
+                                                 test_subset, seed, batch_size, device)
+
+    def enable_probe(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+                     attack: Attack | None = None, ladder: Sequence[float] | None = None, every: int = 10,
+                     batch_size: int = 256) -> None:
+        """Probe a lower bound on ε* every ``every`` epochs on a fixed subset of the training data.
+
+        Args:
+            model: the model being trained.
+            inputs / targets: the fixed probe subset (e.g. 256 training samples), on the model's device.
+            attack: the attack to evaluate with; default PGD-5 in L∞ with random start. Its ε is replaced
+                by each rung of the ladder.
+            ladder: strengths ε′ ≤ ε to test; default ``eps × (1/8, 1/4, 1/2, 1)``.
+            every: probe every this many epochs (and at the first epoch).
+            batch_size: probe batch size.
+        """
+        self._probe = EpsStarProbe.build(model, inputs, targets, attack, ladder, every, batch_size, eps=self.eps)
+
+    # -- per epoch -------------------------------------------------------------------------------
+    def epoch_end(self, adv_test_loss: float | None = None) -> PhaseReport:
+        """Close the epoch: reduce across ranks, learn θ̂, decide the regime from ρ's band, log.
+
+        Args:
+            adv_test_loss: this epoch's adversarial test loss, when the loop measures it (else the monitor
+                evaluates it with :meth:`evaluate_with`, or gives a provisional verdict).
+        """
+        totals = self._sums.totals(self.reducer, self.sync_timeout)
+        total, count, nonfinite = totals["loss_sum"], int(totals["count"]), int(totals["nonfinite"])
+        if count == 0 and nonfinite == 0:
+            raise ValueError("epoch_end() called before any update() in this epoch")
+        self._sums.reset()
+        mean = total / count if count > 0 else math.nan
+        test_loss = self._risk.test_loss(adv_test_loss, self.last_eps)
+        self.history.append(mean, self.clean_test_loss, test_loss)
+        due = self.epoch >= min(self.warmup_epochs, self.total_epochs or self.warmup_epochs)  # R̂ of θ̂'s weights
+        self._risk.update(self.epoch, test_loss, self.history.test_losses[:-1], mean, due=due, eps=self.last_eps)
+        probe = None
+        if self._probe is not None and self._probe.due(self.epoch):
+            probe, self.eps_star_lower_bound = self._probe.run(self.clean_test_loss, self.eps_star_lower_bound)
+        return self._report(mean, count, nonfinite, probe, test_loss)
+
+    def _report(self, mean: float, count: int, nonfinite: int, probe: dict | None,
+                test_loss: float | None) -> PhaseReport:
+        rhat, kind = self._risk.verdict(self.history.losses)
+        ratio, low, high = ratio_band(rhat, self._r_star, self.level)
+        self.history.verdict_ratios.append(ratio)
+        warmed_up = self.epoch >= self.warmup_epochs
+        regime, reason = judge(low, high, self.threshold, warmed_up, self.history.plateaued(self.patience,
+                                                                                             self.min_delta))
+        flagged = regime == FAR_ABOVE and self.flag_epoch is None
+        if flagged:
+            self.flag_epoch = self.epoch
+        notes = caveats(kind, self._risk.evaluates_rhat, self.epoch, self.warmup_epochs, regime, nonfinite)
+        if self.eps_star_lower_bound is not None:
+            notes.append(f"probe: eps* >= {format_eps(self.eps_star_lower_bound)}")
+        best, best_epoch = self.history.best_ratio()
+        report = PhaseReport(
+            epoch=self.epoch, eps=self.last_eps, adv_train_loss=mean, clean_test_loss=self.clean_test_loss,
+            ratio=ratio, best_ratio=best, best_epoch=best_epoch, regime=regime, flagged=flagged,
+            flag_epoch=self.flag_epoch, eps_star_lower_bound=self.eps_star_lower_bound, probe=probe,
+            samples=count, explanation=reason + "".join(f"; {c}" for c in notes), nonfinite_samples=nonfinite,
+            ratio_interval=(low, high), rhat=rhat.mean if rhat is not None else math.nan,
+            rhat_stderr=rhat.stderr if rhat is not None else math.nan, rhat_kind=kind, adv_test_loss=test_loss,
+            early_stopped_epoch=self.rhat["epoch"] if self.rhat is not None else None,
+            provisional=kind == "provisional" or not warmed_up, level=self.level,
+        )
+        if is_main_process():
+            log_report(self.logger, report, reason)
+            if report.flagged and self.on_flag is not None:
+                self.on_flag(report)
+        return report
+
+    # -- run record ----------------------------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        """The run as plain JSON values (:func:`~advhooks.monitor.record.run_record`): what ``estimate-eps-star
+        --method runs`` combines into ε*."""
+        self._risk.settle(due=True, eps=self.last_eps)
+        ev = self._risk.evaluation
+        return run_record(self, self.attack or (ev.attack if ev is not None else None))
+
+    def save_record(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`record` as JSON, atomically (main process only; returns the path)."""
+        path = Path(path)
+        if is_main_process():
+            write_json_atomic(path, self.record())
+        return path
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        """Draw the run: the running mean, the adversarial test loss and R̂ of θ̂ against R*(0) with both bands."""
+        from ..plotting import plot_run
+
+        return plot_run(self.record(), self.clean_test_loss, self._r_star.interval(self.level), path)
+
+    # -- checkpointing ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values: the epoch history, θ̂'s R̂, the flag, the lower bound and this rank's open-epoch sums."""
+        return {"clean_test_loss": self.clean_test_loss, "epoch": self.epoch, **self.history.state_dict(),
+                "rhat": None if self.rhat is None else dict(self.rhat), "flag_epoch": self.flag_epoch,
+                "eps_star_lower_bound": self.eps_star_lower_bound, "last_eps": self.last_eps,
+                **self._sums.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (validated; the benchmark must match)."""
+        _check_state(state, self.clean_test_loss)
+        self.history.load_state_dict(state, int(state["epoch"]))
+        self._risk.rhat = None if state.get("rhat") is None else dict(state["rhat"])
+        self.flag_epoch = None if state["flag_epoch"] is None else int(state["flag_epoch"])
+        self.eps_star_lower_bound = _optional_float(state["eps_star_lower_bound"])
+        self.last_eps = _optional_float(state.get("last_eps"))
+        self._sums.load_state_dict(state)
+
+
+def _check_state(state: Any, clean_test_loss: float) -> None:
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a mapping, got {type(state).__name__}")
+    missing = {"clean_test_loss", "epoch", "ratios", "losses", "flag_epoch", "eps_star_lower_bound",
+               "open_loss_sum", "open_count", "open_nonfinite"} - state.keys()
+    if missing:
+        raise ValueError(f"monitor state lacks {sorted(missing)}")
+    if not math.isclose(float(state["clean_test_loss"]), clean_test_loss, rel_tol=1e-9):
+        raise ValueError(f"monitor state was recorded against R*(0) = {state['clean_test_loss']}, this monitor "
+                         f"uses {clean_test_loss}")
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)

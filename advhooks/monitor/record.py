@@ -1,0 +1,39 @@
+"""The run record: one monitored run as plain JSON values (what ``estimate-eps-star --method runs`` reads)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from ..attacks import Attack
+from ..benchmark import benchmark_reference, model_fingerprint
+
+if TYPE_CHECKING:
+    from .phase_monitor import PhaseMonitor
+
+__all__ = ["RUN_RECORD_SCHEMA", "run_record"]
+
+RUN_RECORD_SCHEMA = "advhooks.run/1"
+
+
+def run_record(monitor: PhaseMonitor, attack: Attack | None) -> dict[str, Any]:
+    """``monitor``'s run with the evaluation ``attack``; the recipe's model is stored as its fingerprint."""
+    recipe = {k: v for k, v in dict(monitor.recipe or {}).items() if k != "model"}
+    if monitor.recipe and isinstance(monitor.recipe.get("model"), nn.Module):
+        recipe["model_hash"] = model_fingerprint(monitor.recipe["model"])["hash"]
+    recipe.setdefault("epochs", monitor.total_epochs)
+    rhat = monitor.rhat
+    return {
+        "schema": RUN_RECORD_SCHEMA,
+        "eps": monitor.last_eps if monitor.last_eps is not None else monitor.eps,
+        "attack": None if attack is None else repr(attack),
+        "norm": None if attack is None else attack.norm,
+        "epochs": monitor.history.rows(),
+        "early_stopped_epoch": None if rhat is None else rhat["epoch"],
+        "rhat": None if rhat is None else dict(rhat),
+        "recipe": recipe,
+        "benchmark": benchmark_reference(monitor.benchmark),
+        "level": monitor.level,
+        "evaluation_seconds": dict(monitor.evaluation_seconds),
+    }

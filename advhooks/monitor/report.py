@@ -1,0 +1,191 @@
+"""The monitor's verdict: :class:`PhaseReport`, the regimes and :func:`decide_regime` (pure, no state)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..schedules import format_eps
+from ..uncertainty import DEFAULT_LEVEL, MeanEstimate, ratio_interval
+
+__all__ = ["ABOVE", "ADVICE", "CLEAN_LIKE", "FAR_ABOVE", "NEAR", "REGIMES", "PhaseReport", "caveats", "comparable",
+           "decide_regime", "judge", "log_report", "ratio_band"]
+
+CLEAN_LIKE, NEAR, ABOVE, FAR_ABOVE = "clean-like", "near eps*", "above eps*", "eps >> eps*"
+REGIMES = (CLEAN_LIKE, NEAR, ABOVE, FAR_ABOVE)
+
+ADVICE = (
+    "Adversarial training at this strength no longer behaves like clean training: the paper (Xing et al. "
+    "2022, sections 5 and 7) links eps >> eps* to leaving the clean basin, robust overfitting and FGSM "
+    "catastrophic overfitting. What helps: a smaller eps, a wider model, more training data, or "
+    "TRADES/MART (objective='trades' or 'mart')."
+)
+
+
+@dataclass
+class PhaseReport:
+    """One epoch's verdict.
+
+    Attributes:
+        epoch: 1-based epoch number.
+        eps: the attack strength of the epoch's last batch.
+        adv_train_loss: this epoch's running mean of the adversarial training loss (reported beside R̂).
+        clean_test_loss: R*(0) from the benchmark.
+        ratio: ρ = R̂ / R*(0), the verdict's ratio (see ``rhat_kind``).
+        ratio_interval: ρ's band ``(low, high)`` at ``level``.
+        rhat / rhat_stderr: the R̂ the verdict uses and its standard error.
+        rhat_kind: ``"fixed weights"`` (the paper's R̂ of θ̂), ``"running mean"`` (θ̂ known from the test
+            loss, but no model to evaluate) or ``"provisional"`` (no adversarial test loss: the best running
+            mean so far).
+        adv_test_loss: this epoch's adversarial test loss, when known.
+        early_stopped_epoch: θ̂'s epoch (smallest adversarial test loss so far), when known.
+        provisional: the verdict may still change for reasons the report names (warm-up, no test loss).
+        best_ratio / best_epoch: the smallest running-mean ratio so far and its epoch.
+        regime: one of :data:`REGIMES`.
+        flagged: the ε ≫ ε* flag fired at this epoch (it fires once per run).
+        flag_epoch: the epoch it fired, if it has.
+        eps_star_lower_bound: the probe's lower bound on ε* so far (``None`` without a probe).
+        probe: the probe's ``{ε′: loss}`` when it ran this epoch.
+        samples: samples whose loss entered the epoch mean (all ranks).
+        nonfinite_samples: samples of batches whose loss was NaN or inf (all ranks), left out of the mean.
+        explanation: one or two sentences for people.
+        level: the band's coverage.
+    """
+
+    epoch: int
+    eps: float | None
+    adv_train_loss: float
+    clean_test_loss: float
+    ratio: float
+    best_ratio: float
+    best_epoch: int
+    regime: str
+    flagged: bool
+    flag_epoch: int | None
+    eps_star_lower_bound: float | None
+    probe: dict[str, float] | None
+    samples: int
+    explanation: str
+    nonfinite_samples: int = 0
+    ratio_interval: tuple[float, float] = (math.nan, math.nan)
+    rhat: float = math.nan
+    rhat_stderr: float = math.nan
+    rhat_kind: str = "provisional"
+    adv_test_loss: float | None = None
+    early_stopped_epoch: int | None = None
+    provisional: bool = True
+    level: float = DEFAULT_LEVEL
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, for loggers and JSON."""
+        out = asdict(self)
+        out["ratio_interval"] = list(self.ratio_interval)
+        return out
+
+    def metrics(self, prefix: str = "advhooks/") -> dict[str, float]:
+        """The numeric fields for experiment trackers, under one naming that every adapter uses."""
+        out = {
+            f"{prefix}adv_train_loss": self.adv_train_loss,
+            f"{prefix}rhat": self.rhat,
+            f"{prefix}ratio": self.ratio,
+            f"{prefix}ratio_low": self.ratio_interval[0],
+            f"{prefix}ratio_high": self.ratio_interval[1],
+            f"{prefix}best_ratio": self.best_ratio,
+            f"{prefix}clean_like": float(self.regime == CLEAN_LIKE),
+            f"{prefix}eps_far_above_eps_star": float(self.regime == FAR_ABOVE),
+        }
+        optional = {"eps": self.eps, "adv_test_loss": self.adv_test_loss,
+                    "eps_star_lower_bound": self.eps_star_lower_bound}
+        out.update({f"{prefix}{k}": float(v) for k, v in optional.items() if v is not None})
+        return out
+
+    @property
+    def should_stop(self) -> bool:
+        """The one stop rule: the ε ≫ ε* regime (adapters with ``stop_on_flag`` act on it)."""
+        return self.regime == FAR_ABOVE
+
+
+def comparable(ratios: Sequence[float]) -> list[float]:
+    """Ratios for min/plateau comparisons: a NaN or inf epoch (diverged) counts as +inf, i.e. no progress."""
+    return [r if math.isfinite(r) else math.inf for r in ratios]
+
+
+def decide_regime(low: float, high: float, *, threshold: float = 1.5, far_allowed: bool = True) -> tuple[str, str]:
+    """The regime for ρ's band ``[low, high]``, and why (a pure function).
+
+    Args:
+        low / high: the band of ρ = R̂ / R*(0).
+        threshold: ρ above which ε is several times ε*.
+        far_allowed: whether ``"eps >> eps*"`` may be decided (after the warm-up, on a plateau).
+
+    Example:
+        >>> decide_regime(0.7, 0.9)[0], decide_regime(0.9, 1.2)[0], decide_regime(1.2, 1.4)[0]
+        ('clean-like', 'near eps*', 'above eps*')
+        >>> decide_regime(1.6, 2.0)[0], decide_regime(1.6, 2.0, far_allowed=False)[0]
+        ('eps >> eps*', 'above eps*')
+    """
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return NEAR, "no finite adversarial training loss yet (diverged?): no verdict"
+    band = f"rho in [{low:.3f}, {high:.3f}]"
+    if high < 1.0:
+        return CLEAN_LIKE, f"{band} < 1: eps < eps*, adversarial training behaves like clean training"
+    if low <= 1.0:
+        return NEAR, f"{band} contains 1: eps is near eps* (cannot be told apart at this precision)"
+    if low >= threshold and far_allowed:
+        return FAR_ABOVE, f"{band} >= {threshold:g} and no longer improving: eps looks several times eps*"
+    return ABOVE, f"{band} > 1: eps > eps*"
+
+
+
+
+def ratio_band(rhat: MeanEstimate | None, r_star: MeanEstimate, level: float) -> tuple[float, float, float]:
+    """ρ = R̂ / R*(0) and its band at ``level``; NaN when there is no finite positive R̂ (``None``: no loss yet)."""
+    if rhat is None or rhat.mean <= 0 or not math.isfinite(rhat.mean):
+        return math.nan, math.nan, math.nan
+    return ratio_interval(rhat, r_star, level)
+
+
+def judge(low: float, high: float, threshold: float, warmed_up: bool, plateaued: bool) -> tuple[str, str]:
+    """The regime of ρ's band and why: ε ≫ ε* only after the warm-up and on a plateau of the verdict ρ."""
+    regime, reason = decide_regime(low, high, threshold=threshold, far_allowed=warmed_up and plateaued)
+    if regime == ABOVE and low >= threshold and warmed_up:
+        reason += " (still improving: no eps >> eps* verdict yet)"
+    return regime, reason
+
+
+def caveats(kind: str, evaluates_rhat: bool, epoch: int, warmup_epochs: int, regime: str,
+            nonfinite: int) -> list[str]:
+    """What a report's verdict rests on, for people: its kind of R̂, the warm-up, NaN/inf batches."""
+    notes = []
+    if kind == "provisional":
+        notes.append("provisional: no adversarial test loss, so the verdict uses the best running mean of the "
+                     "training loss (give the monitor evaluate_with(...) or epoch_end(adv_test_loss=...))")
+    elif kind == "running mean" and evaluates_rhat:
+        notes.append("R-hat at theta-hat's fixed weights is evaluated once the warm-up is over; until then it is "
+                     "theta-hat's running mean")
+    elif kind == "running mean":
+        notes.append("R-hat is the running mean of the early-stopped epoch (evaluate_with(model, train_data) gives "
+                     "the paper's fixed-weights value)")
+    if epoch < warmup_epochs and regime != CLEAN_LIKE:
+        notes.append(f"warm-up {epoch}/{warmup_epochs}")
+    if nonfinite:
+        notes.append(f"{nonfinite} samples had a NaN/inf loss and were left out of the mean")
+    return notes
+
+
+def log_report(logger: logging.Logger, report: PhaseReport, reason: str) -> None:
+    """One line per epoch (INFO), and warnings for NaN/inf batches and for the ε ≫ ε* flag."""
+    eps_txt = "?" if report.eps is None else format_eps(report.eps)
+    low, high = report.ratio_interval
+    where = "" if report.early_stopped_epoch is None else f", theta-hat = epoch {report.early_stopped_epoch}"
+    logger.info("epoch %d: R-hat %.4f (%s%s) = %.3f x R*(0) [%.3f, %.3f] (eps %s): %s%s — %s", report.epoch,
+                report.rhat, report.rhat_kind, where, report.ratio, low, high, eps_txt, report.regime,
+                " (provisional)" if report.provisional else "", report.explanation)
+    if report.nonfinite_samples:
+        logger.warning("epoch %d: %d samples had a NaN/inf adversarial loss (left out of the mean)",
+                       report.epoch, report.nonfinite_samples)
+    if report.flagged:
+        logger.warning("eps = %s looks >> eps*: %s. %s", eps_txt, reason, ADVICE)

@@ -1,0 +1,131 @@
+"""θ̂ and the paper's R̂: the early-stopped model (the epoch with the smallest adversarial test loss so far)
+and its adversarial training loss at those fixed weights, evaluated on a fixed training subset."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._validation import check_finite_nonnegative, check_positive_int
+from ..attacks import PGD, Attack
+from ..evaluation import FixedSubset, evaluate_adversarial_loss
+from ..uncertainty import MeanEstimate
+
+__all__ = ["EarlyStoppedRisk", "Evaluation"]
+
+
+@dataclass
+class Evaluation:
+    """What :meth:`PhaseMonitor.evaluate_with` was given: the model, the data and how to evaluate them."""
+
+    model: nn.Module
+    train_data: Any
+    test_data: Any
+    attack: Attack | None
+    train_subset: FixedSubset | None
+    test_subset: FixedSubset | None
+    batch_size: int
+    device: Any
+
+    @classmethod
+    def build(cls, model: nn.Module, train_data: Any, test_data: Any, attack: Attack | None,
+              train_subset: int | None, test_subset: int | None, seed: int, batch_size: int,
+              device: Any) -> Evaluation:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if attack is not None and not isinstance(attack, Attack):
+            raise TypeError(f"attack must be an advhooks attack, got {type(attack).__name__}")
+        subsets = [None if size is None else FixedSubset(check_positive_int("subset size", size), seed)
+                   for size in (train_subset, test_subset)]
+        return cls(model, train_data, test_data, attack, subsets[0], subsets[1],
+                   check_positive_int("batch_size", batch_size), device)
+
+    def attack_at(self, eps: float | None) -> Attack:
+        """The evaluation attack: the one given, else PGD-10 in L∞ at the epoch's ε."""
+        return self.attack if self.attack is not None else PGD(eps or 0.0, steps=10)
+
+    def adversarial_loss(self, data: Any, subset: FixedSubset | None, eps: float | None) -> MeanEstimate:
+        estimate, _ = evaluate_adversarial_loss(self.model, data, self.attack_at(eps), eps=eps, subset=subset,
+                                                batch_size=self.batch_size, device=self.device)
+        return estimate
+
+
+class EarlyStoppedRisk:
+    """Tracks θ̂ from the adversarial test losses and holds R̂ of θ̂ (``rhat``) for the verdict.
+
+    ``rhat`` is ``{"epoch", "mean", "stderr", "n", "population", "kind"}``: kind ``"running mean"`` (θ̂'s
+    running mean, until its fixed-weights R̂ is evaluated) or ``"fixed weights"`` (the paper's R̂).
+    """
+
+    def __init__(self) -> None:
+        self.evaluation: Evaluation | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.rhat: dict[str, Any] | None = None
+        self._theta_hat: dict[str, torch.Tensor] | None = None  # θ̂'s weights while its R̂ is pending
+        self.seconds = {"test": 0.0, "rhat": 0.0}  # wall time of the monitor's own evaluations
+
+    @property
+    def evaluates_rhat(self) -> bool:
+        """Whether R̂ at θ̂'s fixed weights can be evaluated (a model and training data were given)."""
+        return self.evaluation is not None and self.evaluation.train_data is not None
+
+    def test_loss(self, given: float | None, eps: float | None) -> float | None:
+        """The epoch's adversarial test loss: the loop's, else evaluated when test data was given."""
+        if given is not None:
+            return check_finite_nonnegative("adv_test_loss", given)
+        ev = self.evaluation
+        if ev is None or ev.test_data is None:
+            return None
+        started = time.perf_counter()
+        mean = ev.adversarial_loss(ev.test_data, ev.test_subset, eps).mean
+        self.seconds["test"] += time.perf_counter() - started
+        return mean
+
+    def update(self, epoch: int, test_loss: float | None, earlier: Sequence[float | None], running_mean: float,
+               *, due: bool, eps: float | None) -> None:
+        """θ̂ moves to ``epoch`` when its adversarial test loss is the smallest so far (``earlier``: the others).
+
+        Its weights are kept (a copy on their device, no host sync) and R̂ at those fixed weights is
+        evaluated when ``due`` (after the warm-up, at the last planned epoch, or for a record: early epochs
+        improve nearly every time and the verdict is provisional then anyway). Until then the verdict uses
+        θ̂'s running mean.
+        """
+        known = [t for t in earlier if t is not None]
+        if test_loss is not None and not (known and test_loss >= min(known)):
+            self.rhat = {"epoch": epoch, "mean": running_mean, "stderr": 0.0, "n": None, "population": None,
+                         "kind": "running mean"}
+            if self.evaluates_rhat:
+                self._theta_hat = {k: v.detach().clone() for k, v in self.evaluation.model.state_dict().items()}
+        self.settle(due=due, eps=eps)
+
+    def settle(self, *, due: bool, eps: float | None) -> None:
+        """Evaluate the pending R̂ of θ̂'s kept weights when it is ``due``."""
+        ev, weights = self.evaluation, self._theta_hat
+        if weights is None or ev is None or not due:
+            return
+        started = time.perf_counter()
+        current = {k: v.detach().clone() for k, v in ev.model.state_dict().items()}
+        try:
+            ev.model.load_state_dict(weights)
+            est = ev.adversarial_loss(ev.train_data, ev.train_subset, eps)
+        finally:
+            ev.model.load_state_dict(current)
+        self.seconds["rhat"] += time.perf_counter() - started
+        self.rhat.update(mean=est.mean, stderr=est.stderr, n=est.n, population=est.population, kind="fixed weights")
+        self._theta_hat = None
+
+    def verdict(self, running_means: Sequence[float]) -> tuple[MeanEstimate | None, str]:
+        """The R̂ the verdict uses and its kind (``"provisional"``: the best running mean, no θ̂ known)."""
+        if self.rhat is not None:
+            r = self.rhat
+            return MeanEstimate(r["mean"], r["stderr"], r["n"] or 1, r["population"] or 1), r["kind"]
+        finite = [v for v in running_means if math.isfinite(v)]
+        return (MeanEstimate(min(finite), 0.0, 1, 1) if finite else None), "provisional"

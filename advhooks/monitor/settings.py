@@ -1,0 +1,117 @@
+"""The monitor's settings, validated once: :class:`MonitorSettings`, the fields of :class:`PhaseMonitor`."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .._validation import check_finite_nonnegative, check_positive, check_positive_int
+from ..attacks import Attack
+from ..benchmark import CleanBenchmark, recipe_differences
+from ..uncertainty import DEFAULT_LEVEL, MeanEstimate
+from .report import PhaseReport
+from .sums import is_main_process
+
+__all__ = ["MonitorSettings", "default_warmup"]
+
+log = logging.getLogger("advhooks.monitor")
+
+
+@dataclass
+class MonitorSettings:
+    """The settings of a :class:`PhaseMonitor` (documented there), checked when it is built; the benchmark
+    is read, R*(0) and its standard error kept, the default warm-up filled in, and a run shorter than its
+    warm-up or a recipe unlike the benchmark's is warned about once."""
+
+    benchmark: CleanBenchmark | str | os.PathLike | float
+    eps: float | None = None
+    threshold: float = 1.5
+    patience: int = 5
+    warmup_epochs: int | None = None
+    total_epochs: int | None = None
+    min_delta: float = 0.01
+    on_flag: Callable[[PhaseReport], None] | None = None
+    logger: logging.Logger = field(default=log, repr=False)
+    reducer: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    sync_timeout: float = 600.0
+    level: float = DEFAULT_LEVEL
+    verbose: bool = False
+    recipe: Mapping[str, Any] | None = field(default=None, repr=False)
+    attack: Attack | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.benchmark, self._r_star = _reference(self.benchmark)
+        self.clean_test_loss = self._r_star.mean
+        _check_settings(self)
+        if self.verbose and self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        if is_main_process():
+            _warn_at_start(self)
+
+
+def _warn_at_start(m: MonitorSettings) -> None:
+    """A run shorter than its warm-up, and a recipe unlike the benchmark's: said once, when the monitor is built."""
+    if m.total_epochs is not None and m.warmup_epochs > m.total_epochs:
+        m.logger.warning(
+            "the run (%d epochs) is shorter than the monitor's warm-up (%d epochs): the eps >> eps* flag can "
+            "never fire; pass warmup_epochs= (past your first learning-rate decay) or train longer",
+            m.total_epochs, m.warmup_epochs)
+    if m.recipe is not None and isinstance(m.benchmark, CleanBenchmark):
+        differences = recipe_differences(m.benchmark, {"epochs": m.total_epochs, **m.recipe})
+        if differences:
+            m.logger.warning("this run differs from the clean benchmark's recipe, so its ratio to "
+                                "R*(0) compares unlike things: %s", "; ".join(differences))
+
+
+def _reference(benchmark: Any) -> tuple[CleanBenchmark | float, MeanEstimate]:
+    """The benchmark (read from its file when a path) and R*(0) with its standard error."""
+    if isinstance(benchmark, (str, os.PathLike)):
+        benchmark = CleanBenchmark.read(benchmark)
+    if isinstance(benchmark, CleanBenchmark):
+        r_star, stderr, n = benchmark.clean_test_loss, benchmark.test_loss_stderr, benchmark.n_test
+    elif isinstance(benchmark, (int, float)) and not isinstance(benchmark, bool):
+        r_star, stderr, n = float(benchmark), 0.0, 1
+    else:
+        raise TypeError("benchmark must be a CleanBenchmark, a benchmark file path, or R*(0) as a number")
+    r_star = check_positive("benchmark clean_test_loss (R*(0))", r_star)
+    return benchmark, MeanEstimate(r_star, float(stderr) if math.isfinite(stderr) else 0.0, n, n)
+
+
+def _check_settings(m: MonitorSettings) -> None:
+    """Validate (and normalise) the monitor's settings in place; the default warm-up is filled in here."""
+    if m.eps is not None:
+        m.eps = check_finite_nonnegative("eps", m.eps)
+    m.threshold = check_positive("threshold", m.threshold)
+    if m.threshold <= 1.0:
+        raise ValueError(f"threshold must be > 1 (a ratio to R*(0)), got {m.threshold}")
+    m.patience = check_positive_int("patience", m.patience)
+    m.total_epochs = None if m.total_epochs is None else check_positive_int("total_epochs", m.total_epochs)
+    m.warmup_epochs = default_warmup(m.total_epochs, m.patience) if m.warmup_epochs is None else m.warmup_epochs
+    if isinstance(m.warmup_epochs, bool) or not isinstance(m.warmup_epochs, int) or m.warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be an integer >= 0, got {m.warmup_epochs!r}")
+    m.min_delta = check_finite_nonnegative("min_delta", m.min_delta)
+    m.sync_timeout = check_positive("sync_timeout", m.sync_timeout)
+    if not 0.0 < float(m.level) < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {m.level!r}")
+    _check_types(m)
+
+
+def _check_types(m: MonitorSettings) -> None:
+    if m.on_flag is not None and not callable(m.on_flag):
+        raise TypeError("on_flag must be callable as on_flag(report)")
+    if m.recipe is not None and not isinstance(m.recipe, Mapping):
+        raise TypeError(f"recipe must be a mapping, got {type(m.recipe).__name__}")
+    if m.attack is not None and not isinstance(m.attack, Attack):
+        raise TypeError(f"attack must be an advhooks attack (PGD, FGM), got {type(m.attack).__name__}")
+
+
+def default_warmup(total_epochs: int | None, patience: int) -> int:
+    """The monitor's default warm-up: the paper's first learning-rate decay (half the run), then ``patience``
+    epochs; 10 when the run's length is unknown."""
+    return total_epochs // 2 + patience if total_epochs else 10
