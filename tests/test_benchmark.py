@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-import advhooks.benchmark as benchmark_module
+import advhooks.benchmark.file_format as benchmark_module
 from advhooks.benchmark import (
     SCHEMA_VERSION,
     BenchmarkFormatError,

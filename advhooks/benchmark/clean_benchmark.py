@@ -1,96 +1,31 @@
-"""The clean benchmark R*(0): measured once, stored as one safetensors file, read by the monitor.
-
-The file holds the clean model's weights (tensors ``weights.<name>``), the per-sample clean test losses
-(``stats.test_losses``, for uncertainty bands) and the record as JSON in the safetensors metadata
-(key ``advhooks.record``). :func:`read_record` parses only the header, so reading the record never
-reads the weights, and nothing is ever unpickled.
-"""
+"""The clean benchmark R*(0) as a record: :class:`CleanBenchmark`, measured from a clean model, saved to and
+read from one benchmark file (:mod:`advhooks.benchmark.file_format`)."""
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
-import hashlib
-import json
-import logging
 import math
 import os
-import struct
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
-from ._datasets import labels_of
-from ._outputs import logits_of
-from ._version import __version__
-from .attacks.criteria import Criterion, per_sample
-from .attacks.model_state import eval_mode
+from .._outputs import logits_of
+from .._version import __version__
+from ..attacks.criteria import Criterion, per_sample
+from ..attacks.model_state import eval_mode
+from .file_format import SCHEMA_VERSION, BenchmarkFormatError, check_record, read_record, read_tensors, write_file
+from .recipe import dataset_fingerprint, model_fingerprint
 
-__all__ = [
-    "RECIPE_KEYS",
-    "SCHEMA_VERSION",
-    "BenchmarkFormatError",
-    "CleanBenchmark",
-    "benchmark_reference",
-    "dataset_fingerprint",
-    "evaluate_clean",
-    "model_fingerprint",
-    "read_record",
-    "recipe_differences",
-    "write_json_atomic",
-]
+__all__ = ["CleanBenchmark", "evaluate_clean"]
 
-log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-_RECORD_KEY = "advhooks.record"
-_WEIGHTS = "weights."
-_TEST_LOSSES = "stats.test_losses"
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-class BenchmarkFormatError(ValueError):
-    """A file is not a readable advhooks clean benchmark (truncated, wrong schema, not safetensors)."""
-
-
-def _sha256(chunks: Iterable[bytes]) -> str:
-    h = hashlib.sha256()
-    for c in chunks:
-        h.update(c)
-    return h.hexdigest()[:16]
-
-
-def model_fingerprint(model: nn.Module) -> dict[str, Any]:
-    """Class, parameter count and a hash of parameter names and shapes."""
-    params = list(model.named_parameters())
-    return {
-        "class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "num_parameters": int(sum(p.numel() for _, p in params)),
-        "hash": _sha256(f"{n}:{tuple(p.shape)};".encode() for n, p in params),
-    }
-
-
-def dataset_fingerprint(train: Dataset | None, test: Dataset) -> dict[str, Any]:
-    """Sizes, sample shape, number of classes and a hash of the labels of both splits."""
-    test_labels = labels_of(test)
-    out: dict[str, Any] = {
-        "n_test": int(len(test)),
-        "sample_shape": list(test[0][0].shape),
-        "num_classes": int(test_labels.max()) + 1 if len(test_labels) else 0,
-        "test_labels_hash": _sha256([test_labels.to(torch.int64).numpy().tobytes()]),
-    }
-    if train is not None:
-        train_labels = labels_of(train)
-        out["n_train"] = int(len(train))
-        out["train_labels_hash"] = _sha256([train_labels.to(torch.int64).numpy().tobytes()])
-    return out
+_TENSOR_FIELDS = ("test_losses", "state_dict")
 
 
 def _criterion_name(criterion: Criterion | None) -> str:
@@ -274,38 +209,13 @@ class CleanBenchmark:
         if not (math.isfinite(self.clean_test_loss) and self.clean_test_loss > 0):
             raise ValueError(f"refusing to save a benchmark whose R*(0) is {self.clean_test_loss}: it must be finite "
                              "and > 0 (a benchmark file that cannot be read back is worse than none)")
-        tensors: dict[str, torch.Tensor] = {}
-        for k, v in (self.state_dict or {}).items():
-            tensors[_WEIGHTS + k] = v.detach().cpu().contiguous()
-        if self.test_losses is not None:
-            tensors[_TEST_LOSSES] = self.test_losses.detach().cpu().float().contiguous()
-        if not tensors:  # safetensors needs at least a header; keep the file well-formed
-            tensors["stats.empty"] = torch.zeros(0)
-        metadata = {"format": "pt", _RECORD_KEY: json.dumps(self.record(), sort_keys=True)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_file(path, self.record(), self.state_dict, self.test_losses)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CleanBenchmark:
         """Read a benchmark file with its weights and per-sample losses (never unpickles)."""
-        record = read_record(path)
-        try:
-            tensors = load_file(str(path))
-        except Exception as err:  # safetensors raises its own error types on corrupt data
-            raise BenchmarkFormatError(f"{path}: cannot read tensors: {err}") from None
-        bench = cls._from_record(record, path)
-        bench.state_dict = {k[len(_WEIGHTS):]: v for k, v in tensors.items() if k.startswith(_WEIGHTS)}
-        bench.test_losses = tensors.get(_TEST_LOSSES)
+        bench = cls._from_record(read_record(path), path)
+        bench.state_dict, bench.test_losses = read_tensors(path)
         return bench
 
     @classmethod
@@ -315,18 +225,8 @@ class CleanBenchmark:
 
     @classmethod
     def _from_record(cls, record: dict[str, Any], path: Any) -> CleanBenchmark:
+        check_record(record, path)
         names = {f for f in cls.__dataclass_fields__ if f not in _TENSOR_FIELDS}
-        missing = {"clean_test_loss", "clean_test_accuracy", "n_test"} - record.keys()
-        if missing:
-            raise BenchmarkFormatError(f"{path}: the record lacks {sorted(missing)}")
-        for key, kind in _RECORD_TYPES.items():
-            value = record.get(key)
-            if value is None and key not in _REQUIRED_VALUES:
-                continue
-            if not _has_kind(value, kind):
-                raise BenchmarkFormatError(f"{path}: malformed record: {key} = {value!r} is not {kind}")
-        if not (math.isfinite(record["clean_test_loss"]) and record["clean_test_loss"] > 0):
-            raise BenchmarkFormatError(f"{path}: malformed record: clean_test_loss must be finite and > 0")
         try:
             return cls(**{k: v for k, v in record.items() if k in names})
         except TypeError as err:
@@ -352,147 +252,3 @@ class CleanBenchmark:
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-# What a recipe records (in a benchmark's ``training`` and a run's ``recipe``) and the monitor compares.
-RECIPE_KEYS = ("batch_size", "epochs", "optimizer", "lr", "momentum", "weight_decay", "schedule", "augmentation",
-               "normalization", "n_train")
-
-
-def recipe_differences(benchmark: CleanBenchmark, recipe: dict[str, Any]) -> list[str]:
-    """What differs between a run's ``recipe`` and the recipe the benchmark was recorded with.
-
-    Only what both sides know is compared; ``recipe["model"]`` (a module) is compared by fingerprint.
-
-    Example:
-        >>> bench = CleanBenchmark(0.1, 0.05, 0.05, 0.9, 0.95, 0.01, 100, 400, training={"batch_size": 64})
-        >>> recipe_differences(bench, {"batch_size": 128})
-        ["batch size 128 vs the benchmark's 64"]
-    """
-    out = []
-    for key in RECIPE_KEYS:
-        # Through JSON, as the benchmark's side was: a tuple and the list it was saved as are the same.
-        ours = json.loads(json.dumps(recipe.get(key), default=str))
-        theirs = benchmark.n_train if key == "n_train" else benchmark.training.get(key)
-        if ours is None or theirs is None:
-            continue
-        same = math.isclose(float(ours), float(theirs), rel_tol=1e-9) if all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (ours, theirs)) else ours == theirs
-        if not same:
-            out.append(f"{key.replace('_', ' ')} {ours} vs the benchmark's {theirs}")
-    model = recipe.get("model")
-    if isinstance(model, nn.Module) and benchmark.model.get("hash"):
-        fp = model_fingerprint(model)
-        if fp["hash"] != benchmark.model["hash"]:
-            out.append(f"model {fp['class']} ({fp['num_parameters']} parameters) vs the benchmark's "
-                       f"{benchmark.model.get('class')} ({benchmark.model.get('num_parameters')} parameters)")
-    return out
-
-
-def benchmark_reference(benchmark: CleanBenchmark | float) -> dict[str, Any]:
-    """What identifies a benchmark in a run record: R*(0), its s.e., when it was made, the model and data."""
-    if not isinstance(benchmark, CleanBenchmark):
-        return {"clean_test_loss": float(benchmark)}
-    return {"clean_test_loss": benchmark.clean_test_loss, "test_loss_stderr": benchmark.test_loss_stderr,
-            "created": benchmark.created, "model_hash": benchmark.model.get("hash"),
-            "test_labels_hash": benchmark.dataset.get("test_labels_hash"), "n_test": benchmark.n_test}
-
-
-def write_json_atomic(path: str | os.PathLike, value: Any) -> Path:
-    """Write ``value`` as JSON through a temporary file renamed into place (parent folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(value, fh, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-_TENSOR_FIELDS = ("test_losses", "state_dict")
-_REQUIRED_VALUES = ("clean_test_loss", "clean_test_accuracy", "n_test")
-# What each record field must hold; None is accepted for the optional ones.
-_RECORD_TYPES = {
-    "clean_test_loss": "a number", "clean_train_loss": "a number", "generalization_gap": "a number",
-    "clean_test_accuracy": "a number", "clean_train_accuracy": "a number", "test_loss_stderr": "a number",
-    "n_test": "an integer", "n_train": "an integer", "best_epoch": "an integer", "criterion": "a string",
-    "dataset": "an object", "model": "an object", "training": "an object", "advhooks_version": "a string",
-    "torch_version": "a string", "created": "a string",
-}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _has_kind(value: Any, kind: str) -> bool:
-    if kind == "a number":
-        return _is_int(value) or isinstance(value, float)  # NaN allowed: a stderr of one sample
-    if kind == "an integer":
-        return _is_int(value) and value >= 0
-    if kind == "a string":
-        return isinstance(value, str)
-    return isinstance(value, dict)
-
-
-def read_record(path: str | os.PathLike) -> dict[str, Any]:
-    """The benchmark record from a file's safetensors header, reading nothing past the header.
-
-    Raises:
-        FileNotFoundError: no such file.
-        BenchmarkFormatError: not a safetensors file, truncated, not an advhooks benchmark, or a schema
-            version this library cannot read.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise BenchmarkFormatError(f"{path}: not a safetensors file (only {size} bytes)")
-        (n,) = struct.unpack("<Q", head)
-        if n == 0 or n > _MAX_HEADER or n > size - 8:
-            raise BenchmarkFormatError(f"{path}: not a safetensors file (header length {n} does not fit the file)")
-        raw = fh.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BenchmarkFormatError(f"{path}: not a safetensors file (unreadable header)") from None
-    if not isinstance(header, dict):
-        raise BenchmarkFormatError(f"{path}: not a safetensors file (header is not a JSON object)")
-    ends = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) and o >= 0 for o in offsets)
-                and offsets[0] <= offsets[1]):
-            raise BenchmarkFormatError(f"{path}: not a safetensors file (bad entry for tensor {name!r})")
-        ends.append(offsets[1])
-    if ends and max(ends) > size - 8 - n:
-        raise BenchmarkFormatError(f"{path}: truncated ({size} bytes; the header describes {8 + n + max(ends)})")
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict) or _RECORD_KEY not in meta:
-        raise BenchmarkFormatError(f"{path}: a safetensors file, but not an advhooks clean benchmark (no record)")
-    try:
-        record = json.loads(meta[_RECORD_KEY])
-    except (TypeError, json.JSONDecodeError):
-        raise BenchmarkFormatError(f"{path}: the benchmark record is not valid JSON") from None
-    if not isinstance(record, dict):
-        raise BenchmarkFormatError(f"{path}: the benchmark record is not a JSON object")
-    version = record.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise BenchmarkFormatError(
-            f"{path}: benchmark schema version {version!r}; this advhooks ({__version__}) reads version "
-            f"{SCHEMA_VERSION}. Re-record it with `advhooks benchmark-clean`."
-        )
-    return record
-
-
-def __getattr__(name: str) -> Any:  # step_decay and record_clean_benchmark lived here until 0.1.0
-    from ._moved import moved_attribute
-
-    return moved_attribute(__name__, name)

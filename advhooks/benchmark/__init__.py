@@ -1,0 +1,36 @@
+"""The clean benchmark R*(0): measured once, stored as one safetensors file, read by the monitor.
+
+:mod:`.clean_benchmark` holds the record (:class:`CleanBenchmark`) and how it is measured, :mod:`.file_format`
+the file, :mod:`.recipe` the fingerprints and the training recipe a benchmark records.
+
+The file holds the clean model's weights (tensors ``weights.<name>``), the per-sample clean test losses
+(``stats.test_losses``, for uncertainty bands) and the record as JSON in the safetensors metadata
+(key ``advhooks.record``). :func:`read_record` parses only the header, so reading the record never
+reads the weights, and nothing is ever unpickled.
+"""
+
+from typing import Any
+
+from .clean_benchmark import CleanBenchmark, evaluate_clean
+from .file_format import SCHEMA_VERSION, BenchmarkFormatError, read_record, write_json_atomic
+from .recipe import RECIPE_KEYS, benchmark_reference, dataset_fingerprint, model_fingerprint, recipe_differences
+
+__all__ = [
+    "RECIPE_KEYS",
+    "SCHEMA_VERSION",
+    "BenchmarkFormatError",
+    "CleanBenchmark",
+    "benchmark_reference",
+    "dataset_fingerprint",
+    "evaluate_clean",
+    "model_fingerprint",
+    "read_record",
+    "recipe_differences",
+    "write_json_atomic",
+]
+
+
+def __getattr__(name: str) -> Any:  # step_decay and record_clean_benchmark lived here until 0.1.0
+    from .._moved import moved_attribute
+
+    return moved_attribute(__name__, name)

@@ -1,0 +1,99 @@
+"""What a benchmark was made of: fingerprints of the model and the data, the training recipe it records,
+and what identifies it in a run record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .._datasets import labels_of
+
+if TYPE_CHECKING:
+    from .clean_benchmark import CleanBenchmark
+
+__all__ = ["RECIPE_KEYS", "benchmark_reference", "dataset_fingerprint", "model_fingerprint", "recipe_differences"]
+
+
+def _sha256(chunks: Iterable[bytes]) -> str:
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model: nn.Module) -> dict[str, Any]:
+    """Class, parameter count and a hash of parameter names and shapes."""
+    params = list(model.named_parameters())
+    return {
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "num_parameters": int(sum(p.numel() for _, p in params)),
+        "hash": _sha256(f"{n}:{tuple(p.shape)};".encode() for n, p in params),
+    }
+
+
+def dataset_fingerprint(train: Dataset | None, test: Dataset) -> dict[str, Any]:
+    """Sizes, sample shape, number of classes and a hash of the labels of both splits."""
+    test_labels = labels_of(test)
+    out: dict[str, Any] = {
+        "n_test": int(len(test)),
+        "sample_shape": list(test[0][0].shape),
+        "num_classes": int(test_labels.max()) + 1 if len(test_labels) else 0,
+        "test_labels_hash": _sha256([test_labels.to(torch.int64).numpy().tobytes()]),
+    }
+    if train is not None:
+        train_labels = labels_of(train)
+        out["n_train"] = int(len(train))
+        out["train_labels_hash"] = _sha256([train_labels.to(torch.int64).numpy().tobytes()])
+    return out
+
+
+# What a recipe records (in a benchmark's ``training`` and a run's ``recipe``) and the monitor compares.
+RECIPE_KEYS = ("batch_size", "epochs", "optimizer", "lr", "momentum", "weight_decay", "schedule", "augmentation",
+               "normalization", "n_train")
+
+
+def recipe_differences(benchmark: CleanBenchmark, recipe: dict[str, Any]) -> list[str]:
+    """What differs between a run's ``recipe`` and the recipe the benchmark was recorded with.
+
+    Only what both sides know is compared; ``recipe["model"]`` (a module) is compared by fingerprint.
+
+    Example:
+        >>> from advhooks.benchmark import CleanBenchmark
+        >>> bench = CleanBenchmark(0.1, 0.05, 0.05, 0.9, 0.95, 0.01, 100, 400, training={"batch_size": 64})
+        >>> recipe_differences(bench, {"batch_size": 128})
+        ["batch size 128 vs the benchmark's 64"]
+    """
+    out = []
+    for key in RECIPE_KEYS:
+        # Through JSON, as the benchmark's side was: a tuple and the list it was saved as are the same.
+        ours = json.loads(json.dumps(recipe.get(key), default=str))
+        theirs = benchmark.n_train if key == "n_train" else benchmark.training.get(key)
+        if ours is None or theirs is None:
+            continue
+        same = math.isclose(float(ours), float(theirs), rel_tol=1e-9) if all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (ours, theirs)) else ours == theirs
+        if not same:
+            out.append(f"{key.replace('_', ' ')} {ours} vs the benchmark's {theirs}")
+    model = recipe.get("model")
+    if isinstance(model, nn.Module) and benchmark.model.get("hash"):
+        fp = model_fingerprint(model)
+        if fp["hash"] != benchmark.model["hash"]:
+            out.append(f"model {fp['class']} ({fp['num_parameters']} parameters) vs the benchmark's "
+                       f"{benchmark.model.get('class')} ({benchmark.model.get('num_parameters')} parameters)")
+    return out
+
+
+def benchmark_reference(benchmark: CleanBenchmark | float) -> dict[str, Any]:
+    """What identifies a benchmark in a run record: R*(0), its s.e., when it was made, the model and data."""
+    if isinstance(benchmark, (int, float)):
+        return {"clean_test_loss": float(benchmark)}
+    return {"clean_test_loss": benchmark.clean_test_loss, "test_loss_stderr": benchmark.test_loss_stderr,
+            "created": benchmark.created, "model_hash": benchmark.model.get("hash"),
+            "test_labels_hash": benchmark.dataset.get("test_labels_hash"), "n_test": benchmark.n_test}
