@@ -319,17 +319,7 @@ def estimate_eps_star(
     from .benchmark import CleanBenchmark
     from .kit import estimate as E
 
-    method = method.lower()
-    if method not in E.METHODS:
-        raise ValueError(f"--method must be grid, finetune, clean-probe or runs, got {method!r}")
-    if norm.lower() not in ("linf", "l2"):
-        raise ValueError(f"--norm must be linf or l2, got {norm!r}")
-    if attack is not None and attack.lower() not in ("pgd", "fgm"):
-        raise ValueError(f"--attack must be pgd or fgm, got {attack!r}")
-    if not 0 < level < 1:
-        raise ValueError(f"--level must be in (0, 1), got {level}")
-    if (method == "runs") != (records is not None):
-        raise ValueError("--records goes with --method runs (and --method runs needs --records)")
+    method = _check_estimate_options(method, norm, attack, level, records)
     _check_options(steps=steps, runs=runs, epochs=epochs, batch_size=batch_size, lr=lr)
     grid = E.check_eps_grid(parse_eps_list(eps), "--eps") if eps is not None else None
     normalization = _parse_normalize(normalize)
@@ -344,12 +334,7 @@ def estimate_eps_star(
     if method == "runs":
         loaded_records = _read_records(records)
     else:
-        if preset is None and model is None and data is None:
-            preset = bench.training.get("preset")
-        if split_seed is None:  # benchmarks before --split-seed split with their --seed
-            split_seed = int(bench.training.get("split_seed", bench.training.get("seed", 0)))
-        setup = _resolve_setup(preset, model, data, data_dir, False, width, split_seed)
-        _check_setup_matches(bench, setup, strict)
+        setup = _benchmark_setup(bench, preset, model, data, data_dir, width, split_seed, strict)
 
     bar = tqdm(total=0, disable=not _progress_shown(quiet), file=sys.stderr, leave=False)
 
@@ -376,6 +361,36 @@ def estimate_eps_star(
         from .kit.estimate_plot import plot_estimate
 
         typer.echo(f"wrote {plot_estimate(result, plot)}")
+
+
+def _check_estimate_options(method: str, norm: str, attack: str | None, level: float, records: str | None) -> str:
+    """The estimate command's choices, checked before any work; returns the method, lower-cased."""
+    from .kit.estimate import METHODS
+
+    method = method.lower()
+    if method not in METHODS:
+        raise ValueError(f"--method must be grid, finetune, clean-probe or runs, got {method!r}")
+    if norm.lower() not in ("linf", "l2"):
+        raise ValueError(f"--norm must be linf or l2, got {norm!r}")
+    if attack is not None and attack.lower() not in ("pgd", "fgm"):
+        raise ValueError(f"--attack must be pgd or fgm, got {attack!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"--level must be in (0, 1), got {level}")
+    if (method == "runs") != (records is not None):
+        raise ValueError("--records goes with --method runs (and --method runs needs --records)")
+    return method
+
+
+def _benchmark_setup(bench: Any, preset: str | None, model: str | None, data: str | None, data_dir: Path | None,
+                     width: int | None, split_seed: int | None, strict: bool) -> _Setup:
+    """The setting a benchmark was recorded in: its preset and data split unless others are given, checked."""
+    if preset is None and model is None and data is None:
+        preset = bench.training.get("preset")
+    if split_seed is None:  # benchmarks before --split-seed split with their --seed
+        split_seed = int(bench.training.get("split_seed", bench.training.get("seed", 0)))
+    setup = _resolve_setup(preset, model, data, data_dir, False, width, split_seed)
+    _check_setup_matches(bench, setup, strict)
+    return setup
 
 
 def _read_records(pattern: str) -> list[dict]:

@@ -1,6 +1,11 @@
 """Adversarial training in the paper's setting (PreActResNet18, CIFAR-10, PGD L∞) with Accelerate.
 
-The Accelerate version of examples/train_digits.py: the marked blocks are what changes.
+Compared with examples/train_digits.py (a plain loop on the bundled digits), it adds: training through
+Accelerate on one process or several (the `accelerate (k/4)` comments mark the Accelerate calls), with
+``AcceleratedAdversarialTraining`` reducing the monitor over processes and, with --stop-on-flag, stopping
+every process when eps >> eps* is flagged; CIFAR-10 with its preset's model, epochs, learning rate and
+weight decay (--dataset digits for the bundled data); a PGD test accuracy gathered from every process once
+training ends (instead of evaluations every 10 epochs); the monitor's reports as JSON (--report).
 
     accelerate launch examples/cifar_adv.py --data-dir ~/data --eps 8/255 --benchmark clean.safetensors
     accelerate launch --multi_gpu --num_processes 2 examples/cifar_adv.py --data-dir ~/data   # 2 processes
@@ -20,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
@@ -28,7 +32,7 @@ from accelerate import Accelerator  # accelerate (1/4)
 from torch.utils.data import DataLoader
 
 from advhooks import PGD, parse_eps
-from advhooks.integrations.accelerate import AcceleratedAdversarialTraining
+from advhooks.integrations.accelerate import AcceleratedAdversarialTraining, finish
 from advhooks.kit.data import DataNotFoundError, load_dataset
 from advhooks.kit.presets import get_preset
 from advhooks.monitor import PhaseMonitor
@@ -128,14 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report and accelerator.is_main_process:
         with open(args.report, "w") as fh:
             json.dump({"reports": reports, "num_processes": accelerator.num_processes}, fh, indent=2)
-    # With torch 2.14 and gloo on the CPU, processes aborted at interpreter exit after all their work
-    # ("terminate called without an active exception"): about one run in five with end_training(),
-    # still now and then without it. So every rank syncs, flushes and leaves without the teardown.
-    accelerator.wait_for_everyone()
-    if accelerator.num_processes > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    finish(accelerator)  # all processes meet and exit here when there are several (see finish)
     return 0
 
 

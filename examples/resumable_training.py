@@ -30,7 +30,7 @@ import torch
 from accelerate import Accelerator
 
 from advhooks import PGD
-from advhooks.integrations.accelerate import AcceleratedAdversarialTraining
+from advhooks.integrations.accelerate import AcceleratedAdversarialTraining, finish
 from advhooks.kit.data import load_digits
 from advhooks.kit.presets import get_preset
 from advhooks.monitor import PhaseMonitor
@@ -139,11 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         final = {"resumed_from": None if resume is None else resume.name, "reports": reports,
                  "monitor": monitor.state_dict()}
         (out / "final.json").write_text(json.dumps(final, indent=2))
-    accelerator.wait_for_everyone()
-    if accelerator.num_processes > 1:  # see tests/scripts/accelerate_monitor.py: gloo's exit abort
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    finish(accelerator)  # all processes meet and exit here when there are several (see finish)
     return 0
 
 

@@ -1,4 +1,9 @@
-"""examples/train_digits.py with Lightning: the same model, data and schedule; the marked blocks differ.
+"""examples/train_digits.py with Lightning: the same model, data, optimiser and learning-rate schedule.
+
+A LightningModule whose adversarial ``training_step`` comes from ``AdversarialTrainingMixin`` and a
+``Trainer`` replace the hand-written loop, and ``PhaseMonitorCallback`` feeds the monitor (the
+`lightning (k/3)` comments mark these parts). It prints the adversarial training loss (and the monitor's
+ratio) each epoch and, unlike train_digits.py, does not evaluate on the test set.
 
     advhooks benchmark-clean --preset digits-mlp --out clean.safetensors
     python examples/train_digits_lightning.py --benchmark clean.safetensors --eps 16/255

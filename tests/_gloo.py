@@ -1,18 +1,19 @@
 """Helpers for tests that run several gloo processes on the CPU.
 
-With torch 2.14 and gloo, a process can abort at interpreter exit after all its work ("terminate called
-without an active exception"), with or without destroy_process_group. So workers write their results,
-meet at a barrier, flush, and leave through os._exit(0) without the teardown.
+Workers write their results, then leave through ``advhooks.integrations.accelerate.finish``: with torch
+2.14 and gloo a process can abort at interpreter exit after all its work, so it meets the other ranks,
+flushes and exits through os._exit(0) without the teardown.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
 import socket
 import sys
 
 import torch.distributed as dist
+
+from advhooks.integrations.accelerate import finish
 
 
 def init_gloo(rank: int, world: int, out_dir: str) -> None:
@@ -22,12 +23,8 @@ def init_gloo(rank: int, world: int, out_dir: str) -> None:
 
 
 def leave(barrier: bool = True) -> None:
-    """Meet the other ranks (unless one may be gone), flush, and exit without gloo's teardown."""
-    if barrier:
-        dist.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    """``finish(barrier=barrier)``: meet the other ranks (unless one may be gone), flush, and exit."""
+    finish(barrier=barrier)
 
 
 def free_port() -> str:

@@ -52,7 +52,10 @@ def test_batched_pgd_matches_the_per_sample_reference(cnn, batch, norm, eps, ran
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-9)
 
 
-torchattacks = pytest.importorskip("torchattacks", reason="cross-checks need torchattacks: pip install 'advhooks[dev]'")
+@pytest.fixture
+def torchattacks():
+    """The torchattacks module; only the cross-checks that ask for it skip when it is missing."""
+    return pytest.importorskip("torchattacks", reason="cross-checks need torchattacks: pip install 'advhooks[dev]'")
 
 
 class _MnistLike(nn.Module):
@@ -74,7 +77,7 @@ def mnist_like():
     return _MnistLike(), torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
 
 
-def test_pgd_linf_matches_torchattacks(mnist_like):
+def test_pgd_linf_matches_torchattacks(torchattacks, mnist_like):
     model, x, y = mnist_like
     eps, alpha, steps = 8 / 255, 2 / 255, 10
     ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)
@@ -82,7 +85,7 @@ def test_pgd_linf_matches_torchattacks(mnist_like):
     torch.testing.assert_close(ours, ta, rtol=0, atol=1e-6)
 
 
-def test_pgd_l2_matches_torchattacks(mnist_like):
+def test_pgd_l2_matches_torchattacks(torchattacks, mnist_like):
     model, x, y = mnist_like
     eps, alpha, steps = 1.0, 0.2, 10
     ta = torchattacks.PGDL2(model, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)
@@ -90,7 +93,7 @@ def test_pgd_l2_matches_torchattacks(mnist_like):
     torch.testing.assert_close(ours, ta, rtol=0, atol=1e-6)
 
 
-def test_fgsm_matches_torchattacks(mnist_like):
+def test_fgsm_matches_torchattacks(torchattacks, mnist_like):
     model, x, y = mnist_like
     ta = torchattacks.FGSM(model, eps=8 / 255)(x, y)
     ours = FGM(8 / 255)(model, x, y)

@@ -22,6 +22,7 @@ import pytest
 from ._gloo import accelerate_launch_command
 
 pytest.importorskip("accelerate", reason="install the hf extra: pip install -e '.[hf]'")
+psutil = pytest.importorskip("psutil", reason="needs psutil (a dependency of accelerate)")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "resumable_training.py"
 ARGS = ["--epochs", "4", "--checkpoint-every", "8"]
@@ -39,15 +40,20 @@ def _run(out: Path, processes: int) -> dict:
     return json.loads((out / "final.json").read_text())
 
 
-def _kill_all(marker: str) -> None:
-    """SIGKILL every process whose command line names ``marker`` (the launcher puts workers in other groups)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+def _kill_tree(pid: int) -> None:
+    """SIGKILL the process ``pid`` and all its descendants (the launcher starts its workers in new sessions,
+    so a process-group kill would miss them). It is stopped first, so it can start no process in between;
+    processes that are already gone are skipped (psutil, unlike a scan of /proc, tolerates them)."""
+    try:
+        root = psutil.Process(pid)
+        root.suspend()  # (a zombie, not yet waited for, takes the signals and has no children)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for process in family:
         try:
-            if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
+            process.kill()
+        except psutil.NoSuchProcess:
             pass
 
 
@@ -66,9 +72,9 @@ def test_killed_run_resumes_to_the_same_reports(tmp_path, processes, kill_at):
         deadline = time.monotonic() + 240
         while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
-        _kill_all(str(crashed))  # (watching the checkpoints, not stdout: the launcher buffers it)
+        _kill_tree(proc.pid)  # (watching the checkpoints, not stdout: the launcher buffers it)
     finally:
-        _kill_all(str(crashed))
+        _kill_tree(proc.pid)
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not (crashed / "final.json").exists(), "the kill came too late to interrupt training"

@@ -89,3 +89,22 @@ def test_names_that_left_the_benchmark_module_still_import_from_it():
     assert old_step_decay is step_decay and old_record is record_clean_benchmark
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         _ = importlib.import_module("advhooks.benchmark").no_such_name
+
+
+def test_no_class_of_the_library_is_longer_than_200_lines():
+    long = {}
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "integrations").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 200:
+                long[f"{path.relative_to(ROOT)}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert long == {}
+
+
+def test_no_function_of_the_library_is_more_complex_than_12():
+    import subprocess
+    import sys
+
+    pytest.importorskip("ruff", reason="the complexity check runs ruff: pip install 'advhooks[dev]'")
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "C901", "--output-format", "concise",
+                          "advhooks", "integrations"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +190,22 @@ def _interpolate_crossing(eps: list[float], losses: list[float], target: float):
     return None, None
 
 
+def _study_runs(grid: list[float], runs: int, seed: int, make_model: Callable[[], nn.Module], train_set: Dataset,
+                batch_size: int, device: torch.device, counter: PassCounter) -> Iterator[tuple]:
+    """Each ``(run, ε, model, loader)`` of a study: a model made under the run's seed, a loader shuffled with
+    it, and the model's forward passes counted while the caller uses it."""
+    for run in range(runs):
+        for e in grid:
+            torch.manual_seed(seed + 1000 * run)
+            model = make_model().to(device)
+            handle = model.register_forward_hook(counter.hook)
+            gen = torch.Generator().manual_seed(seed + 1000 * run)
+            try:
+                yield run, e, model, DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
+            finally:
+                handle.remove()
+
+
 def estimate_grid(
     model_factory: Callable[[], nn.Module],
     train_set: Dataset,
@@ -232,27 +248,21 @@ def estimate_grid(
     device = torch.device(device)
     start, counter = time.perf_counter(), PassCounter()
     records = []
-    for run in range(runs):
-        for e in grid:
-            torch.manual_seed(seed + 1000 * run)
-            model = model_factory().to(device)
-            handle = model.register_forward_hook(counter.hook)
-            gen = torch.Generator().manual_seed(seed + 1000 * run)
-            train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
-            atk = make_attack(attack if e > 0 else "pgd", e, norm, steps, normalization)
-            eval_attack = make_attack("pgd", e, norm, steps, normalization)
-            monitor = PhaseMonitor(benchmark, eps=e, total_epochs=epochs, attack=eval_attack, logger=_RUN_LOG,
-                                   recipe=dict(batch_size=batch_size, lr=lr, weight_decay=weight_decay, run=run,
-                                               seed=seed + 1000 * run, schedule="step_decay", optimizer="sgd"))
-            monitor.evaluate_with(model, train_eval_set or train_set, test_set, train_subset=train_subset,
-                                  seed=seed, device=device)
-            train_adversarially(model, train_loader, atk, e, epochs, lr, decay=True, device=device, counter=counter,
-                                weight_decay=weight_decay, monitor=monitor, progress=progress)
-            handle.remove()
-            record = monitor.record()
-            records.append(record)
-            if records_dir is not None:
-                write_json_atomic(Path(records_dir) / f"eps{e * 255:.4g}-run{run}.json", record)
+    for run, e, model, train_loader in _study_runs(grid, runs, seed, model_factory, train_set, batch_size, device,
+                                                   counter):
+        atk = make_attack(attack if e > 0 else "pgd", e, norm, steps, normalization)
+        eval_attack = make_attack("pgd", e, norm, steps, normalization)
+        monitor = PhaseMonitor(benchmark, eps=e, total_epochs=epochs, attack=eval_attack, logger=_RUN_LOG,
+                               recipe=dict(batch_size=batch_size, lr=lr, weight_decay=weight_decay, run=run,
+                                           seed=seed + 1000 * run, schedule="step_decay", optimizer="sgd"))
+        monitor.evaluate_with(model, train_eval_set or train_set, test_set, train_subset=train_subset, seed=seed,
+                              device=device)
+        train_adversarially(model, train_loader, atk, e, epochs, lr, decay=True, device=device, counter=counter,
+                            weight_decay=weight_decay, monitor=monitor, progress=progress)
+        record = monitor.record()
+        records.append(record)
+        if records_dir is not None:
+            write_json_atomic(Path(records_dir) / f"eps{e * 255:.4g}-run{run}.json", record)
     est = estimate_from_records(records, benchmark, include_clean=include_clean, level=level, seed=seed)
     est.method = "grid"
     est.settings = dict(eps=grid, attack=attack, steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, runs=runs,
@@ -443,24 +453,18 @@ def estimate_finetune(
         eps=grid, attack=attack, steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, runs=runs, seed=seed,
         train_subset=train_subset))
     subset = None if train_subset is None else FixedSubset(train_subset, seed)
-    for run in range(runs):
-        for e in grid:
-            torch.manual_seed(seed + 1000 * run)
-            model = benchmark.load_weights_into(model_factory()).to(device)
-            handle = model.register_forward_hook(counter.hook)
-            gen = torch.Generator().manual_seed(seed + 1000 * run)
-            loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
-            train_adversarially(model, loader, make_attack(attack, e, norm, steps, normalization), e, epochs, lr,
-                                decay=False, device=device, counter=counter, progress=progress)
-            rhat, _ = evaluate_adversarial_loss(model, train_eval_set or train_set,
-                                                make_attack("pgd", e, norm, steps, normalization), subset=subset,
-                                                device=device)
-            handle.remove()
-            if not math.isfinite(rhat.mean):
-                est.points.append({"eps": e, "run": run, "loss": None, "failed": "non-finite losses"})
-                est.warnings.append(f"run {run} at eps {format_eps(e)} failed: non-finite losses")
-                continue
-            est.points.append({"eps": e, "run": run, "loss": rhat.mean, "stderr": rhat.stderr})
+    clean_model = lambda: benchmark.load_weights_into(model_factory())  # noqa: E731 - each run starts clean
+    for run, e, model, loader in _study_runs(grid, runs, seed, clean_model, train_set, batch_size, device, counter):
+        train_adversarially(model, loader, make_attack(attack, e, norm, steps, normalization), e, epochs, lr,
+                            decay=False, device=device, counter=counter, progress=progress)
+        rhat, _ = evaluate_adversarial_loss(model, train_eval_set or train_set,
+                                            make_attack("pgd", e, norm, steps, normalization), subset=subset,
+                                            device=device)
+        if not math.isfinite(rhat.mean):
+            est.points.append({"eps": e, "run": run, "loss": None, "failed": "non-finite losses"})
+            est.warnings.append(f"run {run} at eps {format_eps(e)} failed: non-finite losses")
+            continue
+        est.points.append({"eps": e, "run": run, "loss": rhat.mean, "stderr": rhat.stderr})
     points = [p for p in est.points if p.get("loss") is not None]
     fits = _fit_lines(points, [p["loss"] for p in points], runs, est.warnings)
     if fits:
@@ -679,47 +683,70 @@ def estimate_eps_star(
         lr / batch_size: default: the benchmark's recipe.
         Others: as in :func:`estimate_grid` and :func:`estimate_finetune`.
     """
+    method, attack = _check_request(method, attack, records, model_factory, train_set, test_set)
+    if method == "runs":
+        return estimate_from_records(records, benchmark, level=level, seed=seed)
+    grid = check_eps_grid(eps) if eps is not None else None
+    train_eval = train_eval_set or train_set
+    common = dict(norm=norm, attack=attack, steps=steps, device=device, progress=progress,
+                  normalization=normalization)
+    # The clean probe is the method itself, or what picks the points when none are given.
+    probe = None
+    if method == "clean-probe" or grid is None:
+        probe = estimate_clean_probe(benchmark.load_weights_into(model_factory()), train_eval, benchmark,
+                                     grid or list(DEFAULT_LADDER), **common)
+    if method == "clean-probe":
+        return probe
+    recipe = dict(_benchmark_recipe(benchmark, lr, batch_size), runs=runs, seed=seed, train_eval_set=train_eval,
+                  level=level)
+    points = grid or _points_from_probe(method, probe)
+    if method == "finetune":
+        grad_norm = probe.mean_grad_dual_norm if probe else mean_input_grad_dual_norm(
+            benchmark.load_weights_into(model_factory()), train_eval, norm, device=device, normalization=normalization)
+        result = estimate_finetune(model_factory, train_set, benchmark, points, epochs=epochs or 10,
+                                   mean_grad_dual_norm=grad_norm, **recipe, **common)
+    else:
+        result = estimate_grid(model_factory, train_set, test_set, benchmark, points, epochs=epochs or 60,
+                               weight_decay=float(benchmark.training.get("weight_decay", 0.0)), **recipe, **common)
+    return _with_probe(result, probe)
+
+
+def _benchmark_recipe(benchmark: CleanBenchmark, lr: float | None, batch_size: int | None) -> dict[str, Any]:
+    """The learning rate and batch size given, else the clean benchmark's."""
+    return {"lr": float(lr or benchmark.training.get("lr", 0.1)),
+            "batch_size": int(batch_size or benchmark.training.get("batch_size", 128))}
+
+
+def _points_from_probe(method: str, probe: EpsStarEstimate) -> list[float]:
+    """The fine-tune's strengths from the clean probe (its lower bound × (1/2, 1, 3/2, 2)); the grid adds 4×."""
+    points = default_finetune_eps(probe)
+    return points + [4 * probe.lower_bound] if method == "grid" and probe.lower_bound else points
+
+
+def _with_probe(result: EpsStarEstimate, probe: EpsStarEstimate | None) -> EpsStarEstimate:
+    """``result`` with the clean probe's figures and warnings, when a probe chose its points."""
+    if probe is not None:
+        result.warnings += [f"clean probe: {w}" for w in probe.warnings]
+        result.lower_bound, result.first_order = probe.lower_bound, probe.first_order
+        result.mean_grad_dual_norm = result.mean_grad_dual_norm or probe.mean_grad_dual_norm
+    return result
+
+
+def _check_request(method: str, attack: str | None, records: Any, model_factory: Any, train_set: Any,
+                   test_set: Any) -> tuple[str, str]:
+    """The method and the training attack, lower-cased, with what each method needs."""
     method = method.lower()
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if method == "runs":
         if not records:
             raise ValueError("method 'runs' needs run records")
-        return estimate_from_records(records, benchmark, level=level, seed=seed)
+        return method, attack or "pgd"
     if model_factory is None or train_set is None:
         raise ValueError(f"method {method!r} needs model_factory and train_set")
+    if method == "grid" and test_set is None:
+        raise ValueError("method 'grid' needs test_set (the adversarial test loss selects each run's epoch)")
     attack = (attack or "pgd").lower()
     if attack not in ("pgd", "fgm"):
         raise ValueError(f"attack must be 'pgd' or 'fgm', got {attack!r}")
-    grid = check_eps_grid(eps) if eps is not None else None
-    train_eval = train_eval_set or train_set
-    common = dict(norm=norm, attack=attack, steps=steps, device=device, progress=progress,
-                  normalization=normalization)
-    probe = None
-    if method == "clean-probe" or grid is None:
-        ladder = grid if method == "clean-probe" and grid else list(DEFAULT_LADDER)
-        probe = estimate_clean_probe(benchmark.load_weights_into(model_factory()), train_eval, benchmark, ladder,
-                                     **common)
-        if method == "clean-probe":
-            return probe
-    run_lr = float(lr or benchmark.training.get("lr", 0.1))
-    bs = int(batch_size or benchmark.training.get("batch_size", 128))
-    if method == "finetune":
-        points = grid or default_finetune_eps(probe)
-        grad_norm = probe.mean_grad_dual_norm if probe else mean_input_grad_dual_norm(
-            benchmark.load_weights_into(model_factory()), train_eval, norm, device=device, normalization=normalization)
-        result = estimate_finetune(model_factory, train_set, benchmark, points, epochs=epochs or 10, lr=run_lr,
-                                   batch_size=bs, runs=runs, seed=seed, mean_grad_dual_norm=grad_norm,
-                                   train_eval_set=train_eval, level=level, **common)
-    else:
-        if test_set is None:
-            raise ValueError("method 'grid' needs test_set (the adversarial test loss selects each run's epoch)")
-        points = grid or (default_finetune_eps(probe) + ([4 * probe.lower_bound] if probe.lower_bound else []))
-        result = estimate_grid(model_factory, train_set, test_set, benchmark, points, epochs=epochs or 60, lr=run_lr,
-                               batch_size=bs, runs=runs, seed=seed, train_eval_set=train_eval, level=level,
-                               weight_decay=float(benchmark.training.get("weight_decay", 0.0)), **common)
-    if probe is not None:
-        result.warnings += [f"clean probe: {w}" for w in probe.warnings]
-        result.lower_bound, result.first_order = probe.lower_bound, probe.first_order
-        result.mean_grad_dual_norm = result.mean_grad_dual_norm or probe.mean_grad_dual_norm
-    return result
+    return method, attack

@@ -5,7 +5,6 @@ all ranks' per-batch (loss sum, count) pairs gathered to every process.
 """
 
 import json
-import os
 import sys
 
 import torch
@@ -13,7 +12,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from advhooks import PGD
-from advhooks.integrations.accelerate import AcceleratedAdversarialTraining
+from advhooks.integrations.accelerate import AcceleratedAdversarialTraining, finish
 from advhooks.kit.data import load_digits
 from advhooks.kit.presets import get_preset
 from advhooks.monitor import PhaseMonitor
@@ -46,14 +45,7 @@ def main(out_path: str) -> None:
     if accelerator.is_main_process:
         with open(out_path, "w") as fh:
             json.dump({"monitor": means, "recomputed": recomputed, "processes": accelerator.num_processes}, fh)
-    # With torch 2.14 and gloo on the CPU, processes aborted at interpreter exit after all their work
-    # ("terminate called without an active exception"): about one run in five with end_training(),
-    # still now and then without it. So every rank syncs, flushes and leaves without the teardown.
-    accelerator.wait_for_everyone()
-    if accelerator.num_processes > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    finish(accelerator)
 
 
 if __name__ == "__main__":
