@@ -93,9 +93,9 @@ def _prepare_output(path: Path | None, option: str, *, folder: bool = False) -> 
             break
     try:
         where.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".advhooks-write-check.", dir=where)
+        fd, test_file = tempfile.mkstemp(prefix=".advhooks-write-check.", dir=where)
         os.close(fd)
-        os.unlink(probe)
+        os.unlink(test_file)
     except OSError as err:
         raise ValueError(f"{option} {path}: cannot write in {where} ({err.strerror or err})") from None
 

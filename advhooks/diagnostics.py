@@ -1,7 +1,7 @@
 """Diagnostics from the paper, usable in any loop: catastrophic overfitting and robust overfitting.
 
 - :class:`CatastrophicOverfittingDetector` (Andriushchenko & Flammarion 2020; the paper's Table 2): on a
-  fixed probe batch, PGD accuracy collapses while FGSM accuracy stays high. The decision is the pure
+  fixed check batch, PGD accuracy collapses while FGSM accuracy stays high. The decision is the pure
   function :func:`catastrophic_overfitting`.
 - :class:`RobustOverfittingTracker` (the paper's Figure 5): the adversarial generalisation gap (adversarial
   test loss − adversarial training loss) relative to its value at a reference epoch, and the best
@@ -57,7 +57,7 @@ def catastrophic_overfitting(pgd_accuracy: Sequence[float], fgsm_accuracy: Seque
 
 @dataclass
 class OverfittingReport:
-    """One epoch of the catastrophic-overfitting probe."""
+    """One epoch of the catastrophic-overfitting check."""
 
     epoch: int
     pgd_accuracy: float
@@ -67,10 +67,10 @@ class OverfittingReport:
 
 
 class CatastrophicOverfittingDetector:
-    """Flag catastrophic overfitting in FGSM training from PGD vs FGSM accuracy on a fixed probe batch.
+    """Flag catastrophic overfitting in FGSM training from PGD vs FGSM accuracy on a fixed check batch.
 
     Args:
-        inputs / targets: the fixed probe batch (e.g. 512 test or held-out samples).
+        inputs / targets: the fixed check batch (e.g. 512 test or held-out samples).
         eps: the training strength.
         norm: ``"linf"`` (where the phenomenon is known) or ``"l2"``.
         pgd_steps: steps of the PGD evaluation attack.

@@ -1,6 +1,7 @@
 """Adversarial training in a plain PyTorch loop on the bundled 8×8 digits, watched by the PhaseMonitor.
 
-This is the base script the framework examples differ from; the advhooks lines are marked.
+The framework examples (cifar_adv.py, train_digits_lightning.py) start from this loop; the lines
+advhooks adds to a plain loop are marked.
 
     advhooks benchmark-clean --preset digits-mlp --out clean.safetensors    # once: R*(0)
     python examples/train_digits.py --benchmark clean.safetensors --eps 8/255
