@@ -126,7 +126,9 @@ def _speed(cfg: dict, device: torch.device, repeats: int, warmup: int) -> dict:
         row["ta/graph"] = _ratio(t["ta"] / t["graph"])
         eager = PGD(EPS, steps=STEPS, random_start=False)
         graphed = PGD(EPS, steps=STEPS, random_start=False, cuda_graph=True)
-        row["graph_max_abs_diff"] = float((graphed(model, x, y) - eager(model, x, y)).abs().max())
+        diff = (graphed(model, x, y) - eager(model, x, y)).abs()
+        row["graph_max_abs_diff"] = float(diff.max())
+        row["graph_elements_differing"] = int((diff > 1e-6).sum())  # a flipped sign of a near-zero gradient shows
         row["memory_adv_over_clean"] = _peak_ratio(model, x, y, opt, clean_step, adv_step, device)
     return row
 
