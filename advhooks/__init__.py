@@ -8,7 +8,7 @@ and :class:`PhaseMonitor`, which tells during training whether Îµ is far above Î
 from . import _moved
 from . import logs as _logs  # noqa: F401 - the library logger's default handler
 from ._version import __version__
-from .attacks import FGM, FGSM, PGD, Attack, AttackConfig, fgm_perturb, perturb, pgd_perturb
+from .attacks import APGD, FGM, FGSM, PGD, Attack, AttackConfig, fgm_perturb, perturb, pgd_perturb
 from .benchmark import CleanBenchmark
 from .free import FreeAdversarialStep
 from .losses import at_loss, mart_loss, trades_loss
@@ -20,6 +20,7 @@ from .step import AdversarialStep, StepOutput
 _moved.install()  # the old import paths of the kit's modules, for one release
 
 __all__ = [
+    "APGD",
     "FGM",
     "FGSM",
     "PGD",

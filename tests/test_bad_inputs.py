@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from advhooks import FGM, PGD, AdversarialStep, linear_warmup, pgd_perturb
+from advhooks import APGD, FGM, PGD, AdversarialStep, linear_warmup, pgd_perturb
 from advhooks.attacks import AttackConfig
 from advhooks.attacks.graphs import GraphedAttack
 from advhooks.benchmark import BenchmarkFormatError, CleanBenchmark
@@ -80,6 +80,9 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
     "bn-policy-unknown": (lambda t: PGD(0.1, bn="frozen"), ValueError, r"bn must be one of 'eval', 'train'"),
     "precision-unknown": (lambda t: PGD(0.1, precision="int8"), ValueError, r"precision must be one of"),
     "warmup-negative": (lambda t: linear_warmup(0.1, warmup_steps=-1), ValueError, r"warmup_steps"),
+    "apgd-unknown-loss": (lambda t: APGD(0.1, loss="hinge"), ValueError, r"loss must be one of 'ce', 'dlr'"),
+    "dlr-with-two-classes": (lambda t: APGD(0.1, steps=2, loss="dlr")(SmallCNN(num_classes=2), _x(), _y() % 2),
+                             ValueError, r"the DLR loss needs logits \(N, C\) with C >= 3 classes"),
     "objective-unknown": (lambda t: AdversarialStep(SmallCNN(), PGD(0.1), objective="fgsm"), ValueError,
                           r"objective must be one of"),
     "trades-without-random-start": (lambda t: AdversarialStep(SmallCNN(), PGD(0.1, random_start=False),

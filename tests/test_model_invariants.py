@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from advhooks import FGM, PGD, AdversarialStep
+from advhooks import APGD, FGM, PGD, AdversarialStep
 from advhooks.attacks import attack_mode
 
 from .conftest import SmallCNN
@@ -49,8 +49,9 @@ def _mixed_state_model() -> SmallCNN:
 
 
 @pytest.mark.parametrize("bn", ["eval", "train"])
-@pytest.mark.parametrize("attack", [PGD(8 / 255, steps=3), PGD(0.5, norm="l2", steps=3, restarts=2), FGM(8 / 255)],
-                         ids=["pgd-linf", "pgd-l2-restarts", "fgm"])
+@pytest.mark.parametrize("attack", [PGD(8 / 255, steps=3), PGD(0.5, norm="l2", steps=3, restarts=2), FGM(8 / 255),
+                                    APGD(8 / 255, steps=6, loss="dlr"), APGD(0.5, norm="l2", steps=6, restarts=2)],
+                         ids=["pgd-linf", "pgd-l2-restarts", "fgm", "apgd-dlr-linf", "apgd-ce-l2-restarts"])
 def test_attack_leaves_the_model_unchanged(attack, bn, batch):
     attack.bn = bn
     model = _mixed_state_model()

@@ -1,10 +1,12 @@
 """Batched, CUDA-friendly PGD and FGM attacks (L∞, L2).
 
 One frozen :class:`AttackConfig` holds an attack's settings; :func:`perturb` does the work with it
-(``pgd_perturb`` / ``fgm_perturb`` are its keyword forms); :class:`PGD` and :class:`FGM` store a config.
+(``pgd_perturb`` / ``fgm_perturb`` are its keyword forms); :class:`PGD`, :class:`FGM` and :class:`APGD`
+store a config.
 """
 
-from .attacks import FGM, FGSM, PGD, Attack
+from .apgd import dlr_loss, targeted_dlr_loss
+from .attacks import APGD, FGM, FGSM, PGD, Attack
 from .config import AttackConfig
 from .criteria import Criterion, cross_entropy, kl_to_reference, per_sample
 from .domain import InputDomain
@@ -13,6 +15,7 @@ from .model_state import attack_mode, eval_mode, unwrap_parallel
 from .norms import dual_norm
 
 __all__ = [
+    "APGD",
     "FGM",
     "FGSM",
     "PGD",
@@ -22,6 +25,7 @@ __all__ = [
     "InputDomain",
     "attack_mode",
     "cross_entropy",
+    "dlr_loss",
     "dual_norm",
     "eval_mode",
     "fgm_perturb",
@@ -29,5 +33,6 @@ __all__ = [
     "per_sample",
     "perturb",
     "pgd_perturb",
+    "targeted_dlr_loss",
     "unwrap_parallel",
 ]

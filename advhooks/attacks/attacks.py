@@ -15,13 +15,14 @@ import torch
 from torch import nn
 
 from ..schedules import EpsLike
+from .apgd import dlr_loss
 from .config import AttackConfig
-from .criteria import Criterion
+from .criteria import Criterion, cross_entropy
 from .domain import Bounds, Normalization
 from .functional import perturb, renamed_objective
 from .graphs import GraphedAttack
 
-__all__ = ["FGM", "FGSM", "PGD", "Attack"]
+__all__ = ["APGD", "FGM", "FGSM", "PGD", "Attack"]
 
 _SETTINGS = frozenset(f.name for f in dataclasses.fields(AttackConfig))
 
@@ -162,6 +163,38 @@ class FGM(Attack):
             eps, norm=norm, steps=1, step_size=step_size, step_rule="fgm", random_start=random_start,
             targeted=targeted, criterion=renamed_objective(criterion, objective), bounds=bounds,
             normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile, precision=precision))
+
+
+class APGD(Attack):
+    """APGD (Croce & Hein 2020): PGD with a per-sample adaptive step and momentum; no step size to tune.
+
+    ``loss="ce"`` (cross-entropy, APGD-CE) or ``"dlr"`` (the scale-invariant DLR loss, :func:`dlr_loss`); a
+    ``criterion=`` replaces either. Each sample keeps its highest-loss point; with ``restarts`` the worst of
+    the restarts. Other arguments as in :class:`PGD`; the defaults are the paper's (100 steps, start
+    uniform in the ball). See :mod:`advhooks.attacks.apgd` for the algorithm.
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> x, y = torch.rand(8, 1, 2, 2), torch.randint(0, 3, (8,))
+        >>> adv = APGD(eps=8 / 255, steps=20, loss="dlr")(net, x, y)
+        >>> bool((adv - x).abs().max() <= 8 / 255 + 1e-6)
+        True
+    """
+
+    LOSSES = {"ce": cross_entropy, "dlr": dlr_loss}
+
+    def __init__(self, eps: EpsLike, norm: str = "linf", steps: int = 100, loss: str = "ce",
+                 random_start: bool = True, restarts: int = 1, targeted: bool = False,
+                 criterion: Criterion | None = None, bounds: Bounds = (0.0, 1.0), normalization: Normalization = None,
+                 out_of_bounds: str = "raise", bn: str = "eval", compile: bool = False, precision: str | None = None,
+                 cuda_graph: bool = False) -> None:
+        if loss not in self.LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(map(repr, self.LOSSES))}, got {loss!r}")
+        super().__init__(AttackConfig(
+            eps, norm=norm, steps=steps, step_rule="apgd", random_start=random_start, restarts=restarts,
+            targeted=targeted, criterion=criterion or self.LOSSES[loss], bounds=bounds, normalization=normalization,
+            out_of_bounds=out_of_bounds, bn=bn, compile=compile, precision=precision, cuda_graph=cuda_graph))
+        self.loss = loss if criterion is None else "custom"
 
 
 def FGSM(eps: EpsLike, **kwargs: Any) -> FGM:  # noqa: N802 - reads as the attack's name

@@ -24,9 +24,10 @@ __all__ = ["OUT_OF_BOUNDS", "PRECISIONS", "STEP_RULES", "AttackConfig"]
 # The attack's own autocast dtype; None keeps the caller's context (fp32, or the caller's autocast).
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 OUT_OF_BOUNDS = ("raise", "clamp")
-# How the step size defaults when none is given: PGD's 2.5·ε/steps (Madry et al. 2018); FGM's ε from the
-# clean input, or 1.25·ε after a random start (FGSM-RS, Wong et al. 2020).
-STEP_RULES = ("pgd", "fgm")
+# How the attack steps, and its step size when none is given: PGD's fixed 2.5·ε/steps (Madry et al. 2018);
+# FGM's ε from the clean input, or 1.25·ε after a random start (FGSM-RS, Wong et al. 2020); APGD's
+# adaptive per-sample step from 2ε, with momentum (Croce & Hein 2020).
+STEP_RULES = ("pgd", "fgm", "apgd")
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,8 @@ class AttackConfig:
         norm: ``"linf"`` or ``"l2"``.
         steps: gradient steps (k of PGD-k; 1 for FGM).
         step_size: step length; ``None`` takes ``step_rule``'s default.
-        step_rule: ``"pgd"`` (default step ``2.5 * eps / steps``) or ``"fgm"`` (``eps``; ``1.25 * eps`` after
-            a random start).
+        step_rule: ``"pgd"`` (default step ``2.5 * eps / steps``), ``"fgm"`` (``eps``; ``1.25 * eps`` after
+            a random start) or ``"apgd"`` (APGD's adaptive steps from ``2 * eps``; :mod:`advhooks.attacks.apgd`).
         random_start: start uniformly inside the ball (else at the clean input).
         restarts: independent starts; each sample keeps its worst perturbation (for evaluation).
         targeted: minimise the criterion towards the given targets instead of maximising it.
@@ -129,6 +130,8 @@ class AttackConfig:
             return self.step_size
         if self.step_rule == "fgm":
             return 1.25 * eps if self.random_start else eps
+        if self.step_rule == "apgd":
+            return 2.0 * eps
         return 2.5 * eps / self.steps
 
     def settings(self) -> dict[str, Any]:

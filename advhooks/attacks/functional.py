@@ -21,6 +21,7 @@ from torch.nn.parameter import UninitializedParameter
 
 from .._outputs import call_model
 from ..schedules import check_eps_value, resolve_eps
+from .apgd import apgd_ascend_
 from .config import AttackConfig
 from .criteria import Criterion, per_sample
 from .domain import Bounds, InputDomain, Normalization
@@ -244,9 +245,9 @@ def _search(model, x, targets, config, eps, criterion, placed, checks, input_key
                 random_in_ball_(delta, config.norm, eps, generator)
                 if low is not None:
                     delta.clamp_(low, high)
-            delta = ascend_(delta, forward, criterion, targets, norm=config.norm, eps=eps,
-                            steps=config.steps, step_size=config.step_size_for(eps), sign=sign,
-                            loss_scale=loss_scale, low=low, high=high, on_first_logits=read_checks)
+            delta = ascent(config)(delta, forward, criterion, targets, norm=config.norm, eps=eps,
+                                   steps=config.steps, step_size=config.step_size_for(eps), sign=sign,
+                                   loss_scale=loss_scale, low=low, high=high, on_first_logits=read_checks)
             if config.restarts == 1:
                 return delta
             best = _keep_worst(best, delta, forward, criterion, targets, sign)
@@ -338,6 +339,11 @@ def delta_box(x: torch.Tensor, domain: InputDomain, placed: Any, norm: str,
     if norm == "linf":  # one clamp then projects onto ball ∩ box exactly
         low, high = low.clamp_min(-eps), high.clamp_max(eps)
     return low, high
+
+
+def ascent(config: AttackConfig) -> Any:
+    """The iteration loop of ``config``'s step rule: :func:`ascend_` (PGD, FGM) or APGD's."""
+    return apgd_ascend_ if config.step_rule == "apgd" else ascend_
 
 
 def ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, targets: torch.Tensor, *, norm: str, eps: float,
