@@ -31,6 +31,7 @@ from advhooks.kit.checkpoints import load_weights
 from advhooks.kit.data import UnsafePickleError, load_cifar10
 from advhooks.kit.training import record_clean_benchmark
 from advhooks.monitor import PhaseMonitor
+from advhooks.robustness import evaluate as evaluate_robustness
 
 from .conftest import SmallCNN
 
@@ -80,6 +81,8 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
     "bn-policy-unknown": (lambda t: PGD(0.1, bn="frozen"), ValueError, r"bn must be one of 'eval', 'train'"),
     "precision-unknown": (lambda t: PGD(0.1, precision="int8"), ValueError, r"precision must be one of"),
     "warmup-negative": (lambda t: linear_warmup(0.1, warmup_steps=-1), ValueError, r"warmup_steps"),
+    "robustness-suite-unknown": (lambda t: evaluate_robustness(SmallCNN(), _nan_set(), 0.1, suite="autoattack"),
+                                 ValueError, r"suite must be one of 'apgd', 'fast', 'pgd'"),
     "apgd-unknown-loss": (lambda t: APGD(0.1, loss="hinge"), ValueError, r"loss must be one of 'ce', 'dlr'"),
     "dlr-with-two-classes": (lambda t: APGD(0.1, steps=2, loss="dlr")(SmallCNN(num_classes=2), _x(), _y() % 2),
                              ValueError, r"the DLR loss needs logits \(N, C\) with C >= 3 classes"),

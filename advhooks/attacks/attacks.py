@@ -19,7 +19,7 @@ from .apgd import dlr_loss
 from .config import AttackConfig
 from .criteria import Criterion, cross_entropy
 from .domain import Bounds, Normalization
-from .functional import perturb, renamed_objective
+from .functional import Watch, perturb, renamed_objective
 from .graphs import GraphedAttack
 
 __all__ = ["APGD", "FGM", "FGSM", "PGD", "Attack"]
@@ -82,6 +82,7 @@ class Attack:
         input_key: str | None = None,
         model_kwargs: Mapping[str, Any] | None = None,
         generator: torch.Generator | None = None,
+        watch: Watch | None = None,
         objective: Criterion | None = None,
     ) -> torch.Tensor:
         """Adversarial inputs for ``(inputs, targets)``; the model is left exactly as found.
@@ -96,14 +97,17 @@ class Attack:
             input_key: pass the adversarial tensor as this keyword argument.
             model_kwargs: further keyword arguments for every forward.
             generator: random generator for the start.
+            watch: ``watch(adversarial_inputs, logits)`` at every evaluated point (see :func:`perturb`).
             objective: the old name of ``criterion`` (deprecated).
         """
         criterion = renamed_objective(criterion, objective)
         if self._graphs is not None:
+            if watch is not None:
+                raise ValueError("cuda_graph=True replays a captured loop: it takes no watch")
             return self._graphs(model, inputs, targets, self.config, eps=eps, step=step, criterion=criterion,
                                 input_key=input_key, model_kwargs=model_kwargs, generator=generator)
         return perturb(model, inputs, targets, self.config, eps=eps, step=step, criterion=criterion,
-                       input_key=input_key, model_kwargs=model_kwargs, generator=generator)
+                       input_key=input_key, model_kwargs=model_kwargs, generator=generator, watch=watch)
 
     def __repr__(self) -> str:
         c = self.config

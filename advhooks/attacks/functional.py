@@ -11,7 +11,7 @@ loop can be compiled or captured as a CUDA graph.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -28,7 +28,9 @@ from .domain import Bounds, InputDomain, Normalization
 from .model_state import attack_mode, autocast_loss_scale, unwrap_parallel
 from .norms import project_, random_in_ball_, steepest_direction_
 
-__all__ = ["fgm_perturb", "perturb", "pgd_perturb"]
+__all__ = ["Watch", "fgm_perturb", "perturb", "pgd_perturb"]
+
+Watch = Callable[[torch.Tensor, torch.Tensor], None]  # watch(adversarial_inputs, logits), on the device
 
 _compiled_call = None
 
@@ -179,7 +181,7 @@ def check_call(config: AttackConfig, inputs: Any, targets: Any, eps: float | Non
 def perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, config: AttackConfig, *,
             eps: float | None = None, step: int = 0, criterion: Criterion | None = None,
             input_key: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, watch: Watch | None = None) -> torch.Tensor:
     """Adversarial inputs for ``(inputs, targets)`` under ``config``; the model is left exactly as found.
 
     Args:
@@ -190,6 +192,9 @@ def perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, confi
         step: training step, for ε schedules.
         criterion: overrides the config's criterion for this call (TRADES' KL).
         input_key, model_kwargs, generator: as in :func:`pgd_perturb`.
+        watch: called as ``watch(adversarial_inputs, logits)`` (both detached) at every point the attack
+            evaluates, before its loss; it must not read values on the host (robust-accuracy evaluation keeps
+            the first misclassified point with it).
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -213,11 +218,12 @@ def perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, confi
             checks.read(None, targets)
         return inputs.clone()
     delta = _search(model, inputs.detach(), targets, config, eps, criterion, placed, checks,
-                    input_key, dict(model_kwargs or {}), generator)
+                    input_key, dict(model_kwargs or {}), generator, watch)
     return apply_delta(inputs, delta, domain, placed)
 
 
-def _search(model, x, targets, config, eps, criterion, placed, checks, input_key, kwargs, generator) -> torch.Tensor:
+def _search(model, x, targets, config, eps, criterion, placed, checks, input_key, kwargs, generator,
+            watch) -> torch.Tensor:
     """δ of the attack (of its worst restart per sample), in pixel units."""
     low, high = delta_box(x, config.domain, placed, config.norm, eps)
     inv_std = placed.inv_std
@@ -230,7 +236,10 @@ def _search(model, x, targets, config, eps, criterion, placed, checks, input_key
 
         def forward(delta: torch.Tensor) -> torch.Tensor:
             adv = x + delta if inv_std is None else x + delta * inv_std
-            return run_model(module, adv, input_key, kwargs)
+            logits = run_model(module, adv, input_key, kwargs)
+            if watch is not None:
+                watch(adv.detach(), logits.detach())
+            return logits
 
         def read_checks(logits: torch.Tensor) -> None:  # one host read per call, before any loss
             nonlocal checks

@@ -1,0 +1,109 @@
+"""Robust accuracy by a suite of attacks on the still-robust points: monotone, its adversarial inputs
+really break the samples it counts as broken, and APGD's suite is at least as strong as PGD's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from advhooks.kit.data import load_digits
+from advhooks.robustness import SUITES, attack_batch, evaluate
+from tests.conftest import SmallCNN
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    train, test = load_digits()
+    model = SmallCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(4):
+        for x, y in torch.utils.data.DataLoader(train, batch_size=64, shuffle=True):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model.eval(), TensorDataset(test.tensors[0][:96], test.tensors[1][:96])
+
+
+def test_the_suite_only_lowers_accuracy_and_its_examples_break_what_it_counts_as_broken(trained):
+    model, data = trained
+    x, y = data.tensors
+    adv, masks = attack_batch(model, x, y, 0.1, suite="fast")
+    names = ["clean", *(a.name for a in SUITES["fast"])]
+    assert list(masks) == names
+    for before, after in zip(names, names[1:], strict=False):
+        assert not bool((masks[after] & ~masks[before]).any())  # a broken sample never comes back
+    broken = masks["clean"] & ~masks[names[-1]]
+    assert int(broken.sum()) > 0
+    with torch.no_grad():
+        assert bool((model(adv[broken]).argmax(1) != y[broken]).all())
+    assert bool(((adv - x).abs().amax(dim=(1, 2, 3)) <= 0.1 + 1e-6).all())
+    assert torch.equal(adv[~broken], x[~broken])
+
+
+def test_apgds_suite_is_at_least_as_strong_as_early_stopping_pgd(trained):
+    model, data = trained
+    apgd = evaluate(model, data, 0.1, suite="fast", batch_size=48)
+    pgd = evaluate(model, data, 0.1, suite="pgd", batch_size=48)
+    assert apgd.n == pgd.n == 96 and apgd.clean_accuracy == pgd.clean_accuracy
+    assert apgd.robust_accuracy <= pgd.robust_accuracy < apgd.clean_accuracy
+    assert list(apgd.after) == [a.name for a in SUITES["fast"]] and set(apgd.seconds) == set(apgd.after)
+    assert "robust accuracy (fast suite)" in apgd.summary()
+
+
+def test_at_zero_strength_the_robust_accuracy_is_the_clean_one(trained):
+    model, data = trained
+    report = evaluate(model, data, 0.0, suite="apgd", n=40, batch_size=16)
+    assert report.n == 40 and report.robust_accuracy == report.clean_accuracy
+
+
+def test_an_unknown_suite_is_refused(trained):
+    model, data = trained
+    with pytest.raises(ValueError, match="suite must be one of 'apgd', 'fast', 'pgd'"):
+        evaluate(model, data, 0.1, suite="autoattack")
+
+
+def test_the_evaluate_command_reports_what_the_python_entry_reports(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from advhooks.cli import app
+    from advhooks.kit.data import load_digits
+    from advhooks.kit.presets import get_preset
+
+    torch.manual_seed(0)
+    net = get_preset("digits-cnn").model(None)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "model.safetensors")
+    out = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "model.safetensors"), "--preset",
+                                   "digits-cnn", "--eps", "0.1", "--suite", "pgd", "--n", "64", "--quiet", "--device",
+                                   "cpu", "--json", str(tmp_path / "r.json")])
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n"] == 64 and report["suite"] == "pgd" and "robust accuracy (pgd suite)" in out.output
+    expected = evaluate(net.eval(), load_digits()[1], 0.1, suite="pgd", n=64)
+    assert report["robust_accuracy"] == expected.robust_accuracy
+    assert report["clean_accuracy"] == expected.clean_accuracy
+    bad = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "model.safetensors"), "--preset",
+                                   "digits-cnn", "--suite", "autoattack"])
+    assert bad.exit_code == 2 and "--suite must be one of apgd, fast, pgd" in bad.output
+
+
+def test_the_apgd_suite_is_at_least_as_strong_as_torchattacks_apgd_ce_then_apgd_t(trained):
+    torchattacks = pytest.importorskip("torchattacks", reason="the cross-check needs torchattacks: "
+                                                              "pip install 'advhooks[dev]'")
+    model, data = trained
+    x, y = data.tensors[0][:64], data.tensors[1][:64]
+    ours = evaluate(model, TensorDataset(x, y), 0.1, suite="apgd")
+    with torch.no_grad():
+        robust = model(x).argmax(1) == y
+    for attack in (torchattacks.APGD(model, norm="Linf", eps=0.1, steps=100, n_restarts=1, loss="ce", seed=0),
+                   torchattacks.APGDT(model, norm="Linf", eps=0.1, steps=100, n_restarts=1, n_classes=10, seed=0)):
+        idx = robust.nonzero().squeeze(1)
+        with torch.no_grad():
+            robust[idx] = model(attack(x[idx], y[idx])).argmax(1) == y[idx]
+    theirs = float(robust.float().mean())
+    assert ours.robust_accuracy <= theirs + 0.005, (ours.robust_accuracy, theirs)  # never weaker
