@@ -14,6 +14,7 @@ from .free import FreeAdversarialStep
 from .losses import at_loss, mart_loss, trades_loss
 from .monitor import PhaseMonitor, PhaseReport
 from .recorder import CleanBenchmarkRecorder
+from .robustness import evaluate
 from .schedules import LinearWarmup, linear_warmup, parse_eps, parse_eps_list
 from .step import AdversarialStep, StepOutput
 
@@ -36,6 +37,7 @@ __all__ = [
     "StepOutput",
     "__version__",
     "at_loss",
+    "evaluate",
     "fgm_perturb",
     "linear_warmup",
     "mart_loss",

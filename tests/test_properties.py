@@ -1,4 +1,5 @@
-"""Property-based: any attack or AdversarialStep call leaves the model exactly as found; δ stays legal.
+"""Property-based: any attack (PGD, FGM, APGD) or AdversarialStep call leaves the model exactly as found; δ stays
+legal.
 
 Generated over models (BatchNorm, Dropout, a frozen sub-module, a model already in eval mode, a
 DDP-wrapped model, channels_last), autocast (none, bf16, fp16), the attack's own precision, norms,
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from advhooks import FGM, PGD, AdversarialStep
+from advhooks import APGD, FGM, PGD, AdversarialStep
 
 from .conftest import SmallCNN
 from .test_model_invariants import _assert_same, _snapshot
@@ -66,7 +67,7 @@ def _model(kind: str, seed: int) -> tuple[nn.Module, nn.Module]:
 
 @st.composite
 def _cases(draw, kinds: tuple[str, ...] = MODEL_KINDS) -> dict:
-    call = draw(st.sampled_from(["pgd", "fgm", "step"]))
+    call = draw(st.sampled_from(["pgd", "fgm", "apgd", "step"]))
     return dict(
         model=draw(st.sampled_from(kinds)),
         call=call,
@@ -94,6 +95,8 @@ def _attack(case: dict):
         kwargs["normalization"] = (MEAN, STD)
     if case["call"] == "fgm":
         return FGM(case["eps"], **kwargs)
+    if case["call"] == "apgd":
+        return APGD(case["eps"], steps=case["steps"] + 1, restarts=case["restarts"], **kwargs)
     return PGD(case["eps"], steps=case["steps"], restarts=case["restarts"], **kwargs)
 
 
