@@ -24,6 +24,7 @@ from advhooks import PGD, AdversarialStep, parse_eps  # advhooks (1/4)
 from advhooks.kit.data import load_digits
 from advhooks.kit.presets import get_preset
 from advhooks.monitor import PhaseMonitor
+from advhooks.robustness import evaluate as evaluate_robustness
 from advhooks.schedules import step_decay
 
 log = logging.getLogger("train_digits")
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> list:
                 rob_loss, rob_acc = evaluate(model, test_loader, eval_attack)
                 line += f"  PGD-20 test loss {rob_loss:.4f} acc {rob_acc:.3f}"
             log.info(line)
+    if args.eps > 0:  # a stronger check than PGD-20: APGD-CE then APGD-T, with the cheap "fast" settings
+        suite = evaluate_robustness(model, test_set, args.eps, suite="fast")
+        log.info("robust test accuracy (fast suite: APGD-CE, APGD-T) %.3f", suite.robust_accuracy)
     if reports:
         last = reports[-1]
         low, high = last.ratio_interval

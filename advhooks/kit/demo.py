@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from ..attacks import PGD
 from ..monitor import PhaseMonitor
 from ..plotting import pyplot, save_figure
+from ..robustness import evaluate as evaluate_robustness
 from ..schedules import format_eps
 from . import estimate as E
 from .data import load_digits
@@ -89,6 +90,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
         records.append(monitor.record())
         runs_seconds = time.perf_counter() - runs_started
         robust_loss, robust_acc = adversarial_loss(model, test_loader, PGD(eps, steps=20), eps)
+        fast_suite = evaluate_robustness(model, test, eps, suite="fast")  # APGD-CE, then APGD-T (cheap settings)
         runs.append({
             "eps": eps,
             "ratio": last.ratio,
@@ -102,6 +104,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
             "flag_epoch": last.flag_epoch,
             "pgd20_test_loss": robust_loss,
             "pgd20_test_accuracy": robust_acc,
+            "fast_suite_robust_accuracy": fast_suite.robust_accuracy,
         })
     grid = E.estimate_from_records(records, bench, seed=seed)
     grid.method = "grid"
@@ -183,13 +186,14 @@ def format_demo_table(result: dict[str, Any]) -> str:
         f"clean-probe lower bound {band(est['clean_probe'])}",
         "",
         f"{'eps':>17}  {'R-hat(theta-hat)':>16}  {'ratio [band]':>22}  {'regime':<12}  {'stopped at':>10}  "
-        f"{'PGD-20 test acc':>15}",
+        f"{'PGD-20 test acc':>15}  {'fast-suite acc':>14}",
     ]
     for run in result["runs"]:
         lo, hi = run["ratio_interval"]
         ratio = f"{run['ratio']:.3f} [{lo:.3f}, {hi:.3f}]"
         lines.append(f"{u(run['eps']):>17}  {run['rhat']:>16.4f}  {ratio:>22}  {run['regime']:<12}  "
-                     f"{'epoch ' + str(run['early_stopped_epoch']):>10}  {run['pgd20_test_accuracy']:>15.3f}")
+                     f"{'epoch ' + str(run['early_stopped_epoch']):>10}  {run['pgd20_test_accuracy']:>15.3f}  "
+                     f"{run['fast_suite_robust_accuracy']:>14.3f}")
     for name, e in est.items():
         lines += [f"warning ({name.replace('_', '-')}): {w}" for w in e["warnings"]]
     lines.append("")
