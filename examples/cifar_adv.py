@@ -4,8 +4,9 @@ Compared with examples/train_digits.py (a plain loop on the bundled digits), it 
 Accelerate on one process or several (the `accelerate (k/4)` comments mark the Accelerate calls), with
 ``AcceleratedAdversarialTraining`` reducing the monitor over processes and, with --stop-on-flag, stopping
 every process when eps >> eps* is flagged; CIFAR-10 with its preset's model, epochs, learning rate and
-weight decay (--dataset digits for the bundled data); a PGD test accuracy gathered from every process once
-training ends (instead of evaluations every 10 epochs); the monitor's reports as JSON (--report).
+weight decay (--dataset digits for the bundled data); the PGD test accuracy and the robust accuracy by the
+fast suite (APGD-CE, then APGD-T) gathered from every process once training ends (instead of evaluations
+every 10 epochs); the monitor's reports as JSON (--report).
 
     accelerate launch examples/cifar_adv.py --data-dir ~/data --eps 8/255 --benchmark clean.safetensors
     accelerate launch --multi_gpu --num_processes 2 examples/cifar_adv.py --data-dir ~/data   # 2 processes
@@ -36,6 +37,7 @@ from advhooks.integrations.accelerate import AcceleratedAdversarialTraining, fin
 from advhooks.kit.data import DataNotFoundError, load_dataset
 from advhooks.kit.presets import get_preset
 from advhooks.monitor import PhaseMonitor
+from advhooks.robustness import attack_batch
 from advhooks.schedules import step_decay
 
 PRESETS = {"cifar10": "cifar10-preactresnet18", "digits": "digits-mlp"}
@@ -118,17 +120,20 @@ def main(argv: list[str] | None = None) -> int:
         if adv.should_stop():
             accelerator.print(f"stopping at epoch {epoch}: eps >> eps* was flagged")
             break
-    correct = total = 0
+    correct = robust = total = 0
     attack = PGD(eps, steps=args.steps)
     model.eval()
     for x, y in test_loader:
         x_adv = attack(model, x, y)
         with torch.no_grad():
             logits = model(x_adv)
-        preds, labels = accelerator.gather_for_metrics((logits.argmax(1), y))
+        _, masks = attack_batch(model, x, y, eps, suite="fast")  # APGD-CE, then APGD-T on what survives
+        preds, labels, kept = accelerator.gather_for_metrics((logits.argmax(1), y, masks["apgd-t-20"]))
         correct += int((preds == labels).sum())
+        robust += int(kept.sum())
         total += labels.numel()
-    accelerator.print(f"PGD-{args.steps} test accuracy {correct / max(total, 1):.3f}")
+    accelerator.print(f"PGD-{args.steps} test accuracy {correct / max(total, 1):.3f}; robust test accuracy "
+                      f"(fast suite: APGD-CE, APGD-T) {robust / max(total, 1):.3f}")
     if args.report and accelerator.is_main_process:
         with open(args.report, "w") as fh:
             json.dump({"reports": reports, "num_processes": accelerator.num_processes}, fh, indent=2)
