@@ -3,7 +3,8 @@ counts as robust only if every attack of the suite failed on it (its worst case)
 
 An attack's success is checked at every point it evaluates (``watch`` of :func:`~advhooks.attacks.perturb`),
 so a sample that is misclassified at any iterate counts as broken even when the attack's final point is
-not: the protocol of AutoAttack (Croce & Hein 2020). Suites:
+not: the protocol of AutoAttack (Croce & Hein 2020). An APGD attack ends early once every sample of the
+batch is broken (one host read at each of its checkpoints, and one before each APGD-T target). Suites:
 
 - ``"apgd"``: APGD-CE (100 steps), then APGD-T (targeted DLR, 100 steps against each of the 9 most likely
   other classes, or all of them with fewer classes). AutoAttack's standard suite minus FAB-T and Square
@@ -118,9 +119,13 @@ def _run(model, x, y, clean_logits, spec, eps, norm, bounds, normalization, seed
         found.copy_(torch.where(new.reshape(view), inputs, found))
         broken.logical_or_(new)
 
+    def all_broken() -> bool:  # one host read, at APGD's checkpoints and between targets
+        return bool(broken.all())
+
     def run(**kwargs: Any) -> None:
         generator = torch.Generator(device=x.device).manual_seed(seed)
-        out = attack(model, x, y, generator=generator, watch=watch, **kwargs)
+        out = attack(model, x, y, generator=generator, watch=watch, stop=all_broken if spec.kind != "pgd" else None,
+                     **kwargs)
         with torch.no_grad(), eval_mode(model):
             watch(out, logits_of(model(out)))  # the final point, which the loop may not have evaluated
 
@@ -129,6 +134,8 @@ def _run(model, x, y, clean_logits, spec, eps, norm, bounds, normalization, seed
         return broken, found
     order = clean_logits.argsort(dim=1, descending=True)
     for rank in range(1, min(spec.targets, clean_logits.shape[1] - 1) + 1):
+        if all_broken():
+            break
         target = order[:, rank]
         run(criterion=lambda logits, labels, t=target: targeted_dlr_loss(logits, labels, t))
     return broken, found

@@ -107,3 +107,27 @@ def test_the_apgd_suite_is_at_least_as_strong_as_torchattacks_apgd_ce_then_apgd_
             robust[idx] = model(attack(x[idx], y[idx])).argmax(1) == y[idx]
     theirs = float(robust.float().mean())
     assert ours.robust_accuracy <= theirs + 0.005, (ours.robust_accuracy, theirs)  # never weaker
+
+
+def test_apgd_ends_at_its_first_checkpoint_once_every_sample_is_broken(trained):
+    from advhooks import APGD
+
+    model, data = trained
+    x, y = data.tensors
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 10  # every sample is misclassified from the start
+    calls = []
+    handle = model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        broken = torch.zeros_like(wrong, dtype=torch.bool)
+
+        def watch(inputs, logits):
+            broken.logical_or_(logits.argmax(1) != wrong)
+
+        APGD(0.1, steps=100)(model, x, wrong, watch=watch, stop=lambda: bool(broken.all()))
+        stopped = len(calls)
+        calls.clear()
+        APGD(0.1, steps=100)(model, x, wrong, watch=watch)
+    finally:
+        handle.remove()
+    assert stopped == 1 + 22 and len(calls) == 1 + 100  # the start, then the steps up to w1 = 22 (or all 100)

@@ -17,6 +17,7 @@ cross-entropy, and its targeted form.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -70,11 +71,13 @@ def targeted_dlr_loss(logits: torch.Tensor, labels: torch.Tensor, target_classes
 
 def apgd_ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, targets: torch.Tensor, *, norm: str,
                  eps: float, steps: int, step_size: float, sign: float, loss_scale: float, low: torch.Tensor | None,
-                 high: torch.Tensor | None, on_first_logits: Any = None) -> torch.Tensor:
+                 high: torch.Tensor | None, on_first_logits: Any = None,
+                 should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """APGD's iterations from ``delta`` (the same arguments as PGD's ``ascend_``; ``step_size`` is the initial η).
 
     ``steps`` gradient steps (``steps + 1`` forward passes: the last point is evaluated too); returns each
-    sample's best δ, detached.
+    sample's best δ, detached. ``should_stop()``, when given, is asked at each checkpoint (the caller's host
+    read) and ends the loop early when true.
     """
     view = (delta.shape[0],) + (1,) * (delta.ndim - 1)
     first = [on_first_logits]
@@ -117,6 +120,8 @@ def apgd_ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, target
         if k == steps:
             break
         best_grad = torch.where(improved.reshape(view), grad, best_grad)
+        if k in marks and should_stop is not None and should_stop():
+            break
         if k in marks:  # halve η and restart from the best point where progress stalled
             stalled = (increases < RHO * (k - last_mark)) | (
                 (eta == eta_at_mark).reshape(-1) & (best_loss == best_at_mark))

@@ -8,7 +8,7 @@ replay when ``cuda_graph=True``. Settings read and write through to the config
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -83,6 +83,7 @@ class Attack:
         model_kwargs: Mapping[str, Any] | None = None,
         generator: torch.Generator | None = None,
         watch: Watch | None = None,
+        stop: Callable[[], bool] | None = None,
         objective: Criterion | None = None,
     ) -> torch.Tensor:
         """Adversarial inputs for ``(inputs, targets)``; the model is left exactly as found.
@@ -98,16 +99,17 @@ class Attack:
             model_kwargs: further keyword arguments for every forward.
             generator: random generator for the start.
             watch: ``watch(adversarial_inputs, logits)`` at every evaluated point (see :func:`perturb`).
+            stop: APGD only: whether to end early, asked at its checkpoints (see :func:`perturb`).
             objective: the old name of ``criterion`` (deprecated).
         """
         criterion = renamed_objective(criterion, objective)
         if self._graphs is not None:
-            if watch is not None:
-                raise ValueError("cuda_graph=True replays a captured loop: it takes no watch")
+            if watch is not None or stop is not None:
+                raise ValueError("cuda_graph=True replays a captured loop: it takes no watch and no stop")
             return self._graphs(model, inputs, targets, self.config, eps=eps, step=step, criterion=criterion,
                                 input_key=input_key, model_kwargs=model_kwargs, generator=generator)
         return perturb(model, inputs, targets, self.config, eps=eps, step=step, criterion=criterion,
-                       input_key=input_key, model_kwargs=model_kwargs, generator=generator, watch=watch)
+                       input_key=input_key, model_kwargs=model_kwargs, generator=generator, watch=watch, stop=stop)
 
     def __repr__(self) -> str:
         c = self.config

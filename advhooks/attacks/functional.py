@@ -181,7 +181,8 @@ def check_call(config: AttackConfig, inputs: Any, targets: Any, eps: float | Non
 def perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, config: AttackConfig, *,
             eps: float | None = None, step: int = 0, criterion: Criterion | None = None,
             input_key: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
-            generator: torch.Generator | None = None, watch: Watch | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, watch: Watch | None = None,
+            stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """Adversarial inputs for ``(inputs, targets)`` under ``config``; the model is left exactly as found.
 
     Args:
@@ -195,6 +196,8 @@ def perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, confi
         watch: called as ``watch(adversarial_inputs, logits)`` (both detached) at every point the attack
             evaluates, before its loss; it must not read values on the host (robust-accuracy evaluation keeps
             the first misclassified point with it).
+        stop: APGD only: asked at its checkpoints (a host read each, when given) whether to end early,
+            e.g. once ``watch`` has seen every sample misclassified.
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -218,12 +221,12 @@ def perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, confi
             checks.read(None, targets)
         return inputs.clone()
     delta = _search(model, inputs.detach(), targets, config, eps, criterion, placed, checks,
-                    input_key, dict(model_kwargs or {}), generator, watch)
+                    input_key, dict(model_kwargs or {}), generator, watch, stop)
     return apply_delta(inputs, delta, domain, placed)
 
 
 def _search(model, x, targets, config, eps, criterion, placed, checks, input_key, kwargs, generator,
-            watch) -> torch.Tensor:
+            watch, stop) -> torch.Tensor:
     """δ of the attack (of its worst restart per sample), in pixel units."""
     low, high = delta_box(x, config.domain, placed, config.norm, eps)
     inv_std = placed.inv_std
@@ -256,7 +259,8 @@ def _search(model, x, targets, config, eps, criterion, placed, checks, input_key
                     delta.clamp_(low, high)
             delta = ascent(config)(delta, forward, criterion, targets, norm=config.norm, eps=eps,
                                    steps=config.steps, step_size=config.step_size_for(eps), sign=sign,
-                                   loss_scale=loss_scale, low=low, high=high, on_first_logits=read_checks)
+                                   loss_scale=loss_scale, low=low, high=high, on_first_logits=read_checks,
+                                   **({"should_stop": stop} if stop is not None else {}))
             if config.restarts == 1:
                 return delta
             best = _keep_worst(best, delta, forward, criterion, targets, sign)
