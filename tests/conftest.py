@@ -40,3 +40,20 @@ def cnn() -> SmallCNN:
 @pytest.fixture
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+
+
+@pytest.fixture(scope="session")
+def trained_digits_cnn():
+    """A SmallCNN trained for 4 epochs on the bundled digits (eval mode), and the digits test set."""
+    from advhooks.kit.data import load_digits
+
+    torch.manual_seed(0)
+    train, test = load_digits()
+    model = SmallCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(4):
+        for x, y in torch.utils.data.DataLoader(train, batch_size=64, shuffle=True):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model.eval(), test

@@ -11,27 +11,14 @@ from advhooks import APGD, PGD
 from advhooks.attacks import AttackConfig, dlr_loss, perturb, targeted_dlr_loss
 from advhooks.attacks.apgd import checkpoints
 from advhooks.attacks.criteria import cross_entropy
-from advhooks.kit.data import load_digits
 from advhooks.perf import count_host_reads
-from tests.conftest import SmallCNN
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """A small CNN trained for a few epochs on the bundled digits, and 128 test samples."""
-    torch.manual_seed(0)
-    train, test = load_digits()
-    model = SmallCNN()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True)
-    for _ in range(4):
-        for x, y in loader:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-    model.eval()
-    x, y = test.tensors[0][:128], test.tensors[1][:128]
-    return model, x, y
+@pytest.fixture
+def trained(trained_digits_cnn):
+    """The trained digits CNN and 128 test samples."""
+    model, test = trained_digits_cnn
+    return model, test.tensors[0][:128], test.tensors[1][:128]
 
 
 def test_dlr_is_invariant_to_shifting_and_scaling_the_logits():

@@ -5,26 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import TensorDataset
 
 from advhooks.kit.data import load_digits
 from advhooks.robustness import SUITES, attack_batch, evaluate
-from tests.conftest import SmallCNN
 
 
-@pytest.fixture(scope="module")
-def trained():
-    torch.manual_seed(0)
-    train, test = load_digits()
-    model = SmallCNN()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(4):
-        for x, y in torch.utils.data.DataLoader(train, batch_size=64, shuffle=True):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-    return model.eval(), TensorDataset(test.tensors[0][:96], test.tensors[1][:96])
+@pytest.fixture
+def trained(trained_digits_cnn):
+    """The trained digits CNN and 96 test samples."""
+    model, test = trained_digits_cnn
+    return model, TensorDataset(test.tensors[0][:96], test.tensors[1][:96])
 
 
 def test_the_suite_only_lowers_accuracy_and_its_examples_break_what_it_counts_as_broken(trained):
@@ -72,7 +63,6 @@ def test_the_evaluate_command_reports_what_the_python_entry_reports(tmp_path):
     from typer.testing import CliRunner
 
     from advhooks.cli import app
-    from advhooks.kit.data import load_digits
     from advhooks.kit.presets import get_preset
 
     torch.manual_seed(0)
