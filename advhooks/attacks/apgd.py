@@ -101,7 +101,7 @@ def apgd_ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, target
         return loss.detach(), grad
 
     def ascent_step(d: torch.Tensor, grad: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
-        return project_(d + eta * steepest_direction_(grad.clone(), norm), norm, eps, low, high)
+        return project_(d + eta * steepest_direction_(grad, norm), norm, eps, low, high)  # grad is spent here
 
     eta = torch.full(view, float(step_size), dtype=delta.dtype, device=delta.device)
     loss, grad = value_and_grad(delta)
