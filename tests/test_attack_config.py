@@ -73,6 +73,8 @@ def test_the_config_is_frozen_and_a_setting_on_the_attack_replaces_it_validated(
         attack.bn = "frozen"
     assert attack.bn == "train"
     assert attack.criterion_fn is cross_entropy and not attack.custom_criterion
+    with pytest.raises(AttributeError, match="domain is derived from the attack's settings"):
+        attack.domain = None
     with pytest.raises(TypeError, match="takes an AttackConfig"):
         Attack(0.1)
 

@@ -24,7 +24,10 @@ from .graphs import GraphedAttack
 
 __all__ = ["APGD", "FGM", "FGSM", "PGD", "Attack"]
 
-_SETTINGS = frozenset(f.name for f in dataclasses.fields(AttackConfig))
+_SETTINGS = frozenset(f.name for f in dataclasses.fields(AttackConfig) if f.init)  # assignable on the attack
+# Read through to the config too, but derived from the settings (bounds + normalization, criterion, precision).
+_DERIVED = frozenset({f.name for f in dataclasses.fields(AttackConfig) if not f.init} | {"custom_criterion",
+                                                                                       "precision_dtype"})
 
 
 class Attack:
@@ -52,13 +55,16 @@ class Attack:
         object.__setattr__(self, "_graphs", GraphedAttack() if config.cuda_graph else None)
 
     def __getattr__(self, name: str) -> Any:
-        if name in _SETTINGS or name in ("custom_criterion", "precision_dtype"):
+        if name in _SETTINGS or name in _DERIVED:
             return getattr(self.config, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _SETTINGS:
             self.config = dataclasses.replace(self.config, **{name: value})
+        elif name in _DERIVED:  # a shadowing attribute would be silently ignored by the attack
+            raise AttributeError(f"{name} is derived from the attack's settings; set those instead (bounds and "
+                                 "normalization for the domain, criterion for its per-sample form)")
         else:
             object.__setattr__(self, name, value)
 
