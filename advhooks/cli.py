@@ -568,7 +568,8 @@ def simulate_linear(
     ratios: str = typer.Option("0.1,0.3,1,3,10", help="eps / sqrt(d/n), comma-separated (the columns)."),
     repeats: int = typer.Option(300, help="Clean reference runs and adversarial runs per setting."),
     steps: int = typer.Option(300, help="Gradient descent steps T."),
-    lr: float = typer.Option(0.1, help="Gradient descent step size (divided by (1 + eps)^2)."),
+    lr: float = typer.Option(0.1, help="Gradient descent step size (divided by (1 + eps)^2 for the endpoints; "
+                             "each trajectory pair shares one step)."),
     sigma: float = typer.Option(1.0, help="Noise standard deviation."),
     theta_norm: float = typer.Option(1.0, help="||theta0|| (> 0)."),
     seed: int = typer.Option(0, help="Seed."),
@@ -576,7 +577,11 @@ def simulate_linear(
     plot: Path | None = typer.Option(None, help="Draw Figures 2 and 3 side by side (PNG)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Section 4 of the paper: linear regression under an L2 attack, Figures 2 and 3 as a table."""
+    """Section 4 of the paper: linear regression under an L2 attack, Figures 2 and 3 as a table.
+
+    The table's cells compare endpoints (each run at its own step); the trajectories of the plot run both
+    members of each clean/adversarial pair at one step, printed under the table.
+    """
     from tqdm.auto import tqdm
 
     from .kit.theory import LinearSetting, simulate
@@ -603,6 +608,8 @@ def simulate_linear(
         cells = "".join(f"{f'{p:.3f} / {q:.3f} / {rd:.3f}':>24}"
                         for p, q, rd in zip(res.param_pvalue, res.loss_pvalue, res.rel_diff_final, strict=True))
         typer.echo(f"{res.d:>4}  {cells}")
+    typer.echo("trajectories (--plot, Figure 2 left): each clean/adversarial pair at one step; "
+               + "; ".join(f"d={res.d}: step {res.trajectory_lr:.4g} ({res.trajectory_step_rule})" for res in results))
     typer.echo("")
     typer.echo(f"{'d':>4}  {'eps* (median, IQR)':>26}  {'sqrt(d/n)':>9}  {'eps*/sqrt(d/n)':>14}  {'d/n':>6}  "
                f"{'eps*/(d/n)':>10}  {'first-order/eps*':>16}  {'finetune/eps*':>13}")

@@ -130,3 +130,63 @@ def test_cli_simulate_linear(tmp_path):
                         (["--theta-norm", "0"], "theta_norm must be > 0"), (["--repeats", "3"], "repeats must")):
         bad = runner.invoke(app, ["simulate-linear", *args, "-q"])
         assert bad.exit_code == 2 and match in bad.output, bad.output
+
+
+def _direct_rel_diff(x, y, eps, step, t):
+    """‖θ_t(ε) − θ_t(0)‖ / ‖θ_t(0)‖ averaged over repeats, both GD runs written out at one step."""
+    clean, adv = np.zeros((x.shape[0], x.shape[2])), np.zeros((x.shape[0], x.shape[2]))
+    for _ in range(t):
+        clean = clean - step * adversarial_loss_grad(clean, x, y, 0.0)[1]
+        adv = adv - step * adversarial_loss_grad(adv, x, y, eps)[1]
+    return float((np.linalg.norm(adv - clean, axis=-1) / np.linalg.norm(clean, axis=-1)).mean())
+
+
+@pytest.mark.parametrize("ratios", [[0.0, 0.3], [0.0, 0.3, 10.0]])
+def test_trajectories_of_a_pair_share_one_step(ratios):
+    setting, repeats = LinearSetting(100, 10), 20
+    res = simulate(setting, ratios, repeats=repeats, steps=30, lr=0.1, seed=3)
+    rng = np.random.default_rng(3)
+    sample_data(setting, repeats, rng)  # the reference datasets
+    x, y = sample_data(setting, repeats, rng)
+    assert res.rel_diff_curves[0] == [0.0] * 30  # ε = 0: the same run, at every t
+    eps = 0.3 * setting.scale
+    direct = _direct_rel_diff(x, y, eps, res.trajectory_lr, 5)
+    assert res.rel_diff_curves[1][4] == pytest.approx(direct, rel=1e-9)
+    if res.trajectory_lr == 0.1:
+        # The clean step against lr / (1 + ε)² for the adversarial run, as before: the step dominates at t = 5.
+        clean = gradient_descent(x, y, 0.0, lr=0.1, steps=5)[0]
+        adv = gradient_descent(x, y, eps, lr=0.1, steps=5)[0]
+        two_steps = float((np.linalg.norm(adv - clean, axis=-1) / np.linalg.norm(clean, axis=-1)).mean())
+        assert two_steps > 2 * direct
+
+
+def test_trajectory_step_is_the_clean_one_unless_the_grid_diverges_there():
+    setting = LinearSetting(100, 5)
+    stable = simulate(setting, [0.1, 1.0], repeats=20, steps=30, lr=0.1, seed=4)
+    assert stable.trajectory_lr == 0.1 and "clean step" in stable.trajectory_step_rule
+    assert stable.to_dict()["trajectory_lr"] == 0.1
+    wide = simulate(setting, [0.1, 10.0], repeats=20, steps=30, lr=0.1, seed=4)
+    eps_max = 10.0 * setting.scale
+    assert wide.trajectory_lr == pytest.approx(0.1 / (1 + eps_max) ** 2)
+    assert "smallest stable" in wide.trajectory_step_rule and "eps/sqrt(d/n)=10" in wide.trajectory_step_rule
+    # The clean step really diverges at ε_max, and the chosen one does not (its minimiser is θ = 0, about
+    # which constant-step GD hovers a little above the loss at the start).
+    x, y = sample_data(setting, 20, np.random.default_rng(4))
+    start = adversarial_loss_grad(np.zeros((20, 5)), x, y, eps_max)[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        fast = gradient_descent(x, y, eps_max, lr=0.1, steps=30, scale_step=False)[0]
+        assert not np.all(adversarial_loss_grad(fast, x, y, eps_max)[0] < 1e3 * start)
+    slow = gradient_descent(x, y, eps_max, lr=wide.trajectory_lr, steps=30, scale_step=False)[0]
+    assert np.all(adversarial_loss_grad(slow, x, y, eps_max)[0] <= 1.5 * start)
+
+
+def test_cli_simulate_linear_names_the_trajectory_step(tmp_path):
+    runner = CliRunner()
+    for ratios, step, rule in (("0.1,0.3", "0.1", "the clean step lr"),
+                               ("0.1,10", f"{0.1 / (1 + 10 * 0.5**0.5 / 10**0.5) ** 2:.4g}", "the smallest stable")):
+        result = runner.invoke(app, ["simulate-linear", "--d", "5", "--ratios", ratios, "--repeats", "20",
+                                     "--steps", "30", "--json", str(tmp_path / "s.json"), "-q"])
+        assert result.exit_code == 0, result.output
+        line = next(li for li in result.output.splitlines() if li.startswith("trajectories"))
+        assert f"d=5: step {step} ({rule}" in line, line
+        assert f"{json.loads((tmp_path / 's.json').read_text())[0]['trajectory_lr']:.4g}" == step

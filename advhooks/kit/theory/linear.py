@@ -6,7 +6,9 @@ gradient descent on R̂(θ, ε) = mean (|r| + ε‖θ‖)², r = y − θᵀx (c
 
 Measurements (Figures 2 and 3 of the paper):
 
-- relative difference ‖θ_t(ε) − θ_t(0)‖ / ‖θ_t(0)‖ along the trajectories, same data and zero start;
+- relative difference ‖θ_t(ε) − θ_t(0)‖ / ‖θ_t(0)‖ along the trajectories, same data and zero start, and
+  both runs of a pair at one step (see :func:`simulate`), so that the curves measure ε and not the step;
+- relative difference of the endpoints θ^(T)(ε) and θ^(T)(0) (each run at its own step, near its minimiser);
 - parameter p-value: θ^(T)(ε) of each repeat against the distribution of θ^(T)(0) over ``repeats``
   independent clean runs on *other* datasets, by Hotelling's T² prediction test: with the reference
   mean μ and covariance S of m clean runs, T² = m/(m+1)·(θ − μ)ᵀS⁻¹(θ − μ) and
@@ -107,16 +109,19 @@ def population_adversarial_risk(theta: np.ndarray, setting: LinearSetting, eps: 
 
 
 def gradient_descent(x: np.ndarray, y: np.ndarray, eps: float | np.ndarray, *, lr: float = 0.1, steps: int = 300,
-                     theta_init: np.ndarray | None = None,
-                     record: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                     theta_init: np.ndarray | None = None, record: bool = False,
+                     scale_step: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Full-batch GD on R̂(·, ε) from zero (or ``theta_init``); returns θ^(T) and, with ``record``, θ_1..θ_T.
 
-    The step is ``lr / (1 + ε)²``: the smoothness of R̂(·, ε) grows like (1 + ε)², so a fixed step that
-    converges for clean training diverges for large ε. At ε ≪ 1 both trajectories use the same step.
+    The step is ``lr / (1 + ε)²`` (``scale_step``, the default): the smoothness of R̂(·, ε) grows like
+    (1 + ε)², so a fixed step that converges for clean training diverges for large ε. The step then differs
+    from the clean one at every ε > 0 (0.83 · lr at ε = 0.095), which changes the early iterates as much as ε
+    does; ``scale_step=False`` uses ``lr`` itself at every ε, to compare trajectories at one step.
     """
     theta = np.zeros((x.shape[0], x.shape[2])) if theta_init is None else theta_init.copy()
-    eps_arr = np.asarray(eps, dtype=float)
-    lr = lr / (1 + eps_arr.reshape(-1, 1)) ** 2 if eps_arr.ndim else lr / (1 + float(eps)) ** 2
+    if scale_step:
+        eps_arr = np.asarray(eps, dtype=float)
+        lr = lr / (1 + eps_arr.reshape(-1, 1)) ** 2 if eps_arr.ndim else lr / (1 + float(eps)) ** 2
     path = np.empty((steps,) + theta.shape) if record else None
     for t in range(steps):
         _, g = adversarial_loss_grad(theta, x, y, eps)
@@ -166,7 +171,13 @@ def _upper_tail_pvalues(values: np.ndarray, reference: np.ndarray) -> np.ndarray
 
 @dataclass
 class SimulationResult:
-    """Figures 2 and 3 in numbers, for one (n, d) and a list of ε / √(d/n) ratios."""
+    """Figures 2 and 3 in numbers, for one (n, d) and a list of ε / √(d/n) ratios.
+
+    ``rel_diff_final`` compares the endpoints θ^(T)(ε) and θ^(T)(0), each run at its own step (lr / (1 + ε)²
+    and lr), as the p-values do; ``rel_diff_curves`` compares the trajectories with both runs of each pair at
+    the one step ``trajectory_lr``, chosen by ``trajectory_step_rule`` (see :func:`simulate`). Their last
+    points differ where that step is too small for T steps to converge.
+    """
 
     n: int
     d: int
@@ -183,6 +194,8 @@ class SimulationResult:
     repeats: int
     steps: int
     lr: float
+    trajectory_lr: float
+    trajectory_step_rule: str
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,9 +211,18 @@ def simulate(setting: LinearSetting, ratios: Sequence[float], *, repeats: int = 
         setting: n, d, σ, ‖θ0‖.
         ratios: ε / √(d/n) values (the table's columns).
         repeats: clean reference runs and adversarial runs (independent datasets each).
-        steps / lr: gradient descent (from zero), the same for clean and adversarial training.
+        steps / lr: gradient descent (from zero); the endpoints (p-values, ``rel_diff_final``, ε*) use step
+            ``lr`` for clean training and lr / (1 + ε)² at ε, as :func:`gradient_descent` does.
         seed: seeds everything.
         progress: called with a line of text per ε.
+
+    The trajectories (``rel_diff_curves``, Figure 2 left) run both members of each clean/adversarial pair at
+    one step, the same for every ε of the grid: the clean step ``lr`` when GD at ``lr`` is stable on R̂(·, ε)
+    for every ε of the grid, otherwise the smallest of the grid's steps, lr / (1 + ε_max)² (the step of the
+    ε_max endpoint run, so stable there, and below every other ε's own step). Stable means a concrete
+    check, not a bound (R̂ has kinks, so no smoothness bound holds near them): after T steps at ``lr`` the
+    loss of every repeat is within 0.1% of the loss its endpoint run reaches; a step that diverges, or that
+    oscillates about the kinks of |r| and ‖θ‖, ends above it.
     """
     if repeats <= setting.d + 1:
         raise ValueError(f"repeats must exceed d + 1 for the Hotelling test, got {repeats} with d = {setting.d}")
@@ -209,22 +231,21 @@ def simulate(setting: LinearSetting, ratios: Sequence[float], *, repeats: int = 
     x, y = sample_data(setting, repeats, rng)
     ref_theta, _ = gradient_descent(x_ref, y_ref, 0.0, lr=lr, steps=steps)
     ref_loss = adversarial_loss_grad(ref_theta, x_ref, y_ref, 0.0)[0]
-    _, clean_path = gradient_descent(x, y, 0.0, lr=lr, steps=steps, record=True)
-    clean_norms = np.maximum(np.linalg.norm(clean_path, axis=-1), _TINY)
+    clean_theta, _ = gradient_descent(x, y, 0.0, lr=lr, steps=steps)
+    clean_norm = np.maximum(np.linalg.norm(clean_theta, axis=-1), _TINY)
 
-    eps_list, p_param, p_loss, rel_final, curves = [], [], [], [], []
-    for ratio in ratios:
-        eps = float(ratio) * setting.scale
-        theta, path = gradient_descent(x, y, eps, lr=lr, steps=steps, record=True)
-        rel = (np.linalg.norm(path - clean_path, axis=-1) / clean_norms).mean(axis=1)  # over repeats, per t
+    eps_list = [float(ratio) * setting.scale for ratio in ratios]
+    p_param, p_loss, rel_final, end_loss = [], [], [], []
+    for ratio, eps in zip(ratios, eps_list, strict=True):
+        theta, _ = gradient_descent(x, y, eps, lr=lr, steps=steps)
         loss = adversarial_loss_grad(theta, x, y, eps)[0]
-        eps_list.append(eps)
         p_param.append(float(_hotelling_pvalues(theta, ref_theta).mean()))
         p_loss.append(float(_upper_tail_pvalues(loss, ref_loss).mean()))
-        rel_final.append(float(rel[-1]))
-        curves.append([float(v) for v in rel])
+        rel_final.append(float((np.linalg.norm(theta - clean_theta, axis=-1) / clean_norm).mean()))
+        end_loss.append(loss)
         if progress:
             progress(f"n={setting.n} d={setting.d} eps/sqrt(d/n)={ratio:g}")
+    curves, traj_lr, rule = _trajectories(x, y, ratios, eps_list, end_loss, lr=lr, steps=steps)
 
     star, r_star = exact_eps_star(x, y, setting, lr=lr, steps=steps)
     first, fine = _gradient_estimators(x, y, setting, star, r_star, lr=lr, steps=steps)
@@ -233,11 +254,45 @@ def simulate(setting: LinearSetting, ratios: Sequence[float], *, repeats: int = 
         n=setting.n, d=setting.d, ratios=[float(r) for r in ratios], eps=eps_list, param_pvalue=p_param,
         loss_pvalue=p_loss, rel_diff_final=rel_final, rel_diff_curves=curves, eps_star_median=float(np.median(star)),
         eps_star_iqr=(float(q1), float(q3)), first_order_ratio=first, finetune_ratio=fine, repeats=repeats,
-        steps=steps, lr=lr,
+        steps=steps, lr=lr, trajectory_lr=traj_lr, trajectory_step_rule=rule,
         extra={"sqrt_d_over_n": setting.scale, "d_over_n": setting.d / setting.n,
                "eps_star_over_sqrt_d_over_n": float(np.median(star)) / setting.scale,
                "eps_star_over_d_over_n": float(np.median(star)) / (setting.d / setting.n)},
     )
+
+
+_STABLE_RTOL = 1e-3  # GD at a step is stable at ε if it ends within this of the endpoint run's loss
+
+
+def _trajectories(x: np.ndarray, y: np.ndarray, ratios: Sequence[float], eps_list: list[float],
+                  end_loss: list[np.ndarray], *, lr: float, steps: int) -> tuple[list[list[float]], float, str]:
+    """Figure 2's curves at one step for every pair: (curves, step, rule); the rule is :func:`simulate`'s."""
+    curves, unstable = _curves_at(x, y, eps_list, lr, steps, end_loss)
+    if unstable is None:
+        return curves, lr, "the clean step lr, stable at every eps of the grid"
+    step = lr / (1 + max(eps_list)) ** 2
+    curves, _ = _curves_at(x, y, eps_list, step, steps)
+    return curves, step, f"the smallest stable step lr/(1+eps_max)^2, lr unstable at eps/sqrt(d/n)={ratios[unstable]:g}"
+
+
+def _curves_at(x: np.ndarray, y: np.ndarray, eps_list: list[float], step: float, steps: int,
+               end_loss: list[np.ndarray] | None = None) -> tuple[list[list[float]], int | None]:
+    """Mean over repeats of ‖θ_t(ε) − θ_t(0)‖ / ‖θ_t(0)‖ per t, both runs at ``step``, for each ε.
+
+    With ``end_loss``, checks the largest ε first that the run at ``step`` is stable (ends within
+    ``_STABLE_RTOL`` of that loss for every repeat) and stops at the first that is not: ([], its index).
+    """
+    _, clean = gradient_descent(x, y, 0.0, lr=step, steps=steps, record=True)
+    norms = np.maximum(np.linalg.norm(clean, axis=-1), _TINY)
+    curves: list[list[float]] = [[] for _ in eps_list]
+    for i in sorted(range(len(eps_list)), key=lambda k: -eps_list[k]):
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run overflows
+            theta, path = gradient_descent(x, y, eps_list[i], lr=step, steps=steps, record=True, scale_step=False)
+            if end_loss is not None and not np.all(
+                    adversarial_loss_grad(theta, x, y, eps_list[i])[0] <= end_loss[i] * (1 + _STABLE_RTOL)):
+                return [], i
+        curves[i] = [float(v) for v in (np.linalg.norm(path - clean, axis=-1) / norms).mean(axis=1)]
+    return curves, None
 
 
 def _gradient_estimators(x: np.ndarray, y: np.ndarray, setting: LinearSetting, star: np.ndarray, r_star: np.ndarray,
