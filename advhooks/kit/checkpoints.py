@@ -8,6 +8,7 @@ line. Nothing is ever unpickled beyond what ``torch.load(weights_only=True)`` al
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["WRAPPER_PREFIXES", "load_weights", "read_state_dict"]
+__all__ = ["WRAPPER_PREFIXES", "load_weights", "read_checkpoint", "read_state_dict"]
 
 # Key prefixes that wrappers add to a model's state dict (DataParallel/DDP, torch.compile).
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -54,6 +55,30 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise ValueError(f"{path}: expected a state dict (names to tensors), found {type(state).__name__}")
     return state
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
+    """A state dict from a weights file (as :func:`read_state_dict`) or from a run record that names one.
+
+    A ``.json`` file is read as a run record (:meth:`~advhooks.PhaseMonitor.record`); its ``"checkpoint"``
+    entry (a path relative to the record's folder, written by ``PhaseMonitor.save_record(..., weights=True)``)
+    is the weights file. Returns the state dict and the path it was read from.
+    """
+    path = Path(path)
+    if path.suffix != ".json":
+        return read_state_dict(path), str(path)
+    if not path.exists():
+        raise FileNotFoundError(f"run record not found: {path}")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
+    named = record.get("checkpoint") if isinstance(record, dict) else None
+    if not named:
+        raise ValueError(f"{path}: the run record names no weights (no 'checkpoint' entry; save the record with "
+                         "PhaseMonitor.save_record(path, weights=True), or pass the weights file itself)")
+    weights = path.parent / named
+    return read_state_dict(weights), str(weights)
 
 
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

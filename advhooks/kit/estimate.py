@@ -41,7 +41,7 @@ from .._outputs import logits_of
 from ..attacks import FGM, PGD, Attack, dual_norm, eval_mode
 from ..attacks.criteria import cross_entropy
 from ..attacks.domain import InputDomain, Normalization
-from ..benchmark import CleanBenchmark, benchmark_reference, write_json_atomic
+from ..benchmark import CleanBenchmark, benchmark_reference
 from ..evaluation import FixedSubset, evaluate_adversarial_loss
 from ..monitor import RUN_RECORD_SCHEMA, PhaseMonitor, ladder_lower_bound
 from ..schedules import format_eps
@@ -236,8 +236,9 @@ def estimate_grid(
     Each run trains with the clean benchmark's schedule (lr / 10 at 1/2 and 3/4 of ``epochs``) under a
     :class:`~advhooks.monitor.PhaseMonitor` that evaluates the adversarial test loss each epoch, keeps θ̂(ε)
     (the epoch of the smallest one) and evaluates R̂(θ̂(ε), ε) at those fixed weights on a fixed training
-    subset of ``train_subset`` samples. Each run is a run record (written to ``records_dir`` when given),
-    and :func:`estimate_from_records` combines them: the same path as ``estimate-eps-star --method runs``.
+    subset of ``train_subset`` samples. Each run is a run record (written to ``records_dir`` when given, with
+    θ̂'s weights beside it), and :func:`estimate_from_records` combines them: the same path as
+    ``estimate-eps-star --method runs``.
 
     Args:
         train_eval_set: the training set without augmentation, for R̂ (default ``train_set``).
@@ -259,10 +260,9 @@ def estimate_grid(
                               device=device)
         train_adversarially(model, train_loader, atk, e, epochs, lr, decay=True, device=device, counter=counter,
                             weight_decay=weight_decay, monitor=monitor, progress=progress)
-        record = monitor.record()
-        records.append(record)
-        if records_dir is not None:
-            write_json_atomic(Path(records_dir) / f"eps{e * 255:.4g}-run{run}.json", record)
+        records.append(monitor.record())
+        if records_dir is not None:  # with θ̂'s weights beside it, for `advhooks connectivity --checkpoint`
+            monitor.save_record(Path(records_dir) / f"eps{e * 255:.4g}-run{run}.json", weights=True)
     est = estimate_from_records(records, benchmark, include_clean=include_clean, level=level, seed=seed)
     est.method = "grid"
     est.settings = dict(eps=grid, attack=attack, steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, runs=runs,

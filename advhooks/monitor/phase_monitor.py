@@ -14,11 +14,10 @@ import torch
 from torch import nn
 
 from ..attacks import Attack
-from ..benchmark import write_json_atomic
 from ..schedules import format_eps
 from .history import EpochHistory
 from .probe import EpsStarProbe
-from .record import run_record
+from .record import run_record, write_record
 from .report import FAR_ABOVE, PhaseReport, caveats, judge, log_report, ratio_band
 from .rhat import EarlyStoppedRisk, Evaluation
 from .settings import MonitorSettings
@@ -199,12 +198,13 @@ class PhaseMonitor(MonitorSettings):
         ev = self._risk.evaluation
         return run_record(self, self.attack or (ev.attack if ev is not None else None))
 
-    def save_record(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`record` as JSON, atomically (main process only; returns the path)."""
-        path = Path(path)
+    def save_record(self, path: str | os.PathLike, weights: bool = False) -> Path:
+        """Write :meth:`record` as JSON, atomically (main process only; returns the path); ``weights=True`` also
+        writes θ̂'s weights beside it (:func:`~advhooks.monitor.record.write_record`; needs :meth:`evaluate_with`)."""
+        kept = self._risk.kept_weights() if weights else None
         if is_main_process():
-            write_json_atomic(path, self.record())
-        return path
+            write_record(path, self.record(), kept)
+        return Path(path)
 
     def plot(self, path: str | os.PathLike) -> Path:
         """Draw the run: the running mean, the adversarial test loss and R̂ of θ̂ against R*(0) with both bands."""

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from ..attacks import Attack
-from ..benchmark import benchmark_reference, model_fingerprint
+from ..benchmark import benchmark_reference, model_fingerprint, write_json_atomic
 
 if TYPE_CHECKING:
     from .phase_monitor import PhaseMonitor
 
-__all__ = ["RUN_RECORD_SCHEMA", "run_record"]
+__all__ = ["RUN_RECORD_SCHEMA", "run_record", "write_record"]
 
 RUN_RECORD_SCHEMA = "advhooks.run/1"
 
@@ -37,3 +40,23 @@ def run_record(monitor: PhaseMonitor, attack: Attack | None) -> dict[str, Any]:
         "level": monitor.level,
         "evaluation_seconds": dict(monitor.evaluation_seconds),
     }
+
+
+def write_record(path: str | os.PathLike, record: dict[str, Any],
+                 weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``record`` as JSON atomically; with ``weights``, those first, as ``<stem>.safetensors`` beside it.
+
+    The record then names the weights file in ``"checkpoint"`` (relative to its folder), which
+    ``advhooks connectivity --checkpoint record.json`` reads.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if weights is not None:
+        target = path.with_suffix(".safetensors")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp))
+        os.replace(tmp, target)
+        record = {**record, "checkpoint": target.name}
+    return write_json_atomic(path, record)

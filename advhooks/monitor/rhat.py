@@ -69,7 +69,8 @@ class EarlyStoppedRisk:
 
     def reset(self) -> None:
         self.rhat: dict[str, Any] | None = None
-        self._theta_hat: dict[str, torch.Tensor] | None = None  # θ̂'s weights while its R̂ is pending
+        self.theta_hat_weights: dict[str, torch.Tensor] | None = None  # a copy of θ̂'s state dict, on its device
+        self._pending = False  # θ̂'s fixed-weights R̂ is not evaluated yet
         self.seconds = {"test": 0.0, "rhat": 0.0}  # wall time of the monitor's own evaluations
 
     @property
@@ -93,7 +94,8 @@ class EarlyStoppedRisk:
                *, due: bool, eps: float | None) -> None:
         """θ̂ moves to ``epoch`` when its adversarial test loss is the smallest so far (``earlier``: the others).
 
-        Its weights are kept (a copy on their device, no host sync) and R̂ at those fixed weights is
+        Its weights are kept (``theta_hat_weights``: a copy on their device, no host sync, until a better
+        epoch replaces it; what ``save_record(weights=True)`` writes) and R̂ at those fixed weights is
         evaluated when ``due`` (after the warm-up, at the last planned epoch, or for a record: early epochs
         improve nearly every time and the verdict is provisional then anyway). Until then the verdict uses
         θ̂'s running mean.
@@ -103,13 +105,21 @@ class EarlyStoppedRisk:
             self.rhat = {"epoch": epoch, "mean": running_mean, "stderr": 0.0, "n": None, "population": None,
                          "kind": "running mean"}
             if self.evaluates_rhat:
-                self._theta_hat = {k: v.detach().clone() for k, v in self.evaluation.model.state_dict().items()}
+                self.theta_hat_weights = {k: v.detach().clone() for k, v in self.evaluation.model.state_dict().items()}
+                self._pending = True
         self.settle(due=due, eps=eps)
+
+    def kept_weights(self) -> dict[str, torch.Tensor]:
+        """θ̂'s weights, or a ValueError when there are none (the monitor keeps them only when it evaluates)."""
+        if self.theta_hat_weights is None:
+            raise ValueError("no early-stopped weights to save: the monitor keeps them when it evaluates the run "
+                             "itself (evaluate_with(model, train_data, test_data))")
+        return self.theta_hat_weights
 
     def settle(self, *, due: bool, eps: float | None) -> None:
         """Evaluate the pending R̂ of θ̂'s kept weights when it is ``due``."""
-        ev, weights = self.evaluation, self._theta_hat
-        if weights is None or ev is None or not due:
+        ev, weights = self.evaluation, self.theta_hat_weights
+        if not self._pending or weights is None or ev is None or not due:
             return
         started = time.perf_counter()
         current = {k: v.detach().clone() for k, v in ev.model.state_dict().items()}
@@ -120,7 +130,7 @@ class EarlyStoppedRisk:
             ev.model.load_state_dict(current)
         self.seconds["rhat"] += time.perf_counter() - started
         self.rhat.update(mean=est.mean, stderr=est.stderr, n=est.n, population=est.population, kind="fixed weights")
-        self._theta_hat = None
+        self._pending = False
 
     def verdict(self, running_means: Sequence[float]) -> tuple[MeanEstimate | None, str]:
         """The R̂ the verdict uses and its kind (``"provisional"``: the best running mean, no θ̂ known)."""
