@@ -166,11 +166,14 @@ class _Setup:
 
 
 def _resolve_setup(preset: str | None, model: str | None, data: str | None, data_dir: Path | None,
-                   download: bool, width: int | None, split_seed: int) -> _Setup:
-    """The model factory and datasets from --preset and/or --model/--data (shared by the commands)."""
+                   download: bool, width: int | None, split_seed: int, fraction: float = 1.0) -> _Setup:
+    """The model factory and datasets from --preset and/or --model/--data (shared by the commands).
+
+    ``fraction`` < 1 keeps that fraction of the training set, drawn with ``split_seed``.
+    """
     import torch
 
-    from .kit.data import load_dataset
+    from .kit.data import load_dataset, train_fraction
     from .kit.presets import get_preset
 
     if preset is None and (model is None or data is None):
@@ -197,6 +200,8 @@ def _resolve_setup(preset: str | None, model: str | None, data: str | None, data
             raise ValueError(f"--model factory must return a torch.nn.Module, got {type(net).__name__}")
         return net
 
+    if fraction != 1:  # the same samples of both views (the augmented one and the one without augmentation)
+        train_set, train_eval = (train_fraction(d, fraction, split_seed) for d in (train_set, train_eval))
     return _Setup(chosen, build, train_set, test_set, train_eval)
 
 
@@ -217,7 +222,10 @@ def benchmark_clean(
     lr: float | None = typer.Option(None, help="Learning rate (default: the preset's, else 0.1)."),
     width: int | None = typer.Option(None, help="The preset model's width (hidden units / widen factor)."),
     seed: int = typer.Option(0, help="Seed for initialisation and shuffling."),
-    split_seed: int = typer.Option(0, help="Seed of the digits train/test split (recorded in the benchmark)."),
+    split_seed: int = typer.Option(0, help="Seed of the digits train/test split and of the --train-fraction draw "
+                                   "(recorded in the benchmark)."),
+    train_fraction: float = typer.Option(1.0, help="Train on this fraction of the training set, drawn with "
+                                         "--split-seed (recorded in the benchmark)."),
     normalize: str | None = typer.Option(None, metavar="MEAN,STD", help=_NORMALIZE_HELP + " Stored in the "
                                          "benchmark, so estimate-eps-star uses it too."),
     device: str = typer.Option("auto", help=_DEVICE_HELP),
@@ -236,12 +244,14 @@ def benchmark_clean(
     normalization = _parse_normalize(normalize)
     _prepare_output(out, "--out")
     device = _resolve_device(device)
-    setup = _resolve_setup(preset, model, data, data_dir, download, width, split_seed)
+    setup = _resolve_setup(preset, model, data, data_dir, download, width, split_seed, train_fraction)
     torch.manual_seed(seed)
     chosen, net = setup.preset, setup.model_factory()
     train_set, test_set, train_eval = setup.train_set, setup.test_set, setup.train_eval
     training = {"preset": preset} if preset else {"model": model, "data": data}
     training["split_seed"] = split_seed
+    if train_fraction != 1:
+        training["train_fraction"] = train_fraction
     if normalization is not None:
         training["normalization"] = {"mean": normalization[0], "std": normalization[1]}
     bs = batch_size or (chosen.batch_size if chosen else 128)
@@ -447,7 +457,8 @@ def _benchmark_setup(bench: Any, preset: str | None, model: str | None, data: st
         preset = bench.training.get("preset")
     if split_seed is None:  # benchmarks before --split-seed split with their --seed
         split_seed = int(bench.training.get("split_seed", bench.training.get("seed", 0)))
-    setup = _resolve_setup(preset, model, data, data_dir, False, width, split_seed)
+    setup = _resolve_setup(preset, model, data, data_dir, False, width, split_seed,
+                           float(bench.training.get("train_fraction", 1.0)))
     _check_setup_matches(bench, setup, strict)
     return setup
 
@@ -588,6 +599,121 @@ def connectivity_command(
         from .plotting import plot_connectivity
 
         typer.echo(f"wrote {plot_connectivity(result, plot)}")
+
+
+@app.command("study")
+@_user_errors
+def study_command(
+    preset: str | None = typer.Option(None, help=_PRESET_HELP),
+    model: str | None = typer.Option(None, help="Your model factory 'package.module:function', called as "
+                                     "function(width) for each --widths entry (function() without --widths)."),
+    data: str | None = typer.Option(None, help="Your data factory returning (train_dataset, test_dataset)."),
+    data_dir: Path | None = typer.Option(None, help="Folder with the dataset files (mnist, cifar, svhn)."),
+    widths: str | None = typer.Option(None, help="Model widths, e.g. 16,64,256 (default: the model's own)."),
+    train_fraction: str = typer.Option("1", help="Training-set fractions, e.g. 1,0.5, drawn with --split-seed."),
+    seeds: int = typer.Option(3, help="Seeds per configuration (0, 1, ...): clean benchmark and estimate each."),
+    method: str = typer.Option("finetune", help="The eps* estimate per seed: finetune | grid | clean-probe."),
+    check_grid: bool = typer.Option(False, "--check-grid", help="Also the grid (training from scratch at each eps) "
+                                    "for the first seed of each configuration."),
+    fgsm_threshold: bool = typer.Option(False, "--fgsm-threshold", help="Also the smallest --fgsm-eps at which "
+                                        "plain FGSM training overfits catastrophically (the paper's Table 2)."),
+    fgsm_eps: str = typer.Option("8/255,16/255,32/255,48/255,64/255,80/255", help="The FGSM probe's strengths."),
+    epochs: int | None = typer.Option(None, help="Clean (and grid) epochs (default: the preset's; 10 with --model)."),
+    finetune_epochs: int = typer.Option(10, help="Epochs of each fine-tune."),
+    lr: float | None = typer.Option(None, help="Learning rate (default: the preset's, else 0.1)."),
+    weight_decay: float | None = typer.Option(None, help="Weight decay (default: the preset's, else 5e-4)."),
+    batch_size: int | None = typer.Option(None, help="Batch size (default: the preset's, else 128)."),
+    norm: str = typer.Option("linf", help="linf | l2"),
+    split_seed: int = typer.Option(0, help="Seed of the digits train/test split and of the fractions' draw."),
+    customary_eps: str | None = typer.Option(None, help="The eps shown as its ratio to eps* (default: the "
+                                             "dataset's customary one; 8/255 for the digits, which have none)."),
+    level: float = typer.Option(0.8, help="Coverage of the bands."),
+    records: Path | None = typer.Option(None, help="Folder with one JSON per unit of work: existing units are read, "
+                                        "not rerun (resume; gather the shards' files here to combine them)."),
+    shard: str = typer.Option("0/1", help="I/N: run only every N-th unit, starting at the I-th (with --records)."),
+    device: str = typer.Option("auto", help=_DEVICE_HELP),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the study (units, rows, comparisons) as JSON."),
+    plot: Path | None = typer.Option(None, help="Draw eps* with its band against width and data size (PNG)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """The eps* study (the paper's Table 3): eps* with its band over model widths x training-set sizes."""
+    from tqdm.auto import tqdm
+
+    from .kit.data import DATASETS
+    from .kit.study import StudySettings, format_study, run_study
+
+    _check_options(seeds=seeds, epochs=epochs, finetune_epochs=finetune_epochs, lr=lr, batch_size=batch_size)
+    shard_at = _parse_shard(shard, records)
+    width_list = _int_list(widths, "--widths") if widths else [None]
+    setup = _resolve_setup(preset, model, data, data_dir, False, None, split_seed)
+    build = _width_builder(setup, model, widths is not None)
+    chosen = setup.preset
+    customary = parse_eps_list(customary_eps)[0] if customary_eps else (
+        DATASETS[chosen.dataset].customary_eps if chosen else None)
+    settings = StudySettings(
+        widths=tuple(width_list), fractions=tuple(parse_eps_list(train_fraction)), seeds=tuple(range(seeds)),
+        method=method.lower(), check_grid=check_grid, fgsm_eps=tuple(parse_eps_list(fgsm_eps)) if fgsm_threshold
+        else (), epochs=epochs or (chosen.epochs if chosen else 10), finetune_epochs=finetune_epochs,
+        lr=lr or (chosen.lr if chosen else 0.1), batch_size=batch_size or (chosen.batch_size if chosen else 128),
+        weight_decay=weight_decay if weight_decay is not None else (chosen.weight_decay if chosen else 5e-4),
+        norm=norm.lower(), split_seed=split_seed, customary_eps=customary, level=level)
+    _prepare_output(json_out, "--json")
+    _prepare_output(plot, "--plot")
+    bar = tqdm(total=len(settings.units()), disable=not _progress_shown(quiet), file=sys.stderr, leave=False)
+
+    def progress(text: str) -> None:
+        if text.startswith(("run-", "fgsm-")):
+            bar.update(1)
+        bar.set_description(text, refresh=True)
+
+    try:
+        result = run_study(settings, build, setup.train_set, setup.test_set, train_eval_set=setup.train_eval,
+                           records_dir=records, shard=shard_at, device=_resolve_device(device), progress=progress)
+    finally:
+        bar.close()
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))
+    if not result["complete"]:
+        typer.echo(f"shard {shard}: {len(result['units'])} of {len(settings.units())} units in {records}; run the "
+                   "other shards, then this command without --shard over the gathered files to combine them")
+        return
+    typer.echo(format_study(result))
+    typer.echo(f"{result['seconds']:.0f} s")
+    if json_out is not None:
+        typer.echo(f"wrote {json_out}")
+    if plot is not None:
+        from .kit.study_plot import plot_study
+
+        typer.echo(f"wrote {plot_study(result, plot)}")
+
+
+def _parse_shard(text: str, records: Path | None) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    if count > 1 and records is None:
+        raise ValueError("--shard needs --records (the folder where the shards' units are gathered)")
+    return index, count
+
+
+def _width_builder(setup: _Setup, model: str | None, with_widths: bool) -> Callable[[int | None], Any]:
+    """``build(width)``: the preset's model at that width, or the --model factory called with it."""
+    import torch
+
+    if model is None:
+        return lambda width: setup.preset.model(width)
+    factory = _load_factory(model, "--model")
+
+    def build(width: int | None) -> Any:
+        net = factory(width) if with_widths else factory()
+        if not isinstance(net, torch.nn.Module):
+            raise ValueError(f"--model factory must return a torch.nn.Module, got {type(net).__name__}")
+        return net
+
+    return build
 
 
 @app.command("demo")

@@ -52,7 +52,8 @@ def train_adversarially(model: nn.Module, train_loader: DataLoader, attack: Atta
                         eval_attack: Attack | None = None,
                         device: torch.device | str = "cpu", counter: PassCounter | None = None,
                         momentum: float = 0.9, weight_decay: float = 0.0, monitor: PhaseMonitor | None = None,
-                        progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                        progress: Callable[[str], None] | None = None,
+                        on_epoch: Callable[[dict[str, Any]], bool | None] | None = None) -> list[dict[str, Any]]:
     """The reference adversarial training loop used by the estimators and the demo.
 
     SGD with momentum, optionally the paper's step decay; per epoch the running mean of the adversarial
@@ -68,6 +69,7 @@ def train_adversarially(model: nn.Module, train_loader: DataLoader, attack: Atta
         counter: counts per-sample forward/backward passes (see :class:`PassCounter`).
         monitor: a PhaseMonitor to feed.
         progress: called with a line of text after each epoch.
+        on_epoch: called with each epoch's record; training stops early when it returns True.
     """
     counter = counter or PassCounter()
     device = torch.device(device)
@@ -107,6 +109,8 @@ def train_adversarially(model: nn.Module, train_loader: DataLoader, attack: Atta
         history.append(record)
         if progress:
             progress(f"eps {eps:.4g} epoch {epoch}/{epochs} loss {record['train_loss']:.4f}")
+        if on_epoch is not None and on_epoch(record):
+            break
     return history
 
 

@@ -1,0 +1,143 @@
+"""The eps* study (Table 3) and the FGSM instability probe (Table 2): fractions, units, bands, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from advhooks.cli import app
+from advhooks.kit.data import load_digits, train_fraction
+from advhooks.kit.presets import get_preset
+from advhooks.kit.study import (
+    StudyRow,
+    StudySettings,
+    _combined_band,
+    compare,
+    fgsm_threshold,
+    format_study,
+    run_study,
+)
+from advhooks.uncertainty import z_value
+
+runner = CliRunner()
+
+
+def test_train_fractions_are_nested_and_drawn_with_the_split_seed_only():
+    train, _ = load_digits()
+    assert train_fraction(train, 1.0) is train
+    torch.manual_seed(1)
+    half = train_fraction(train, 0.5, split_seed=3)
+    torch.manual_seed(2)  # the runs' seed does not move the draw
+    again = train_fraction(train, 0.5, split_seed=3)
+    quarter = train_fraction(train, 0.25, split_seed=3)
+    assert half.indices == again.indices and len(half) == round(0.5 * len(train))
+    assert set(quarter.indices) <= set(half.indices)
+    assert train_fraction(train, 0.5, split_seed=4).indices != half.indices
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        train_fraction(train, 1.5)
+
+
+def test_study_settings_refuse_what_cannot_run():
+    with pytest.raises(ValueError, match="at least one width"):
+        StudySettings(widths=(), fractions=(1.0,), seeds=(0,))
+    with pytest.raises(ValueError, match="train fractions"):
+        StudySettings(widths=(8,), fractions=(0.0,), seeds=(0,))
+    with pytest.raises(ValueError, match="method must be"):
+        StudySettings(widths=(8,), fractions=(1.0,), seeds=(0,), method="runs")
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        StudySettings(widths=(8,), fractions=(1.0,), seeds=(0, 0))
+    settings = StudySettings(widths=(8, 16), fractions=(1.0, 0.5), seeds=(0, 1), fgsm_eps=(0.1,))
+    assert len(settings.units()) == 2 * 2 * 2 + 2 * 2
+
+
+def test_the_band_of_the_mean_over_seeds():
+    z = z_value(0.8)
+    # One seed: its own band.
+    assert _combined_band([0.03], [(0.02, 0.05)], 0.8) == pytest.approx((0.02, 0.05))
+    # Seeds that disagree more than their bands say: the spread sets the band.
+    values = [0.02, 0.03, 0.04]
+    half = z * np.std(values, ddof=1) / math.sqrt(3)
+    assert _combined_band(values, [(v - 1e-4, v + 1e-4) for v in values], 0.8) == pytest.approx((0.03 - half,
+                                                                                                0.03 + half))
+    # Seeds that agree: their own bands, over sqrt(k), are the floor.
+    agree = [0.03, 0.03 + 1e-6, 0.03 - 1e-6]
+    low, high = _combined_band(agree, [(v - 0.01, v + 0.02) for v in agree], 0.8)
+    assert low == pytest.approx(0.03 - 0.01 / math.sqrt(3)) and high == pytest.approx(0.03 + 0.02 / math.sqrt(3))
+
+
+def _row(width, fraction, value, band):
+    return StudyRow(width, fraction, 100, [0], 0.1, 0.01, 0.05, value, band, [value])
+
+
+def test_compare_says_which_differences_the_bands_resolve():
+    rows = [_row(16, 1.0, 0.02, (0.018, 0.022)), _row(16, 0.5, 0.025, (0.023, 0.027)),
+            _row(64, 1.0, 0.03, (0.028, 0.032)), _row(64, 0.5, 0.031, (0.029, 0.033))]
+    out = {(c["from"], c["to"]): c["overlap"] for c in compare(rows)}
+    assert out[("width 16, fraction 1", "width 64, fraction 1")] is False
+    assert out[("width 16, fraction 0.5", "width 64, fraction 0.5")] is False
+    assert out[("width 16, fraction 1", "width 16, fraction 0.5")] is False
+    assert out[("width 64, fraction 1", "width 64, fraction 0.5")] is True
+    assert len(out) == 4
+
+
+def test_a_tiny_study_runs_resumes_from_its_units_and_combines_shards(tmp_path):
+    train, test = load_digits()
+    preset = get_preset("digits-mlp")
+    settings = StudySettings(widths=(8, 32), fractions=(1.0, 0.5), seeds=(0, 1), epochs=4, finetune_epochs=2,
+                             lr=0.05, batch_size=64, customary_eps=8 / 255)
+    first = run_study(settings, preset.model, train, test, records_dir=tmp_path / "a", shard=(0, 2))
+    assert not first["complete"] and len(first["units"]) == 4 and "rows" not in first
+    second = run_study(settings, preset.model, train, test, records_dir=tmp_path / "a", shard=(1, 2))
+    assert second["complete"] and len(list((tmp_path / "a").glob("*.json"))) == 8
+    rows = second["rows"]
+    assert [(r["width"], r["fraction"]) for r in rows] == [(8, 1.0), (8, 0.5), (32, 1.0), (32, 0.5)]
+    assert [r["n_train"] for r in rows] == [len(train), round(len(train) / 2)] * 2
+    units = second["units"]
+    seeds = [units[f"run-width32-fraction0.5-seed{s}.json"] for s in (0, 1)]
+    assert rows[3]["clean_test_loss"] == pytest.approx(np.mean([u["benchmark"]["clean_test_loss"] for u in seeds]))
+    assert rows[3]["per_seed"] == [u["estimate"]["value"] for u in seeds]
+    assert all(u["estimate"]["method"] == "finetune" for u in seeds)
+    # The seeds differ (their benchmarks do); the fractions share their samples across seeds.
+    assert seeds[0]["benchmark"]["clean_test_loss"] != seeds[1]["benchmark"]["clean_test_loss"]
+    row = rows[3]
+    if row["eps_star"] is not None:
+        assert row["customary_ratio"] == pytest.approx((8 / 255) / row["eps_star"])
+    # Rerunning over the gathered units only combines: nothing is trained again, the answer is the same.
+    again = run_study(settings, lambda w: pytest.fail("a stored unit was rerun"), train, test,
+                      records_dir=tmp_path / "a")
+    assert again["rows"] == rows
+    assert "width 8, fraction 1 -> width 32, fraction 1" in format_study(again)
+    other = StudySettings(**{**settings.__dict__, "epochs": 5})
+    with pytest.raises(ValueError, match="other settings"):
+        run_study(other, preset.model, train, test, records_dir=tmp_path / "a")
+
+
+def test_the_fgsm_probe_fires_where_plain_fgsm_overfits_catastrophically():
+    # digits-cnn at 0.3 (constant lr 0.05): PGD accuracy collapses while FGSM accuracy stays high.
+    train, test = load_digits()
+    preset = get_preset("digits-cnn")
+    out = fgsm_threshold(preset.model, train, test, [0.3], epochs=25, lr=0.05, batch_size=64, seed=0)
+    assert out["threshold"] == 0.3 and out["stable_below"] is None
+    run = out["runs"][0]
+    assert run["flag_epoch"] is not None and run["epochs_run"] == run["flag_epoch"]  # the run stops at the flag
+    assert run["fgsm_accuracy"] - run["pgd_accuracy"] > 0.3
+
+
+def test_the_study_command_prints_the_table_and_writes_json_and_plot(tmp_path):
+    res = runner.invoke(app, ["study", "--preset", "digits-mlp", "--widths", "8,16", "--train-fraction", "1,0.5",
+                              "--seeds", "1", "--method", "clean-probe", "--epochs", "3", "--fgsm-threshold",
+                              "--fgsm-eps", "2/255", "--device", "cpu", "-q", "--json", str(tmp_path / "s.json"),
+                              "--plot", str(tmp_path / "s.png")])
+    assert res.exit_code == 0, res.output
+    assert "R*(0) (s.e.)" in res.output and "8/255 / eps*" in res.output and "FGSM unstable" in res.output
+    assert "> 2 (none fired)" in res.output
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert len(saved["rows"]) == 4 and saved["settings"]["customary_eps"] == pytest.approx(8 / 255)
+    assert (tmp_path / "s.png").stat().st_size > 0
+    bad = runner.invoke(app, ["study", "--preset", "digits-mlp", "--shard", "1/2"])
+    assert bad.exit_code == 2 and "--shard needs --records" in bad.output
