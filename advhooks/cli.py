@@ -659,6 +659,10 @@ def study_command(
         norm=norm.lower(), split_seed=split_seed, customary_eps=customary, level=level)
     _prepare_output(json_out, "--json")
     _prepare_output(plot, "--plot")
+    typer.echo(f"recipe: {settings.epochs} epochs, lr {settings.lr:g}, batch size {settings.batch_size}, weight decay "
+               f"{settings.weight_decay:g} ({'the preset' if chosen and not model else 'given or default'}); "
+               f"{settings.method}" + (f" ({settings.finetune_epochs} epochs)" if settings.method == "finetune" else "")
+               + f"; seeds {list(settings.seeds)}; split seed {split_seed}", err=True)
     bar = tqdm(total=len(settings.units()), disable=not _progress_shown(quiet), file=sys.stderr, leave=False)
 
     def progress(text: str) -> None:

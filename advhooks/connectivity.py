@@ -127,8 +127,8 @@ class _WeightSpace:
         differ = sorted(set(ours) ^ set(params)) + [n for n in ours if n in params and params[n].shape != ours[n]]
         if differ:
             raise ValueError(f"the two models are not of one architecture: parameters {differ[:3]} differ")
-        device = next(self.model.parameters()).device
-        return torch.cat([params[n].detach().reshape(-1).to(device, torch.float32) for n in self.names])
+        ref = next(self.model.parameters())
+        return torch.cat([params[n].detach().reshape(-1).to(ref.device, ref.dtype) for n in self.names])
 
     def unflat(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
         out, start = {}, 0

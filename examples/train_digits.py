@@ -7,6 +7,9 @@ advhooks adds to a plain loop are marked.
     python examples/train_digits.py --benchmark clean.safetensors --eps 8/255
     python examples/train_digits.py --benchmark clean.safetensors --eps 64/255 --objective trades
     python examples/train_digits.py                                        # no benchmark: AT only
+    # the run record with the early-stopped weights, then the paper's Figure 4 against the clean model:
+    python examples/train_digits.py --benchmark clean.safetensors --eps 64/255 --save-record runs/eps64.json
+    advhooks connectivity --benchmark clean.safetensors --checkpoint runs/eps64.json --plot connectivity.png
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ def main(argv: list[str] | None = None) -> list:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--width", type=int, default=None, help="hidden width of the digits-mlp preset")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-record", help="with --benchmark: write the run record here, with the early-stopped "
+                        "weights beside it (what `advhooks connectivity --checkpoint` reads)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -109,6 +114,8 @@ def main(argv: list[str] | None = None) -> list:
         low, high = last.ratio_interval
         log.info("final: ratio %.3f [%.3f, %.3f] (R-hat of the epoch-%s model), regime %s", last.ratio, low, high,
                  last.early_stopped_epoch, last.regime)
+    if monitor is not None and args.save_record:
+        log.info("wrote %s", monitor.save_record(args.save_record, weights=True))
     log.info("done in %.1f s", time.perf_counter() - start)
     return reports
 

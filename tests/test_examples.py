@@ -17,10 +17,18 @@ def test_train_digits_example_runs_with_a_benchmark(tmp_path):
     subprocess.run([sys.executable, "-m", "advhooks.cli", "benchmark-clean", "--preset", "digits-mlp",
                     "--epochs", "3", "--out", str(bench), "-q"], check=True, capture_output=True, timeout=300)
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "train_digits.py"), "--epochs", "3",
-                          "--objective", "trades", "--steps", "3", "--benchmark", str(bench)],
+                          "--objective", "trades", "--steps", "3", "--benchmark", str(bench),
+                          "--save-record", str(tmp_path / "runs" / "run.json")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "R*(0) =" in out.stderr and "regime" in out.stderr and "PGD-20 test loss" in out.stderr
+    # The docstring's next step: the paper's Figure 4 from the record and its early-stopped weights.
+    assert (tmp_path / "runs" / "run.safetensors").exists()
+    conn = subprocess.run([sys.executable, "-m", "advhooks.cli", "connectivity", "--benchmark", str(bench),
+                           "--checkpoint", str(tmp_path / "runs" / "run.json"), "--epochs", "1", "--points", "3",
+                           "--grid", "0", "-q"], capture_output=True, text=True, timeout=300)
+    assert conn.returncode == 0, conn.stderr
+    assert "straight line: max" in conn.stdout
 
 
 @pytest.mark.parametrize("script", ["train_digits_lightning.py", "train_digits_hf.py"])

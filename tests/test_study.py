@@ -141,3 +141,18 @@ def test_the_study_command_prints_the_table_and_writes_json_and_plot(tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 0
     bad = runner.invoke(app, ["study", "--preset", "digits-mlp", "--shard", "1/2"])
     assert bad.exit_code == 2 and "--shard needs --records" in bad.output
+
+
+def test_the_grid_check_keeps_its_run_records_with_their_weights(tmp_path):
+    train, test = load_digits()
+    settings = StudySettings(widths=(8,), fractions=(0.5,), seeds=(0,), epochs=2, finetune_epochs=1,
+                             method="clean-probe", check_grid=True)
+    out = run_study(settings, get_preset("digits-mlp").model, train, test, records_dir=tmp_path)
+    unit = out["units"]["run-width8-fraction0.5-seed0.json"]
+    assert unit["grid"]["method"] == "grid" and out["rows"][0]["grid"] == unit["grid"]["value"]
+    records = sorted((tmp_path / "grid-width8-fraction0.5-seed0").glob("*.json"))
+    assert len(records) == len(unit["grid"]["settings"]["eps"])
+    from advhooks.kit.checkpoints import read_checkpoint
+
+    state, _ = read_checkpoint(records[0])  # the early-stopped weights, for `advhooks connectivity`
+    assert set(state) == set(get_preset("digits-mlp").model(8).state_dict())

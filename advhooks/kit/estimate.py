@@ -665,6 +665,7 @@ def estimate_eps_star(
     device: torch.device | str = "cpu",
     normalization: Normalization = None,
     level: float = DEFAULT_LEVEL,
+    records_dir: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> EpsStarEstimate:
     """ε* by any method, with its band: what ``advhooks estimate-eps-star`` runs, for Python callers.
@@ -681,6 +682,7 @@ def estimate_eps_star(
         attack: ``"pgd"`` or ``"fgm"`` for training (default PGD).
         epochs: per run (default: 10 for the fine-tune, 60 for the grid).
         lr / batch_size: default: the benchmark's recipe.
+        records_dir: the grid's run records, each with its θ̂ weights beside it (only the grid writes any).
         Others: as in :func:`estimate_grid` and :func:`estimate_finetune`.
     """
     method, attack = _check_request(method, attack, records, model_factory, train_set, test_set)
@@ -707,7 +709,8 @@ def estimate_eps_star(
                                    mean_grad_dual_norm=grad_norm, **recipe, **common)
     else:
         result = estimate_grid(model_factory, train_set, test_set, benchmark, points, epochs=epochs or 60,
-                               weight_decay=float(benchmark.training.get("weight_decay", 0.0)), **recipe, **common)
+                               weight_decay=float(benchmark.training.get("weight_decay", 0.0)),
+                               records_dir=records_dir, **recipe, **common)
     return _with_probe(result, probe)
 
 

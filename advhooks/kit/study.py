@@ -8,7 +8,8 @@ With ``fgsm_eps`` each configuration also gets the FGSM probe: plain FGSM traini
 increasing ε until :class:`~advhooks.diagnostics.CatastrophicOverfittingDetector` fires; the paper reports
 ε* below that unstable ε.
 
-Units are independent and each is a JSON file in ``records_dir`` when one is given: a unit whose file exists
+Units are independent and each is a JSON file in ``records_dir`` when one is given (the grid check's run
+records, with their early-stopped weights, in a ``grid-...`` folder beside it): a unit whose file exists
 is read instead of run, so a study resumes after an interruption and can be spread over processes or
 machines (``shard=(i, n)`` runs every n-th unit; rerunning without ``shard`` over the gathered files only
 combines). :func:`summarise` turns the units into one row per configuration:
@@ -253,8 +254,11 @@ def _label(row: StudyRow) -> str:
 
 def _run_unit(unit: tuple, settings: StudySettings, build: Callable[[int | None], nn.Module], train_set: Dataset,
               test_set: Dataset, train_eval_set: Dataset | None, device: torch.device | str,
-              progress: Callable[[str], None] | None) -> dict[str, Any]:
-    """One unit of work: a clean benchmark and its ε* estimate(s), or the FGSM probe."""
+              progress: Callable[[str], None] | None, grid_records: Path | None = None) -> dict[str, Any]:
+    """One unit of work: a clean benchmark and its ε* estimate(s), or the FGSM probe.
+
+    ``grid_records``: where the grid check's run records go, each with its θ̂ weights (connectivity reads them).
+    """
     from .training import record_clean_benchmark
 
     kind, width, fraction, *seed = unit
@@ -283,7 +287,8 @@ def _run_unit(unit: tuple, settings: StudySettings, build: Callable[[int | None]
         out["estimate"] = estimate_eps_star(settings.method, bench, epochs=settings.finetune_epochs
                                             if settings.method == "finetune" else settings.epochs, **common).to_dict()
         if settings.check_grid and seed == settings.seeds[0] and settings.method != "grid":
-            out["grid"] = estimate_eps_star("grid", bench, epochs=settings.epochs, **common).to_dict()
+            out["grid"] = estimate_eps_star("grid", bench, epochs=settings.epochs, records_dir=grid_records,
+                                            **common).to_dict()
     out["seconds"] = time.perf_counter() - started
     return out
 
@@ -336,7 +341,9 @@ def run_study(settings: StudySettings, build: Callable[[int | None], nn.Module],
         elif i % count == index:
             if progress:
                 progress(f"{name[:-5]}")
-            units[name] = _run_unit(unit, settings, build, train_set, test_set, train_eval_set, device, progress)
+            grid_records = folder / f"grid-{name[4:-5]}" if folder is not None and unit[0] == "run" else None
+            units[name] = _run_unit(unit, settings, build, train_set, test_set, train_eval_set, device, progress,
+                                    grid_records)
             if folder is not None:
                 write_json_atomic(folder / name, units[name])
     out: dict[str, Any] = {"settings": _recipe(settings) | {"widths": list(settings.widths),
@@ -409,4 +416,5 @@ def format_study(result: dict[str, Any]) -> str:
             relation = "below" if r.eps_star < r.fgsm["threshold"] else "NOT below"
             lines.append(f"{_label(r)}: eps* {_eps255(r.eps_star)}/255 is {relation} the FGSM-unstable "
                          f"{_eps255(r.fgsm['threshold'])}/255 (the paper's Table 2 finds it below)")
+    lines += [f"warning: {_label(r)}: {w}" for r in rows for w in r.warnings]
     return "\n".join(lines)

@@ -27,6 +27,9 @@ def _series(ax, rows: Sequence[dict[str, Any]], x_key: str, group_key: str, labe
         grid = [(r[x_key], r["grid"] * 255) for r in chosen if r.get("grid") is not None]
         if grid:
             ax.plot(*zip(*grid, strict=True), "x", color=ax.lines[-1].get_color(), ms=8)
+    if any(r.get("grid") is not None for r in rows):
+        ax.plot([], [], "x", color="k", ms=8, label="grid check (first seed)")
+
 
 
 def plot_study(result: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -45,8 +48,11 @@ def plot_study(result: dict[str, Any], path: str | os.PathLike) -> Path:
         else:
             _series(ax, rows, "n_train", "width", "width")
             ax.set_xlabel("training samples")
-        if all(isinstance(v, int) and v > 0 for v in (widths if panel == "width" else sizes)):
+        values = sorted(v for v in (widths if panel == "width" else sizes) if v is not None)
+        if values and all(isinstance(v, int) and v > 0 for v in values):
             ax.set_xscale("log", base=2)
+            ax.set_xticks(values, [str(v) for v in values])
+            ax.minorticks_off()
         ax.set_ylabel("ε* × 255 (band)")
         ax.legend(fontsize=8)
     customary = result["settings"].get("customary_eps")
