@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from ._version import __version__
-from .schedules import format_eps, parse_eps_list
+from .schedules import format_eps, parse_eps, parse_eps_list
 
 __all__ = ["PRESET_NAMES", "app", "main"]
 
@@ -150,6 +150,16 @@ def _load_factory(spec: str, option: str) -> Callable[..., Any]:
     return factory
 
 
+def _call_factory(factory: Callable[..., Any], width: int | None) -> Any:
+    """``factory(width)`` when a width is given, else ``factory()``; a factory that takes neither is a clear error."""
+    try:
+        return factory(width) if width is not None else factory()
+    except TypeError as err:
+        wanted = f"one argument (the width, {width})" if width is not None else "no argument"
+        raise ValueError(f"--model factory {getattr(factory, '__name__', factory)!r} cannot be called with "
+                         f"{wanted}: {err}") from None
+
+
 def _check_options(**values: Any) -> None:
     for name, value in values.items():
         if value is not None and not value > 0:
@@ -195,7 +205,7 @@ def _resolve_setup(preset: str | None, model: str | None, data: str | None, data
         train_eval = load_dataset(chosen.dataset, data_dir, False, seed=split_seed)[0] if chosen.augment else train_set
 
     def build():
-        net = model_factory() if model_factory is not None else chosen.model(width)
+        net = _call_factory(model_factory, width) if model_factory is not None else chosen.model(width)
         if not isinstance(net, torch.nn.Module):
             raise ValueError(f"--model factory must return a torch.nn.Module, got {type(net).__name__}")
         return net
@@ -457,6 +467,8 @@ def _benchmark_setup(bench: Any, preset: str | None, model: str | None, data: st
         preset = bench.training.get("preset")
     if split_seed is None:  # benchmarks before --split-seed split with their --seed
         split_seed = int(bench.training.get("split_seed", bench.training.get("seed", 0)))
+    if width is None and isinstance(bench.training.get("width"), int):
+        width = bench.training["width"]
     setup = _resolve_setup(preset, model, data, data_dir, False, width, split_seed,
                            float(bench.training.get("train_fraction", 1.0)))
     _check_setup_matches(bench, setup, strict)
@@ -549,7 +561,8 @@ def connectivity_command(
     lr: float | None = typer.Option(None, help="Learning rate of the curve's training (default: the clean run's)."),
     batch_size: int | None = typer.Option(None, help="Batch size (default: the clean run's)."),
     points: int = typer.Option(21, help="Positions evaluated along each path."),
-    grid: int = typer.Option(21, help="The contour's resolution (GRID x GRID loss evaluations); 0: no contour."),
+    grid: int = typer.Option(21, help="The contour's resolution: GRID x GRID evaluations of the training loss (each "
+                             "two passes over the training set with BatchNorm); 0: no contour."),
     seed: int = typer.Option(0, help="Seed of the curve's training."),
     device: str = typer.Option("auto", help=_DEVICE_HELP),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON."),
@@ -606,7 +619,7 @@ def connectivity_command(
 def study_command(
     preset: str | None = typer.Option(None, help=_PRESET_HELP),
     model: str | None = typer.Option(None, help="Your model factory 'package.module:function', called as "
-                                     "function(width) for each --widths entry (function() without --widths)."),
+                                     "function(width) for each --widths entry, function() without --widths."),
     data: str | None = typer.Option(None, help="Your data factory returning (train_dataset, test_dataset)."),
     data_dir: Path | None = typer.Option(None, help="Folder with the dataset files (mnist, cifar, svhn)."),
     widths: str | None = typer.Option(None, help="Model widths, e.g. 16,64,256 (default: the model's own)."),
@@ -646,10 +659,10 @@ def study_command(
     shard_at = _parse_shard(shard, records)
     width_list = _int_list(widths, "--widths") if widths else [None]
     setup = _resolve_setup(preset, model, data, data_dir, False, None, split_seed)
-    build = _width_builder(setup, model, widths is not None)
+    build = _width_builder(setup, model)
     chosen = setup.preset
-    customary = parse_eps_list(customary_eps)[0] if customary_eps else (
-        DATASETS[chosen.dataset].customary_eps if chosen else None)
+    customary = parse_eps(customary_eps) if customary_eps else (DATASETS[chosen.dataset].customary_eps
+                                                                if chosen else None)
     settings = StudySettings(
         widths=tuple(width_list), fractions=tuple(parse_eps_list(train_fraction)), seeds=tuple(range(seeds)),
         method=method.lower(), check_grid=check_grid, fgsm_eps=tuple(parse_eps_list(fgsm_eps)) if fgsm_threshold
@@ -659,8 +672,10 @@ def study_command(
         norm=norm.lower(), split_seed=split_seed, customary_eps=customary, level=level)
     _prepare_output(json_out, "--json")
     _prepare_output(plot, "--plot")
+    _prepare_output(records, "--records", folder=True)
+    origin = "the preset's" if chosen and not model else "the defaults"
     typer.echo(f"recipe: {settings.epochs} epochs, lr {settings.lr:g}, batch size {settings.batch_size}, weight decay "
-               f"{settings.weight_decay:g} ({'the preset' if chosen and not model else 'given or default'}); "
+               f"{settings.weight_decay:g} (as given, else {origin}); "
                f"{settings.method}" + (f" ({settings.finetune_epochs} epochs)" if settings.method == "finetune" else "")
                + f"; seeds {list(settings.seeds)}; split seed {split_seed}", err=True)
     bar = tqdm(total=len(settings.units()), disable=not _progress_shown(quiet), file=sys.stderr, leave=False)
@@ -672,7 +687,8 @@ def study_command(
 
     try:
         result = run_study(settings, build, setup.train_set, setup.test_set, train_eval_set=setup.train_eval,
-                           records_dir=records, shard=shard_at, device=_resolve_device(device), progress=progress)
+                           records_dir=records, shard=shard_at, device=_resolve_device(device), progress=progress,
+                           setting={"preset": preset} if preset and not model else {"model": model, "data": data})
     finally:
         bar.close()
     if json_out is not None:
@@ -703,8 +719,9 @@ def _parse_shard(text: str, records: Path | None) -> tuple[int, int]:
     return index, count
 
 
-def _width_builder(setup: _Setup, model: str | None, with_widths: bool) -> Callable[[int | None], Any]:
-    """``build(width)``: the preset's model at that width, or the --model factory called with it."""
+def _width_builder(setup: _Setup, model: str | None) -> Callable[[int | None], Any]:
+    """``build(width)``: the preset's model at that width, or the --model factory called with it (without an
+    argument when no --widths are given)."""
     import torch
 
     if model is None:
@@ -712,7 +729,7 @@ def _width_builder(setup: _Setup, model: str | None, with_widths: bool) -> Calla
     factory = _load_factory(model, "--model")
 
     def build(width: int | None) -> Any:
-        net = factory(width) if with_widths else factory()
+        net = _call_factory(factory, width)
         if not isinstance(net, torch.nn.Module):
             raise ValueError(f"--model factory must return a torch.nn.Module, got {type(net).__name__}")
         return net

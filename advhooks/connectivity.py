@@ -6,14 +6,20 @@ with ``bends`` trained control points (Garipov et al. 2018): with one bend, the 
 training loss along the curve, E_{t ~ U(0, 1)} L(φ(t)): each batch draws t, builds φ(t) and steps θ. The
 clean training loss is then measured along the trained curve and along the straight line, at fixed weights
 (BatchNorm's running statistics recomputed at every evaluated point, from the training data, because those
-of the end points do not belong to the weights in between). The *barrier* of a path is its largest loss
-minus the mean of its two end points' losses: about 0 when the two models sit in one basin.
+of the end points do not belong to the weights in between). Two figures per path:
+
+- the *barrier*: its largest loss minus the mean of its two end points' losses. On a path that rises
+  steadily it is half the gap between the ends: it grows as the adversarial end leaves the clean model's
+  basin (the paper's reading of Figure 4), whether or not a ridge separates the two;
+- the *ridge*: its largest rise above the chord between the ends' losses, max_t L(t) − ((1 − t) L₀ + t L₁)
+  (Frankle et al. 2020's instability): about 0 when nothing higher than the ends lies between them.
 
 The contour of the paper's figure is the clean training loss over the plane through w₀, w₁ and the
 curve's middle point (for one bend, θ itself: the whole curve lies in that plane).
 
 On an adversarial model trained at ε ≪ ε* the straight line stays low; well above ε* the adversarial end
-point leaves the clean basin and the barrier grows (the paper's reading of Figure 4).
+point leaves the clean basin and the barrier grows (on the digits the ridge stays near 0: the adversarial
+model sits on the slope of the clean basin, not behind a wall).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from ._validation import check_positive_int
 from .attacks.criteria import Criterion, per_sample
 from .schedules import step_decay
 
-__all__ = ["ConnectivityResult", "bezier_coefficients", "connectivity", "path_barrier"]
+__all__ = ["ConnectivityResult", "bezier_coefficients", "connectivity", "path_barrier", "path_ridge"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -63,6 +69,19 @@ def path_barrier(losses: list[float]) -> float:
     return max(losses) - (losses[0] + losses[-1]) / 2
 
 
+def path_ridge(t: list[float], losses: list[float]) -> float:
+    """The largest rise of a path's loss above the chord between its end points' losses (0 when none).
+
+    Example:
+        >>> path_ridge([0.0, 0.5, 1.0], [0.1, 0.5, 0.3])
+        0.3
+    """
+    if len(losses) < 2 or len(t) != len(losses):
+        raise ValueError("a path needs at least its two end points, and one position per loss")
+    first, last = losses[0], losses[-1]
+    return max(0.0, max(v - ((1 - u) * first + u * last) for u, v in zip(t, losses, strict=True)))
+
+
 @dataclass
 class ConnectivityResult:
     """What :func:`connectivity` measured.
@@ -70,13 +89,15 @@ class ConnectivityResult:
     Attributes:
         t: the evaluated positions along both paths, 0 (clean) to 1 (adversarial).
         curve_loss / line_loss: the clean training loss along the trained curve and along the straight line.
-        curve_barrier / line_barrier: :func:`path_barrier` of each.
+        curve_barrier / line_barrier: :func:`path_barrier` of each (max minus the mean of the ends).
+        curve_ridge / line_ridge: :func:`path_ridge` of each (the rise above the chord of the ends).
         distance: ‖w₁ − w₀‖ over the parameters.
         contour: ``{"x", "y", "loss", "points", "curve"}`` over the plane of w₀, w₁ and the curve's middle
             (``x``/``y`` the grid's coordinates, ``loss[i][j]`` at ``(x[j], y[i])``, ``points`` the three
             points' coordinates, ``curve`` the curve's), or ``None`` when not asked for.
         curve_training: the mean training loss along the curve in each epoch of the middle points' training.
         settings / seconds: how it was measured and how long it took.
+        warnings: what the reader should know (e.g. why there is no contour).
     """
 
     t: list[float]
@@ -87,9 +108,12 @@ class ConnectivityResult:
     distance: float
     bends: int
     contour: dict[str, Any] | None = None
+    curve_ridge: float = 0.0
+    line_ridge: float = 0.0
     curve_training: list[float] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (JSON-ready)."""
@@ -104,9 +128,11 @@ class ConnectivityResult:
         ends = f"clean end {self.line_loss[0]:.4f}, adversarial end {self.line_loss[-1]:.4f}"
         return "\n".join([
             f"clean training loss along the paths ({ends}; distance {self.distance:.4g})",
-            f"straight line: max {max(self.line_loss):.4f}, barrier {self.line_barrier:.4f}",
+            f"straight line: max {max(self.line_loss):.4f}, barrier {self.line_barrier:.4f} (max - mean of the ends), "
+            f"ridge {self.line_ridge:.4f} (above the chord of the ends)",
             f"trained curve ({self.bends} bend{'s' if self.bends > 1 else ''}): max {max(self.curve_loss):.4f}, "
-            f"barrier {self.curve_barrier:.4f}",
+            f"barrier {self.curve_barrier:.4f}, ridge {self.curve_ridge:.4f}",
+            *(f"warning: {w}" for w in self.warnings),
         ])
 
 
@@ -117,7 +143,8 @@ class _WeightSpace:
         self.model = copy.deepcopy(model).to(device)
         self.names = [name for name, _ in self.model.named_parameters()]
         self.shapes = [p.shape for _, p in self.model.named_parameters()]
-        self.norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                      and m.track_running_stats]
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -143,7 +170,8 @@ class _WeightSpace:
 
     @torch.no_grad()
     def loss(self, vector: torch.Tensor, data: Batches, criterion: Criterion) -> float:
-        """The mean clean loss at ``vector`` (eval mode), after recomputing BatchNorm's statistics from ``data``."""
+        """The mean clean loss at ``vector`` (eval mode), after recomputing BatchNorm's statistics from ``data``
+        (iterated twice then: it must be re-iterable, like a DataLoader)."""
         device = vector.device
         if self.norms:
             for bn in self.norms:
@@ -230,7 +258,8 @@ def _contour(space: _WeightSpace, control: list[torch.Tensor], data: Batches, cr
         if progress:
             progress(f"contour row {i + 1}/{size}")
     curve = [coords(_curve_point(t, control)) for t in torch.linspace(0, 1, 41).tolist()]
-    return {"x": grid_x, "y": grid_y, "loss": loss, "points": points, "curve": curve}
+    middle = "trained point" if len(control) == 3 else "curve at t = 1/2"
+    return {"x": grid_x, "y": grid_y, "loss": loss, "points": points, "curve": curve, "middle_is": middle}
 
 
 def connectivity(
@@ -287,6 +316,8 @@ def connectivity(
     crit = per_sample(criterion)
     space = _WeightSpace(clean_model, device)
     start, end = space.flat(clean_model), space.flat(adv_model)
+    if float((end - start).norm()) == 0:
+        raise ValueError("the two models have the same weights: there is no path between them to measure")
     evaluation = eval_loader if eval_loader is not None else loader
     middles, history = _train_bends(space, (start, end), bends, loader, crit, epochs=epochs, lr=lr,
                                     momentum=momentum, weight_decay=weight_decay,
@@ -297,10 +328,14 @@ def connectivity(
     line = [space.loss((1 - t) * start + t * end, evaluation, crit) for t in ts]
     result = ConnectivityResult(
         t=ts, curve_loss=curve, line_loss=line, curve_barrier=path_barrier(curve), line_barrier=path_barrier(line),
+        curve_ridge=path_ridge(ts, curve), line_ridge=path_ridge(ts, line),
         distance=float((end - start).norm()), bends=bends, curve_training=history,
         settings=dict(bends=bends, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, points=points,
                       grid=grid, margin=margin, seed=seed))
     if grid:
-        result.contour = _contour(space, control, evaluation, crit, grid, margin, progress)
+        try:
+            result.contour = _contour(space, control, evaluation, crit, grid, margin, progress)
+        except ValueError as err:  # the trained middle on the straight line: the paths are measured all the same
+            result.warnings.append(f"no contour: {err}")
     result.seconds = time.perf_counter() - started
     return result

@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> list:
     parser.add_argument("--save-record", help="with --benchmark: write the run record here, with the early-stopped "
                         "weights beside it (what `advhooks connectivity --checkpoint` reads)")
     args = parser.parse_args(argv)
+    if args.save_record and not args.benchmark:
+        parser.error("--save-record needs --benchmark (the record is the monitor's)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     torch.manual_seed(args.seed)

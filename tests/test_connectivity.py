@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from advhooks import PhaseMonitor
 from advhooks.benchmark import CleanBenchmark
 from advhooks.cli import app
-from advhooks.connectivity import bezier_coefficients, connectivity, path_barrier
+from advhooks.connectivity import bezier_coefficients, connectivity, path_barrier, path_ridge
 from advhooks.diagnostics import connectivity as from_diagnostics
 from advhooks.evaluation import evaluate_adversarial_loss
 from advhooks.kit.data import load_digits
@@ -57,6 +57,9 @@ def test_bezier_coefficients_are_the_bernstein_weights():
     assert bezier_coefficients(0.25, 1) == pytest.approx([0.5625, 0.375, 0.0625])
     assert path_barrier([0.2, 0.9, 0.4]) == pytest.approx(0.6)
     assert path_barrier([0.2, 0.3, 0.4]) == pytest.approx(0.1)  # the largest loss is an end point's
+    assert path_ridge([0, 0.5, 1], [0.2, 0.3, 0.4]) == pytest.approx(0.0)  # ... and there is no ridge
+    assert path_ridge([0, 0.5, 1], [0.2, 0.9, 0.4]) == pytest.approx(0.6)
+    assert path_ridge([0, 0.5, 1], [0.2, 0.1, 0.4]) == 0.0
     with pytest.raises(ValueError, match="two end points"):
         path_barrier([0.1])
 
@@ -70,6 +73,8 @@ def test_the_straight_line_barrier_grows_from_eps_well_below_eps_star_to_well_ab
     assert above.line_barrier > 0.2 and above.line_barrier > 10 * below.line_barrier, (below.line_loss,
                                                                                        above.line_loss)
     assert above.distance > 3 * below.distance
+    # The barrier grows because the adversarial end leaves the clean basin; no ridge rises above the ends' chord.
+    assert 0 <= above.line_ridge < 0.5 * above.line_barrier
     # The trained curve runs below the straight line between the ends, where there is room to.
     middle = len(above.t) // 2
     assert above.curve_loss[middle] < above.line_loss[middle]
@@ -100,7 +105,10 @@ def test_batchnorm_statistics_are_recomputed_at_every_point(trained_digits_cnn):
     with torch.no_grad():  # statistics that belong to no weights on the path
         model.bn.running_mean.add_(1.0)
         model.bn.running_var.mul_(4.0)
-    result = connectivity(model, copy.deepcopy(model), images, epochs=1, points=2)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.fc.bias.add_(0.01)
+    result = connectivity(model, other, images, epochs=1, points=2)
     fresh = copy.deepcopy(model)
     fresh.bn.reset_running_stats()
     fresh.bn.momentum = None
@@ -141,6 +149,8 @@ def test_connectivity_refuses_models_of_two_architectures_and_bad_settings():
         connectivity(small, small, data, grid=1)
     with pytest.raises(ValueError, match="points must be"):
         connectivity(small, small, data, points=1)
+    with pytest.raises(ValueError, match="the same weights"):
+        connectivity(small, small, data, epochs=1)
 
 
 def test_save_record_with_weights_writes_the_early_stopped_weights_beside_the_record(tmp_path):
@@ -180,7 +190,7 @@ def test_the_connectivity_command_from_a_benchmark_and_a_checkpoint_or_run_recor
     res = runner.invoke(app, [*common, "--checkpoint", str(tmp_path / "adv.safetensors"), "--grid", "3",
                               "--json", str(tmp_path / "c.json"), "--plot", str(tmp_path / "c.png")])
     assert res.exit_code == 0, res.output
-    assert "straight line: max" in res.output and "barrier" in res.output
+    assert "straight line: max" in res.output and "barrier" in res.output and "ridge" in res.output
     saved = json.loads((tmp_path / "c.json").read_text())
     assert len(saved["contour"]["loss"]) == 3 and saved["settings"]["checkpoint"].endswith("adv.safetensors")
     assert (tmp_path / "c.png").stat().st_size > 0

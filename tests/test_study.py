@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from typer.testing import CliRunner
 
 from advhooks.cli import app
+from advhooks.kit import study as study_module
 from advhooks.kit.data import load_digits, train_fraction
 from advhooks.kit.presets import get_preset
 from advhooks.kit.study import (
@@ -22,7 +25,6 @@ from advhooks.kit.study import (
     format_study,
     run_study,
 )
-from advhooks.uncertainty import z_value
 
 runner = CliRunner()
 
@@ -51,23 +53,28 @@ def test_study_settings_refuse_what_cannot_run():
         StudySettings(widths=(8,), fractions=(1.0,), seeds=(0,), method="runs")
     with pytest.raises(ValueError, match="seeds must be distinct"):
         StudySettings(widths=(8,), fractions=(1.0,), seeds=(0, 0))
+    with pytest.raises(ValueError, match="widths must be distinct"):
+        StudySettings(widths=(8, 8), fractions=(1.0,), seeds=(0,))
+    with pytest.raises(ValueError, match="L-inf"):
+        StudySettings(widths=(8,), fractions=(1.0,), seeds=(0,), norm="l2", fgsm_eps=(0.1,))
+    with pytest.raises(ValueError, match="level"):
+        StudySettings(widths=(8,), fractions=(1.0,), seeds=(0,), level=1.5)
     settings = StudySettings(widths=(8, 16), fractions=(1.0, 0.5), seeds=(0, 1), fgsm_eps=(0.1,))
     assert len(settings.units()) == 2 * 2 * 2 + 2 * 2
 
 
 def test_the_band_of_the_mean_over_seeds():
-    z = z_value(0.8)
     # One seed: its own band.
     assert _combined_band([0.03], [(0.02, 0.05)], 0.8) == pytest.approx((0.02, 0.05))
-    # Seeds that disagree more than their bands say: the spread sets the band.
+    # Seeds that disagree more than their bands say: the spread sets the band (Student's t, k - 1 = 2).
     values = [0.02, 0.03, 0.04]
-    half = z * np.std(values, ddof=1) / math.sqrt(3)
+    half = stats.t.ppf(0.9, 2) * np.std(values, ddof=1) / math.sqrt(3)
     assert _combined_band(values, [(v - 1e-4, v + 1e-4) for v in values], 0.8) == pytest.approx((0.03 - half,
                                                                                                 0.03 + half))
-    # Seeds that agree: their own bands, over sqrt(k), are the floor.
+    # Seeds that agree: their own bands are the floor, not narrowed by sqrt(k) (R*(0)'s test-set error is shared).
     agree = [0.03, 0.03 + 1e-6, 0.03 - 1e-6]
     low, high = _combined_band(agree, [(v - 0.01, v + 0.02) for v in agree], 0.8)
-    assert low == pytest.approx(0.03 - 0.01 / math.sqrt(3)) and high == pytest.approx(0.03 + 0.02 / math.sqrt(3))
+    assert low == pytest.approx(0.03 - 0.01) and high == pytest.approx(0.03 + 0.02)
 
 
 def _row(width, fraction, value, band):
@@ -85,7 +92,7 @@ def test_compare_says_which_differences_the_bands_resolve():
     assert len(out) == 4
 
 
-def test_a_tiny_study_runs_resumes_from_its_units_and_combines_shards(tmp_path):
+def test_a_tiny_study_runs_resumes_from_its_units_and_combines_shards(tmp_path, monkeypatch):
     train, test = load_digits()
     preset = get_preset("digits-mlp")
     settings = StudySettings(widths=(8, 32), fractions=(1.0, 0.5), seeds=(0, 1), epochs=4, finetune_epochs=2,
@@ -108,13 +115,22 @@ def test_a_tiny_study_runs_resumes_from_its_units_and_combines_shards(tmp_path):
     if row["eps_star"] is not None:
         assert row["customary_ratio"] == pytest.approx((8 / 255) / row["eps_star"])
     # Rerunning over the gathered units only combines: nothing is trained again, the answer is the same.
-    again = run_study(settings, lambda w: pytest.fail("a stored unit was rerun"), train, test,
-                      records_dir=tmp_path / "a")
+    monkeypatch.setattr(study_module, "_run_unit", lambda *args, **kwargs: pytest.fail("a stored unit was rerun"))
+    again = run_study(settings, preset.model, train, test, records_dir=tmp_path / "a")
     assert again["rows"] == rows
     assert "width 8, fraction 1 -> width 32, fraction 1" in format_study(again)
+    monkeypatch.undo()
     other = StudySettings(**{**settings.__dict__, "epochs": 5})
     with pytest.raises(ValueError, match="other settings"):
         run_study(other, preset.model, train, test, records_dir=tmp_path / "a")
+    # Another architecture under the same flags is not silently given the stored answers.
+    with pytest.raises(ValueError, match="other model or data"):
+        run_study(settings, lambda w: get_preset("digits-cnn").model(w), train, test, records_dir=tmp_path / "a")
+    # Adding the FGSM probe to a finished study reuses its runs: only the probe's units are new.
+    probed = StudySettings(**{**settings.__dict__, "fgsm_eps": (2 / 255,), "widths": (8,), "fractions": (0.5,)})
+    added = run_study(probed, preset.model, train, test, records_dir=tmp_path / "a")
+    assert added["complete"] and added["units"]["run-width8-fraction0.5-seed0.json"] == units[
+        "run-width8-fraction0.5-seed0.json"]
 
 
 def test_the_fgsm_probe_fires_where_plain_fgsm_overfits_catastrophically():
@@ -154,5 +170,28 @@ def test_the_grid_check_keeps_its_run_records_with_their_weights(tmp_path):
     assert len(records) == len(unit["grid"]["settings"]["eps"])
     from advhooks.kit.checkpoints import read_checkpoint
 
-    state, _ = read_checkpoint(records[0])  # the early-stopped weights, for `advhooks connectivity`
+    state, _ = read_checkpoint(records[-1])  # the early-stopped weights, for `advhooks connectivity`
     assert set(state) == set(get_preset("digits-mlp").model(8).state_dict())
+    # ... which pairs them with the clean benchmark the study saved beside them (its width and fraction too).
+    folder = tmp_path / "grid-width8-fraction0.5-seed0"
+    res = runner.invoke(app, ["connectivity", "--benchmark", str(folder / "clean.safetensors"), "--checkpoint",
+                              str(records[-1]), "--preset", "digits-mlp", "--epochs", "1", "--points", "3",
+                              "--grid", "0", "--device", "cpu", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "straight line: max" in res.output
+
+
+def test_the_study_command_with_a_users_model_and_data_factories(tmp_path, monkeypatch):
+    # --model/--data are imported from the working directory, like `python -m`: the checkout's tests package.
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
+    res = runner.invoke(app, ["study", "--model", "tests.cli_factories:mlp_of_width", "--data",
+                              "tests.cli_factories:digits", "--widths", "4,12", "--seeds", "1", "--method",
+                              "clean-probe", "--epochs", "2", "--lr", "0.05", "--weight-decay", "0", "--batch-size",
+                              "32", "--customary-eps", "4/255", "--device", "cpu", "-q",
+                              "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    assert "recipe: 2 epochs, lr 0.05, batch size 32, weight decay 0 (as given, else the defaults)" in res.output
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert [r["width"] for r in saved["rows"]] == [4, 12] and saved["settings"]["customary_eps"] == 4 / 255
+    unit = saved["units"]["run-width12-fraction1-seed0.json"]
+    assert unit["benchmark"]["clean_test_loss"] > 0 and "4/255 / eps*" in res.output

@@ -168,7 +168,7 @@ def test_trajectory_step_is_the_clean_one_unless_the_grid_diverges_there():
     wide = simulate(setting, [0.1, 10.0], repeats=20, steps=30, lr=0.1, seed=4)
     eps_max = 10.0 * setting.scale
     assert wide.trajectory_lr == pytest.approx(0.1 / (1 + eps_max) ** 2)
-    assert "smallest stable" in wide.trajectory_step_rule and "eps/sqrt(d/n)=10" in wide.trajectory_step_rule
+    assert "the grid's smallest step" in wide.trajectory_step_rule and "eps/sqrt(d/n)=10" in wide.trajectory_step_rule
     # The clean step really diverges at ε_max, and the chosen one does not (its minimiser is θ = 0, about
     # which constant-step GD hovers a little above the loss at the start).
     x, y = sample_data(setting, 20, np.random.default_rng(4))
@@ -182,8 +182,8 @@ def test_trajectory_step_is_the_clean_one_unless_the_grid_diverges_there():
 
 def test_cli_simulate_linear_names_the_trajectory_step(tmp_path):
     runner = CliRunner()
-    for ratios, step, rule in (("0.1,0.3", "0.1", "the clean step lr"),
-                               ("0.1,10", f"{0.1 / (1 + 10 * 0.5**0.5 / 10**0.5) ** 2:.4g}", "the smallest stable")):
+    smallest = f"{0.1 / (1 + 10 * 0.5**0.5 / 10**0.5) ** 2:.4g}"
+    for ratios, step, rule in (("0.1,0.3", "0.1", "the clean step lr"), ("0.1,10", smallest, "the grid's smallest")):
         result = runner.invoke(app, ["simulate-linear", "--d", "5", "--ratios", ratios, "--repeats", "20",
                                      "--steps", "30", "--json", str(tmp_path / "s.json"), "-q"])
         assert result.exit_code == 0, result.output

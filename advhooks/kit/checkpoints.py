@@ -74,7 +74,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not JSON ({err})") from None
     named = record.get("checkpoint") if isinstance(record, dict) else None
-    if not named:
+    if not isinstance(named, str) or not named:
         raise ValueError(f"{path}: the run record names no weights (no 'checkpoint' entry; save the record with "
                          "PhaseMonitor.save_record(path, weights=True), or pass the weights file itself)")
     weights = path.parent / named

@@ -262,7 +262,7 @@ def estimate_grid(
                             weight_decay=weight_decay, monitor=monitor, progress=progress)
         records.append(monitor.record())
         if records_dir is not None:  # with θ̂'s weights beside it, for `advhooks connectivity --checkpoint`
-            monitor.save_record(Path(records_dir) / f"eps{e * 255:.4g}-run{run}.json", weights=True)
+            monitor.save_record(Path(records_dir) / f"eps{e * 255:.4g}-run{run}.json", weights=e > 0)
     est = estimate_from_records(records, benchmark, include_clean=include_clean, level=level, seed=seed)
     est.method = "grid"
     est.settings = dict(eps=grid, attack=attack, steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, runs=runs,

@@ -16,8 +16,10 @@ combines). :func:`summarise` turns the units into one row per configuration:
 
 - R*(0): the mean over seeds; its s.e. combines the test set's sampling error (common to every seed: one test
   set) with the seeds' spread (``sqrt(mean se² + var/k)``).
-- ε*: the mean of the seeds' estimates; the band's half-widths are the larger of z·sd/√k (the spread over
-  seeds holds every source of noise) and the seeds' own half-widths/√k (a floor when there are few seeds).
+- ε*: the mean of the seeds' estimates; the band's half-widths are the larger of t·sd/√k (Student's t with
+  k − 1 degrees of freedom: the spread over seeds holds every source of noise) and the seeds' own mean
+  half-widths (a floor when there are few seeds; not divided by √k, because R*(0)'s test-set error, part of
+  every seed's band, is shared by all of them).
 - the customary ε's ratio to ε* with the band carried through.
 
 :func:`compare` says, for configurations that differ in one factor only, whether their bands overlap.
@@ -36,14 +38,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..attacks import FGM
-from ..benchmark import write_json_atomic
+from ..benchmark import dataset_fingerprint, model_fingerprint, write_json_atomic
 from ..diagnostics import CatastrophicOverfittingDetector
 from ..schedules import format_eps
-from ..uncertainty import DEFAULT_LEVEL, z_value
+from ..uncertainty import DEFAULT_LEVEL
 from .data import train_fraction
 from .estimate import check_eps_grid, estimate_eps_star
 from .training import train_adversarially
@@ -80,18 +83,34 @@ class StudySettings:
     level: float = DEFAULT_LEVEL
 
     def __post_init__(self) -> None:
+        self._check_grid()
+        self._check_recipe()
+
+    def _check_grid(self) -> None:
         if not self.widths or not self.fractions or not self.seeds:
             raise ValueError("a study needs at least one width, one train fraction and one seed")
         if any(w is not None and (not isinstance(w, int) or w < 1) for w in self.widths):
             raise ValueError(f"widths must be integers >= 1, got {list(self.widths)}")
         if any(not 0 < f <= 1 for f in self.fractions):
             raise ValueError(f"train fractions must be in (0, 1], got {list(self.fractions)}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
+        for name, values in (("widths", list(self.widths)), ("train fractions", [f"{f:g}" for f in self.fractions]),
+                             ("seeds", list(self.seeds))):
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must be distinct, got {values}")
+
+    def _check_recipe(self) -> None:
         if self.method not in ("finetune", "grid", "clean-probe"):
             raise ValueError(f"method must be finetune, grid or clean-probe, got {self.method!r}")
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"norm must be linf or l2, got {self.norm!r}")
+        if not 0 < self.level < 1:
+            raise ValueError(f"level must be in (0, 1), got {self.level}")
         if self.fgsm_eps:
             check_eps_grid(self.fgsm_eps, "fgsm_eps")
+            if self.norm != "linf":
+                raise ValueError("the FGSM probe trains with plain FGSM (L-inf): compare it with an L-inf eps*")
+        if self.customary_eps is not None and not self.customary_eps > 0:
+            raise ValueError(f"customary_eps must be > 0, got {self.customary_eps}")
         if self.epochs < 1 or self.finetune_epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("epochs, finetune_epochs and batch_size must be >= 1 and lr > 0")
 
@@ -170,12 +189,13 @@ class StudyRow:
 
 
 def _combined_band(values: list[float], bands: list[tuple[float, float] | None], level: float):
-    """The band of the mean over seeds: the larger of the seeds' spread and their own bands, each over √k."""
+    """The band of the mean over seeds: the larger of the seeds' spread (t·sd/√k) and their own mean band."""
     k, mean = len(values), float(np.mean(values))
-    spread = z_value(level) * float(np.std(values, ddof=1)) / math.sqrt(k) if k > 1 else 0.0
+    t = float(stats.t.ppf((1 + level) / 2, k - 1)) if k > 1 else 0.0
+    spread = t * float(np.std(values, ddof=1)) / math.sqrt(k) if k > 1 else 0.0
     known = [b for b in bands if b is not None]
-    low = float(np.mean([v - b[0] for v, b in zip(values, bands, strict=True) if b])) / math.sqrt(k) if known else 0
-    high = float(np.mean([b[1] - v for v, b in zip(values, bands, strict=True) if b])) / math.sqrt(k) if known else 0
+    low = float(np.mean([v - b[0] for v, b in zip(values, bands, strict=True) if b])) if known else 0.0
+    high = float(np.mean([b[1] - v for v, b in zip(values, bands, strict=True) if b])) if known else 0.0
     if k == 1 and not known:
         return None
     return mean - max(spread, low), mean + max(spread, high)
@@ -252,21 +272,22 @@ def _label(row: StudyRow) -> str:
     return f"width {'default' if row.width is None else row.width}, fraction {row.fraction:g}"
 
 
-def _run_unit(unit: tuple, settings: StudySettings, build: Callable[[int | None], nn.Module], train_set: Dataset,
-              test_set: Dataset, train_eval_set: Dataset | None, device: torch.device | str,
-              progress: Callable[[str], None] | None, grid_records: Path | None = None) -> dict[str, Any]:
+def _run_unit(unit: tuple, settings: StudySettings, build: Callable[[int | None], nn.Module], data: tuple,
+              device: torch.device | str, progress: Callable[[str], None] | None, setting: dict[str, Any],
+              grid_records: Path | None = None) -> dict[str, Any]:
     """One unit of work: a clean benchmark and its ε* estimate(s), or the FGSM probe.
 
-    ``grid_records``: where the grid check's run records go, each with its θ̂ weights (connectivity reads them).
+    ``data``: (training subset, its view without augmentation, test set). ``grid_records``: where the grid
+    check writes its run records with their θ̂ weights, and its clean benchmark (what ``advhooks connectivity``
+    pairs them with).
     """
     from .training import record_clean_benchmark
 
     kind, width, fraction, *seed = unit
-    subset = train_fraction(train_set, fraction, settings.split_seed)
-    subset_eval = train_fraction(train_eval_set or train_set, fraction, settings.split_seed)
+    subset, subset_eval, test_set = data
     started = time.perf_counter()
     out: dict[str, Any] = {"schema": STUDY_SCHEMA, "unit": list(unit), "width": width, "fraction": fraction,
-                           "n_train": len(subset), "settings": _recipe(settings)}
+                           "n_train": len(subset), "settings": _recipe(settings, unit)}
     if kind == "fgsm":
         out["fgsm"] = fgsm_threshold(lambda: build(width), subset, test_set, settings.fgsm_eps,
                                      epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
@@ -277,7 +298,7 @@ def _run_unit(unit: tuple, settings: StudySettings, build: Callable[[int | None]
         bench = record_clean_benchmark(build(width), subset, test_set, epochs=settings.epochs,
                                        batch_size=settings.batch_size, lr=settings.lr,
                                        weight_decay=settings.weight_decay, train_eval_set=subset_eval, device=device,
-                                       seed=seed, training={"width": width, "train_fraction": fraction,
+                                       seed=seed, training={**setting, "width": width, "train_fraction": fraction,
                                                             "split_seed": settings.split_seed})
         out["benchmark"] = {k: getattr(bench, k) for k in ("clean_test_loss", "test_loss_stderr", "clean_train_loss",
                                                             "generalization_gap", "clean_test_accuracy")}
@@ -286,43 +307,71 @@ def _run_unit(unit: tuple, settings: StudySettings, build: Callable[[int | None]
                       seed=seed, device=device, level=settings.level, progress=progress)
         out["estimate"] = estimate_eps_star(settings.method, bench, epochs=settings.finetune_epochs
                                             if settings.method == "finetune" else settings.epochs, **common).to_dict()
-        if settings.check_grid and seed == settings.seeds[0] and settings.method != "grid":
+        if _grid_checked(settings, unit):
             out["grid"] = estimate_eps_star("grid", bench, epochs=settings.epochs, records_dir=grid_records,
                                             **common).to_dict()
+            if grid_records is not None:
+                bench.save(grid_records / "clean.safetensors")
     out["seconds"] = time.perf_counter() - started
     return out
 
 
-def _recipe(settings: StudySettings) -> dict[str, Any]:
-    """The settings a unit's result depends on (a stored unit is reused only under the same ones)."""
-    keep = ("method", "check_grid", "fgsm_eps", "epochs", "finetune_epochs", "lr", "batch_size", "weight_decay",
-            "norm", "split_seed", "level")
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items() if k in keep}
+def _grid_checked(settings: StudySettings, unit: tuple) -> bool:
+    return unit[0] == "run" and settings.check_grid and unit[3] == settings.seeds[0] and settings.method != "grid"
 
 
-def _stored(path: Path, settings: StudySettings) -> dict[str, Any] | None:
+def _recipe(settings: StudySettings, unit: tuple) -> dict[str, Any]:
+    """What a unit's result depends on: a stored unit is reused only under the same values."""
+    if unit[0] == "fgsm":
+        keep = ("fgsm_eps", "epochs", "lr", "batch_size", "split_seed")
+        out = {k: getattr(settings, k) for k in keep} | {"seed": settings.seeds[0]}
+    else:
+        keep = ("method", "epochs", "lr", "batch_size", "weight_decay", "norm", "split_seed", "level")
+        out = {k: getattr(settings, k) for k in keep} | {"grid_check": _grid_checked(settings, unit)}
+        if settings.method == "finetune":
+            out["finetune_epochs"] = settings.finetune_epochs
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+
+
+def _identity(setting: dict[str, Any], model: nn.Module, subset: Dataset, test_set: Dataset) -> dict[str, Any]:
+    """The setting a unit ran on: its description, the model's architecture and the data's labels."""
+    data = dataset_fingerprint(subset, test_set)
+    return {"setting": setting, "model_hash": model_fingerprint(model)["hash"],
+            "data": {k: data.get(k) for k in ("n_train", "n_test", "train_labels_hash", "test_labels_hash")}}
+
+
+def _stored(path: Path, unit: tuple, recipe: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The unit stored at ``path`` when there is one, checked against what this study would run."""
     if not path.exists():
         return None
-    unit = json.loads(path.read_text())
-    if unit.get("schema") != STUDY_SCHEMA:
-        raise ValueError(f"{path} is not an advhooks study unit")
-    if unit.get("settings") != _recipe(settings):
-        raise ValueError(f"{path} was run with other settings ({unit.get('settings')}); use another records folder")
-    return unit
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
+    if not isinstance(stored, dict) or stored.get("schema") != STUDY_SCHEMA or stored.get("unit") != list(unit):
+        raise ValueError(f"{path} is not this study's unit {list(unit)} ({STUDY_SCHEMA})")
+    for name, ours, theirs in (("settings", recipe, stored.get("settings")),
+                               ("model or data", identity, stored.get("identity"))):
+        if ours != theirs:
+            raise ValueError(f"{path} was run with other {name} ({theirs} vs {ours}); use another records folder")
+    return stored
 
 
 def run_study(settings: StudySettings, build: Callable[[int | None], nn.Module], train_set: Dataset,
               test_set: Dataset, *, train_eval_set: Dataset | None = None, records_dir: str | os.PathLike | None = None,
-              shard: tuple[int, int] = (0, 1), device: torch.device | str = "cpu",
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              shard: tuple[int, int] = (0, 1), setting: dict[str, Any] | None = None,
+              device: torch.device | str = "cpu", progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or read back from ``records_dir``) every unit of this shard and, when all are there, summarise.
 
     Args:
         settings: the study.
         build: ``build(width)`` → a freshly initialised model (``width`` ``None``: the default size).
         train_set / test_set / train_eval_set: the data (``train_eval_set``: without augmentation).
-        records_dir: one JSON file per unit; existing files are read instead of run.
+        records_dir: one JSON file per unit; existing files are read instead of run (when they were run with
+            the same recipe, setting, model architecture and data: otherwise a ValueError).
         shard: ``(i, n)``: run only units ``i, i + n, i + 2n, ...``.
+        setting: how the setting is named (``{"preset": ...}`` or the factories), stored with every unit and
+            in the clean benchmarks.
 
     Returns:
         ``{"settings", "units", "rows", "comparisons", "seconds", "complete"}``; ``rows`` and ``comparisons``
@@ -331,25 +380,29 @@ def run_study(settings: StudySettings, build: Callable[[int | None], nn.Module],
     index, count = shard
     if not (count >= 1 and 0 <= index < count):
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
-    started, folder = time.perf_counter(), Path(records_dir) if records_dir is not None else None
+    started, setting = time.perf_counter(), setting or {}
+    folder = Path(records_dir) if records_dir is not None else None
     units: dict[str, dict] = {}
     for i, unit in enumerate(settings.units()):
-        name = _unit_name(unit)
-        stored = _stored(folder / name, settings) if folder is not None else None
+        name, (_, width, fraction, *_) = _unit_name(unit), unit
+        data = (train_fraction(train_set, fraction, settings.split_seed),
+                train_fraction(train_eval_set or train_set, fraction, settings.split_seed), test_set)
+        identity = _identity(setting, build(width), data[1], test_set)
+        stored = _stored(folder / name, unit, _recipe(settings, unit), identity) if folder is not None else None
         if stored is not None:
             units[name] = stored
         elif i % count == index:
             if progress:
-                progress(f"{name[:-5]}")
-            grid_records = folder / f"grid-{name[4:-5]}" if folder is not None and unit[0] == "run" else None
-            units[name] = _run_unit(unit, settings, build, train_set, test_set, train_eval_set, device, progress,
-                                    grid_records)
+                progress(name[:-5])
+            grid_records = folder / f"grid-{name[4:-5]}" if folder is not None else None
+            units[name] = {**_run_unit(unit, settings, build, data, device, progress, setting, grid_records),
+                           "identity": identity}
             if folder is not None:
                 write_json_atomic(folder / name, units[name])
-    out: dict[str, Any] = {"settings": _recipe(settings) | {"widths": list(settings.widths),
-                                                             "fractions": list(settings.fractions),
-                                                             "seeds": list(settings.seeds),
-                                                             "customary_eps": settings.customary_eps},
+    out: dict[str, Any] = {"settings": {**_recipe(settings, ("run", None, 1.0, settings.seeds[0])),
+                                        "widths": list(settings.widths), "fractions": list(settings.fractions),
+                                        "seeds": list(settings.seeds), "customary_eps": settings.customary_eps,
+                                        "fgsm_eps": list(settings.fgsm_eps), "setting": setting},
                            "units": units, "complete": len(units) == len(settings.units())}
     if out["complete"]:
         rows = summarise(settings, units)

@@ -94,8 +94,8 @@ class EarlyStoppedRisk:
                *, due: bool, eps: float | None) -> None:
         """θ̂ moves to ``epoch`` when its adversarial test loss is the smallest so far (``earlier``: the others).
 
-        Its weights are kept (``theta_hat_weights``: a copy on their device, no host sync, until a better
-        epoch replaces it; what ``save_record(weights=True)`` writes) and R̂ at those fixed weights is
+        Its weights are kept (``theta_hat_weights``: a copy on their device, no host sync, moved to the CPU once
+        its R̂ is evaluated; what ``save_record(weights=True)`` writes) and R̂ at those fixed weights is
         evaluated when ``due`` (after the warm-up, at the last planned epoch, or for a record: early epochs
         improve nearly every time and the verdict is provisional then anyway). Until then the verdict uses
         θ̂'s running mean.
@@ -113,7 +113,8 @@ class EarlyStoppedRisk:
         """θ̂'s weights, or a ValueError when there are none (the monitor keeps them only when it evaluates)."""
         if self.theta_hat_weights is None:
             raise ValueError("no early-stopped weights to save: the monitor keeps them when it evaluates the run "
-                             "itself (evaluate_with(model, train_data, test_data))")
+                             "itself (evaluate_with(model, train_data, test_data)), from the first epoch after a "
+                             "start or a resume (load_state_dict restores the record, not the weights)")
         return self.theta_hat_weights
 
     def settle(self, *, due: bool, eps: float | None) -> None:
@@ -131,6 +132,8 @@ class EarlyStoppedRisk:
         self.seconds["rhat"] += time.perf_counter() - started
         self.rhat.update(mean=est.mean, stderr=est.stderr, n=est.n, population=est.population, kind="fixed weights")
         self._pending = False
+        # Kept for save_record(weights=True), off the accelerator: no second copy of the model there all run.
+        self.theta_hat_weights = {k: v.to("cpu") for k, v in weights.items()}
 
     def verdict(self, running_means: Sequence[float]) -> tuple[MeanEstimate | None, str]:
         """The R̂ the verdict uses and its kind (``"provisional"``: the best running mean, no θ̂ known)."""

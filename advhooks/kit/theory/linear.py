@@ -272,7 +272,7 @@ def _trajectories(x: np.ndarray, y: np.ndarray, ratios: Sequence[float], eps_lis
         return curves, lr, "the clean step lr, stable at every eps of the grid"
     step = lr / (1 + max(eps_list)) ** 2
     curves, _ = _curves_at(x, y, eps_list, step, steps)
-    return curves, step, f"the smallest stable step lr/(1+eps_max)^2, lr unstable at eps/sqrt(d/n)={ratios[unstable]:g}"
+    return curves, step, f"the grid's smallest step lr/(1+eps_max)^2, lr unstable at eps/sqrt(d/n)={ratios[unstable]:g}"
 
 
 def _curves_at(x: np.ndarray, y: np.ndarray, eps_list: list[float], step: float, steps: int,
