@@ -467,6 +467,8 @@ def format_study(result: dict[str, Any]) -> str:
     for r in rows:
         if r.fgsm and r.fgsm["threshold"] is not None and r.eps_star is not None:
             relation = "below" if r.eps_star < r.fgsm["threshold"] else "NOT below"
+            if r.interval is not None:
+                relation += (", band and all" if r.interval[1] < r.fgsm["threshold"] else ", but its band reaches it")
             lines.append(f"{_label(r)}: eps* {_eps255(r.eps_star)}/255 is {relation} the FGSM-unstable "
                          f"{_eps255(r.fgsm['threshold'])}/255 (the paper's Table 2 finds it below)")
     lines += [f"warning: {_label(r)}: {w}" for r in rows for w in r.warnings]
