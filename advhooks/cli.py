@@ -698,7 +698,7 @@ def study_command(
                    "other shards, then this command without --shard over the gathered files to combine them")
         return
     typer.echo(format_study(result))
-    typer.echo(f"{result['seconds']:.0f} s")
+    typer.echo(f"{len(settings.units())} units in {result['seconds']:.0f} s")
     if json_out is not None:
         typer.echo(f"wrote {json_out}")
     if plot is not None:

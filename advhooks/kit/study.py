@@ -434,7 +434,8 @@ def format_study(result: dict[str, Any]) -> str:
     settings, rows = result["settings"], [StudyRow(**r) for r in result["rows"]]
     level = f"{settings['level']:.0%}"
     customary = settings.get("customary_eps")
-    header = ["width", "fraction", "n_train", "R*(0) (s.e.)", "Delta", f"eps* x255 [{level} band]"]
+    value = "eps* lower bound" if settings.get("method") == "clean-probe" else "eps*"
+    header = ["width", "fraction", "n_train", "R*(0) (s.e.)", "Delta", f"{value} x255 [{level} band]"]
     header += [f"{customary * 255:.3g}/255 / eps*"] if customary else []
     header += ["grid eps* x255"] if any(r.grid is not None for r in rows) else []
     header += ["FGSM unstable eps x255"] if any(r.fgsm for r in rows) else []
