@@ -33,6 +33,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -253,11 +254,8 @@ def compare(rows: Sequence[StudyRow]) -> list[dict[str, Any]]:
     by_key = {(r.width, r.fraction): r for r in rows}
     widths = list(dict.fromkeys(r.width for r in rows))
     fractions = list(dict.fromkeys(r.fraction for r in rows))
-    pairs = [(by_key[(w0, f)], by_key[(w1, f)], "width") for f in fractions for w0, w1 in zip(widths, widths[1:],
-                                                                                               strict=False)]
-    pairs += [(by_key[(w, f0)], by_key[(w, f1)], "fraction") for w in widths for f0, f1 in zip(fractions,
-                                                                                               fractions[1:],
-                                                                                               strict=False)]
+    pairs = [(by_key[(w0, f)], by_key[(w1, f)], "width") for f in fractions for w0, w1 in pairwise(widths)]
+    pairs += [(by_key[(w, f0)], by_key[(w, f1)], "fraction") for w in widths for f0, f1 in pairwise(fractions)]
     for a, b, factor in pairs:
         if a.interval is None or b.interval is None:
             overlap = None
