@@ -663,6 +663,8 @@ def study_command(
     chosen = setup.preset
     customary = parse_eps(customary_eps) if customary_eps else (DATASETS[chosen.dataset].customary_eps
                                                                 if chosen else None)
+    if customary is not None and not customary > 0:
+        raise ValueError(f"--customary-eps must be > 0, got {customary_eps!r}")
     settings = StudySettings(
         widths=tuple(width_list), fractions=tuple(parse_eps_list(train_fraction)), seeds=tuple(range(seeds)),
         method=method.lower(), check_grid=check_grid, fgsm_eps=tuple(parse_eps_list(fgsm_eps)) if fgsm_threshold
@@ -673,7 +675,7 @@ def study_command(
     _prepare_output(json_out, "--json")
     _prepare_output(plot, "--plot")
     _prepare_output(records, "--records", folder=True)
-    origin = "the preset's" if chosen and not model else "the defaults"
+    origin = "the preset's" if chosen else "the defaults"
     typer.echo(f"recipe: {settings.epochs} epochs, lr {settings.lr:g}, batch size {settings.batch_size}, weight decay "
                f"{settings.weight_decay:g} (as given, else {origin}); "
                f"{settings.method}" + (f" ({settings.finetune_epochs} epochs)" if settings.method == "finetune" else "")
@@ -695,10 +697,12 @@ def study_command(
         json_out.write_text(json.dumps(result, indent=2))
     if not result["complete"]:
         typer.echo(f"shard {shard}: {len(result['units'])} of {len(settings.units())} units in {records}; run the "
-                   "other shards, then this command without --shard over the gathered files to combine them")
+                   "other shards, then this command without --shard over the gathered files to combine them (the "
+                   "table and the plot come then)")
         return
     typer.echo(format_study(result))
-    typer.echo(f"{len(settings.units())} units in {result['seconds']:.0f} s")
+    read = f", {result['reused']} of them read from {records}" if result["reused"] else ""
+    typer.echo(f"{len(settings.units())} units{read}, in {result['seconds']:.0f} s")
     if json_out is not None:
         typer.echo(f"wrote {json_out}")
     if plot is not None:

@@ -249,9 +249,12 @@ def _contour(space: _WeightSpace, control: list[torch.Tensor], data: Batches, cr
                                                             else _curve_point(0.5, control)),
               "adversarial": coords(control[-1])}
     xs, ys = zip(*points.values(), strict=True)
-    reach = margin * max(max(xs) - min(xs), max(ys) - min(ys))  # one scale on both axes: distances stay true
+    span = max(max(xs) - min(xs), max(ys) - min(ys))
+    reach = margin * span  # one scale on both axes: distances stay true
+    # At least half as tall as wide, around the points: a flat strip would hide the basin's shape.
+    centre, half_height = (max(ys) + min(ys)) / 2, max((max(ys) - min(ys)) / 2 + reach, (span + 2 * reach) / 4)
     grid_x = torch.linspace(min(xs) - reach, max(xs) + reach, size).tolist()
-    grid_y = torch.linspace(min(ys) - reach, max(ys) + reach, size).tolist()
+    grid_y = torch.linspace(centre - half_height, centre + half_height, size).tolist()
     loss = []
     for i, y in enumerate(grid_y):
         loss.append([space.loss(origin + x * u + y * v, data, criterion) for x in grid_x])

@@ -101,7 +101,9 @@ def _draw_contour(ax, contour: dict, np):
     labels = {"middle": contour.get("middle_is", "middle")}
     for name, (x, y) in points.items():
         ax.plot([x], [y], "o", color="k")
-        ax.annotate(labels.get(name, name), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        right = name == "adversarial"  # labelled on its left, inside the frame
+        ax.annotate(labels.get(name, name), (x, y), textcoords="offset points", xytext=(-4 if right else 4, 5),
+                    ha="right" if right else "left", fontsize=8)
     ax.set_aspect("equal")
     ax.set_title("clean training loss in the plane of the three points", fontsize=9)
     return filled

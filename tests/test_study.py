@@ -195,3 +195,20 @@ def test_the_study_command_with_a_users_model_and_data_factories(tmp_path, monke
     assert [r["width"] for r in saved["rows"]] == [4, 12] and saved["settings"]["customary_eps"] == 4 / 255
     unit = saved["units"]["run-width12-fraction1-seed0.json"]
     assert unit["benchmark"]["clean_test_loss"] > 0 and "4/255 / eps*" in res.output
+
+
+def test_a_unit_whose_estimate_cannot_be_made_says_why_instead_of_ending_the_study():
+    from advhooks.benchmark import CleanBenchmark
+    from advhooks.kit.study import _estimate
+
+    train, test = load_digits()
+    weightless = CleanBenchmark(0.1, 0.05, 0.05, 0.9, 0.95, 0.01, len(test), len(train))  # a record, no weights
+    out = _estimate("clean-probe", weightless, model_factory=get_preset("digits-mlp").model, train_set=train)
+    assert out["value"] is None and out["interval"] is None
+    assert out["warnings"][0].startswith("no clean-probe estimate: this benchmark was read without its weights")
+    settings = StudySettings(widths=(8,), fractions=(1.0,), seeds=(0,))
+    unit = {"seed": 0, "n_train": 10, "benchmark": {"clean_test_loss": 0.1, "test_loss_stderr": 0.01,
+                                                   "generalization_gap": 0.05}, "estimate": out}
+    row = study_module._row(settings, 8, 1.0, [unit], None)
+    assert row.eps_star is None and "1 of 1 seeds gave no estimate" in row.warnings
+    assert any("no clean-probe estimate" in w for w in row.warnings)

@@ -303,15 +303,23 @@ def _run_unit(unit: tuple, settings: StudySettings, build: Callable[[int | None]
         common = dict(model_factory=lambda: build(width), train_set=subset, test_set=test_set,
                       train_eval_set=subset_eval, norm=settings.norm, lr=settings.lr, batch_size=settings.batch_size,
                       seed=seed, device=device, level=settings.level, progress=progress)
-        out["estimate"] = estimate_eps_star(settings.method, bench, epochs=settings.finetune_epochs
-                                            if settings.method == "finetune" else settings.epochs, **common).to_dict()
+        out["estimate"] = _estimate(settings.method, bench, epochs=settings.finetune_epochs
+                                    if settings.method == "finetune" else settings.epochs, **common)
         if _grid_checked(settings, unit):
-            out["grid"] = estimate_eps_star("grid", bench, epochs=settings.epochs, records_dir=grid_records,
-                                            **common).to_dict()
+            out["grid"] = _estimate("grid", bench, epochs=settings.epochs, records_dir=grid_records, **common)
             if grid_records is not None:
                 bench.save(grid_records / "clean.safetensors")
     out["seconds"] = time.perf_counter() - started
     return out
+
+
+def _estimate(method: str, bench: Any, **kwargs: Any) -> dict[str, Any]:
+    """An estimate as JSON; one that cannot be made (e.g. a clean model too poor for the probe to choose its
+    points) is a unit without a value that says why, not the end of the study."""
+    try:
+        return estimate_eps_star(method, bench, **kwargs).to_dict()
+    except ValueError as err:
+        return {"method": method, "value": None, "interval": None, "warnings": [f"no {method} estimate: {err}"]}
 
 
 def _grid_checked(settings: StudySettings, unit: tuple) -> bool:
@@ -351,8 +359,15 @@ def _stored(path: Path, unit: tuple, recipe: dict[str, Any], identity: dict[str,
     for name, ours, theirs in (("settings", recipe, stored.get("settings")),
                                ("model or data", identity, stored.get("identity"))):
         if ours != theirs:
-            raise ValueError(f"{path} was run with other {name} ({theirs} vs {ours}); use another records folder")
+            differ = _differences(ours, theirs if isinstance(theirs, dict) else {})
+            raise ValueError(f"{path} was run with other {name} ({differ}); use another records folder")
     return stored
+
+
+def _differences(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+    """``key: stored -> now`` for each key that differs."""
+    keys = sorted(set(ours) | set(theirs))
+    return ", ".join(f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in keys if ours.get(k) != theirs.get(k))
 
 
 def run_study(settings: StudySettings, build: Callable[[int | None], nn.Module], train_set: Dataset,
@@ -372,8 +387,8 @@ def run_study(settings: StudySettings, build: Callable[[int | None], nn.Module],
             in the clean benchmarks.
 
     Returns:
-        ``{"settings", "units", "rows", "comparisons", "seconds", "complete"}``; ``rows`` and ``comparisons``
-        only when every unit is available (``complete``).
+        ``{"settings", "units", "rows", "comparisons", "seconds", "complete", "reused"}``; ``rows`` and
+        ``comparisons`` only when every unit is available (``complete``); ``reused``: units read from the folder.
     """
     index, count = shard
     if not (count >= 1 and 0 <= index < count):
@@ -381,6 +396,7 @@ def run_study(settings: StudySettings, build: Callable[[int | None], nn.Module],
     started, setting = time.perf_counter(), setting or {}
     folder = Path(records_dir) if records_dir is not None else None
     units: dict[str, dict] = {}
+    reused = 0
     for i, unit in enumerate(settings.units()):
         name, (_, width, fraction, *_) = _unit_name(unit), unit
         data = (train_fraction(train_set, fraction, settings.split_seed),
@@ -389,6 +405,7 @@ def run_study(settings: StudySettings, build: Callable[[int | None], nn.Module],
         stored = _stored(folder / name, unit, _recipe(settings, unit), identity) if folder is not None else None
         if stored is not None:
             units[name] = stored
+            reused += 1
         elif i % count == index:
             if progress:
                 progress(name[:-5])
@@ -401,7 +418,7 @@ def run_study(settings: StudySettings, build: Callable[[int | None], nn.Module],
                                         "widths": list(settings.widths), "fractions": list(settings.fractions),
                                         "seeds": list(settings.seeds), "customary_eps": settings.customary_eps,
                                         "fgsm_eps": list(settings.fgsm_eps), "setting": setting},
-                           "units": units, "complete": len(units) == len(settings.units())}
+                           "units": units, "complete": len(units) == len(settings.units()), "reused": reused}
     if out["complete"]:
         rows = summarise(settings, units)
         out["rows"] = [asdict(r) for r in rows]

@@ -13,23 +13,24 @@ __all__ = ["plot_study"]
 
 
 def _series(ax, rows: Sequence[dict[str, Any]], x_key: str, group_key: str, label: str) -> None:
-    for group in dict.fromkeys(r[group_key] for r in rows):
+    groups = list(dict.fromkeys(r[group_key] for r in rows))
+    for index, group in enumerate(groups):
         chosen = sorted((r for r in rows if r[group_key] == group and r["eps_star"] is not None),
                         key=lambda r: r[x_key] or 0)
         if not chosen:
             continue
-        xs = [r[x_key] for r in chosen]
+        dodge = 1 + 0.04 * (index - (len(groups) - 1) / 2)  # side by side, so that overlapping bands stay visible
+        xs = [r[x_key] * dodge for r in chosen]
         ys = [r["eps_star"] * 255 for r in chosen]
         low = [y - (r["interval"][0] * 255 if r["interval"] else y) for y, r in zip(ys, chosen, strict=True)]
         high = [(r["interval"][1] * 255 if r["interval"] else y) - y for y, r in zip(ys, chosen, strict=True)]
         ax.errorbar(xs, ys, yerr=[low, high], fmt="o-", capsize=4, label=f"{label} {group:g}" if isinstance(
             group, float) else f"{label} {'default' if group is None else group}")
-        grid = [(r[x_key], r["grid"] * 255) for r in chosen if r.get("grid") is not None]
+        grid = [(r[x_key] * dodge, r["grid"] * 255) for r in chosen if r.get("grid") is not None]
         if grid:
             ax.plot(*zip(*grid, strict=True), "x", color=ax.lines[-1].get_color(), ms=8)
     if any(r.get("grid") is not None for r in rows):
         ax.plot([], [], "x", color="k", ms=8, label="grid check (first seed)")
-
 
 
 def plot_study(result: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -41,7 +42,10 @@ def plot_study(result: dict[str, Any], path: str | os.PathLike) -> Path:
     sizes = {r["n_train"] for r in rows}
     panels = [p for p, n in (("width", len(widths)), ("n_train", len(sizes))) if n > 1] or ["width"]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    customary = result["settings"].get("customary_eps")
     for ax, panel in zip(axes[0], panels, strict=True):
+        if customary:
+            ax.axhline(customary * 255, color="grey", lw=1, ls=":", label=f"customary ε ({customary * 255:.3g}/255)")
         if panel == "width":
             _series(ax, [r for r in rows if r["width"] is not None] or rows, "width", "fraction", "train fraction")
             ax.set_xlabel("model width")
@@ -55,6 +59,5 @@ def plot_study(result: dict[str, Any], path: str | os.PathLike) -> Path:
             ax.minorticks_off()
         ax.set_ylabel("ε* × 255 (band)")
         ax.legend(fontsize=8)
-    customary = result["settings"].get("customary_eps")
     fig.suptitle("ε* study" + (f" (customary ε = {customary * 255:.3g}/255)" if customary else ""), fontsize=10)
     return save_figure(fig, path)
