@@ -702,7 +702,8 @@ def study_command(
         return
     typer.echo(format_study(result))
     read = f", {result['reused']} of them read from {records}" if result["reused"] else ""
-    typer.echo(f"{len(settings.units())} units{read}, in {result['seconds']:.0f} s")
+    count = len(settings.units())
+    typer.echo(f"{count} unit{'' if count == 1 else 's'}{read}, in {result['seconds']:.0f} s")
     if json_out is not None:
         typer.echo(f"wrote {json_out}")
     if plot is not None:
