@@ -150,14 +150,20 @@ def _load_factory(spec: str, option: str) -> Callable[..., Any]:
     return factory
 
 
-def _call_factory(factory: Callable[..., Any], width: int | None) -> Any:
-    """``factory(width)`` when a width is given, else ``factory()``; a factory that takes neither is a clear error."""
+def _model_from(factory: Callable[..., Any], width: int | None) -> Any:
+    """``factory(width)`` when a width is given, else ``factory()``, checked to be a module; a factory that takes
+    neither call or returns something else is a clear error."""
+    import torch
+
     try:
-        return factory(width) if width is not None else factory()
+        net = factory(width) if width is not None else factory()
     except TypeError as err:
         wanted = f"one argument (the width, {width})" if width is not None else "no argument"
         raise ValueError(f"--model factory {getattr(factory, '__name__', factory)!r} cannot be called with "
                          f"{wanted}: {err}") from None
+    if not isinstance(net, torch.nn.Module):
+        raise ValueError(f"--model factory must return a torch.nn.Module, got {type(net).__name__}")
+    return net
 
 
 def _check_options(**values: Any) -> None:
@@ -205,10 +211,7 @@ def _resolve_setup(preset: str | None, model: str | None, data: str | None, data
         train_eval = load_dataset(chosen.dataset, data_dir, False, seed=split_seed)[0] if chosen.augment else train_set
 
     def build():
-        net = _call_factory(model_factory, width) if model_factory is not None else chosen.model(width)
-        if not isinstance(net, torch.nn.Module):
-            raise ValueError(f"--model factory must return a torch.nn.Module, got {type(net).__name__}")
-        return net
+        return _model_from(model_factory, width) if model_factory is not None else chosen.model(width)
 
     if fraction != 1:  # the same samples of both views (the augmented one and the one without augmentation)
         train_set, train_eval = (train_fraction(d, fraction, split_seed) for d in (train_set, train_eval))
@@ -727,19 +730,10 @@ def _parse_shard(text: str, records: Path | None) -> tuple[int, int]:
 def _width_builder(setup: _Setup, model: str | None) -> Callable[[int | None], Any]:
     """``build(width)``: the preset's model at that width, or the --model factory called with it (without an
     argument when no --widths are given)."""
-    import torch
-
     if model is None:
         return lambda width: setup.preset.model(width)
     factory = _load_factory(model, "--model")
-
-    def build(width: int | None) -> Any:
-        net = _call_factory(factory, width)
-        if not isinstance(net, torch.nn.Module):
-            raise ValueError(f"--model factory must return a torch.nn.Module, got {type(net).__name__}")
-        return net
-
-    return build
+    return lambda width: _model_from(factory, width)
 
 
 @app.command("demo")

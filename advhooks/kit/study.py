@@ -50,7 +50,7 @@ from ..schedules import format_eps
 from ..uncertainty import DEFAULT_LEVEL
 from .data import train_fraction
 from .estimate import check_eps_grid, estimate_eps_star
-from .training import train_adversarially
+from .training import record_clean_benchmark, train_adversarially
 
 __all__ = ["STUDY_SCHEMA", "StudyRow", "StudySettings", "compare", "fgsm_threshold", "run_study", "summarise"]
 
@@ -279,8 +279,6 @@ def _run_unit(unit: tuple, settings: StudySettings, build: Callable[[int | None]
     check writes its run records with their θ̂ weights, and its clean benchmark (what ``advhooks connectivity``
     pairs them with).
     """
-    from .training import record_clean_benchmark
-
     kind, width, fraction, *seed = unit
     subset, subset_eval, test_set = data
     started = time.perf_counter()
