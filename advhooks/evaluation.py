@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ._outputs import logits_of
+from ._distributed import Reducer, rank, sum_across_processes, world_size
 from .attacks import Attack, eval_mode
 from .attacks.criteria import Criterion, per_sample
 from .uncertainty import MeanEstimate
@@ -60,6 +61,8 @@ def evaluate_adversarial_loss(
     criterion: Criterion | None = None,
     batch_size: int = 256,
     device: torch.device | str | None = None,
+    split: bool = False,
+    reducer: Reducer | None = None,
 ) -> tuple[MeanEstimate, float]:
     """R̂(θ, ε) for the model's current weights: the mean per-sample adversarial loss, with its s.e.
 
@@ -76,24 +79,43 @@ def evaluate_adversarial_loss(
         criterion: per-sample loss, default cross-entropy.
         batch_size: for datasets.
         device: where to evaluate (default: where the data already is).
+        split: share the work between the processes (every process must call it, with the same ``data``):
+            the chosen samples are the same whatever the number of processes (drawn by index), process
+            ``r`` of ``N`` evaluates every ``N``-th of them from the ``r``-th, and the sums are added across
+            processes, so every process returns the same estimate. Needs a ``Dataset``.
+        reducer: sums a tensor across processes for ``split`` (e.g. ``lambda t: accelerator.reduce(t, "sum")``);
+            default ``torch.distributed.all_reduce`` when a process group is initialised.
 
     Returns:
         ``(MeanEstimate, accuracy)``: the mean loss with its standard error and sample counts, and the
         adversarial accuracy.
     """
-    crit = per_sample(criterion)
     population = None
     if isinstance(data, Dataset):
         population = len(data)
-        if subset is not None:
-            chosen = subset if isinstance(subset, FixedSubset) else FixedSubset(int(subset))
-            data = chosen.of(data)
-        data = DataLoader(data, batch_size=batch_size)
-    elif subset is not None:
-        raise ValueError("subset= needs a Dataset (a loader's batches cannot be subsampled reproducibly)")
-    losses, correct = [], None
+        chosen = subset if isinstance(subset, FixedSubset) or subset is None else FixedSubset(int(subset))
+        indices = chosen.indices(population) if chosen is not None else list(range(population))
+        if split:
+            indices = indices[rank() :: world_size()]
+        data = DataLoader(Subset(data, indices), batch_size=batch_size)
+    elif subset is not None or split:
+        raise ValueError("subset= and split= need a Dataset (a loader's batches cannot be chosen by index)")
+    totals = _loss_sums(model, data, attack, eps, per_sample(criterion), device)
+    if split:
+        totals = sum_across_processes(totals, reducer)
+    total, squares, n, correct = totals.tolist()
+    if n == 0:
+        raise ValueError("the data is empty")
+    estimate = MeanEstimate.from_sums(total, squares, int(n), population=population)
+    return estimate, correct / n
+
+
+def _loss_sums(model: nn.Module, batches: Iterable, attack: Attack | None, eps: float | None, crit: Criterion,
+               device: torch.device | str | None) -> torch.Tensor:
+    """``[Σ loss, Σ loss², count, correct]`` over the batches (float64, on the evaluation's device)."""
+    totals = None
     with eval_mode(model):
-        for x, y in data:
+        for x, y in batches:
             if device is not None:
                 x, y = x.to(device), y.to(device)
             strength = attack.eps_at(0) if (attack is not None and eps is None) else eps
@@ -101,11 +123,13 @@ def evaluate_adversarial_loss(
                 x = attack(model, x, y, eps=strength)
             with torch.no_grad():
                 logits = logits_of(model(x))
-                losses.append(crit(logits, y).double())
-                hits = (logits.argmax(1) == y).sum()
-            correct = hits if correct is None else correct + hits
-    if not losses:
-        raise ValueError("the data is empty")
-    values = torch.cat(losses).cpu().numpy()
-    estimate = MeanEstimate.of(values, population=population if population is not None else None)
-    return estimate, float(correct) / values.size
+                losses = crit(logits, y).double()
+                batch = torch.stack([losses.sum(), (losses * losses).sum(), torch.tensor(float(losses.numel()),
+                                     dtype=torch.float64, device=losses.device),
+                                     (logits.argmax(1) == y).sum().double()])
+            totals = batch if totals is None else totals + batch
+    if totals is None:  # (a process whose share is empty still takes part in the sum)
+        dev = torch.device(device) if device is not None else next(
+            (p.device for p in model.parameters()), torch.device("cpu"))
+        totals = torch.zeros(4, dtype=torch.float64, device=dev)
+    return totals

@@ -63,16 +63,28 @@ class MeanEstimate:
             (2.5, 0.0)
         """
         v = np.asarray(values, dtype=np.float64)
-        n = int(v.size)
-        if n == 0:
+        return cls.from_sums(float(v.sum()), float((v * v).sum()), int(v.size), population)
+
+    @classmethod
+    def from_sums(cls, total: float, squares: float, n: int, population: int | None = None) -> MeanEstimate:
+        """From the sum and the sum of squares of ``n`` per-sample values (what processes add up), as :meth:`of`.
+
+        Example:
+            >>> m = MeanEstimate.from_sums(10.0, 30.0, 4, population=8)
+            >>> m.mean, round(m.stderr, 3)
+            (2.5, 0.488)
+        """
+        if n < 1:
             raise ValueError("a mean needs at least one value")
         population = n if population is None else int(population)
         if population < n:
             raise ValueError(f"population ({population}) must be >= the number of values ({n})")
+        mean = total / n
         if n < 2:
-            return cls(float(v.mean()), math.nan if population > n else 0.0, n, population)
+            return cls(mean, math.nan if population > n else 0.0, n, population)
+        variance = max(0.0, (squares - n * mean * mean) / (n - 1))
         fpc = math.sqrt(max(0.0, (population - n) / max(population - 1, 1)))  # finite-population correction
-        return cls(float(v.mean()), float(v.std(ddof=1) / math.sqrt(n) * fpc), n, population)
+        return cls(mean, math.sqrt(variance / n) * fpc, n, population)
 
     def interval(self, level: float = DEFAULT_LEVEL) -> tuple[float, float]:
         """A normal interval of the mean at ``level``."""

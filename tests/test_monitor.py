@@ -111,7 +111,7 @@ def test_resume_mid_epoch_gives_the_same_reports():
     reports = _feed(first, epochs[:3])
     first.update(torch.tensor(epochs[3][0]), batch_size=10)  # stop in the middle of epoch 4
     state = first.state_dict()
-    assert all(isinstance(v, (int, float, list, type(None))) for v in state.values())
+    assert all(isinstance(v, (int, float, list, dict, type(None))) for v in state.values())
     second = PhaseMonitor(R_STAR, **kwargs)
     second.load_state_dict(state)
     second.update(torch.tensor(epochs[3][1]), batch_size=10)

@@ -13,7 +13,15 @@ from typing import Any
 
 from .clean_benchmark import CleanBenchmark, evaluate_clean
 from .file_format import SCHEMA_VERSION, BenchmarkFormatError, read_record, write_json_atomic
-from .recipe import RECIPE_KEYS, benchmark_reference, dataset_fingerprint, model_fingerprint, recipe_differences
+from .recipe import (
+    RECIPE_KEYS,
+    benchmark_reference,
+    dataset_fingerprint,
+    differing_keys,
+    model_fingerprint,
+    recipe_differences,
+    unwrap_model,
+)
 
 __all__ = [
     "RECIPE_KEYS",
@@ -22,10 +30,12 @@ __all__ = [
     "CleanBenchmark",
     "benchmark_reference",
     "dataset_fingerprint",
+    "differing_keys",
     "evaluate_clean",
     "model_fingerprint",
     "read_record",
     "recipe_differences",
+    "unwrap_model",
     "write_json_atomic",
 ]
 

@@ -18,7 +18,8 @@ from .._datasets import labels_of
 if TYPE_CHECKING:
     from .clean_benchmark import CleanBenchmark
 
-__all__ = ["RECIPE_KEYS", "benchmark_reference", "dataset_fingerprint", "model_fingerprint", "recipe_differences"]
+__all__ = ["RECIPE_KEYS", "benchmark_reference", "dataset_fingerprint", "differing_keys", "model_fingerprint",
+           "recipe_differences", "unwrap_model"]
 
 
 def _sha256(chunks: Iterable[bytes]) -> str:
@@ -28,8 +29,22 @@ def _sha256(chunks: Iterable[bytes]) -> str:
     return h.hexdigest()[:16]
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module inside the wrappers that frameworks put around it: ``DistributedDataParallel`` and
+    ``DataParallel`` (``.module``), ``torch.compile`` (``._orig_mod``), at any depth."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def model_fingerprint(model: nn.Module) -> dict[str, Any]:
-    """Class, parameter count and a hash of parameter names and shapes."""
+    """Class, parameter count and a hash of parameter names and shapes, of the module inside any wrapper
+    (:func:`unwrap_model`): the same model fingerprints the same under DDP or ``torch.compile``."""
+    model = unwrap_model(model)
     params = list(model.named_parameters())
     return {
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -60,7 +75,7 @@ RECIPE_KEYS = ("batch_size", "epochs", "optimizer", "lr", "momentum", "weight_de
 
 
 def recipe_differences(benchmark: CleanBenchmark, recipe: dict[str, Any]) -> list[str]:
-    """What differs between a run's ``recipe`` and the recipe the benchmark was recorded with.
+    """What differs between a run's ``recipe`` and the recipe the benchmark was recorded with, one phrase each.
 
     Only what both sides know is compared; ``recipe["model"]`` (a module) is compared by fingerprint.
 
@@ -70,7 +85,12 @@ def recipe_differences(benchmark: CleanBenchmark, recipe: dict[str, Any]) -> lis
         >>> recipe_differences(bench, {"batch_size": 128})
         ["batch size 128 vs the benchmark's 64"]
     """
-    out = []
+    return list(differing_keys(benchmark, recipe).values())
+
+
+def differing_keys(benchmark: CleanBenchmark, recipe: dict[str, Any]) -> dict[str, str]:
+    """:func:`recipe_differences` keyed by what differs (a key of :data:`RECIPE_KEYS`, or ``"model"``)."""
+    out = {}
     for key in RECIPE_KEYS:
         # Through JSON, as the benchmark's side was: a tuple and the list it was saved as are the same.
         ours = json.loads(json.dumps(recipe.get(key), default=str))
@@ -80,13 +100,13 @@ def recipe_differences(benchmark: CleanBenchmark, recipe: dict[str, Any]) -> lis
         same = math.isclose(float(ours), float(theirs), rel_tol=1e-9) if all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in (ours, theirs)) else ours == theirs
         if not same:
-            out.append(f"{key.replace('_', ' ')} {ours} vs the benchmark's {theirs}")
+            out[key] = f"{key.replace('_', ' ')} {ours} vs the benchmark's {theirs}"
     model = recipe.get("model")
     if isinstance(model, nn.Module) and benchmark.model.get("hash"):
         fp = model_fingerprint(model)
         if fp["hash"] != benchmark.model["hash"]:
-            out.append(f"model {fp['class']} ({fp['num_parameters']} parameters) vs the benchmark's "
-                       f"{benchmark.model.get('class')} ({benchmark.model.get('num_parameters')} parameters)")
+            out["model"] = (f"model {fp['class']} ({fp['num_parameters']} parameters) vs the benchmark's "
+                            f"{benchmark.model.get('class')} ({benchmark.model.get('num_parameters')} parameters)")
     return out
 
 

@@ -18,6 +18,7 @@ from ..schedules import format_eps
 from .history import EpochHistory
 from .probe import EpsStarProbe
 from .record import run_record, write_record
+from .comparison import BenchmarkComparison
 from .report import FAR_ABOVE, PhaseReport, caveats, judge, log_report, ratio_band
 from .rhat import EarlyStoppedRisk, Evaluation
 from .settings import MonitorSettings
@@ -49,10 +50,14 @@ class PhaseMonitor(MonitorSettings):
         sync_timeout: seconds ``epoch_end`` waits for the other ranks (gloo) before raising.
         level: coverage of the bands (default 0.8).
         verbose: log one line per epoch (INFO on the ``advhooks`` logger, shown by its default handler).
-        recipe: what this run does, to compare with the benchmark's recipe (``batch_size``, ``epochs``,
-            ``lr``, ``weight_decay``, ``optimizer``, ``schedule``, ``augmentation``, ``normalization``,
-            ``n_train``, and ``model``: the model itself, compared by fingerprint). Each difference is named
-            in one warning.
+        recipe: what this run does, to compare with the benchmark's recipe (``batch_size``: the global batch,
+            ``epochs``, ``lr``, ``weight_decay``, ``optimizer``, ``schedule``, ``augmentation``, ``normalization``,
+            ``n_train``, and ``model``: the model itself, compared by fingerprint through any DDP /
+            ``torch.compile`` wrapper). Without it the monitor still compares what it sees: ``total_epochs``,
+            the global batch size of the batches it is fed (first epoch), and the model and training set of
+            :meth:`evaluate_with`. Each difference is named once.
+        strict: a model or training set unlike the benchmark's raises a ``ValueError`` (default: the reports
+            say ``comparable=False`` with the reason).
         attack: the attack A_ε of the paper's R̂: what :meth:`evaluate_with` evaluates the adversarial test
             loss and R̂ with (PGD-10 is customary, whatever the training attack), and what the run record
             names. Give it ``normalization=`` when the data is normalised outside the model.
@@ -68,6 +73,9 @@ class PhaseMonitor(MonitorSettings):
     def __post_init__(self) -> None:
         super().__post_init__()  # the settings, validated
         self._sums, self._risk, self._probe = EpochSums(), EarlyStoppedRisk(), None
+        self._comparison = BenchmarkComparison(self.benchmark, self.logger, self.strict)
+        self._comparison.check({"epochs": self.total_epochs, **(self.recipe or {})}, "recipe")
+        self._batch_size_seen = "batch_size" in (self.recipe or {})  # the recipe's word wins over what is seen
         self.reset()
 
     def reset(self) -> None:
@@ -119,6 +127,8 @@ class PhaseMonitor(MonitorSettings):
         """
         self._risk.evaluation = Evaluation.build(model, train_data, test_data, attack or self.attack, train_subset,
                                                  test_subset, seed, batch_size, device)
+        seen = {"model": model, "n_train": len(train_data) if hasattr(train_data, "__len__") else None}
+        self._comparison.check(seen, "model or training data (evaluate_with)")
 
     def enable_probe(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
                      attack: Attack | None = None, ladder: Sequence[float] | None = None, every: int = 10,
@@ -149,11 +159,15 @@ class PhaseMonitor(MonitorSettings):
         if count == 0 and nonfinite == 0:
             raise ValueError("epoch_end() called before any update() in this epoch")
         self._sums.reset()
+        if not self._batch_size_seen and totals["largest_batch"] > 0:  # the global batch: each rank's largest
+            self._batch_size_seen = True
+            self._comparison.check({"batch_size": int(totals["largest_batch"])}, "batches fed to update()")
         mean = total / count if count > 0 else math.nan
-        test_loss = self._risk.test_loss(adv_test_loss, self.last_eps)
+        test_loss = self._risk.test_loss(adv_test_loss, self.last_eps, self.reducer)
         self.history.append(mean, self.clean_test_loss, test_loss)
         due = self.epoch >= min(self.warmup_epochs, self.total_epochs or self.warmup_epochs)  # R̂ of θ̂'s weights
-        self._risk.update(self.epoch, test_loss, self.history.test_losses[:-1], mean, due=due, eps=self.last_eps)
+        self._risk.update(self.epoch, test_loss, self.history.test_losses[:-1], mean, due=due, eps=self.last_eps,
+                          reducer=self.reducer)
         probe = None
         if self._probe is not None and self._probe.due(self.epoch):
             probe, self.eps_star_lower_bound = self._probe.run(self.clean_test_loss, self.eps_star_lower_bound)
@@ -183,6 +197,7 @@ class PhaseMonitor(MonitorSettings):
             rhat_stderr=rhat.stderr if rhat is not None else math.nan, rhat_kind=kind, adv_test_loss=test_loss,
             early_stopped_epoch=self.rhat["epoch"] if self.rhat is not None else None,
             provisional=kind == "provisional" or not warmed_up, level=self.level,
+            comparable=not self._comparison.unlike, unlike="; ".join(self._comparison.unlike),
         )
         if is_main_process():
             log_report(self.logger, report, reason)
@@ -194,7 +209,7 @@ class PhaseMonitor(MonitorSettings):
     def record(self) -> dict[str, Any]:
         """The run as plain JSON values (:func:`~advhooks.monitor.record.run_record`): what ``estimate-eps-star
         --method runs`` combines into ε*."""
-        self._risk.settle(due=True, eps=self.last_eps)
+        self._risk.settle(due=True, eps=self.last_eps, reducer=self.reducer)
         ev = self._risk.evaluation
         return run_record(self, self.attack or (ev.attack if ev is not None else None))
 
@@ -214,17 +229,22 @@ class PhaseMonitor(MonitorSettings):
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Plain values: the epoch history, θ̂'s R̂, the flag, the lower bound and this rank's open-epoch sums."""
+        """The epoch history, θ̂'s R̂, the flag, the lower bound, the differences from the benchmark found and this
+        rank's open-epoch sums, as plain values; while θ̂'s R̂ is still to be evaluated, also θ̂'s weights
+        (``theta_hat_weights``: CPU tensors), so that a resume evaluates it as the uninterrupted run would."""
         return {"clean_test_loss": self.clean_test_loss, "epoch": self.epoch, **self.history.state_dict(),
-                "rhat": None if self.rhat is None else dict(self.rhat), "flag_epoch": self.flag_epoch,
+                **self._risk.state_dict(), "flag_epoch": self.flag_epoch,
                 "eps_star_lower_bound": self.eps_star_lower_bound, "last_eps": self.last_eps,
+                "batch_size_seen": self._batch_size_seen, **self._comparison.state_dict(),
                 **self._sums.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output (validated; the benchmark must match)."""
         _check_state(state, self.clean_test_loss)
         self.history.load_state_dict(state, int(state["epoch"]))
-        self._risk.rhat = None if state.get("rhat") is None else dict(state["rhat"])
+        self._risk.load_state_dict(state)
+        self._batch_size_seen = bool(state.get("batch_size_seen", self._batch_size_seen))
+        self._comparison.load_state_dict(state)
         self.flag_epoch = None if state["flag_epoch"] is None else int(state["flag_epoch"])
         self.eps_star_lower_bound = _optional_float(state["eps_star_lower_bound"])
         self.last_eps = _optional_float(state.get("last_eps"))

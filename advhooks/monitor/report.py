@@ -53,6 +53,8 @@ class PhaseReport:
         nonfinite_samples: samples of batches whose loss was NaN or inf (all ranks), left out of the mean.
         explanation: one or two sentences for people.
         level: the band's coverage.
+        comparable: ``False`` when the run's model or training set differs from the benchmark's, so that ρ
+            compares unlike things; ``unlike`` then names the differences.
     """
 
     epoch: int
@@ -78,6 +80,8 @@ class PhaseReport:
     early_stopped_epoch: int | None = None
     provisional: bool = True
     level: float = DEFAULT_LEVEL
+    comparable: bool = True
+    unlike: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for loggers and JSON."""
@@ -86,7 +90,11 @@ class PhaseReport:
         return out
 
     def metrics(self, prefix: str = "advhooks/") -> dict[str, float]:
-        """The numeric fields for experiment trackers, under one naming that every adapter uses."""
+        """The numeric fields for experiment trackers, under one naming that every adapter uses.
+
+        ``regime`` is the regime's index in :data:`REGIMES` (0 clean-like, 1 near ε*, 2 above ε*, 3 ε ≫ ε*),
+        ``provisional`` and ``comparable`` are 1 or 0: numbers, which every tracker accepts.
+        """
         out = {
             f"{prefix}adv_train_loss": self.adv_train_loss,
             f"{prefix}rhat": self.rhat,
@@ -96,6 +104,9 @@ class PhaseReport:
             f"{prefix}best_ratio": self.best_ratio,
             f"{prefix}clean_like": float(self.regime == CLEAN_LIKE),
             f"{prefix}eps_far_above_eps_star": float(self.regime == FAR_ABOVE),
+            f"{prefix}regime": float(REGIMES.index(self.regime)),
+            f"{prefix}provisional": float(self.provisional),
+            f"{prefix}comparable": float(self.comparable),
         }
         optional = {"eps": self.eps, "adv_test_loss": self.adv_test_loss,
                     "eps_star_lower_bound": self.eps_star_lower_bound}
@@ -181,9 +192,11 @@ def log_report(logger: logging.Logger, report: PhaseReport, reason: str) -> None
     eps_txt = "?" if report.eps is None else format_eps(report.eps)
     low, high = report.ratio_interval
     where = "" if report.early_stopped_epoch is None else f", theta-hat = epoch {report.early_stopped_epoch}"
-    logger.info("epoch %d: R-hat %.4f (%s%s) = %.3f x R*(0) [%.3f, %.3f] (eps %s): %s%s — %s", report.epoch,
+    logger.info("epoch %d: R-hat %.4f (%s%s) = %.3f x R*(0) [%.3f, %.3f] (eps %s): %s%s%s — %s", report.epoch,
                 report.rhat, report.rhat_kind, where, report.ratio, low, high, eps_txt, report.regime,
-                " (provisional)" if report.provisional else "", report.explanation)
+                " (provisional)" if report.provisional else "",
+                "" if report.comparable else f" (NOT COMPARABLE with the benchmark: {report.unlike})",
+                report.explanation)
     if report.nonfinite_samples:
         logger.warning("epoch %d: %d samples had a NaN/inf adversarial loss (left out of the mean)",
                        report.epoch, report.nonfinite_samples)

@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from .._validation import check_finite_nonnegative, check_positive_int
-from ..attacks import PGD, Attack
+from .._distributed import Reducer
+from ..attacks import PGD, Attack, unwrap_parallel
 from ..evaluation import FixedSubset, evaluate_adversarial_loss
 from ..uncertainty import MeanEstimate
 
@@ -39,6 +41,7 @@ class Evaluation:
               device: Any) -> Evaluation:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        model = unwrap_parallel(model)  # every rank holds the same weights: no DDP forward, no gradient hooks
         if attack is not None and not isinstance(attack, Attack):
             raise TypeError(f"attack must be an advhooks attack, got {type(attack).__name__}")
         subsets = [None if size is None else FixedSubset(check_positive_int("subset size", size), seed)
@@ -50,9 +53,13 @@ class Evaluation:
         """The evaluation attack: the one given, else PGD-10 in L∞ at the epoch's ε."""
         return self.attack if self.attack is not None else PGD(eps or 0.0, steps=10)
 
-    def adversarial_loss(self, data: Any, subset: FixedSubset | None, eps: float | None) -> MeanEstimate:
+    def adversarial_loss(self, data: Any, subset: FixedSubset | None, eps: float | None,
+                         reducer: Reducer | None) -> MeanEstimate:
+        """The mean adversarial loss of the model's current weights on the fixed subset of ``data``, the work
+        shared between the processes (the same samples and the same estimate whatever their number)."""
         estimate, _ = evaluate_adversarial_loss(self.model, data, self.attack_at(eps), eps=eps, subset=subset,
-                                                batch_size=self.batch_size, device=self.device)
+                                                batch_size=self.batch_size, device=self.device,
+                                                split=isinstance(data, Dataset), reducer=reducer)
         return estimate
 
 
@@ -78,7 +85,7 @@ class EarlyStoppedRisk:
         """Whether R̂ at θ̂'s fixed weights can be evaluated (a model and training data were given)."""
         return self.evaluation is not None and self.evaluation.train_data is not None
 
-    def test_loss(self, given: float | None, eps: float | None) -> float | None:
+    def test_loss(self, given: float | None, eps: float | None, reducer: Reducer | None = None) -> float | None:
         """The epoch's adversarial test loss: the loop's, else evaluated when test data was given."""
         if given is not None:
             return check_finite_nonnegative("adv_test_loss", given)
@@ -86,12 +93,12 @@ class EarlyStoppedRisk:
         if ev is None or ev.test_data is None:
             return None
         started = time.perf_counter()
-        mean = ev.adversarial_loss(ev.test_data, ev.test_subset, eps).mean
+        mean = ev.adversarial_loss(ev.test_data, ev.test_subset, eps, reducer).mean
         self.seconds["test"] += time.perf_counter() - started
         return mean
 
     def update(self, epoch: int, test_loss: float | None, earlier: Sequence[float | None], running_mean: float,
-               *, due: bool, eps: float | None) -> None:
+               *, due: bool, eps: float | None, reducer: Reducer | None = None) -> None:
         """θ̂ moves to ``epoch`` when its adversarial test loss is the smallest so far (``earlier``: the others).
 
         Its weights are kept (``theta_hat_weights``: a copy on their device, no host sync, moved to the CPU once
@@ -107,7 +114,7 @@ class EarlyStoppedRisk:
             if self.evaluates_rhat:
                 self.theta_hat_weights = {k: v.detach().clone() for k, v in self.evaluation.model.state_dict().items()}
                 self._pending = True
-        self.settle(due=due, eps=eps)
+        self.settle(due=due, eps=eps, reducer=reducer)
 
     def kept_weights(self) -> dict[str, torch.Tensor]:
         """θ̂'s weights, or a ValueError when there are none (the monitor keeps them only when it evaluates)."""
@@ -117,7 +124,7 @@ class EarlyStoppedRisk:
                              "start or a resume (load_state_dict restores the record, not the weights)")
         return self.theta_hat_weights
 
-    def settle(self, *, due: bool, eps: float | None) -> None:
+    def settle(self, *, due: bool, eps: float | None, reducer: Reducer | None = None) -> None:
         """Evaluate the pending R̂ of θ̂'s kept weights when it is ``due``."""
         ev, weights = self.evaluation, self.theta_hat_weights
         if not self._pending or weights is None or ev is None or not due:
@@ -126,7 +133,7 @@ class EarlyStoppedRisk:
         current = {k: v.detach().clone() for k, v in ev.model.state_dict().items()}
         try:
             ev.model.load_state_dict(weights)
-            est = ev.adversarial_loss(ev.train_data, ev.train_subset, eps)
+            est = ev.adversarial_loss(ev.train_data, ev.train_subset, eps, reducer)
         finally:
             ev.model.load_state_dict(current)
         self.seconds["rhat"] += time.perf_counter() - started
@@ -134,6 +141,31 @@ class EarlyStoppedRisk:
         self._pending = False
         # Kept for save_record(weights=True), off the accelerator: no second copy of the model there all run.
         self.theta_hat_weights = {k: v.to("cpu") for k, v in weights.items()}
+
+    @property
+    def pending(self) -> bool:
+        """Whether θ̂'s weights are kept and their R̂ is still to be evaluated."""
+        return self._pending
+
+    def state_dict(self) -> dict[str, Any]:
+        """θ̂'s record and, while its R̂ is pending, its weights (CPU tensors: what a resume needs to evaluate
+        it); once R̂ is evaluated only plain values."""
+        state: dict[str, Any] = {"rhat": None if self.rhat is None else dict(self.rhat)}
+        if self._pending and self.theta_hat_weights is not None:
+            state["theta_hat_weights"] = {k: v.detach().to("cpu") for k, v in self.theta_hat_weights.items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (θ̂'s weights go back to the model's device when it is known)."""
+        self.rhat = None if state.get("rhat") is None else dict(state["rhat"])
+        weights = state.get("theta_hat_weights")
+        self._pending = weights is not None
+        if weights is not None:
+            device = None
+            if self.evaluation is not None:
+                device = next((p.device for p in self.evaluation.model.parameters()), None)
+            self.theta_hat_weights = {k: torch.as_tensor(v).to(device) if device else torch.as_tensor(v)
+                                      for k, v in weights.items()}
 
     def verdict(self, running_means: Sequence[float]) -> tuple[MeanEstimate | None, str]:
         """The R̂ the verdict uses and its kind (``"provisional"``: the best running mean, no θ̂ known)."""

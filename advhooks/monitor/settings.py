@@ -13,7 +13,7 @@ import torch
 
 from .._validation import check_finite_nonnegative, check_positive, check_positive_int
 from ..attacks import Attack
-from ..benchmark import CleanBenchmark, recipe_differences
+from ..benchmark import CleanBenchmark
 from ..uncertainty import DEFAULT_LEVEL, MeanEstimate
 from .report import PhaseReport
 from .sums import is_main_process
@@ -44,6 +44,7 @@ class MonitorSettings:
     verbose: bool = False
     recipe: Mapping[str, Any] | None = field(default=None, repr=False)
     attack: Attack | None = field(default=None, repr=False)
+    strict: bool = False
 
     def __post_init__(self) -> None:
         self.benchmark, self._r_star = _reference(self.benchmark)
@@ -56,17 +57,12 @@ class MonitorSettings:
 
 
 def _warn_at_start(m: MonitorSettings) -> None:
-    """A run shorter than its warm-up, and a recipe unlike the benchmark's: said once, when the monitor is built."""
+    """A run shorter than its warm-up: said once, when the monitor is built."""
     if m.total_epochs is not None and m.warmup_epochs > m.total_epochs:
         m.logger.warning(
             "the run (%d epochs) is shorter than the monitor's warm-up (%d epochs): the eps >> eps* flag can "
             "never fire; pass warmup_epochs= (past your first learning-rate decay) or train longer",
             m.total_epochs, m.warmup_epochs)
-    if m.recipe is not None and isinstance(m.benchmark, CleanBenchmark):
-        differences = recipe_differences(m.benchmark, {"epochs": m.total_epochs, **m.recipe})
-        if differences:
-            m.logger.warning("this run differs from the clean benchmark's recipe, so its ratio to "
-                                "R*(0) compares unlike things: %s", "; ".join(differences))
 
 
 def _reference(benchmark: Any) -> tuple[CleanBenchmark | float, MeanEstimate]:
@@ -107,6 +103,8 @@ def _check_types(m: MonitorSettings) -> None:
         raise TypeError("on_flag must be callable as on_flag(report)")
     if m.recipe is not None and not isinstance(m.recipe, Mapping):
         raise TypeError(f"recipe must be a mapping, got {type(m.recipe).__name__}")
+    if not isinstance(m.strict, bool):
+        raise TypeError(f"strict must be True or False, got {m.strict!r}")
     if m.attack is not None and not isinstance(m.attack, Attack):
         raise TypeError(f"attack must be an advhooks attack (PGD, FGM), got {type(m.attack).__name__}")
 

@@ -12,22 +12,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .._distributed import is_distributed, is_main_process, rank, sum_across_processes
+
 __all__ = ["EpochSums", "batch_loss", "is_distributed", "is_main_process", "rank"]
 
 # Declared once: reset to 0, summed across ranks, saved and restored.
 SUMS = ("loss_sum", "count", "nonfinite")
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def is_main_process() -> bool:
-    return not is_distributed() or dist.get_rank() == 0
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
 
 
 def batch_loss(output: Any, batch_size: int | None) -> tuple[torch.Tensor, int, float | None]:
@@ -54,6 +44,7 @@ class EpochSums:
 
     def reset(self) -> None:
         self.values: dict[str, torch.Tensor | float] = dict.fromkeys(SUMS, 0.0)
+        self.largest_batch = 0  # this rank's largest batch of the epoch (a Python int: no host read)
 
     @property
     def has_updates(self) -> bool:
@@ -70,23 +61,18 @@ class EpochSums:
                  "nonfinite": (~finite).to(torch.float64) * n}
         for name in SUMS:
             self.values[name] = self.values[name] + added[name]
+        self.largest_batch = max(self.largest_batch, n)
 
     def totals(self, reducer: Callable[[torch.Tensor], torch.Tensor] | None, sync_timeout: float) -> dict[str, float]:
-        """The sums over all ranks, read on the host (``reducer``, else ``torch.distributed`` when initialised)."""
-        sums = [self.values[name] for name in SUMS]
-        use_dist = reducer is None and is_distributed()
-        if reducer is None and not use_dist:
-            return {name: float(v) for name, v in zip(SUMS, sums, strict=True)}
+        """The sums over all ranks, read on the host (``reducer``, else ``torch.distributed`` when initialised),
+        and ``largest_batch``: the sum over ranks of each rank's largest batch, the global batch size."""
+        sums = [self.values[name] for name in SUMS] + [float(self.largest_batch)]
         device = next((v.device for v in sums if isinstance(v, torch.Tensor)), torch.device("cpu"))
-        if use_dist and dist.get_backend() == "nccl" and device.type != "cuda":
-            device = torch.device("cuda", torch.cuda.current_device())
         packed = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in sums])
-        _wait_for_all_ranks(sync_timeout)
-        if use_dist:
-            dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-        else:
-            packed = reducer(packed)
-        return {name: float(v) for name, v in zip(SUMS, packed.tolist(), strict=True)}
+        if reducer is not None or is_distributed():
+            _wait_for_all_ranks(sync_timeout)
+            packed = sum_across_processes(packed, reducer)
+        return dict(zip((*SUMS, "largest_batch"), packed.tolist(), strict=True))
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's open sums, as plain floats, with the rank they belong to."""

@@ -1,0 +1,69 @@
+"""Is this run comparable with its clean benchmark? What the monitor is told (``recipe=``) and what it sees
+(the global batch size of the batches it is fed, ``total_epochs``, the model and training set of
+``evaluate_with``), compared with the benchmark's recipe and fingerprints, each difference named once.
+
+A different recipe (batch size, learning rate, epochs ...) is a warning: the paper compares runs of one
+recipe, but the ratio still compares the same model on the same data. A different model or training set
+makes ρ compare unlike things: the report says so (``comparable=False``), and ``strict=True`` refuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from .._distributed import is_main_process
+from ..benchmark import CleanBenchmark, differing_keys
+
+__all__ = ["UNLIKE_KEYS", "BenchmarkComparison"]
+
+# Differences that make R̂ / R*(0) a ratio of unlike things (not only another recipe).
+UNLIKE_KEYS = ("model", "n_train")
+
+
+class BenchmarkComparison:
+    """The differences between a run and its benchmark found so far (the same on every process).
+
+    Args:
+        benchmark: the clean benchmark (a bare R*(0) has nothing to compare with).
+        logger: where each new difference is named (main process only).
+        strict: raise a ``ValueError`` on a model or data difference instead of reporting it.
+    """
+
+    def __init__(self, benchmark: CleanBenchmark | float, logger: logging.Logger, strict: bool) -> None:
+        self.benchmark, self.logger, self.strict = benchmark, logger, strict
+        self.named: dict[str, str] = {}
+
+    @property
+    def unlike(self) -> list[str]:
+        """The model and data differences: why the ratio compares unlike things (empty when it does not)."""
+        return [text for key, text in self.named.items() if key in UNLIKE_KEYS]
+
+    def check(self, seen: Mapping[str, Any], source: str) -> None:
+        """Compare ``seen`` (recipe keys, ``"model"`` a module) with the benchmark; name what is new, once.
+
+        ``source`` says where the values come from, for the warning ("the recipe given", "the batches fed").
+        """
+        if not isinstance(self.benchmark, CleanBenchmark):
+            return
+        new = {k: v for k, v in differing_keys(self.benchmark, dict(seen)).items() if k not in self.named}
+        if not new:
+            return
+        self.named.update(new)
+        unlike = [text for key, text in new.items() if key in UNLIKE_KEYS]
+        if unlike and self.strict:
+            raise ValueError("the run and the clean benchmark differ in model or data, so R-hat / R*(0) would "
+                             f"compare unlike things (strict=True): {'; '.join(unlike)}")
+        if is_main_process():
+            consequence = ("the model or data differ, so its ratio to R*(0) compares unlike things (reports say "
+                           "comparable=False)" if unlike else
+                           "its ratio to R*(0) is not the paper's like-for-like comparison")
+            self.logger.warning("this run differs from the clean benchmark's recipe (seen in the %s): %s; %s",
+                                source, "; ".join(new.values()), consequence)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"differences": dict(self.named)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.named = dict(state.get("differences") or {})
