@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ._outputs import logits_of
 from ._distributed import Reducer, rank, sum_across_processes, world_size
+from ._outputs import logits_of
 from .attacks import Attack, eval_mode
 from .attacks.criteria import Criterion, per_sample
 from .uncertainty import MeanEstimate

@@ -2,11 +2,17 @@
 
 Compared with examples/train_digits.py (a plain loop on the bundled digits), it adds: training through
 Accelerate on one process or several (the `accelerate (k/4)` comments mark the Accelerate calls), with
-``AcceleratedAdversarialTraining`` reducing the monitor over processes and, with --stop-on-flag, stopping
-every process when eps >> eps* is flagged; CIFAR-10 with its preset's model, epochs, learning rate and
-weight decay (--dataset digits for the bundled data); the PGD test accuracy and the robust accuracy by the
-fast suite (APGD-CE, then APGD-T) gathered from every process once training ends (instead of evaluations
-every 10 epochs); the monitor's reports as JSON (--report).
+``AcceleratedAdversarialTraining`` reducing the monitor over processes, evaluating the paper's verdict (θ̂ by
+the PGD-10 test loss each epoch, R̂ at θ̂'s fixed weights on 512 training samples), every process taking its
+share, and, with --stop-on-flag, stopping every process when eps >> eps* is flagged; CIFAR-10 with its
+preset's model, epochs, learning rate and weight decay (--dataset digits for the bundled data); the PGD
+test accuracy and the robust accuracy by the fast suite (APGD-CE, then APGD-T) gathered from every process
+once training ends; the monitor's reports as JSON (--report).
+
+One recipe whatever the number of processes: --batch-size is the global batch (each of N processes takes
+batch/N), which is what the benchmark records, and the epoch-indexed learning-rate schedule is stepped by
+this script, not prepared by Accelerate (a prepared scheduler steps N times per call: on 2 processes the
+decays would come at half the epochs).
 
     accelerate launch examples/cifar_adv.py --data-dir ~/data --eps 8/255 --benchmark clean.safetensors
     accelerate launch --multi_gpu --num_processes 2 examples/cifar_adv.py --data-dir ~/data   # 2 processes
@@ -17,9 +23,9 @@ python version torchvision downloads, read with an unpickler that can build only
 either the script says where to put it, or fetches the binary version with --download. On a CPU-only
 machine Accelerate starts several processes only with --multi_gpu (gloo backend); plain --num_processes N
 runs one.
-Record the benchmark first, with this script's recipe (batch 128 per process; the monitor names every
-difference it sees): `advhooks benchmark-clean --preset cifar10-preactresnet18 --batch-size 128
---data-dir ~/data` (or `--preset digits-mlp --batch-size 128` for --dataset digits).
+Record the benchmark first, with this script's recipe (global batch 128, the preset's epochs and learning
+rate; the monitor names every difference it sees): `advhooks benchmark-clean --preset cifar10-preactresnet18
+--batch-size 128 --data-dir ~/data` (or `--preset digits-mlp --batch-size 128` for --dataset digits).
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import torch
 from accelerate import Accelerator  # accelerate (1/4)
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from advhooks import PGD, parse_eps
 from advhooks.integrations.accelerate import AcceleratedAdversarialTraining, finish
@@ -54,11 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--benchmark", help="clean benchmark (advhooks benchmark-clean) to watch against")
     p.add_argument("--stop-on-flag", action="store_true", help="stop all processes when eps >> eps* is flagged")
     p.add_argument("--epochs", type=int, default=None, help="default: the preset's (200 for CIFAR-10)")
-    p.add_argument("--batch-size", type=int, default=128, help="per process")
+    p.add_argument("--batch-size", type=int, default=128, help="global: each of N processes takes batch-size / N")
     p.add_argument("--lr", type=float, default=None, help="default: the preset's")
     p.add_argument("--max-train-samples", type=int, default=None, help="use a subset (quick runs)")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup-epochs", type=int, default=None, help="the monitor's warm-up (default: half the "
+                   "epochs + 5)")
     p.add_argument("--report", help="write the monitor's reports here (JSON, main process)")
     return p.parse_args(argv)
 
@@ -68,37 +77,45 @@ def main(argv: list[str] | None = None) -> int:
     eps = parse_eps(args.eps)
     # accelerate (2/4); on a machine without GPUs, cpu=True lets several processes run with gloo
     accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
+    if args.batch_size % accelerator.num_processes:
+        accelerator.print(f"error: --batch-size {args.batch_size} (the global batch) must be a multiple of the "
+                          f"{accelerator.num_processes} processes", file=sys.stderr)
+        return 2
     torch.manual_seed(args.seed)
     preset = get_preset(PRESETS[args.dataset])
     try:
         train_set, test_set = load_dataset(preset.dataset, args.data_dir, download=args.download,
                                            augment=preset.augment, seed=0)  # the split benchmark-clean uses
+        plain_train_set = (load_dataset(preset.dataset, args.data_dir, seed=0)[0] if preset.augment
+                           else train_set)  # the monitor's R̂ is evaluated without augmentation
     except DataNotFoundError as err:
         accelerator.print(f"error: {err}", file=sys.stderr)
         return 2
     if args.max_train_samples:
-        train_set = torch.utils.data.Subset(train_set, range(min(args.max_train_samples, len(train_set))))
+        kept = range(min(args.max_train_samples, len(train_set)))
+        train_set, plain_train_set = Subset(train_set, kept), Subset(plain_train_set, kept)
     epochs = args.epochs or preset.epochs
+    lr = args.lr or preset.lr
     model = preset.model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr or preset.lr, momentum=0.9,
-                                weight_decay=preset.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=preset.weight_decay)
+    # Stepped once per epoch below and not prepared: a prepared scheduler steps once per process per call.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: step_decay(e, epochs))
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
+    train_loader = DataLoader(train_set, batch_size=args.batch_size // accelerator.num_processes, shuffle=True,
                               generator=torch.Generator().manual_seed(args.seed))
     test_loader = DataLoader(test_set, batch_size=256)
     # accelerate (3/4): prepare, then the adversarial step and the monitor wired to the accelerator
-    model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, test_loader, scheduler)
-    # The monitor names every way this run's recipe differs from the benchmark's (batch size, model, ...).
-    recipe = {"batch_size": args.batch_size * accelerator.num_processes, "lr": preset.lr, "model": model,
-              "n_train": len(train_set)}
-    monitor = (PhaseMonitor(args.benchmark, eps=eps, total_epochs=epochs, verbose=True, recipe=recipe)
+    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
+    # The monitor names every way this run's recipe differs from the benchmark's (batch size, lr, model, data).
+    monitor = (PhaseMonitor(args.benchmark, eps=eps, total_epochs=epochs, warmup_epochs=args.warmup_epochs,
+                            verbose=True, recipe={"batch_size": args.batch_size, "lr": lr})
                if args.benchmark else None)
     adv = AcceleratedAdversarialTraining(accelerator, model, PGD(eps, steps=args.steps), objective=args.objective,
-                                         monitor=monitor, stop_on_flag=args.stop_on_flag)
+                                         monitor=monitor, eval_data=(plain_train_set, test_set) if monitor else None,
+                                         stop_on_flag=args.stop_on_flag)
     accelerator.print(f"{args.dataset}: {len(train_set)} train / {len(test_set)} test, {accelerator.num_processes} "
-                      f"process(es), PGD-{args.steps} L∞ eps={args.eps} ({args.objective}), {epochs} epochs")
-    reports = []
+                      f"process(es) x batch {args.batch_size // accelerator.num_processes}, PGD-{args.steps} L∞ "
+                      f"eps={args.eps} ({args.objective}), {epochs} epochs")
+    reports, started = [], time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
         loss_sum, seen = torch.zeros((), device=accelerator.device), 0
@@ -112,14 +129,22 @@ def main(argv: list[str] | None = None) -> int:
         scheduler.step()
         report = adv.epoch_end()
         if report is not None:
-            reports.append(report.to_dict())
-            accelerator.print(f"epoch {epoch:3d}  adv train loss {report.adv_train_loss:.4f}  "
-                              f"ratio {report.ratio:.3f}  {report.regime}")
+            reports.append({**report.to_dict(), "lr": scheduler.get_last_lr()[0]})
+            accelerator.print(f"epoch {epoch:3d}  adv train loss {report.adv_train_loss:.4f}  ratio "
+                              f"{report.ratio:.3f}  {report.regime}{' (provisional)' if report.provisional else ''}")
         else:  # no benchmark: this process's running mean of the adversarial training loss
             accelerator.print(f"epoch {epoch:3d}  adv train loss {float(loss_sum) / max(seen, 1):.4f}")
         if adv.should_stop():
             accelerator.print(f"stopping at epoch {epoch}: eps >> eps* was flagged")
             break
+    training_seconds = time.perf_counter() - started
+    if reports:
+        last, low, high = reports[-1], *reports[-1]["ratio_interval"]
+        share = sum(monitor.evaluation_seconds.values()) / training_seconds
+        accelerator.print(f"final: R-hat {last['rhat']:.4f} ({last['rhat_kind']}, theta-hat = epoch "
+                          f"{last['early_stopped_epoch']}) = {last['ratio']:.3f} x R*(0) [{low:.3f}, {high:.3f}], "
+                          f"regime {last['regime']}{' (provisional)' if last['provisional'] else ''}; the monitor's "
+                          f"evaluation took {100 * share:.1f} % of the training time")
     correct = robust = total = 0
     attack = PGD(eps, steps=args.steps)
     model.eval()

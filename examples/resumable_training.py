@@ -7,7 +7,8 @@
 What makes the resume exact (the monitor's reports equal an uninterrupted run's, same seed, CPU):
 - ``adv.save_state`` holds what ``accelerator.save_state`` does (the model, the optimizer, every
   process's RNG state) plus, as one JSON file per process, the ε-schedule step and the PhaseMonitor
-  (its history and this process's open-epoch sums); the LR schedule's state goes into progress.json;
+  (its history and this process's open-epoch sums) and, while θ̂'s R̂ is pending, θ̂'s weights as
+  safetensors; the LR schedule's state goes into progress.json;
 - the data order is a pure function of (seed, epoch), and the checkpoint records the position in the
   epoch, so the resumed run skips exactly the batches already trained on;
 - checkpoints are written into a temporary folder and renamed into place when complete, so a kill
@@ -96,14 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
 
     preset = get_preset("digits-mlp")
-    train, _ = load_digits(seed=0)
+    train, test = load_digits(seed=0)
     inputs, labels = train.tensors
     model = preset.model()
     opt = torch.optim.SGD(model.parameters(), lr=preset.lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, args.epochs))
     model, opt = accelerator.prepare(model, opt)
     monitor = PhaseMonitor(args.benchmark, eps=args.eps, total_epochs=args.epochs, verbose=True)
-    adv = AcceleratedAdversarialTraining(accelerator, model, PGD(args.eps, steps=args.steps), monitor=monitor)
+    # The monitor evaluates θ̂ and R̂ itself; until R̂ of θ̂ is evaluated (after the warm-up) θ̂'s weights are part
+    # of every checkpoint, so a resume in between evaluates the same weights as an uninterrupted run.
+    adv = AcceleratedAdversarialTraining(accelerator, model, PGD(args.eps, steps=args.steps), monitor=monitor,
+                                         eval_data=(train, test))
 
     epoch, skip, global_step = 0, 0, 0
     resume = latest_checkpoint(folder)

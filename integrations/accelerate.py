@@ -3,7 +3,8 @@
     accelerator = Accelerator()
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     adv = AcceleratedAdversarialTraining(accelerator, model, PGD(eps=8/255),
-                                         monitor=PhaseMonitor("clean.safetensors", eps=8/255), stop_on_flag=True)
+                                         monitor=PhaseMonitor("clean.safetensors", eps=8/255, total_epochs=epochs),
+                                         eval_data=(train_set, test_set), stop_on_flag=True)
     for epoch in range(epochs):
         for x, y in loader:
             out = adv(x, y)                      # attack + loss, under the accelerator's autocast
@@ -16,8 +17,15 @@
 
 What it does for you: runs the step under ``accelerator.autocast()``; the attack's forwards go to the
 module inside DDP, so they never prepare a gradient reduction; the monitor sums through
-``accelerator.reduce``; reports go to ``accelerator.log``; with ``stop_on_flag`` the ε ≫ ε* flag sets the
-accelerator's trigger so that ``check_trigger`` stops all ranks at once.
+``accelerator.reduce``; with ``eval_data`` the monitor evaluates the paper's verdict itself (θ̂ by the
+adversarial test loss each epoch, R̂ at θ̂'s fixed weights on a fixed training subset), every process
+evaluating its share of the same samples; reports go to ``accelerator.log``; with ``stop_on_flag`` the
+ε ≫ ε* flag sets the accelerator's trigger so that ``check_trigger`` stops all ranks at once.
+
+Two things about process counts: the benchmark's batch size is the *global* one (per-process batch ×
+processes), and an epoch-indexed learning-rate schedule must not go through ``accelerator.prepare``: a
+prepared scheduler steps the wrapped one once per process at every ``step()`` (it is meant for per-batch
+schedules), so on 2 processes an epoch schedule would run twice as fast.
 
 Checkpoints: ``adv.save_state(dir)`` / ``adv.load_state(dir)`` wrap ``accelerator.save_state`` /
 ``load_state`` and add one JSON file per process with the step's ε-schedule counter and the monitor
@@ -40,6 +48,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 
 from advhooks.attacks import Attack
 from advhooks.monitor import PhaseMonitor, PhaseReport
@@ -48,6 +57,7 @@ from advhooks.step import AdversarialStep, StepOutput
 __all__ = ["AcceleratedAdversarialTraining", "finish", "report_metrics"]
 
 STATE_FILE = "advhooks_state_{rank}.json"
+WEIGHTS_FILE = "advhooks_theta_hat_{rank}.safetensors"
 
 
 def report_metrics(report: PhaseReport, prefix: str = "advhooks/") -> dict[str, float]:
@@ -64,6 +74,10 @@ class AcceleratedAdversarialTraining:
         attack: the attack (PGD/FGM).
         objective, criterion, beta, clean_fraction, input_key, label_key: as in :class:`~advhooks.AdversarialStep`.
         monitor: a :class:`~advhooks.monitor.PhaseMonitor` to feed (optional).
+        eval_data: ``(train_data, test_data)`` datasets without augmentation: the monitor evaluates θ̂ and R̂
+            on them itself (``monitor.evaluate_with(model, train_data, test_data, device=accelerator.device)``,
+            its default subsets and attack). Leave it out when you called ``evaluate_with`` yourself or pass
+            ``adv_test_loss`` to :meth:`epoch_end`.
         stop_on_flag: set the accelerator's trigger when the ε ≫ ε* flag fires (opt-in).
         log_prefix: prefix of the tracker metric names.
         register_for_checkpointing: also register the step and the monitor with Accelerate's own
@@ -73,12 +87,14 @@ class AcceleratedAdversarialTraining:
     def __init__(self, accelerator: Any, model: torch.nn.Module, attack: Attack, *, objective: str = "at",
                  criterion: Any = None, beta: float | None = None, clean_fraction: float = 0.0,
                  input_key: str | None = None, label_key: str = "labels", monitor: PhaseMonitor | None = None,
-                 stop_on_flag: bool = False, log_prefix: str = "advhooks/",
+                 eval_data: tuple[Any, Any] | None = None, stop_on_flag: bool = False, log_prefix: str = "advhooks/",
                  register_for_checkpointing: bool = False) -> None:
         if not hasattr(accelerator, "autocast") or not hasattr(accelerator, "reduce"):
             raise TypeError(f"accelerator must be an accelerate.Accelerator, got {type(accelerator).__name__}")
-        if stop_on_flag and monitor is None:
-            raise ValueError("stop_on_flag needs a monitor")
+        if (stop_on_flag or eval_data is not None) and monitor is None:
+            raise ValueError(f"{'stop_on_flag' if stop_on_flag else 'eval_data'} needs a monitor")
+        if eval_data is not None and (not isinstance(eval_data, (tuple, list)) or len(eval_data) != 2):
+            raise TypeError("eval_data must be (train_data, test_data)")
         self.accelerator = accelerator
         self.step = AdversarialStep(model, attack, objective=objective, criterion=criterion, beta=beta,
                                     clean_fraction=clean_fraction, input_key=input_key, label_key=label_key)
@@ -87,6 +103,8 @@ class AcceleratedAdversarialTraining:
         self.log_prefix = log_prefix
         if monitor is not None:
             monitor.reducer = lambda t: accelerator.reduce(t, reduction="sum")
+        if eval_data is not None:
+            monitor.evaluate_with(model, *eval_data, device=accelerator.device)
         if register_for_checkpointing:
             accelerator.register_for_checkpointing(self.step, *([monitor] if monitor is not None else []))
 
@@ -98,11 +116,12 @@ class AcceleratedAdversarialTraining:
             self.monitor.update(out)
         return out
 
-    def epoch_end(self) -> PhaseReport | None:
-        """Close the monitor's epoch: reduce, log to the trackers, set the stop trigger if asked."""
+    def epoch_end(self, adv_test_loss: float | None = None) -> PhaseReport | None:
+        """Close the monitor's epoch (on every process): reduce, evaluate, log to the trackers, set the stop
+        trigger if asked. ``adv_test_loss``: as in :meth:`PhaseMonitor.epoch_end`."""
         if self.monitor is None:
             return None
-        report = self.monitor.epoch_end()
+        report = self.monitor.epoch_end(adv_test_loss)
         self.accelerator.log(report_metrics(report, self.log_prefix), step=report.epoch)
         if self.stop_on_flag and report.should_stop:
             self.accelerator.set_trigger()
@@ -121,12 +140,22 @@ class AcceleratedAdversarialTraining:
             self.monitor.load_state_dict(state["monitor"])
 
     def save_state(self, output_dir: str | os.PathLike, **kwargs: Any) -> Path:
-        """``accelerator.save_state(output_dir)`` plus this process's advhooks state as JSON (call on every rank)."""
+        """``accelerator.save_state(output_dir)`` plus this process's advhooks state as JSON (call on every rank);
+        θ̂'s weights, while its R̂ is pending, as safetensors beside it."""
         location = Path(self.accelerator.save_state(str(output_dir), **kwargs) or output_dir)
         location.mkdir(parents=True, exist_ok=True)  # the main process may not have made it yet
-        path = location / STATE_FILE.format(rank=self.accelerator.process_index)
+        rank = self.accelerator.process_index
+        state = self.state_dict()
+        weights = state["monitor"].pop("theta_hat_weights", None) if state["monitor"] is not None else None
+        if weights is not None:
+            tmp = location / f"{WEIGHTS_FILE.format(rank=rank)}.tmp"
+            save_file({k: v.detach().clone().contiguous() for k, v in weights.items()}, str(tmp))
+            os.replace(tmp, location / WEIGHTS_FILE.format(rank=rank))
+        else:  # (a folder saved into before must not hand back weights that are no longer pending)
+            (location / WEIGHTS_FILE.format(rank=rank)).unlink(missing_ok=True)
+        path = location / STATE_FILE.format(rank=rank)
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.state_dict()))
+        tmp.write_text(json.dumps(state))
         os.replace(tmp, path)
         return location
 
@@ -137,7 +166,11 @@ class AcceleratedAdversarialTraining:
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: was {input_dir} saved with adv.save_state, by as many "
                                     f"processes ({self.accelerator.num_processes})?")
-        self.load_state_dict(json.loads(path.read_text()))
+        state = json.loads(path.read_text())
+        weights = Path(input_dir) / WEIGHTS_FILE.format(rank=self.accelerator.process_index)
+        if state.get("monitor") is not None and weights.exists():
+            state["monitor"]["theta_hat_weights"] = load_file(str(weights))
+        self.load_state_dict(state)
 
     def should_stop(self) -> bool:
         """True on every rank once any rank set the trigger (the accelerator's ``check_trigger``)."""

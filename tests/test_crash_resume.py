@@ -1,6 +1,6 @@
 """SIGKILL a training process mid-epoch, resume from its last Accelerate checkpoint, get the same reports.
 
-Runs examples/resumable_training.py three times on the CPU with the same seed, on one process and on
+Runs examples/resumable_training.py (whose monitor evaluates theta-hat and R-hat itself) three times on the CPU with the same seed, on one process and on
 two (gloo, through accelerate launch): once uninterrupted, once killed (SIGKILL to every process, no
 chance to clean up) partway through an epoch, and once more in the killed run's folder, which resumes
 from the newest complete checkpoint. The resumed run's monitor history and reports must equal the
@@ -79,10 +79,14 @@ def test_killed_run_resumes_to_the_same_reports(tmp_path, processes, kill_at):
     assert proc.returncode == -signal.SIGKILL
     assert not (crashed / "final.json").exists(), "the kill came too late to interrupt training"
     assert list((crashed / "checkpoints").glob("step_*"))
+    # The kill fell between theta-hat's epoch and its R-hat evaluation (due after the warm-up, at epoch 4):
+    # theta-hat's weights are in the checkpoint the resume reads.
+    assert list((crashed / "checkpoints").glob("step_*/advhooks_theta_hat_0.safetensors"))
 
     resumed = _run(crashed, processes)
     assert resumed["resumed_from"] is not None
-    assert resumed["monitor"] == reference["monitor"]  # history, flag, open sums: bit for bit
+    assert resumed["monitor"] == reference["monitor"]  # history, flag, open sums, theta-hat's R-hat: bit for bit
+    assert reference["reports"][-1]["rhat_kind"] == "fixed weights"
     by_epoch = {r["epoch"]: r for r in reference["reports"]}
     assert resumed["reports"], "the resumed run closed no epoch"
     for report in resumed["reports"]:

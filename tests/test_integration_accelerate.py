@@ -157,18 +157,37 @@ def test_two_processes_reduce_the_monitor_like_one_process_over_the_same_samples
     np.testing.assert_allclose(data["monitor"], data["recomputed"], rtol=1e-12)
 
 
-def test_cifar_example_on_digits_with_two_processes(tmp_path):
-    pytest.importorskip("sklearn", reason="the digits preset needs scikit-learn: pip install 'advhooks[demo]'")
-    report = tmp_path / "reports.json"
+def _cifar_example(processes: int, bench: pathlib.Path, report: pathlib.Path) -> subprocess.CompletedProcess:
+    args = [str(ROOT / "examples" / "cifar_adv.py"), "--dataset", "digits", "--epochs", "10", "--steps", "3",
+            "--batch-size", "128", "--benchmark", str(bench), "--report", str(report)]
+    if processes == 1:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    return _launch(*args, processes=processes)
+
+
+def test_cifar_example_gives_one_verdict_on_one_and_two_processes(tmp_path):
+    # The recipe of the docstring: a global batch of 128 for the benchmark and for every process count.
     bench = tmp_path / "clean.safetensors"
     subprocess.run([sys.executable, "-m", "advhooks.cli", "benchmark-clean", "--preset", "digits-mlp", "--epochs",
-                    "2", "--out", str(bench), "-q"], check=True, capture_output=True, timeout=300)
-    proc = _launch(str(ROOT / "examples" / "cifar_adv.py"), "--dataset", "digits", "--epochs", "2",
-                   "--steps", "2", "--max-train-samples", "256", "--benchmark", str(bench), "--report", str(report))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(report.read_text())
-    assert data["num_processes"] == 2 and len(data["reports"]) == 2
-    assert data["reports"][-1]["samples"] == 256
+                    "10", "--batch-size", "128", "--out", str(bench), "-q"], check=True, capture_output=True,
+                   timeout=300)
+    runs = {}
+    for processes in (1, 2):
+        report = tmp_path / f"reports{processes}.json"
+        proc = _cifar_example(processes, bench, report)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "differs from the clean benchmark" not in proc.stdout + proc.stderr  # no recipe warning
+        assert "final: R-hat" in proc.stdout and "% of the training time" in proc.stdout
+        runs[processes] = json.loads(report.read_text())
+        assert runs[processes]["num_processes"] == processes
+    one, two = runs[1]["reports"], runs[2]["reports"]
+    assert [r["lr"] for r in one] == [r["lr"] for r in two]  # the epoch schedule is not sped up by 2 processes
+    # Every training sample once per epoch; on 2 processes Accelerate pads the last global batch (even_batches).
+    assert one[-1]["samples"] == 1348 and two[-1]["samples"] == 11 * 128
+    for last in (one[-1], two[-1]):
+        assert not last["provisional"] and last["rhat_kind"] == "fixed weights" and last["comparable"]
+    (low1, high1), (low2, high2) = one[-1]["ratio_interval"], two[-1]["ratio_interval"]
+    assert low1 <= high2 and low2 <= high1, (one[-1]["ratio_interval"], two[-1]["ratio_interval"])
 
 
 def _write_tiny_cifar(root: pathlib.Path, per_batch: int = 40) -> None:

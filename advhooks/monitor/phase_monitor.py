@@ -15,10 +15,10 @@ from torch import nn
 
 from ..attacks import Attack
 from ..schedules import format_eps
+from .comparison import BenchmarkComparison
 from .history import EpochHistory
 from .probe import EpsStarProbe
 from .record import run_record, write_record
-from .comparison import BenchmarkComparison
 from .report import FAR_ABOVE, PhaseReport, caveats, judge, log_report, ratio_band
 from .rhat import EarlyStoppedRisk, Evaluation
 from .settings import MonitorSettings

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .._validation import check_finite_nonnegative, check_positive_int
 from .._distributed import Reducer
+from .._validation import check_finite_nonnegative, check_positive_int
 from ..attacks import PGD, Attack, unwrap_parallel
 from ..evaluation import FixedSubset, evaluate_adversarial_loss
 from ..uncertainty import MeanEstimate
