@@ -1,10 +1,11 @@
 """SIGKILL a training process mid-epoch, resume from its last Accelerate checkpoint, get the same reports.
 
 Runs examples/resumable_training.py (whose monitor evaluates theta-hat and R-hat itself) three times on
-the CPU with the same seed, on one process and on two (gloo, through accelerate launch): once uninterrupted, once killed (SIGKILL to every process, no
-chance to clean up) partway through an epoch, and once more in the killed run's folder, which resumes
-from the newest complete checkpoint. The resumed run's monitor history and reports must equal the
-uninterrupted run's exactly; on two processes that needs each rank's open-epoch sums back.
+the CPU with the same seed, on one process and on two (gloo, through accelerate launch): once
+uninterrupted, once killed (SIGKILL to every process, no chance to clean up) partway through an epoch, and
+once more in the killed run's folder, which resumes from the newest complete checkpoint. The resumed run's
+monitor history and reports must equal the uninterrupted run's exactly; on two processes that needs each
+rank's open-epoch sums back.
 """
 
 from __future__ import annotations
