@@ -2,8 +2,9 @@
 
 A LightningModule whose adversarial ``training_step`` comes from ``AdversarialTrainingMixin`` and a
 ``Trainer`` replace the hand-written loop, and ``PhaseMonitorCallback`` feeds the monitor (the
-`lightning (k/3)` comments mark these parts). It prints the adversarial training loss (and the monitor's
-ratio) each epoch and, unlike train_digits.py, does not evaluate on the test set.
+`lightning (k/3)` comments mark these parts). The callback evaluates the paper's verdict at each epoch's
+end (θ̂ by the PGD-10 test loss, R̂ at θ̂'s fixed weights on 512 training samples) and logs it with
+``pl_module.log_dict``; the script prints the adversarial training loss and the monitor's ratio each epoch.
 
     advhooks benchmark-clean --preset digits-mlp --out clean.safetensors
     python examples/train_digits_lightning.py --benchmark clean.safetensors --eps 16/255
@@ -66,11 +67,12 @@ def main(argv: list[str] | None = None) -> list:
     eps = parse_eps(args.eps)
 
     L.seed_everything(args.seed)
-    train_set, _ = load_digits(seed=0)
+    train_set, test_set = load_digits(seed=0)
     loader = DataLoader(train_set, batch_size=64, shuffle=True)
     model = LitDigits(eps, args.steps, args.objective, args.lr, args.epochs, args.width)
     # lightning (3/3): the monitor as a callback, the loop as a Trainer
-    callbacks = [PhaseMonitorCallback(args.benchmark, eps=eps)] if args.benchmark else []
+    callbacks = ([PhaseMonitorCallback(args.benchmark, eps=eps, eval_data=(train_set, test_set))]
+                 if args.benchmark else [])
     callbacks.append(EpochLine())
     trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, callbacks=callbacks, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
@@ -78,8 +80,10 @@ def main(argv: list[str] | None = None) -> list:
     reports = callbacks[0].reports if args.benchmark else []
     if reports:
         last = reports[-1]
-        print(f"final: ratio {last.ratio:.3f} (best {last.best_ratio:.3f} at epoch {last.best_epoch}), "
-              f"regime {last.regime}")
+        low, high = last.ratio_interval
+        print(f"final: R-hat {last.rhat:.4f} ({last.rhat_kind}, theta-hat = epoch {last.early_stopped_epoch}) = "
+              f"{last.ratio:.3f} x R*(0) [{low:.3f}, {high:.3f}], regime {last.regime}"
+              f"{' (provisional)' if last.provisional else ''}")
     return reports
 
 

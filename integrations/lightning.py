@@ -47,38 +47,54 @@ __all__ = ["AdversarialTrainingMixin", "CleanBenchmarkCallback", "PhaseMonitorCa
 class PhaseMonitorCallback(pl.Callback):
     """Run a :class:`~advhooks.monitor.PhaseMonitor` in a ``lightning.Trainer``.
 
+    At each training epoch's end the monitor evaluates the paper's verdict itself (unless ``evaluate=False``):
+    the adversarial test loss on the evaluation set picks θ̂, and R̂ is evaluated at θ̂'s fixed weights on a
+    fixed subset of the training set (``PhaseMonitor.evaluate_with``), every process taking its share.
+
     Args:
         benchmark: a clean benchmark (object or file path) or R*(0) as a number.
-        eps, threshold, patience, warmup_epochs, total_epochs, min_delta, on_flag: as in ``PhaseMonitor``
-            (``total_epochs`` defaults to the trainer's ``max_epochs``).
         stop_on_flag: set ``trainer.should_stop`` when ε ≫ ε* is flagged.
         output_key: where ``training_step``'s returned dict holds the :class:`~advhooks.StepOutput`.
+        eval_data: ``(train_data, test_data)`` data sets of ``(inputs, label)`` without augmentation; default:
+            the data sets of the trainer's training and (first) validation loaders (without a validation
+            loader the verdict stays provisional).
+        evaluate: ``False``: no evaluation of the callback's own (the verdict is provisional).
+        **settings: the monitor's settings (``eps``, ``threshold``, ``warmup_epochs``, ``total_epochs``,
+            ``on_flag``, ``strict``, ``attack`` ...), passed to :class:`~advhooks.monitor.PhaseMonitor` as they
+            are, with its defaults; ``total_epochs`` defaults to the trainer's ``max_epochs``.
     """
 
-    def __init__(self, benchmark: Any, eps: float | None = None, threshold: float = 1.5, patience: int = 5,
-                 warmup_epochs: int | None = None, total_epochs: int | None = None, min_delta: float = 0.01,
-                 on_flag: Any = None, stop_on_flag: bool = False, output_key: str = "step_output") -> None:
-        self._kwargs = dict(eps=eps, threshold=threshold, patience=patience, warmup_epochs=warmup_epochs,
-                            total_epochs=total_epochs, min_delta=min_delta, on_flag=on_flag)
+    def __init__(self, benchmark: Any, *, stop_on_flag: bool = False, output_key: str = "step_output",
+                 eval_data: tuple[Any, Any] | None = None, evaluate: bool = True, **settings: Any) -> None:
         self.benchmark = str(benchmark) if isinstance(benchmark, os.PathLike) else benchmark
-        self.monitor = PhaseMonitor(self.benchmark, **self._kwargs)
-        self.stop_on_flag = stop_on_flag
-        self.output_key = output_key
+        self.settings, self.stop_on_flag, self.output_key = settings, stop_on_flag, output_key
+        self.eval_data, self.evaluate = eval_data, evaluate
+        self.monitor = PhaseMonitor(self.benchmark, **settings)
         self.reports: list[PhaseReport] = []
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(eps=self._kwargs["eps"], threshold=self._kwargs["threshold"])
+        return self._generate_state_key(eps=self.settings.get("eps"), threshold=self.settings.get("threshold"))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Without total_epochs, the monitor learns the run's length from the trainer (its own default
         # warm-up and short-run warning then apply).
-        kwargs = dict(self._kwargs)
-        if self._kwargs["total_epochs"] is None and trainer.max_epochs and trainer.max_epochs > 0:
-            kwargs["total_epochs"] = trainer.max_epochs
+        settings = dict(self.settings)
+        if settings.get("total_epochs") is None and trainer.max_epochs and trainer.max_epochs > 0:
+            settings["total_epochs"] = trainer.max_epochs
         kept = self.monitor.state_dict()
-        self.monitor = PhaseMonitor(self.benchmark, **kwargs)
+        self.monitor = PhaseMonitor(self.benchmark, **settings)
         self.monitor.load_state_dict(kept)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The loaders exist from here on; a resumed θ̂'s weights go back to the module's device.
+        if not self.evaluate:
+            return
+        train, test = self.eval_data or (_dataset_of(trainer.train_dataloader), _dataset_of(trainer.val_dataloaders))
+        if train is not None:
+            kept = self.monitor.state_dict()
+            self.monitor.evaluate_with(pl_module, train, test, device=pl_module.device)
+            self.monitor.load_state_dict(kept)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         out = outputs.get(self.output_key) if isinstance(outputs, dict) else None
@@ -100,6 +116,15 @@ class PhaseMonitorCallback(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.monitor.load_state_dict(state_dict)
+
+
+def _dataset_of(loaders: Any) -> Any:
+    """The data set of a loader, or of the first of a list / dict of loaders (``None`` when there is none)."""
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    elif isinstance(loaders, dict):
+        loaders = next(iter(loaders.values()), None)
+    return getattr(loaders, "dataset", None)
 
 
 class AdversarialTrainingMixin:

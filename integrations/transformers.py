@@ -5,7 +5,7 @@
 
     trainer = AdversarialTrainer(
         model=vit, args=TrainingArguments(..., restore_callback_states_from_checkpoint=True),
-        train_dataset=ds, attack=PGD(eps=8/255), input_key="pixel_values",
+        train_dataset=ds, eval_dataset=test_ds, attack=PGD(eps=8/255), input_key="pixel_values",
         callbacks=[PhaseMonitorCallback("clean.safetensors", eps=8/255, stop_on_flag=True)],
     )
     trainer.train()
@@ -16,9 +16,12 @@ image processor normalises, so ε stays in pixel units). Text: ``input_key="inpu
 adversarial training; the attack needs ``bounds=None``); gradients still reach the embedding matrix.
 Evaluation uses the standard loss unless ``adversarial_eval=True``.
 
-The callback logs through the Trainer's logging (so to its ``report_to`` trackers), can stop training
-when ε ≫ ε* is flagged, and saves its state with the Trainer's stateful-callback mechanism (enable
-``restore_callback_states_from_checkpoint`` to restore it on resume).
+The callback evaluates the paper's verdict at every epoch's end (θ̂ by the adversarial loss on the
+``eval_dataset``, R̂ at θ̂'s fixed weights on a fixed training subset), logs through the Trainer's logging
+(so to its ``report_to`` trackers; ``advhooks/regime`` is the regime's index, ``advhooks/provisional`` 1 or
+0), can stop training when ε ≫ ε* is flagged, and saves its state with the Trainer's stateful-callback
+mechanism (enable ``restore_callback_states_from_checkpoint`` to restore it on resume; θ̂'s weights are not
+part of it: a resume while θ̂'s R̂ is pending waits for the next θ̂).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from __future__ import annotations
 import logging
 import os
 from typing import Any
+
+import torch
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -46,23 +51,32 @@ log = logging.getLogger(__name__)
 class PhaseMonitorCallback(TrainerCallback, ExportableState):
     """Run a :class:`~advhooks.monitor.PhaseMonitor` inside a ``Trainer`` (fed by :class:`AdversarialTrainer`).
 
+    At each epoch's end the monitor evaluates the paper's verdict itself (unless ``evaluate=False``): the
+    adversarial test loss on the evaluation set picks θ̂, and R̂ is evaluated at θ̂'s fixed weights on a fixed
+    subset of the training set (``PhaseMonitor.evaluate_with``), whether or not the Trainer evaluates, every
+    process taking its share.
+
     Args:
-        benchmark: path of the clean benchmark file, or R*(0) as a number (plain values, so the Trainer
-            can rebuild the callback from its checkpoint).
-        eps, threshold, patience, warmup_epochs, total_epochs, min_delta: as in ``PhaseMonitor``.
+        benchmark: path of the clean benchmark file, or R*(0) as a number.
         stop_on_flag: set ``control.should_training_stop`` when ε ≫ ε* is flagged.
+        eval_data: ``(train_dataset, eval_dataset)`` of dict samples without augmentation; default: the
+            Trainer's ``train_dataset`` and ``eval_dataset`` (without an evaluation set the verdict stays
+            provisional). Read with the trainer's ``input_key`` and ``label_key``.
+        evaluate: ``False``: no evaluation of the callback's own (the verdict is provisional).
         monitor_state: a monitor ``state_dict()`` to start from (used when resuming).
+        **settings: the monitor's settings (``eps``, ``threshold``, ``warmup_epochs``, ``total_epochs``,
+            ``strict``, ``attack`` ...), passed to :class:`~advhooks.monitor.PhaseMonitor` as they are, with
+            its defaults; ``total_epochs`` defaults to the Trainer's ``num_train_epochs``. The Trainer rebuilds
+            a callback from its checkpoint with the settings that are plain values (not ``attack``).
     """
 
-    def __init__(self, benchmark: str | os.PathLike | float, eps: float | None = None, threshold: float = 1.5,
-                 patience: int = 5, warmup_epochs: int | None = None, total_epochs: int | None = None,
-                 min_delta: float = 0.01, stop_on_flag: bool = False, monitor_state: dict | None = None) -> None:
-        benchmark = str(benchmark) if isinstance(benchmark, os.PathLike) else benchmark
-        self._args = dict(benchmark=benchmark, eps=eps, threshold=threshold, patience=patience,
-                          warmup_epochs=warmup_epochs, total_epochs=total_epochs, min_delta=min_delta,
-                          stop_on_flag=stop_on_flag)
-        self.monitor = PhaseMonitor(benchmark, **self._monitor_kwargs())
-        self.stop_on_flag = stop_on_flag
+    def __init__(self, benchmark: str | os.PathLike | float, *, stop_on_flag: bool = False,
+                 eval_data: tuple[Any, Any] | None = None, evaluate: bool = True, monitor_state: dict | None = None,
+                 **settings: Any) -> None:
+        self.benchmark = str(benchmark) if isinstance(benchmark, os.PathLike) else benchmark
+        self.settings, self.stop_on_flag, self.evaluate = settings, stop_on_flag, evaluate
+        self.eval_data = eval_data
+        self.monitor = PhaseMonitor(self.benchmark, **settings)
         self.trainer: Trainer | None = None
         self.reports: list = []
         if monitor_state is not None:
@@ -70,32 +84,49 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
 
     @property
     def monitor_state(self) -> dict:
-        """The monitor's plain-value state (set it to restore)."""
-        return self.monitor.state_dict()
+        """The monitor's state without θ̂'s pending weights (the Trainer stores callback states as JSON)."""
+        state = self.monitor.state_dict()
+        state.pop("theta_hat_weights", None)
+        return state
 
     @monitor_state.setter
     def monitor_state(self, value: dict) -> None:
         self.monitor.load_state_dict(value)
 
     def state(self) -> dict:
-        """The Trainer's stateful-callback hook: constructor args and the monitor's state."""
-        return {"args": dict(self._args), "attributes": {"monitor_state": self.monitor.state_dict()}}
+        """The Trainer's stateful-callback hook: the plain-valued arguments and the monitor's state."""
+        plain = {k: v for k, v in self.settings.items() if isinstance(v, (int, float, str, bool, type(None)))}
+        return {"args": {"benchmark": self.benchmark, "stop_on_flag": self.stop_on_flag, "evaluate": self.evaluate,
+                         **plain},
+                "attributes": {"monitor_state": self.monitor_state}}
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        # The Trainer knows the run's recipe: compare it with the benchmark's (one warning naming each
-        # difference), keeping any state restored from a checkpoint.
+        # The Trainer knows the run's recipe (the global batch counts the processes and the accumulation) and
+        # its length: the monitor compares them with the benchmark's, keeping any state restored from a checkpoint.
+        settings = dict(self.settings)
         recipe = {"batch_size": args.per_device_train_batch_size * max(args.world_size, 1)
                   * args.gradient_accumulation_steps, "lr": args.learning_rate, "weight_decay": args.weight_decay,
-                  "model": model}
-        if self._args["total_epochs"] is None and args.num_train_epochs and args.max_steps <= 0:
-            recipe["epochs"] = int(args.num_train_epochs)
+                  **settings.pop("recipe", {})}
+        if settings.get("total_epochs") is None and args.num_train_epochs and args.max_steps <= 0:
+            settings["total_epochs"] = int(args.num_train_epochs)
         kept = self.monitor.state_dict()
-        self.monitor = PhaseMonitor(self._args["benchmark"], **self._monitor_kwargs(), recipe=recipe)
+        self.monitor = PhaseMonitor(self.benchmark, **settings, recipe=recipe)
+        self._evaluate_with(model)
         self.monitor.load_state_dict(kept)
         return control
 
-    def _monitor_kwargs(self) -> dict:
-        return {k: v for k, v in self._args.items() if k not in ("benchmark", "stop_on_flag")}
+    def _evaluate_with(self, model: Any) -> None:
+        """Hand the monitor the model and the data of its own evaluation, when there is some."""
+        trainer = self.trainer
+        if not self.evaluate or model is None or trainer is None:
+            return
+        train, test = self.eval_data or (trainer.train_dataset, trainer.eval_dataset)
+        step = trainer.adversarial_step
+        if train is None or step.input_key == "inputs_embeds":  # (token ids are not what the attack perturbs)
+            return
+        keys = (step.input_key or "pixel_values", step.label_key)
+        pairs = [None if d is None else _PairsOfDicts(d, *keys) for d in (train, test)]
+        self.monitor.evaluate_with(model, pairs[0], pairs[1], device=next(model.parameters()).device)
 
     def update(self, output: StepOutput) -> None:
         """Add one batch (called by :class:`AdversarialTrainerMixin`)."""
@@ -107,16 +138,29 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
             return control
         report = self.monitor.epoch_end()
         self.reports.append(report)
-        metrics = report.metrics("advhooks/")
         if self.trainer is not None:
             # Trainer.log() clears control.should_log; keep it, or the Trainer drops its own loss line
             # for the epoch's last step (logging_strategy="epoch" logs right after this event).
             should_log = control.should_log
-            self.trainer.log(metrics)
+            self.trainer.log(report.metrics("advhooks/"))
             control.should_log = should_log
         if self.stop_on_flag and report.should_stop:
             control.should_training_stop = True
         return control
+
+
+class _PairsOfDicts(torch.utils.data.Dataset):
+    """A data set of dict samples seen as ``(inputs, label)`` pairs, for the monitor's evaluation."""
+
+    def __init__(self, dataset: Any, input_key: str, label_key: str) -> None:
+        self.dataset, self.input_key, self.label_key = dataset, input_key, label_key
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        sample = self.dataset[index]
+        return sample[self.input_key], sample[self.label_key]
 
 
 class AdversarialTrainerMixin:
@@ -140,6 +184,7 @@ class AdversarialTrainerMixin:
                                                 beta=beta, clean_fraction=clean_fraction, input_key=input_key,
                                                 label_key=label_key)
         self.adversarial_eval = adversarial_eval
+        self._phase_callbacks()  # they read the data sets and the keys from this trainer
 
     def _phase_callbacks(self) -> list[PhaseMonitorCallback]:
         found = [cb for cb in self.callback_handler.callbacks if isinstance(cb, PhaseMonitorCallback)]
@@ -185,22 +230,6 @@ class AdversarialTrainer(AdversarialTrainerMixin, Trainer):
     """``transformers.Trainer`` that trains adversarially (see :class:`AdversarialTrainerMixin`)."""
 
 
-
-
-class _PairsFromDicts:
-    """Iterate a dict-batch data set as ``(inputs, labels)`` batches for the clean evaluation."""
-
-    def __init__(self, dataset: Any, input_key: str, label_key: str, batch_size: int, device: Any) -> None:
-        import torch.utils.data as tud
-
-        self.loader = tud.DataLoader(dataset, batch_size=batch_size)
-        self.input_key, self.label_key, self.device = input_key, label_key, device
-
-    def __iter__(self):
-        for batch in self.loader:
-            yield batch[self.input_key].to(self.device), batch[self.label_key].to(self.device)
-
-
 class CleanBenchmarkCallback(TrainerCallback):
     """Record the clean benchmark R*(0) from a plain (clean) ``Trainer`` run: the same recipe as your adversarial one.
 
@@ -224,14 +253,13 @@ class CleanBenchmarkCallback(TrainerCallback):
         self.recorder: CleanBenchmarkRecorder | None = None
         self.benchmark = None
 
-    def _pairs(self, dataset: Any, model: Any) -> _PairsFromDicts:
-        return _PairsFromDicts(dataset, *self.keys, self.batch_size, next(model.parameters()).device)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         recipe = {"batch_size": args.per_device_train_batch_size * max(args.world_size, 1)
                   * args.gradient_accumulation_steps, "optimizer": str(args.optim), "lr": args.learning_rate,
                   "weight_decay": args.weight_decay, "schedule": str(args.lr_scheduler_type)}
-        self.recorder = CleanBenchmarkRecorder(self._pairs(self.test_dataset, model), recipe=recipe)
+        self.recorder = CleanBenchmarkRecorder(_PairsOfDicts(self.test_dataset, *self.keys), recipe=recipe,
+                                               batch_size=self.batch_size, device=next(model.parameters()).device)
         return control
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
@@ -241,7 +269,7 @@ class CleanBenchmarkCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero and self.recorder is not None and self.recorder.epoch:
-            train = None if self.train_dataset is None else self._pairs(self.train_dataset, model)
+            train = None if self.train_dataset is None else _PairsOfDicts(self.train_dataset, *self.keys)
             self.benchmark = self.recorder.finish(model, train_data=train)
             self.benchmark.save(self.path)
             log.info("clean benchmark R*(0) = %.4f (epoch %s) written to %s", self.benchmark.clean_test_loss,

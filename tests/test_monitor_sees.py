@@ -60,6 +60,14 @@ def test_fingerprints_look_through_wrappers():
     assert model_fingerprint(compiled) == model_fingerprint(model)
     assert model_fingerprint(nn.DataParallel(compiled))["class"].endswith("SmallCNN")
 
+    class Holder(nn.Module):  # a LightningModule's self.net, a task head around a backbone
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+    assert model_fingerprint(Holder(model)) == model_fingerprint(model)
+    assert model_fingerprint(nn.Sequential(model, nn.Linear(10, 2))) != model_fingerprint(model)
+
 
 def test_a_different_model_or_data_makes_the_ratio_incomparable(caplog):
     bench = _bench(SmallCNN())

@@ -42,15 +42,27 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def model_fingerprint(model: nn.Module) -> dict[str, Any]:
-    """Class, parameter count and a hash of parameter names and shapes, of the module inside any wrapper
-    (:func:`unwrap_model`): the same model fingerprints the same under DDP or ``torch.compile``."""
-    model = unwrap_model(model)
+    """Class, parameter count and a hash of parameter names and shapes, of the network inside any wrapper:
+    framework wrappers (:func:`unwrap_model`: DDP, ``torch.compile``) and containers whose parameters all
+    live in one child (a LightningModule's ``self.net``, a model class around a backbone). The same network
+    fingerprints the same however it is held."""
+    model = _network_of(unwrap_model(model))
     params = list(model.named_parameters())
     return {
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
         "num_parameters": int(sum(p.numel() for _, p in params)),
         "hash": _sha256(f"{n}:{tuple(p.shape)};".encode() for n, p in params),
     }
+
+
+def _network_of(model: nn.Module) -> nn.Module:
+    """Descend through modules that own no parameter themselves and hold all of them in one child."""
+    while not any(True for _ in model.parameters(recurse=False)):
+        holders = [child for child in model.children() if any(True for _ in child.parameters())]
+        if len(holders) != 1:
+            return model
+        model = unwrap_model(holders[0])
+    return model
 
 
 def dataset_fingerprint(train: Dataset | None, test: Dataset) -> dict[str, Any]:

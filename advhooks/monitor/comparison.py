@@ -66,4 +66,5 @@ class BenchmarkComparison:
         return {"differences": dict(self.named)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.named = dict(state.get("differences") or {})
+        """Add the differences a saved run had found (those this monitor found already stay named)."""
+        self.named = {**dict(state.get("differences") or {}), **self.named}

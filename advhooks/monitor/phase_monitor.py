@@ -243,7 +243,7 @@ class PhaseMonitor(MonitorSettings):
         _check_state(state, self.clean_test_loss)
         self.history.load_state_dict(state, int(state["epoch"]))
         self._risk.load_state_dict(state)
-        self._batch_size_seen = bool(state.get("batch_size_seen", self._batch_size_seen))
+        self._batch_size_seen = self._batch_size_seen or bool(state.get("batch_size_seen", False))
         self._comparison.load_state_dict(state)
         self.flag_epoch = None if state["flag_epoch"] is None else int(state["flag_epoch"])
         self.eps_star_lower_bound = _optional_float(state["eps_star_lower_bound"])
