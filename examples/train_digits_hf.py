@@ -31,6 +31,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments  # transformers (1/3)
 
 from advhooks import PGD, parse_eps
+from advhooks.integrations.accelerate import finish
 from advhooks.integrations.transformers import AdversarialTrainer, CleanBenchmarkCallback, PhaseMonitorCallback
 from advhooks.kit.data import load_digits
 from advhooks.kit.presets import get_preset
@@ -86,16 +87,19 @@ def main(argv: list[str] | None = None) -> list:
                                           logging_strategy="epoch", disable_tqdm=True, seed=args.seed)
         if args.benchmark and not os.path.exists(args.benchmark):  # the model's own R*(0), same recipe, eps = 0
             recorder = CleanBenchmarkCallback(test, args.benchmark, train_dataset=train)
-            Trainer(model=model(), args=training_args, train_dataset=train, callbacks=[recorder]).train()
-            print(f"clean benchmark: R*(0) = {recorder.benchmark.clean_test_loss:.4f} "
-                  f"(epoch {recorder.benchmark.best_epoch}) -> {args.benchmark}")
+            clean = Trainer(model=model(), args=training_args, train_dataset=train, callbacks=[recorder])
+            clean.train()
+            clean.accelerator.wait_for_everyone()  # the main process writes the file the others read next
+            if clean.is_world_process_zero():
+                print(f"clean benchmark: R*(0) = {recorder.benchmark.clean_test_loss:.4f} "
+                      f"(epoch {recorder.benchmark.best_epoch}) -> {args.benchmark}")
         callbacks = [PhaseMonitorCallback(args.benchmark, eps=eps)] if args.benchmark else []
         # transformers (3/3): the Trainer with the adversarial mixin, the monitor callback and the evaluation set
         trainer = AdversarialTrainer(model=model(), args=training_args, train_dataset=train, eval_dataset=test,
                                      attack=PGD(eps, steps=args.steps), input_key="pixel_values", callbacks=callbacks)
         trainer.train()
     reports = callbacks[0].reports if callbacks else []
-    if reports:
+    if reports and trainer.is_world_process_zero():
         last = reports[-1]
         low, high = last.ratio_interval
         print(f"final: R-hat {last.rhat:.4f} ({last.rhat_kind}, theta-hat = epoch {last.early_stopped_epoch}) = "
@@ -106,3 +110,4 @@ def main(argv: list[str] | None = None) -> list:
 
 if __name__ == "__main__":
     main()
+    finish()  # on several processes (accelerate launch): all meet and exit here (see its docs)

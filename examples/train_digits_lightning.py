@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from advhooks import PGD, parse_eps
+from advhooks.integrations.accelerate import finish
 from advhooks.integrations.lightning import AdversarialTrainingMixin, PhaseMonitorCallback
 from advhooks.kit.data import load_digits
 from advhooks.kit.presets import get_preset
@@ -46,6 +47,8 @@ class EpochLine(L.Callback):
     """One line per epoch: the adversarial training loss the mixin logs (and the monitor's ratio, if any)."""
 
     def on_train_epoch_end(self, trainer, pl_module):
+        if not trainer.is_global_zero:
+            return
         m = trainer.callback_metrics
         line = f"epoch {trainer.current_epoch + 1:3d}  adv train loss {float(m['train/adv_loss']):.4f}"
         if "advhooks/ratio" in m:
@@ -63,22 +66,25 @@ def main(argv: list[str] | None = None) -> list:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--devices", type=int, default=1, help="processes (DDP on the CPU when > 1); the global batch "
+                   "stays 64, the benchmark's")
     args = p.parse_args(argv)
     eps = parse_eps(args.eps)
 
     L.seed_everything(args.seed)
     train_set, test_set = load_digits(seed=0)
-    loader = DataLoader(train_set, batch_size=64, shuffle=True)
+    loader = DataLoader(train_set, batch_size=64 // args.devices, shuffle=True)  # Lightning shards it per process
     model = LitDigits(eps, args.steps, args.objective, args.lr, args.epochs, args.width)
     # lightning (3/3): the monitor as a callback, the loop as a Trainer
     callbacks = ([PhaseMonitorCallback(args.benchmark, eps=eps, eval_data=(train_set, test_set))]
                  if args.benchmark else [])
     callbacks.append(EpochLine())
-    trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, callbacks=callbacks, logger=False,
+    trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=args.devices, callbacks=callbacks,
+                        strategy="ddp" if args.devices > 1 else "auto", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, loader)
     reports = callbacks[0].reports if args.benchmark else []
-    if reports:
+    if reports and trainer.is_global_zero:
         last = reports[-1]
         low, high = last.ratio_interval
         print(f"final: R-hat {last.rhat:.4f} ({last.rhat_kind}, theta-hat = epoch {last.early_stopped_epoch}) = "
@@ -89,3 +95,4 @@ def main(argv: list[str] | None = None) -> list:
 
 if __name__ == "__main__":
     main()
+    finish()  # with --devices > 1: all processes meet and exit here (see its docs)

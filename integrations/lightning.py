@@ -106,8 +106,10 @@ class PhaseMonitorCallback(pl.Callback):
             return
         report = self.monitor.epoch_end()
         self.reports.append(report)
-        # Already reduced across processes by the monitor: no sync_dist.
-        pl_module.log_dict(report.metrics("advhooks/"), on_step=False, on_epoch=True)
+        # The same on every process (the monitor reduced them): sync_dist only keeps Lightning from warning,
+        # its mean over processes is the value itself.
+        pl_module.log_dict(report.metrics("advhooks/"), on_step=False, on_epoch=True,
+                           sync_dist=trainer.world_size > 1)
         if self.stop_on_flag and report.should_stop:
             trainer.should_stop = True
 

@@ -108,3 +108,32 @@ def test_clean_benchmark_from_a_clean_fit(tmp_path):
     bench = CleanBenchmark.load(tmp_path / "clean.safetensors")
     assert bench.clean_test_loss == pytest.approx(min(callback.recorder.history), rel=1e-6)
     assert bench.training["epochs"] == 3 and bench.training["batch_size"] == 32 and bench.n_train == 96
+
+
+def test_the_callback_evaluates_theta_hat_and_rhat_and_logs_the_verdict(tmp_path):
+    from advhooks.monitor import REGIMES
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    test = TensorDataset(torch.rand(48, 1, 8, 8, generator=g), torch.randint(0, 10, (48,), generator=g))
+    train_loader = _loader()
+    callback = PhaseMonitorCallback(0.5, eps=8 / 255, warmup_epochs=2,
+                                    eval_data=(train_loader.dataset, test))
+    trainer = _trainer(tmp_path, 3, [callback], enable_checkpointing=False)
+    trainer.fit(LitNet(), train_loader)
+    last = callback.reports[-1]
+    assert last.adv_test_loss is not None and last.rhat_kind == "fixed weights" and not last.provisional
+    metrics = trainer.callback_metrics
+    assert float(metrics["advhooks/provisional"]) == 0.0
+    assert float(metrics["advhooks/regime"]) == REGIMES.index(last.regime)
+
+
+def test_the_validation_loader_is_the_default_evaluation_set(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    val = DataLoader(TensorDataset(torch.rand(48, 1, 8, 8, generator=g), torch.randint(0, 10, (48,), generator=g)),
+                     batch_size=16)
+    callback = PhaseMonitorCallback(0.5, eps=8 / 255, warmup_epochs=1)
+    model = LitNet()
+    model.validation_step = lambda batch, batch_idx=0: None  # a validation loop that computes nothing
+    _trainer(tmp_path, 2, [callback], enable_checkpointing=False).fit(model, _loader(), val)
+    assert callback.reports[-1].rhat_kind == "fixed weights"

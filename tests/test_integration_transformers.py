@@ -43,8 +43,8 @@ def _tiny_vit():
     return ViTForImageClassification(config)
 
 
-def _digits_like(n=96):
-    g = torch.Generator().manual_seed(0)
+def _digits_like(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
     return DictDataset(pixel_values=torch.rand(n, 1, 8, 8, generator=g), labels=torch.randint(0, 10, (n,), generator=g))
 
 
@@ -186,3 +186,30 @@ def test_clean_benchmark_from_a_plain_trainer_run_and_no_recipe_warning_after(tm
                            callbacks=[PhaseMonitorCallback(str(tmp_path / "clean.safetensors"), eps=8 / 255)]).train()
     (warning,) = [r.getMessage() for r in caplog.records if "recipe" in r.getMessage()]
     assert "batch size 16 vs the benchmark's 32" in warning
+
+
+@pytest.mark.parametrize("eval_strategy", ["no", "epoch"])
+def test_the_callback_evaluates_theta_hat_and_rhat_and_logs_the_verdict(tmp_path, eval_strategy):
+    from advhooks.monitor import REGIMES
+
+    torch.manual_seed(0)
+    callback = PhaseMonitorCallback(0.5, eps=8 / 255, warmup_epochs=2)
+    trainer = AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path, eval_strategy=eval_strategy),
+                                 train_dataset=_digits_like(96), eval_dataset=_digits_like(48, seed=1),
+                                 attack=PGD(8 / 255, steps=1), callbacks=[callback])
+    trainer.train()
+    last = callback.reports[-1]
+    assert last.adv_test_loss is not None and last.rhat_kind == "fixed weights" and not last.provisional
+    assert last.rhat != last.adv_train_loss  # R-hat of fixed weights, not the epoch's running mean
+    logged = [h for h in trainer.state.log_history if "advhooks/regime" in h]
+    assert len(logged) == 3 and logged[0]["advhooks/provisional"] == 1.0 and logged[-1]["advhooks/provisional"] == 0.0
+    assert logged[-1]["advhooks/regime"] == REGIMES.index(last.regime)
+    if eval_strategy == "epoch":  # the Trainer's own evaluation still runs beside the callback's
+        assert [h for h in trainer.state.log_history if "eval_loss" in h]
+
+
+def test_without_an_evaluation_set_the_verdict_stays_provisional(tmp_path):
+    callback = PhaseMonitorCallback(0.5, eps=8 / 255, warmup_epochs=1)
+    AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path, num_train_epochs=2), train_dataset=_digits_like(),
+                       attack=PGD(8 / 255, steps=1), callbacks=[callback]).train()
+    assert callback.reports[-1].rhat_kind == "provisional" and callback.reports[-1].provisional
