@@ -108,14 +108,14 @@ def main(argv: list[str] | None = None) -> list:
                 rob_loss, rob_acc = evaluate(model, test_loader, eval_attack)
                 line += f"  PGD-20 test loss {rob_loss:.4f} acc {rob_acc:.3f}"
             log.info(line)
+    training_seconds = time.perf_counter() - start
     if args.eps > 0:  # a stronger check than PGD-20: APGD-CE then APGD-T, with the cheap "fast" settings
         suite = evaluate_robustness(model, test_set, args.eps, suite="fast")
         log.info("robust test accuracy (fast suite: APGD-CE, APGD-T) %.3f", suite.robust_accuracy)
     if reports:
-        last = reports[-1]
-        low, high = last.ratio_interval
-        log.info("final: ratio %.3f [%.3f, %.3f] (R-hat of the epoch-%s model), regime %s", last.ratio, low, high,
-                 last.early_stopped_epoch, last.regime)
+        share = sum(monitor.evaluation_seconds.values()) / training_seconds
+        log.info("final: %s; the monitor's evaluation took %.1f %% of the training time", reports[-1].summary(),
+                 100 * share)
     if monitor is not None and args.save_record:
         log.info("wrote %s", monitor.save_record(args.save_record, weights=True))
     log.info("done in %.1f s", time.perf_counter() - start)

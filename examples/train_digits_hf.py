@@ -97,14 +97,11 @@ def main(argv: list[str] | None = None) -> list:
         # transformers (3/3): the Trainer with the adversarial mixin, the monitor callback and the evaluation set
         trainer = AdversarialTrainer(model=model(), args=training_args, train_dataset=train, eval_dataset=test,
                                      attack=PGD(eps, steps=args.steps), input_key="pixel_values", callbacks=callbacks)
-        trainer.train()
+        seconds = trainer.train().metrics["train_runtime"]
     reports = callbacks[0].reports if callbacks else []
     if reports and trainer.is_world_process_zero():
-        last = reports[-1]
-        low, high = last.ratio_interval
-        print(f"final: R-hat {last.rhat:.4f} ({last.rhat_kind}, theta-hat = epoch {last.early_stopped_epoch}) = "
-              f"{last.ratio:.3f} x R*(0) [{low:.3f}, {high:.3f}], regime {last.regime}"
-              f"{' (provisional)' if last.provisional else ''}")
+        share = sum(callbacks[0].monitor.evaluation_seconds.values()) / seconds
+        print(f"final: {reports[-1].summary()}; the monitor's evaluation took {100 * share:.1f} % of the training time")
     return reports
 
 

@@ -13,6 +13,7 @@ end (θ̂ by the PGD-10 test loss, R̂ at θ̂'s fixed weights on 512 training s
 from __future__ import annotations
 
 import argparse
+import time
 
 import lightning as L  # lightning (1/3)
 import torch
@@ -82,14 +83,13 @@ def main(argv: list[str] | None = None) -> list:
     trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=args.devices, callbacks=callbacks,
                         strategy="ddp" if args.devices > 1 else "auto", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    started = time.perf_counter()
     trainer.fit(model, loader)
+    seconds = time.perf_counter() - started
     reports = callbacks[0].reports if args.benchmark else []
     if reports and trainer.is_global_zero:
-        last = reports[-1]
-        low, high = last.ratio_interval
-        print(f"final: R-hat {last.rhat:.4f} ({last.rhat_kind}, theta-hat = epoch {last.early_stopped_epoch}) = "
-              f"{last.ratio:.3f} x R*(0) [{low:.3f}, {high:.3f}], regime {last.regime}"
-              f"{' (provisional)' if last.provisional else ''}")
+        share = sum(callbacks[0].monitor.evaluation_seconds.values()) / seconds
+        print(f"final: {reports[-1].summary()}; the monitor's evaluation took {100 * share:.1f} % of the training time")
     return reports
 
 

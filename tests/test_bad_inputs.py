@@ -56,6 +56,18 @@ def _bench(tmp: Path) -> Path:
     return CleanBenchmark.measure(net, data, train_loader=data).save(tmp / "b.safetensors")
 
 
+def _pairs(n: int) -> torch.utils.data.TensorDataset:
+    return torch.utils.data.TensorDataset(_x(n), _y(n))
+
+
+def _accelerated(**kwargs):
+    from accelerate import Accelerator
+
+    from advhooks.integrations.accelerate import AcceleratedAdversarialTraining
+
+    return AcceleratedAdversarialTraining(Accelerator(cpu=True), SmallCNN(), PGD(0.1), **kwargs)
+
+
 class _Payload:
     def __init__(self, target: str) -> None:
         self.target = target
@@ -127,6 +139,13 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
     "monitor-state-from-another-benchmark": (
         lambda t: PhaseMonitor(0.2).load_state_dict(PhaseMonitor(0.3).state_dict()), ValueError,
         r"recorded against R\*\(0\) = 0.3"),
+    "monitor-strict-model-mismatch": (
+        lambda t: PhaseMonitor(_bench(t), strict=True).evaluate_with(SmallCNN(), _pairs(8), _pairs(8)), ValueError,
+        r"differ in model or data, so R-hat / R\*\(0\) would compare unlike things \(strict=True\)"),
+    "monitor-strict-not-a-bool": (lambda t: PhaseMonitor(0.2, strict="yes"), TypeError,
+                                  r"strict must be True or False"),
+    "accelerate-eval-data-without-monitor": (lambda t: _accelerated(eval_data=(_pairs(8), _pairs(8))), ValueError,
+                                             r"eval_data needs a monitor"),
     "benchmark-missing-file": (lambda t: CleanBenchmark.load(t / "none.safetensors"), FileNotFoundError,
                                r"none.safetensors"),
     "benchmark-truncated": (lambda t: CleanBenchmark.load(_truncated(t)), BenchmarkFormatError, r"truncated"),

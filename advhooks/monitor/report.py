@@ -113,6 +113,24 @@ class PhaseReport:
         out.update({f"{prefix}{k}": float(v) for k, v in optional.items() if v is not None})
         return out
 
+    def summary(self) -> str:
+        """The verdict in one line: R̂ and its kind, θ̂'s epoch, ρ with its band, the regime and its caveats.
+
+        Example:
+            >>> report = PhaseReport(epoch=3, eps=0.1, adv_train_loss=0.3, clean_test_loss=0.2, ratio=1.5,
+            ...                      best_ratio=1.5, best_epoch=3, regime="above eps*", flagged=False, flag_epoch=None,
+            ...                      eps_star_lower_bound=None, probe=None, samples=10, explanation="",
+            ...                      ratio_interval=(1.2, 1.9), rhat=0.3, rhat_kind="fixed weights",
+            ...                      early_stopped_epoch=2, provisional=False)
+            >>> report.summary()
+            'R-hat 0.3000 (fixed weights, theta-hat = epoch 2) = 1.500 x R*(0) [1.200, 1.900], regime above eps*'
+        """
+        where = "" if self.early_stopped_epoch is None else f", theta-hat = epoch {self.early_stopped_epoch}"
+        low, high = self.ratio_interval
+        return (f"R-hat {self.rhat:.4f} ({self.rhat_kind}{where}) = {self.ratio:.3f} x R*(0) [{low:.3f}, {high:.3f}], "
+                f"regime {self.regime}{' (provisional)' if self.provisional else ''}"
+                f"{'' if self.comparable else f' (NOT COMPARABLE with the benchmark: {self.unlike})'}")
+
     @property
     def should_stop(self) -> bool:
         """The one stop rule: the ε ≫ ε* regime (adapters with ``stop_on_flag`` act on it)."""
