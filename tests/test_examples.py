@@ -50,3 +50,24 @@ def test_framework_examples_end_with_the_papers_verdict(tmp_path, script):
         assert "clean benchmark: R*(0) =" in out.stdout and bench.exists()
     if "lightning" in script:  # one line per epoch
         assert "epoch   1  adv train loss" in out.stdout and "epoch  12  adv train loss" in out.stdout
+
+
+@pytest.mark.parametrize("script", ["train_digits_lightning.py", "train_digits_hf.py"])
+def test_framework_examples_on_two_processes_end_with_the_papers_verdict(tmp_path, script):
+    pytest.importorskip("lightning" if "lightning" in script else "transformers",
+                        reason="pip install 'advhooks[lightning]' / 'advhooks[hf]'")
+    from ._gloo import accelerate_launch_command
+
+    bench = tmp_path / "clean.safetensors"
+    args = [str(ROOT / "examples" / script), "--epochs", "12", "--steps", "3", "--benchmark", str(bench)]
+    if "lightning" in script:  # Lightning starts its own processes; the global batch stays the benchmark's 64
+        subprocess.run([sys.executable, "-m", "advhooks.cli", "benchmark-clean", "--preset", "digits-mlp",
+                        "--epochs", "12", "--out", str(bench), "-q"], check=True, capture_output=True, timeout=300)
+        command = [sys.executable, *args, "--devices", "2"]
+    else:  # the Trainer under accelerate launch, its clean benchmark recorded on the same 2 processes
+        command = accelerate_launch_command(*args, processes=2)
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (final,) = [line for line in out.stdout.splitlines() if line.startswith("final: R-hat")]  # main process only
+    assert "(fixed weights, theta-hat = epoch" in final and "provisional" not in final, final
+    assert "differs from the clean benchmark" not in out.stderr

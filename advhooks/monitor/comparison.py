@@ -34,6 +34,7 @@ class BenchmarkComparison:
     def __init__(self, benchmark: CleanBenchmark | float, logger: logging.Logger, strict: bool) -> None:
         self.benchmark, self.logger, self.strict = benchmark, logger, strict
         self.named: dict[str, str] = {}
+        self.batch_size_seen = False  # the fed batch size is compared once (not at all when a recipe gives it)
 
     @property
     def unlike(self) -> list[str]:
@@ -62,9 +63,17 @@ class BenchmarkComparison:
             self.logger.warning("this run differs from the clean benchmark's recipe (seen in the %s): %s; %s",
                                 source, "; ".join(new.values()), consequence)
 
+    def check_fed_batch(self, largest_batch: float) -> None:
+        """Compare the global batch size the monitor was fed (the sum over processes of each one's largest
+        batch of the epoch) with the benchmark's, once: the recipe's own word, if given, wins."""
+        if not self.batch_size_seen and largest_batch > 0:
+            self.batch_size_seen = True
+            self.check({"batch_size": int(largest_batch)}, "batches fed to update()")
+
     def state_dict(self) -> dict[str, Any]:
-        return {"differences": dict(self.named)}
+        return {"differences": dict(self.named), "batch_size_seen": self.batch_size_seen}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Add the differences a saved run had found (those this monitor found already stay named)."""
+        """Add what a saved run had found (what this monitor found already stays)."""
         self.named = {**dict(state.get("differences") or {}), **self.named}
+        self.batch_size_seen = self.batch_size_seen or bool(state.get("batch_size_seen", False))

@@ -33,34 +33,10 @@ log = logging.getLogger("advhooks.monitor")
 class PhaseMonitor(MonitorSettings):
     """Watch the paper's R̂ of the early-stopped model against the clean benchmark R*(0).
 
-    Args:
-        benchmark: a :class:`~advhooks.benchmark.CleanBenchmark`, the path of a benchmark file, or R*(0)
-            as a number (then R*(0) has no band).
-        eps: the training attack strength, for the reports (taken from the step outputs when given).
-        threshold: ρ above which ε is several times ε* (default 1.5; see :mod:`advhooks.monitor`).
-        patience: epochs without progress of the verdict ρ that make a plateau.
-        warmup_epochs: no ε ≫ ε* verdict before this many epochs; default ``total_epochs // 2 + patience``
-            when ``total_epochs`` is given, else 10.
-        total_epochs: the planned number of epochs (the default warm-up, the short-run warning, the recipe).
-        min_delta: relative improvement of the verdict ρ that counts as progress.
-        on_flag: called once with the :class:`PhaseReport` when the ε ≫ ε* flag fires (main process).
-        logger: where reports go (main process only); default ``advhooks.monitor``.
-        reducer: sums a tensor across processes (e.g. ``lambda t: accelerator.reduce(t, "sum")``); default
-            ``torch.distributed.all_reduce`` when a process group is initialised.
-        sync_timeout: seconds ``epoch_end`` waits for the other ranks (gloo) before raising.
-        level: coverage of the bands (default 0.8).
-        verbose: log one line per epoch (INFO on the ``advhooks`` logger, shown by its default handler).
-        recipe: what this run does, to compare with the benchmark's recipe (``batch_size``: the global batch,
-            ``epochs``, ``lr``, ``weight_decay``, ``optimizer``, ``schedule``, ``augmentation``, ``normalization``,
-            ``n_train``, and ``model``: the model itself, compared by fingerprint through any DDP /
-            ``torch.compile`` wrapper). Without it the monitor still compares what it sees: ``total_epochs``,
-            the global batch size of the batches it is fed (first epoch), and the model and training set of
-            :meth:`evaluate_with`. Each difference is named once.
-        strict: a model or training set unlike the benchmark's raises a ``ValueError`` (default: the reports
-            say ``comparable=False`` with the reason).
-        attack: the attack A_ε of the paper's R̂: what :meth:`evaluate_with` evaluates the adversarial test
-            loss and R̂ with (PGD-10 is customary, whatever the training attack), and what the run record
-            names. Give it ``normalization=`` when the data is normalised outside the model.
+    Its settings (``benchmark``, ``eps``, ``threshold``, ``patience``, ``warmup_epochs``, ``total_epochs``,
+    ``min_delta``, ``on_flag``, ``logger``, ``reducer``, ``sync_timeout``, ``level``, ``verbose``, ``recipe``,
+    ``strict``, ``attack``) are documented on :class:`~advhooks.monitor.settings.MonitorSettings`, where they
+    are declared with their defaults.
 
     Example:
         >>> monitor = PhaseMonitor(benchmark=0.2, eps=8 / 255, warmup_epochs=1)
@@ -75,7 +51,7 @@ class PhaseMonitor(MonitorSettings):
         self._sums, self._risk, self._probe = EpochSums(), EarlyStoppedRisk(), None
         self._comparison = BenchmarkComparison(self.benchmark, self.logger, self.strict)
         self._comparison.check({"epochs": self.total_epochs, **(self.recipe or {})}, "recipe")
-        self._batch_size_seen = "batch_size" in (self.recipe or {})  # the recipe's word wins over what is seen
+        self._comparison.batch_size_seen = "batch_size" in (self.recipe or {})
         self.reset()
 
     def reset(self) -> None:
@@ -159,9 +135,7 @@ class PhaseMonitor(MonitorSettings):
         if count == 0 and nonfinite == 0:
             raise ValueError("epoch_end() called before any update() in this epoch")
         self._sums.reset()
-        if not self._batch_size_seen and totals["largest_batch"] > 0:  # the global batch: each rank's largest
-            self._batch_size_seen = True
-            self._comparison.check({"batch_size": int(totals["largest_batch"])}, "batches fed to update()")
+        self._comparison.check_fed_batch(totals["largest_batch"])
         mean = total / count if count > 0 else math.nan
         test_loss = self._risk.test_loss(adv_test_loss, self.last_eps, self.reducer)
         self.history.append(mean, self.clean_test_loss, test_loss)
@@ -235,7 +209,7 @@ class PhaseMonitor(MonitorSettings):
         return {"clean_test_loss": self.clean_test_loss, "epoch": self.epoch, **self.history.state_dict(),
                 **self._risk.state_dict(), "flag_epoch": self.flag_epoch,
                 "eps_star_lower_bound": self.eps_star_lower_bound, "last_eps": self.last_eps,
-                "batch_size_seen": self._batch_size_seen, **self._comparison.state_dict(),
+                **self._comparison.state_dict(),
                 **self._sums.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -243,7 +217,6 @@ class PhaseMonitor(MonitorSettings):
         _check_state(state, self.clean_test_loss)
         self.history.load_state_dict(state, int(state["epoch"]))
         self._risk.load_state_dict(state)
-        self._batch_size_seen = self._batch_size_seen or bool(state.get("batch_size_seen", False))
         self._comparison.load_state_dict(state)
         self.flag_epoch = None if state["flag_epoch"] is None else int(state["flag_epoch"])
         self.eps_star_lower_bound = _optional_float(state["eps_star_lower_bound"])

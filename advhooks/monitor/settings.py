@@ -25,9 +25,36 @@ log = logging.getLogger("advhooks.monitor")
 
 @dataclass
 class MonitorSettings:
-    """The settings of a :class:`PhaseMonitor` (documented there), checked when it is built; the benchmark
-    is read, R*(0) and its standard error kept, the default warm-up filled in, and a run shorter than its
-    warm-up or a recipe unlike the benchmark's is warned about once."""
+    """The settings of a :class:`PhaseMonitor`, checked when it is built: the benchmark is read, R*(0) and its
+    standard error kept, the default warm-up filled in, and a run shorter than its warm-up warned about once.
+
+    Args:
+        benchmark: a :class:`~advhooks.benchmark.CleanBenchmark`, the path of a benchmark file, or R*(0)
+            as a number (then R*(0) has no band).
+        eps: the training attack strength, for the reports (taken from the step outputs when given).
+        threshold: ρ above which ε is several times ε* (default 1.5; see :mod:`advhooks.monitor`).
+        patience: epochs without progress of the verdict ρ that make a plateau.
+        warmup_epochs: no ε ≫ ε* verdict before this many epochs; default ``total_epochs // 2 + patience``
+            when ``total_epochs`` is given, else 10.
+        total_epochs: the planned number of epochs (the default warm-up, the short-run warning, the recipe).
+        min_delta: relative improvement of the verdict ρ that counts as progress.
+        on_flag: called once with the :class:`PhaseReport` when the ε ≫ ε* flag fires (main process).
+        logger: where reports go (main process only); default ``advhooks.monitor``.
+        reducer: sums a tensor across processes (e.g. ``lambda t: accelerator.reduce(t, "sum")``); default
+            ``torch.distributed.all_reduce`` when a process group is initialised.
+        sync_timeout: seconds ``epoch_end`` waits for the other ranks (gloo) before raising.
+        level: coverage of the bands (default 0.8).
+        verbose: log one line per epoch (INFO on the ``advhooks`` logger, shown by its default handler).
+        recipe: what this run does, compared with the benchmark's recipe (the keys of
+            :data:`~advhooks.benchmark.RECIPE_KEYS`, ``batch_size`` the global one, and ``model`` by fingerprint).
+            The monitor also compares what it sees: ``total_epochs``, the global batch it is fed, the model and
+            training set of :meth:`PhaseMonitor.evaluate_with` (:mod:`~advhooks.monitor.comparison`).
+        strict: a model or training set unlike the benchmark's raises a ``ValueError`` (default: the reports
+            say ``comparable=False`` with the reason).
+        attack: the attack A_ε of the paper's R̂: what :meth:`PhaseMonitor.evaluate_with` evaluates the adversarial test
+            loss and R̂ with (PGD-10 is customary, whatever the training attack), and what the run record
+            names. Give it ``normalization=`` when the data is normalised outside the model.
+    """
 
     benchmark: CleanBenchmark | str | os.PathLike | float
     eps: float | None = None
