@@ -872,7 +872,7 @@ def info() -> None:
     typer.echo(f"advhooks {__version__}")
     typer.echo(f"torch {torch.__version__} (cuda available: {torch.cuda.is_available()})")
     for extra, dist in (("hf", "transformers"), ("lightning", "lightning"), ("plot", "matplotlib"),
-                        ("demo", "scikit-learn"), ("dev", "torchattacks")):
+                        ("dev", "torchattacks")):
         try:
             typer.echo(f"{dist} {md.version(dist)}")
         except md.PackageNotFoundError:

@@ -12,7 +12,6 @@ from advhooks.monitor import REGIMES
 
 
 def _run_demo(tmp_path, *args):
-    pytest.importorskip("sklearn", reason="the demo needs scikit-learn: pip install 'advhooks[demo]'")
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), *args])
     assert result.exit_code == 0, result.output
     return result, json.loads((tmp_path / "demo.json").read_text())

@@ -12,7 +12,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_train_digits_example_runs_with_a_benchmark(tmp_path):
-    pytest.importorskip("sklearn", reason="the digits example needs scikit-learn: pip install 'advhooks[demo]'")
     bench = tmp_path / "clean.safetensors"
     subprocess.run([sys.executable, "-m", "advhooks.cli", "benchmark-clean", "--preset", "digits-mlp",
                     "--epochs", "3", "--out", str(bench), "-q"], check=True, capture_output=True, timeout=300)

@@ -32,7 +32,6 @@ def run(tmp_path: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_own_loop_records_its_benchmark_then_monitors_the_adversarial_run(tmp_path):
-    pytest.importorskip("sklearn", reason="the digits data needs scikit-learn: pip install 'advhooks[demo]'")
     bench_path, record_path = tmp_path / "clean.safetensors", tmp_path / "run.json"
 
     clean = run(tmp_path, "--eps", "0", "--benchmark", str(bench_path))
