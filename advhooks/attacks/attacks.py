@@ -206,7 +206,12 @@ class APGD(Attack):
             eps, norm=norm, steps=steps, step_rule="apgd", random_start=random_start, restarts=restarts,
             targeted=targeted, criterion=criterion or self.LOSSES[loss], bounds=bounds, normalization=normalization,
             out_of_bounds=out_of_bounds, bn=bn, compile=compile, precision=precision, cuda_graph=cuda_graph))
-        self.loss = loss if criterion is None else "custom"
+
+    @property
+    def loss(self) -> str:
+        """The name of the loss it maximises: ``"ce"``, ``"dlr"``, or ``"custom"`` (read from its criterion, so
+        it follows ``apgd.criterion = ...``)."""
+        return next((name for name, fn in self.LOSSES.items() if self.config.criterion is fn), "custom")
 
 
 def FGSM(eps: EpsLike, **kwargs: Any) -> FGM:  # noqa: N802 - reads as the attack's name

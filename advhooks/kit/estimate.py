@@ -66,9 +66,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-# The grid's own monitored runs report through their records, not as warnings to the person who asked for ε*.
-_RUN_LOG = logging.getLogger(__name__ + ".runs")
-_RUN_LOG.setLevel(logging.ERROR)
+# The grid's own monitored runs report through their records, not as warnings to the person who asked for ε*:
+# a logger of their own (not registered with logging, so importing this module configures nothing) that passes
+# only errors on to this module's logger.
+_RUN_LOG = logging.Logger(__name__ + ".runs", logging.ERROR)
+_RUN_LOG.parent = log
 
 
 @dataclass
@@ -260,6 +262,7 @@ def estimate_grid(
                               device=device)
         train_adversarially(model, train_loader, atk, e, epochs, lr, decay=True, device=device, counter=counter,
                             weight_decay=weight_decay, monitor=monitor, progress=progress)
+        monitor.evaluate_rhat()  # a no-op after the last planned epoch; a run cut short evaluates θ̂'s R̂ here
         records.append(monitor.record())
         if records_dir is not None:  # with θ̂'s weights beside it, for `advhooks connectivity --checkpoint`
             monitor.save_record(Path(records_dir) / f"eps{e * 255:.4g}-run{run}.json", weights=e > 0)

@@ -174,16 +174,24 @@ class PhaseMonitor(MonitorSettings):
             comparable=not self._comparison.unlike, unlike="; ".join(self._comparison.unlike),
         )
         if is_main_process():
-            log_report(self.logger, report, reason)
+            log_report(self.logger, report, reason, self.verbose)
             if report.flagged and self.on_flag is not None:
                 self.on_flag(report)
         return report
 
     # -- run record ----------------------------------------------------------------------------
+    def evaluate_rhat(self) -> bool:
+        """Evaluate R̂ at θ̂'s kept weights now, if it is still pending (a run stopped before its warm-up ended):
+        θ̂'s weights go into the model for the pass and the model's own come back. Every process must call it.
+        Returns whether it evaluated."""
+        pending = self._risk.pending
+        self._risk.settle(due=True, eps=self.last_eps, reducer=self.reducer)
+        return pending
+
     def record(self) -> dict[str, Any]:
         """The run as plain JSON values (:func:`~advhooks.monitor.record.run_record`): what ``estimate-eps-star
-        --method runs`` combines into ε*."""
-        self._risk.settle(due=True, eps=self.last_eps, reducer=self.reducer)
+        --method runs`` combines into ε*. It evaluates nothing: θ̂'s R̂ is as the last report had it (call
+        :meth:`evaluate_rhat` first for a run that stopped while it was pending)."""
         ev = self._risk.evaluation
         return run_record(self, self.attack or (ev.attack if ev is not None else None))
 
@@ -196,7 +204,8 @@ class PhaseMonitor(MonitorSettings):
         return Path(path)
 
     def plot(self, path: str | os.PathLike) -> Path:
-        """Draw the run: the running mean, the adversarial test loss and R̂ of θ̂ against R*(0) with both bands."""
+        """Draw the run (:meth:`record`): the running mean, the adversarial test loss and R̂ of θ̂ against R*(0)
+        with both bands."""
         from ..plotting import plot_run
 
         return plot_run(self.record(), self.clean_test_loss, self._r_star.interval(self.level), path)

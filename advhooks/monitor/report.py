@@ -205,16 +205,20 @@ def caveats(kind: str, evaluates_rhat: bool, epoch: int, warmup_epochs: int, reg
     return notes
 
 
-def log_report(logger: logging.Logger, report: PhaseReport, reason: str) -> None:
-    """One line per epoch (INFO), and warnings for NaN/inf batches and for the ε ≫ ε* flag."""
+def log_report(logger: logging.Logger, report: PhaseReport, reason: str, verbose: bool = False) -> None:
+    """One line per epoch (INFO; with ``verbose`` shown whatever the logger's level, which stays as it is), and
+    warnings for NaN/inf batches and for the ε ≫ ε* flag."""
     eps_txt = "?" if report.eps is None else format_eps(report.eps)
     low, high = report.ratio_interval
     where = "" if report.early_stopped_epoch is None else f", theta-hat = epoch {report.early_stopped_epoch}"
-    logger.info("epoch %d: R-hat %.4f (%s%s) = %.3f x R*(0) [%.3f, %.3f] (eps %s): %s%s%s — %s", report.epoch,
-                report.rhat, report.rhat_kind, where, report.ratio, low, high, eps_txt, report.regime,
-                " (provisional)" if report.provisional else "",
-                "" if report.comparable else f" (NOT COMPARABLE with the benchmark: {report.unlike})",
-                report.explanation)
+    args = (report.epoch, report.rhat, report.rhat_kind, where, report.ratio, low, high, eps_txt, report.regime,
+            " (provisional)" if report.provisional else "",
+            "" if report.comparable else f" (NOT COMPARABLE with the benchmark: {report.unlike})", report.explanation)
+    line = "epoch %d: R-hat %.4f (%s%s) = %.3f x R*(0) [%.3f, %.3f] (eps %s): %s%s%s — %s"
+    if verbose and not logger.isEnabledFor(logging.INFO):  # to the handlers directly: no level is changed
+        logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, line, args, None))
+    else:
+        logger.info(line, *args)
     if report.nonfinite_samples:
         logger.warning("epoch %d: %d samples had a NaN/inf adversarial loss (left out of the mean)",
                        report.epoch, report.nonfinite_samples)

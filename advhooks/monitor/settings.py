@@ -44,7 +44,7 @@ class MonitorSettings:
             ``torch.distributed.all_reduce`` when a process group is initialised.
         sync_timeout: seconds ``epoch_end`` waits for the other ranks (gloo) before raising.
         level: coverage of the bands (default 0.8).
-        verbose: log one line per epoch (INFO on the ``advhooks`` logger, shown by its default handler).
+        verbose: show one line per epoch (INFO) even where the logger's level hides INFO; no level is changed.
         recipe: what this run does, compared with the benchmark's recipe (the keys of
             :data:`~advhooks.benchmark.RECIPE_KEYS`, ``batch_size`` the global one, and ``model`` by fingerprint).
             The monitor also compares what it sees: ``total_epochs``, the global batch it is fed, the model and
@@ -77,8 +77,6 @@ class MonitorSettings:
         self.benchmark, self._r_star = _reference(self.benchmark)
         self.clean_test_loss = self._r_star.mean
         _check_settings(self)
-        if self.verbose and self.logger.getEffectiveLevel() > logging.INFO:
-            self.logger.setLevel(logging.INFO)
         if is_main_process():
             _warn_at_start(self)
 
