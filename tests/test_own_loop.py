@@ -11,8 +11,6 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 from advhooks.benchmark import read_record
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
