@@ -5,7 +5,6 @@ one batch into an adversarial training loss inside the user's own loop; :class:`
 and :class:`PhaseMonitor`, which tells during training whether ε is far above ε*.
 """
 
-from . import _moved
 from . import logs as _logs  # noqa: F401 - the library logger's default handler
 from ._version import __version__
 from .attacks import APGD, FGM, FGSM, PGD, Attack, AttackConfig, fgm_perturb, perturb, pgd_perturb
@@ -17,8 +16,6 @@ from .recorder import CleanBenchmarkRecorder
 from .robustness import evaluate
 from .schedules import LinearWarmup, linear_warmup, parse_eps, parse_eps_list
 from .step import AdversarialStep, StepOutput
-
-_moved.install()  # the old import paths of the kit's modules, for one release
 
 __all__ = [
     "APGD",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import sys
 
 import pytest
 import torch
@@ -79,7 +78,7 @@ def test_the_config_is_frozen_and_a_setting_on_the_attack_replaces_it_validated(
         Attack(0.1)
 
 
-def test_objective_is_the_old_name_of_an_attacks_criterion(batch):
+def test_an_attack_takes_criterion_and_not_the_old_name_objective(batch):
     model, x, y = batch
     seen = []
 
@@ -87,16 +86,12 @@ def test_objective_is_the_old_name_of_an_attacks_criterion(batch):
         seen.append(1)
         return cross_entropy(logits, targets)
 
-    with pytest.warns(DeprecationWarning, match="objective= is now called criterion="):
-        attack = PGD(0.1, steps=2, objective=criterion)
+    attack = PGD(0.1, steps=2, criterion=criterion)
     assert attack.criterion is criterion and attack.custom_criterion
     attack(model, x, y)
     assert len(seen) == 2
-    with pytest.warns(DeprecationWarning):
-        pgd_perturb(model, x, y, eps=0.1, steps=1, objective=criterion)
-    with pytest.raises(TypeError, match="give criterion= only"):
-        PGD(0.1, criterion=criterion, objective=criterion)
-    sys.modules.pop("advhooks.attacks.objectives", None)
-    with pytest.warns(DeprecationWarning, match="advhooks.attacks.objectives moved to advhooks.attacks.criteria"):
-        old = importlib.import_module("advhooks.attacks.objectives")
-    assert old.per_sample is importlib.import_module("advhooks.attacks.criteria").per_sample
+    with pytest.raises(TypeError, match="objective"):
+        PGD(0.1, steps=2, objective=criterion)
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("advhooks.attacks.objectives")
+

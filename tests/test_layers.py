@@ -4,8 +4,6 @@ and the import paths that moved to the kit keep working for one release."""
 from __future__ import annotations
 
 import ast
-import importlib
-import warnings
 from pathlib import Path
 
 import pytest
@@ -61,34 +59,6 @@ def test_the_layer_check_sees_a_lazy_import_of_the_kit(tmp_path):
     module = tmp_path / "lazy.py"
     module.write_text("def f():\n    from ..kit.data import load_digits\n")
     assert "advhooks.kit.data" in _imports(module, "advhooks.attacks.lazy")
-
-
-@pytest.mark.parametrize("old, new", [
-    ("advhooks.data", "advhooks.kit.data"), ("advhooks.models", "advhooks.kit.models"),
-    ("advhooks.presets", "advhooks.kit.presets"), ("advhooks.training", "advhooks.kit.training"),
-    ("advhooks.estimate", "advhooks.kit.estimate"), ("advhooks.theory.linear", "advhooks.kit.theory.linear"),
-])
-def test_an_old_module_path_is_the_moved_module_with_a_deprecation_warning(old, new):
-    import sys
-
-    sys.modules.pop(old, None)
-    with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
-        module = importlib.import_module(old)
-    assert module is importlib.import_module(new)
-
-
-def test_names_that_left_the_benchmark_module_still_import_from_it():
-    from advhooks.kit.training import record_clean_benchmark
-    from advhooks.schedules import step_decay
-
-    with pytest.warns(DeprecationWarning, match="advhooks.benchmark.step_decay moved to advhooks.schedules"):
-        from advhooks.benchmark import step_decay as old_step_decay
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from advhooks.benchmark import record_clean_benchmark as old_record
-    assert old_step_decay is step_decay and old_record is record_clean_benchmark
-    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
-        _ = importlib.import_module("advhooks.benchmark").no_such_name
 
 
 def test_no_class_of_the_library_is_longer_than_200_lines():

@@ -19,7 +19,7 @@ from .apgd import dlr_loss
 from .config import AttackConfig
 from .criteria import Criterion, cross_entropy
 from .domain import Bounds, Normalization
-from .functional import Watch, perturb, renamed_objective
+from .functional import Watch, perturb
 from .graphs import GraphedAttack
 
 __all__ = ["APGD", "FGM", "FGSM", "PGD", "Attack"]
@@ -90,7 +90,6 @@ class Attack:
         generator: torch.Generator | None = None,
         watch: Watch | None = None,
         stop: Callable[[], bool] | None = None,
-        objective: Criterion | None = None,
     ) -> torch.Tensor:
         """Adversarial inputs for ``(inputs, targets)``; the model is left exactly as found.
 
@@ -106,9 +105,7 @@ class Attack:
             generator: random generator for the start.
             watch: ``watch(adversarial_inputs, logits)`` at every evaluated point (see :func:`perturb`).
             stop: APGD only: whether to end early, asked at its checkpoints (see :func:`perturb`).
-            objective: the old name of ``criterion`` (deprecated).
         """
-        criterion = renamed_objective(criterion, objective)
         if self._graphs is not None:
             if watch is not None or stop is not None:
                 raise ValueError("cuda_graph=True replays a captured loop: it takes no watch and no stop")
@@ -128,8 +125,7 @@ class Attack:
 class PGD(Attack):
     """Projected gradient descent, L∞ or L2 (Madry et al. 2018).
 
-    The arguments are :class:`AttackConfig`'s, with ``step_size`` defaulting to ``2.5 * eps / steps``;
-    ``objective`` is the old name of ``criterion`` (deprecated).
+    The arguments are :class:`AttackConfig`'s, with ``step_size`` defaulting to ``2.5 * eps / steps``.
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -143,11 +139,10 @@ class PGD(Attack):
                  random_start: bool = True, restarts: int = 1, targeted: bool = False,
                  criterion: Criterion | None = None, bounds: Bounds = (0.0, 1.0),
                  normalization: Normalization = None, out_of_bounds: str = "raise", bn: str = "eval",
-                 compile: bool = False, precision: str | None = None, cuda_graph: bool = False,
-                 objective: Criterion | None = None) -> None:
+                 compile: bool = False, precision: str | None = None, cuda_graph: bool = False) -> None:
         super().__init__(AttackConfig(
             eps, norm=norm, steps=steps, step_size=step_size, step_rule="pgd", random_start=random_start,
-            restarts=restarts, targeted=targeted, criterion=renamed_objective(criterion, objective), bounds=bounds,
+            restarts=restarts, targeted=targeted, criterion=criterion, bounds=bounds,
             normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile, precision=precision,
             cuda_graph=cuda_graph))
 
@@ -170,10 +165,10 @@ class FGM(Attack):
                  random_start: bool = False, targeted: bool = False, criterion: Criterion | None = None,
                  bounds: Bounds = (0.0, 1.0), normalization: Normalization = None,
                  out_of_bounds: str = "raise", bn: str = "eval", compile: bool = False,
-                 precision: str | None = None, objective: Criterion | None = None) -> None:
+                 precision: str | None = None) -> None:
         super().__init__(AttackConfig(
             eps, norm=norm, steps=1, step_size=step_size, step_rule="fgm", random_start=random_start,
-            targeted=targeted, criterion=renamed_objective(criterion, objective), bounds=bounds,
+            targeted=targeted, criterion=criterion, bounds=bounds,
             normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile, precision=precision))
 
 

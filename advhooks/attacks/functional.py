@@ -48,17 +48,6 @@ def _compiled_call_model(module, inputs, input_key, kwargs):
 _BOUNDS_TOLERANCE = 1e-5
 
 
-def renamed_objective(criterion: Criterion | None, objective: Criterion | None) -> Criterion | None:
-    """``objective=``, the attack criterion's name until advhooks 0.1.0: accepted for one release, with a warning."""
-    if objective is None:
-        return criterion
-    if criterion is not None:
-        raise TypeError("give criterion= only (objective= is its old name)")
-    warnings.warn("an attack's objective= is now called criterion= (objective= now only names AdversarialStep's "
-                  "training objective); the old name goes in the next release", DeprecationWarning, stacklevel=3)
-    return objective
-
-
 def pgd_perturb(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -81,7 +70,6 @@ def pgd_perturb(
     generator: torch.Generator | None = None,
     compile: bool = False,
     precision: str | None = None,
-    objective: Criterion | None = None,
 ) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018): adversarial inputs in the ε-ball of ``norm``.
 
@@ -101,7 +89,6 @@ def pgd_perturb(
             off by default.
         precision: ``"bf16"`` takes 0.5× the fp32 time of PGD-10 on PreActResNet18 on an AVX512-BF16 CPU; see
             ``benchmarks/fused_path.py`` for the attack strength it keeps.
-        objective: the old name of ``criterion`` (deprecated).
 
     Returns:
         ``inputs + δ`` with δ detached, inside the ball and the bounds.
@@ -115,7 +102,7 @@ def pgd_perturb(
     """
     config = AttackConfig(check_eps_value(eps), norm=norm, steps=steps, step_size=step_size, step_rule="pgd",
                           random_start=random_start, restarts=restarts, targeted=targeted,
-                          criterion=renamed_objective(criterion, objective), bounds=bounds,
+                          criterion=criterion, bounds=bounds,
                           normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile,
                           precision=precision)
     return perturb(model, inputs, targets, config, input_key=input_key, model_kwargs=model_kwargs,
@@ -142,7 +129,6 @@ def fgm_perturb(
     generator: torch.Generator | None = None,
     compile: bool = False,
     precision: str | None = None,
-    objective: Criterion | None = None,
 ) -> torch.Tensor:
     """Fast gradient method: one step to the ball's boundary (FGSM for ``norm="linf"``).
 
@@ -158,7 +144,7 @@ def fgm_perturb(
     """
     config = AttackConfig(check_eps_value(eps), norm=norm, steps=1, step_size=step_size, step_rule="fgm",
                           random_start=random_start, targeted=targeted,
-                          criterion=renamed_objective(criterion, objective), bounds=bounds,
+                          criterion=criterion, bounds=bounds,
                           normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile,
                           precision=precision)
     return perturb(model, inputs, targets, config, input_key=input_key, model_kwargs=model_kwargs,

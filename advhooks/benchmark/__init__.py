@@ -9,8 +9,6 @@ The file holds the clean model's weights (tensors ``weights.<name>``), the per-s
 reads the weights, and nothing is ever unpickled.
 """
 
-from typing import Any
-
 from .clean_benchmark import CleanBenchmark, evaluate_clean
 from .file_format import SCHEMA_VERSION, BenchmarkFormatError, read_record, write_json_atomic
 from .recipe import (
@@ -39,8 +37,3 @@ __all__ = [
     "write_json_atomic",
 ]
 
-
-def __getattr__(name: str) -> Any:  # step_decay and record_clean_benchmark lived here until 0.1.0
-    from .._moved import moved_attribute
-
-    return moved_attribute(__name__, name)

@@ -181,9 +181,8 @@ class PhaseMonitor(MonitorSettings):
 
     # -- run record ----------------------------------------------------------------------------
     def evaluate_rhat(self) -> bool:
-        """Evaluate R̂ at θ̂'s kept weights now, if it is still pending (a run stopped before its warm-up ended):
-        θ̂'s weights go into the model for the pass and the model's own come back. Every process must call it.
-        Returns whether it evaluated."""
+        """Evaluate R̂ at θ̂'s kept weights now if still pending (swapped in for the pass, then the model's own come
+        back; every process calls it); returns whether it evaluated."""
         pending = self._risk.pending
         self._risk.settle(due=True, eps=self.last_eps, reducer=self.reducer)
         return pending
