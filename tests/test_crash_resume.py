@@ -26,12 +26,15 @@ pytest.importorskip("accelerate", reason="install the hf extra: pip install -e '
 psutil = pytest.importorskip("psutil", reason="needs psutil (a dependency of accelerate)")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "resumable_training.py"
+PAUSED = Path(__file__).resolve().parent / "scripts" / "paused_resumable.py"  # waits after one checkpoint
 ARGS = ["--epochs", "4", "--checkpoint-every", "8"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _command(out: Path, processes: int) -> list[str]:
+def _command(out: Path, processes: int, pause_at: int | None = None) -> list[str]:
     args = [str(SCRIPT), "--out", str(out), *ARGS]
+    if pause_at is not None:
+        args = [str(PAUSED), str(pause_at), *args[1:]]
     return [sys.executable, *args] if processes == 1 else accelerate_launch_command(*args, processes=processes)
 
 
@@ -66,14 +69,16 @@ def test_killed_run_resumes_to_the_same_reports(tmp_path, processes, kill_at):
     assert reference["resumed_from"] is None and len(reference["reports"]) == 4
 
     crashed = tmp_path / "crashed"
-    proc = subprocess.Popen(_command(crashed, processes), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=ENV)
-    mark = crashed / "checkpoints" / f"step_{kill_at:08d}"
+    # Every process stops right after the checkpoint of step kill_at and waits there to be killed.
+    proc = subprocess.Popen(_command(crashed, processes, pause_at=kill_at), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=ENV)
+    marks = [crashed / "checkpoints" / f"paused-{rank}" for rank in range(processes)]
     try:
         deadline = time.monotonic() + 240
-        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        _kill_tree(proc.pid)  # (watching the checkpoints, not stdout: the launcher buffers it)
+        while not all(m.exists() for m in marks) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(m.exists() for m in marks), "the run never reached the checkpoint to be killed at"
+        _kill_tree(proc.pid)  # (watching files, not stdout: the launcher buffers it)
     finally:
         _kill_tree(proc.pid)
         proc.wait(timeout=60)

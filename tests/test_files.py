@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,15 +135,23 @@ def test_every_truncation_is_refused(valid_file, tmp_path):
 
 
 WRITER = r"""
-import sys, torch
+import sys, time, torch
+import advhooks.benchmark.file_format as file_format
 from advhooks.benchmark import CleanBenchmark
-path, size = sys.argv[1], int(sys.argv[2])
-i = 0
-while True:
-    i += 1
+
+path = sys.argv[1]
+write = file_format.save_file
+def half_a_write(tensors, filename, metadata=None):  # the second save stops half-way and waits to be killed
+    with open(filename, "wb") as fh:
+        fh.write(b"\x00" * 64)
+    print("mid-write", flush=True)
+    time.sleep(600)
+
+for i, save in enumerate((write, half_a_write), start=1):
+    file_format.save_file = save
     bench = CleanBenchmark(clean_test_loss=float(i), clean_train_loss=None, generalization_gap=None,
                            clean_test_accuracy=0.5, clean_train_accuracy=None, test_loss_stderr=0.0, n_test=1,
-                           n_train=None, state_dict={"w": torch.full((size,), float(i))})
+                           n_train=None, state_dict={"w": torch.full((1000,), float(i))})
     bench.save(path)
     print(i, flush=True)
 """
@@ -152,21 +159,17 @@ while True:
 
 def test_a_writer_killed_mid_write_leaves_the_previous_file_intact(tmp_path):
     target = tmp_path / "bench.safetensors"
-    size = 16 << 20  # 64 MiB of weights: each save takes long enough to be caught in the middle
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(size)], stdout=subprocess.PIPE, text=True)
+    # The child stops half-way through its second write and waits there: the kill lands mid-write every time.
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "1"  # one complete file exists
-        deadline = time.monotonic() + 60
-        while not list(tmp_path.glob(".bench.safetensors.*.tmp")):  # the next write is under way
-            assert time.monotonic() < deadline, "the writer never started a second write"
-            time.sleep(0.001)
+        assert proc.stdout.readline().strip() == "mid-write"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     bench = CleanBenchmark.load(target)
-    value = bench.clean_test_loss
-    assert value >= 1 and torch.equal(bench.state_dict["w"], torch.full((size,), value))
+    assert bench.clean_test_loss == 1.0 and torch.equal(bench.state_dict["w"], torch.full((1000,), 1.0))
     leftovers = list(tmp_path.glob(".bench.safetensors.*.tmp"))
-    assert leftovers, "the kill did not land mid-write"  # the partial write stayed in its temporary file
+    assert len(leftovers) == 1  # the partial write stayed in its temporary file
