@@ -35,7 +35,7 @@ def logits_of(output: Any) -> torch.Tensor:
         logits = getattr(output, "logits", None)
         if isinstance(logits, torch.Tensor):
             return logits
-    raise TypeError(
+    raise ValueError(  # the user's model, not a bug of ours: one line in the CLI
         "cannot find logits in the model output: expected a tensor, a tuple whose first element is "
         f"the logits, or a dict/object with 'logits'; got {type(output).__name__}"
     )

@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from ._version import __version__
+from .errors import one_line_errors
 from .schedules import format_eps, parse_eps, parse_eps_list
 
 __all__ = ["PRESET_NAMES", "app", "main"]
@@ -53,27 +54,7 @@ def _root(
     """Adversarial training hooks for PyTorch, and the clean-to-adversarial phase transition."""
 
 
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn bad input into a one-line message and exit code 2, never a traceback.
-
-    Bad input reaches here as the library's own errors (``ValueError``, which ``BenchmarkFormatError``
-    and the argument checks raise), file-system errors (``OSError``) or a missing optional extra
-    (``ImportError``). A ``TypeError``, ``KeyError`` or anything else raised inside the library is a bug
-    and keeps its traceback.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, OSError, ImportError) as err:
-            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            if isinstance(err, OSError) and err.filename and err.strerror:
-                msg = f"{err.strerror}: {err.filename}"
-            typer.echo(f"error: {msg}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
+_user_errors = one_line_errors  # bad input: one line on stderr and exit code 2, never a traceback
 
 
 def _prepare_output(path: Path | None, option: str, *, folder: bool = False) -> None:

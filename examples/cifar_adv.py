@@ -41,6 +41,7 @@ from accelerate import Accelerator  # accelerate (1/4)
 from torch.utils.data import DataLoader, Subset
 
 from advhooks import PGD, parse_eps
+from advhooks.errors import one_line_errors
 from advhooks.integrations.accelerate import AcceleratedAdversarialTraining, finish
 from advhooks.kit.data import DataNotFoundError, load_dataset
 from advhooks.kit.presets import get_preset
@@ -73,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@one_line_errors  # bad input (an eps of 8 meant as 8/255, a missing file): one line, exit 2
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     eps = parse_eps(args.eps)

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from advhooks import PGD, AdversarialStep, CleanBenchmarkRecorder, PhaseMonitor, parse_eps  # advhooks (1/5)
+from advhooks.errors import one_line_errors
 from advhooks.kit.data import DATASETS, load_cifar10, load_digits
 from advhooks.kit.models import PreActResNet18
 from advhooks.robustness import evaluate as evaluate_robustness  # advhooks (1/5)
@@ -108,6 +109,7 @@ def evaluate(model: nn.Module, loader: DataLoader, attack=None, device="cpu"):
     return total_loss / n, correct / n
 
 
+@one_line_errors  # bad input (an eps of 8 meant as 8/255, a missing file): one line, exit 2
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", help="folder with cifar-10-batches-bin/ or -py/ (default: the bundled digits)")

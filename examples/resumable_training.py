@@ -31,6 +31,7 @@ import torch
 from accelerate import Accelerator
 
 from advhooks import PGD
+from advhooks.errors import one_line_errors
 from advhooks.integrations.accelerate import AcceleratedAdversarialTraining, finish
 from advhooks.kit.data import load_digits
 from advhooks.kit.presets import get_preset
@@ -88,6 +89,7 @@ def save_checkpoint(adv: AcceleratedAdversarialTraining, sched, folder: Path, gl
     accelerator.wait_for_everyone()
 
 
+@one_line_errors  # bad input (an eps of 8 meant as 8/255, a missing file): one line, exit 2
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from advhooks import PGD, AdversarialStep, parse_eps  # advhooks (1/4)
+from advhooks.errors import one_line_errors
 from advhooks.kit.data import load_digits
 from advhooks.kit.presets import get_preset
 from advhooks.monitor import PhaseMonitor
@@ -48,6 +49,7 @@ def evaluate(model: nn.Module, loader: DataLoader, attack: PGD | None = None) ->
     return total_loss / n, correct / n
 
 
+@one_line_errors  # bad input (an eps of 8 meant as 8/255, a missing file): one line, exit 2
 def main(argv: list[str] | None = None) -> list:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eps", type=parse_eps, default=8 / 255, help="L∞ strength, e.g. 8/255")

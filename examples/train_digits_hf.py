@@ -31,6 +31,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments  # transformers (1/3)
 
 from advhooks import PGD, parse_eps
+from advhooks.errors import one_line_errors
 from advhooks.integrations.accelerate import finish
 from advhooks.integrations.transformers import AdversarialTrainer, CleanBenchmarkCallback, PhaseMonitorCallback
 from advhooks.kit.data import load_digits
@@ -63,6 +64,7 @@ class DigitsClassifier(nn.Module):  # transformers (2/3): a model with the Train
         return {"logits": logits} if labels is None else {"logits": logits, "loss": F.cross_entropy(logits, labels)}
 
 
+@one_line_errors  # bad input (an eps of 8 meant as 8/255, a missing file): one line, exit 2
 def main(argv: list[str] | None = None) -> list:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--eps", default="8/255")

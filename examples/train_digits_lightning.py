@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from advhooks import PGD, parse_eps
+from advhooks.errors import one_line_errors
 from advhooks.integrations.accelerate import finish
 from advhooks.integrations.lightning import AdversarialTrainingMixin, PhaseMonitorCallback
 from advhooks.kit.data import load_digits
@@ -57,6 +58,7 @@ class EpochLine(L.Callback):
         print(line, flush=True)
 
 
+@one_line_errors  # bad input (an eps of 8 meant as 8/255, a missing file): one line, exit 2
 def main(argv: list[str] | None = None) -> list:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--eps", default="8/255")

@@ -55,6 +55,15 @@ def _bench(tmp: Path) -> Path:
     return CleanBenchmark.measure(net, data, train_loader=data).save(tmp / "b.safetensors")
 
 
+class _DictWithoutLogits(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    def forward(self, x):
+        return {"scores": self.net(x)}
+
+
 def _pairs(n: int) -> torch.utils.data.TensorDataset:
     return torch.utils.data.TensorDataset(_x(n), _y(n))
 
@@ -138,6 +147,8 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
     "monitor-state-from-another-benchmark": (
         lambda t: PhaseMonitor(0.2).load_state_dict(PhaseMonitor(0.3).state_dict()), ValueError,
         r"recorded against R\*\(0\) = 0.3"),
+    "model-output-without-logits": (lambda t: PGD(0.1)(_DictWithoutLogits(), _x(), _y()), ValueError,
+                                    r"cannot find logits in the model output"),
     "monitor-strict-model-mismatch": (
         lambda t: PhaseMonitor(_bench(t), strict=True).evaluate_with(SmallCNN(), _pairs(8), _pairs(8)), ValueError,
         r"differ in model or data, so R-hat / R\*\(0\) would compare unlike things \(strict=True\)"),

@@ -70,3 +70,11 @@ def test_framework_examples_on_two_processes_end_with_the_papers_verdict(tmp_pat
     (final,) = [line for line in out.stdout.splitlines() if line.startswith("final: R-hat")]  # main process only
     assert "(fixed weights, theta-hat = epoch" in final and "provisional" not in final, final
     assert "differs from the clean benchmark" not in out.stderr
+
+
+def test_an_example_refuses_bad_input_in_one_line():
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "train_digits.py"), "--eps", "8", "--epochs", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: eps=8 is larger") and "8/255" in lines[0], out.stderr
