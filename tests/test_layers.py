@@ -78,3 +78,14 @@ def test_no_function_of_the_library_is_more_complex_than_12():
     out = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "C901", "--output-format", "concise",
                           "advhooks", "integrations"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_top_level_names_import_lazily_and_all_resolve():
+    import subprocess
+    import sys
+
+    code = ("import sys, advhooks, advhooks.cli; assert 'torch' not in sys.modules, 'import advhooks imported torch'; "
+            "names = [getattr(advhooks, n) for n in advhooks.__all__]; assert 'torch' in sys.modules; "
+            "assert sorted(advhooks.__all__) == sorted([*advhooks._EXPORTS, '__version__']); print(len(names))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
