@@ -13,6 +13,7 @@ from advhooks.benchmark import CleanBenchmark
 from advhooks.cli import app
 from advhooks.kit import estimate as E
 from advhooks.kit.data import load_digits
+from advhooks.kit.estimate.result import interpolate_crossing
 from advhooks.kit.presets import get_preset
 from advhooks.kit.training import record_clean_benchmark
 
@@ -49,9 +50,9 @@ def test_eps_lists_are_written_naturally():
 
 
 def test_interpolation_of_the_crossing():
-    value, bracket = E._interpolate_crossing([0.0, 1.0, 2.0], [0.1, 0.3, 0.7], 0.5)
+    value, bracket = interpolate_crossing([0.0, 1.0, 2.0], [0.1, 0.3, 0.7], 0.5)
     assert value == pytest.approx(1.5) and bracket == (1.0, 2.0)
-    assert E._interpolate_crossing([0.0, 1.0], [0.6, 0.7], 0.5) == (None, None)
+    assert interpolate_crossing([0.0, 1.0], [0.6, 0.7], 0.5) == (None, None)
 
 
 def test_clean_probe_bounds_and_first_order(bench, digits):

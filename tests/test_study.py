@@ -13,18 +13,18 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from advhooks.cli import app
-from advhooks.kit import study as study_module
 from advhooks.kit.data import load_digits, train_fraction
 from advhooks.kit.presets import get_preset
 from advhooks.kit.study import (
     StudyRow,
     StudySettings,
-    _combined_band,
     compare,
     fgsm_threshold,
     format_study,
     run_study,
 )
+from advhooks.kit.study import run as study_run
+from advhooks.kit.study import summary as study_summary
 
 runner = CliRunner()
 
@@ -65,15 +65,15 @@ def test_study_settings_refuse_what_cannot_run():
 
 def test_the_band_of_the_mean_over_seeds():
     # One seed: its own band.
-    assert _combined_band([0.03], [(0.02, 0.05)], 0.8) == pytest.approx((0.02, 0.05))
+    assert study_summary._combined_band([0.03], [(0.02, 0.05)], 0.8) == pytest.approx((0.02, 0.05))
     # Seeds that disagree more than their bands say: the spread sets the band (Student's t, k - 1 = 2).
     values = [0.02, 0.03, 0.04]
     half = stats.t.ppf(0.9, 2) * np.std(values, ddof=1) / math.sqrt(3)
-    assert _combined_band(values, [(v - 1e-4, v + 1e-4) for v in values], 0.8) == pytest.approx((0.03 - half,
-                                                                                                0.03 + half))
+    band = study_summary._combined_band(values, [(v - 1e-4, v + 1e-4) for v in values], 0.8)
+    assert band == pytest.approx((0.03 - half, 0.03 + half))
     # Seeds that agree: their own bands are the floor, not narrowed by sqrt(k) (R*(0)'s test-set error is shared).
     agree = [0.03, 0.03 + 1e-6, 0.03 - 1e-6]
-    low, high = _combined_band(agree, [(v - 0.01, v + 0.02) for v in agree], 0.8)
+    low, high = study_summary._combined_band(agree, [(v - 0.01, v + 0.02) for v in agree], 0.8)
     assert low == pytest.approx(0.03 - 0.01) and high == pytest.approx(0.03 + 0.02)
 
 
@@ -115,7 +115,7 @@ def test_a_tiny_study_runs_resumes_from_its_units_and_combines_shards(tmp_path, 
     if row["eps_star"] is not None:
         assert row["customary_ratio"] == pytest.approx((8 / 255) / row["eps_star"])
     # Rerunning over the gathered units only combines: nothing is trained again, the answer is the same.
-    monkeypatch.setattr(study_module, "_run_unit", lambda *args, **kwargs: pytest.fail("a stored unit was rerun"))
+    monkeypatch.setattr(study_run, "run_unit", lambda *args, **kwargs: pytest.fail("a stored unit was rerun"))
     again = run_study(settings, preset.model, train, test, records_dir=tmp_path / "a")
     assert again["rows"] == rows
     assert "width 8, fraction 1 -> width 32, fraction 1" in format_study(again)
@@ -199,16 +199,16 @@ def test_the_study_command_with_a_users_model_and_data_factories(tmp_path, monke
 
 def test_a_unit_whose_estimate_cannot_be_made_says_why_instead_of_ending_the_study():
     from advhooks.benchmark import CleanBenchmark
-    from advhooks.kit.study import _estimate
+    from advhooks.kit.study.store import estimate_as_json
 
     train, test = load_digits()
     weightless = CleanBenchmark(0.1, 0.05, 0.05, 0.9, 0.95, 0.01, len(test), len(train))  # a record, no weights
-    out = _estimate("clean-probe", weightless, model_factory=get_preset("digits-mlp").model, train_set=train)
+    out = estimate_as_json("clean-probe", weightless, model_factory=get_preset("digits-mlp").model, train_set=train)
     assert out["value"] is None and out["interval"] is None
     assert out["warnings"][0].startswith("no clean-probe estimate: this benchmark was read without its weights")
     settings = StudySettings(widths=(8,), fractions=(1.0,), seeds=(0,))
     unit = {"seed": 0, "n_train": 10, "benchmark": {"clean_test_loss": 0.1, "test_loss_stderr": 0.01,
                                                    "generalization_gap": 0.05}, "estimate": out}
-    row = study_module._row(settings, 8, 1.0, [unit], None)
+    row = study_summary.row_of(settings, 8, 1.0, [unit], None)
     assert row.eps_star is None and "1 of 1 seeds gave no estimate" in row.warnings
     assert any("no clean-probe estimate" in w for w in row.warnings)

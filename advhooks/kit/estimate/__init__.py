@@ -1,0 +1,48 @@
+"""Estimating ε*, with a band: from run records, by fine-tuning, and for free from the clean model.
+
+ε* = sup{ε : R̂(θ̂(ε), ε) ≤ R*(0)} (the paper, section 3), with R̂ always the adversarial training loss of
+fixed weights (:func:`advhooks.evaluation.evaluate_adversarial_loss`). Estimators, cheapest last:
+
+- :func:`estimate_grid` — the paper's section 5.2 ground truth: monitored adversarial training from scratch
+  at each ε of a grid, θ̂(ε) early-stopped at the smallest adversarial test loss; the runs' records are
+  combined by :func:`estimate_from_records` (also ``estimate-eps-star --method runs``), which interpolates
+  where R̂(θ̂(ε), ε) crosses R*(0).
+- :func:`estimate_finetune` — the paper's section 6: from the clean weights θ̂(0), short adversarial
+  fine-tuning at a few ε around the clean probe's bound; a least-squares line L(ε) ≈ a + bε through R̂ of
+  the fine-tuned weights, solved for R*(0). ``runs`` repeats with other seeds.
+- :func:`estimate_clean_probe` — no training: the clean model's adversarial training loss at a ladder of ε
+  is a lower bound on ε* (θ̂(ε) can only do better than θ̂(0)), and Δ / mean‖∇ₓℓ(θ̂(0))‖_* is the
+  first-order estimate (envelope theorem; the dual norm is ‖·‖₁ for L∞, ‖·‖₂ for L2).
+
+Each returns an :class:`EpsStarEstimate` with ``interval`` and ``level`` (R*(0)'s bootstrap, R̂'s sampling
+error and the spread over runs carried through by Monte Carlo) that serialises to JSON with its points,
+cost and warnings. :func:`estimate_eps_star` picks the method (what the CLI runs). The fine-tune slope b is
+compared with mean‖∇ₓℓ‖_* (they agree to first order) as a consistency figure.
+
+One estimator per module: :mod:`.grid` (with the run records), :mod:`.finetune`, :mod:`.clean_probe`;
+:mod:`.result` holds the result type and what they share, :mod:`.dispatch` the entry point.
+"""
+
+from ..training import adversarial_loss
+from .clean_probe import DEFAULT_LADDER, default_finetune_eps, estimate_clean_probe, mean_input_grad_dual_norm
+from .dispatch import METHODS, estimate_eps_star
+from .finetune import estimate_finetune
+from .grid import estimate_from_records, estimate_grid, r_star_draws
+from .result import EpsStarEstimate, check_eps_grid, make_attack
+
+__all__ = [
+    "DEFAULT_LADDER",
+    "METHODS",
+    "EpsStarEstimate",
+    "default_finetune_eps",
+    "adversarial_loss",
+    "check_eps_grid",
+    "estimate_clean_probe",
+    "estimate_eps_star",
+    "estimate_finetune",
+    "estimate_from_records",
+    "estimate_grid",
+    "make_attack",
+    "mean_input_grad_dual_norm",
+    "r_star_draws",
+]

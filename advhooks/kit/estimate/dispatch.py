@@ -1,0 +1,132 @@
+""":func:`estimate_eps_star`: one entry point that picks the estimator (what ``advhooks estimate-eps-star`` runs)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ...attacks.domain import Normalization
+from ...benchmark import CleanBenchmark
+from ...uncertainty import DEFAULT_LEVEL
+from .clean_probe import DEFAULT_LADDER, default_finetune_eps, estimate_clean_probe, mean_input_grad_dual_norm
+from .finetune import estimate_finetune
+from .grid import estimate_from_records, estimate_grid
+from .result import EpsStarEstimate, check_eps_grid
+
+METHODS = ("grid", "finetune", "clean-probe", "runs")
+
+
+def estimate_eps_star(
+    method: str,
+    benchmark: CleanBenchmark,
+    *,
+    model_factory: Callable[[], nn.Module] | None = None,
+    train_set: Dataset | None = None,
+    test_set: Dataset | None = None,
+    train_eval_set: Dataset | None = None,
+    records: Sequence[Mapping[str, Any]] | None = None,
+    eps: Sequence[float] | None = None,
+    norm: str = "linf",
+    attack: str | None = None,
+    steps: int = 10,
+    runs: int = 1,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    normalization: Normalization = None,
+    level: float = DEFAULT_LEVEL,
+    records_dir: str | os.PathLike | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> EpsStarEstimate:
+    """ε* by any method, with its band: what ``advhooks estimate-eps-star`` runs, for Python callers.
+
+    Args:
+        method: ``"clean-probe"`` (no training), ``"finetune"`` (section 6), ``"grid"`` (section 5.2, training
+            from scratch at each ε) or ``"runs"`` (combine existing run ``records``).
+        benchmark: the clean benchmark, loaded with its weights (:meth:`CleanBenchmark.load`).
+        model_factory / train_set / test_set / train_eval_set: the setting (``train_eval_set``: the training set
+            without augmentation; default ``train_set``). Not needed for ``"runs"``.
+        records: run records (:meth:`PhaseMonitor.record`) for ``"runs"``.
+        eps: the strengths (grid points, fine-tune points, or the probe's ladder); default: chosen from the
+            clean probe (fine-tune: its lower bound × (1/2, 1, 3/2, 2); grid: those and 4×).
+        attack: ``"pgd"`` or ``"fgm"`` for training (default PGD).
+        epochs: per run (default: 10 for the fine-tune, 60 for the grid).
+        lr / batch_size: default: the benchmark's recipe.
+        records_dir: the grid's run records, each with its θ̂ weights beside it (only the grid writes any).
+        Others: as in :func:`estimate_grid` and :func:`estimate_finetune`.
+    """
+    method, attack = _check_request(method, attack, records, model_factory, train_set, test_set)
+    if method == "runs":
+        return estimate_from_records(records, benchmark, level=level, seed=seed)
+    grid = check_eps_grid(eps) if eps is not None else None
+    train_eval = train_eval_set or train_set
+    common = dict(norm=norm, attack=attack, steps=steps, device=device, progress=progress,
+                  normalization=normalization)
+    # The clean probe is the method itself, or what picks the points when none are given.
+    probe = None
+    if method == "clean-probe" or grid is None:
+        probe = estimate_clean_probe(benchmark.load_weights_into(model_factory()), train_eval, benchmark,
+                                     grid or list(DEFAULT_LADDER), **common)
+    if method == "clean-probe":
+        return probe
+    recipe = dict(_benchmark_recipe(benchmark, lr, batch_size), runs=runs, seed=seed, train_eval_set=train_eval,
+                  level=level)
+    points = grid or _points_from_probe(method, probe)
+    if method == "finetune":
+        grad_norm = probe.mean_grad_dual_norm if probe else mean_input_grad_dual_norm(
+            benchmark.load_weights_into(model_factory()), train_eval, norm, device=device, normalization=normalization)
+        result = estimate_finetune(model_factory, train_set, benchmark, points, epochs=epochs or 10,
+                                   mean_grad_dual_norm=grad_norm, **recipe, **common)
+    else:
+        result = estimate_grid(model_factory, train_set, test_set, benchmark, points, epochs=epochs or 60,
+                               weight_decay=float(benchmark.training.get("weight_decay", 0.0)),
+                               records_dir=records_dir, **recipe, **common)
+    return _with_probe(result, probe)
+
+
+def _benchmark_recipe(benchmark: CleanBenchmark, lr: float | None, batch_size: int | None) -> dict[str, Any]:
+    """The learning rate and batch size given, else the clean benchmark's."""
+    return {"lr": float(lr or benchmark.training.get("lr", 0.1)),
+            "batch_size": int(batch_size or benchmark.training.get("batch_size", 128))}
+
+
+def _points_from_probe(method: str, probe: EpsStarEstimate) -> list[float]:
+    """The fine-tune's strengths from the clean probe (its lower bound × (1/2, 1, 3/2, 2)); the grid adds 4×."""
+    points = default_finetune_eps(probe)
+    return points + [4 * probe.lower_bound] if method == "grid" and probe.lower_bound else points
+
+
+def _with_probe(result: EpsStarEstimate, probe: EpsStarEstimate | None) -> EpsStarEstimate:
+    """``result`` with the clean probe's figures and warnings, when a probe chose its points."""
+    if probe is not None:
+        result.warnings += [f"clean probe: {w}" for w in probe.warnings]
+        result.lower_bound, result.first_order = probe.lower_bound, probe.first_order
+        result.mean_grad_dual_norm = result.mean_grad_dual_norm or probe.mean_grad_dual_norm
+    return result
+
+
+def _check_request(method: str, attack: str | None, records: Any, model_factory: Any, train_set: Any,
+                   test_set: Any) -> tuple[str, str]:
+    """The method and the training attack, lower-cased, with what each method needs."""
+    method = method.lower()
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if method == "runs":
+        if not records:
+            raise ValueError("method 'runs' needs run records")
+        return method, attack or "pgd"
+    if model_factory is None or train_set is None:
+        raise ValueError(f"method {method!r} needs model_factory and train_set")
+    if method == "grid" and test_set is None:
+        raise ValueError("method 'grid' needs test_set (the adversarial test loss selects each run's epoch)")
+    attack = (attack or "pgd").lower()
+    if attack not in ("pgd", "fgm"):
+        raise ValueError(f"attack must be 'pgd' or 'fgm', got {attack!r}")
+    return method, attack

@@ -1,0 +1,145 @@
+"""What an ε* estimator returns (:class:`EpsStarEstimate`) and what the estimators share: the ε grid's check, the
+attack by name, where a loss curve crosses R*(0), the cost counters."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ...attacks import FGM, PGD, Attack
+from ...attacks.domain import Normalization
+from ...uncertainty import DEFAULT_LEVEL
+from ..training import PassCounter
+
+log = logging.getLogger(__name__)
+# The grid's own monitored runs report through their records, not as warnings to the person who asked for ε*:
+# a logger of their own (not registered with logging, so importing this module configures nothing) that passes
+# only errors on to this module's logger.
+_RUN_LOG = logging.Logger(__name__ + ".runs", logging.ERROR)
+_RUN_LOG.parent = log
+
+
+@dataclass
+class EpsStarEstimate:
+    """An ε* estimate with what it rests on.
+
+    Attributes:
+        method: ``"grid"``, ``"finetune"`` or ``"clean-probe"``.
+        value: the estimate (``None`` when it cannot be given; ``warnings`` says why).
+        clean_test_loss: R*(0) used.
+        points: the measured ``{"eps", "loss", "run", ...}`` points (failed runs carry ``"failed"``).
+        per_run: the estimate of each run (fine-tune, grid with runs > 1).
+        spread: standard deviation of ``per_run`` (``None`` with one run).
+        bracket: for the grid, the two ε around the crossing; for the clean probe, ``(lower bound, None)``.
+        fit: for the fine-tune, the mean ``intercept``, ``slope`` and RMS ``residual`` of the line.
+        lower_bound / first_order: the clean probe's two figures.
+        consistency: fine-tune slope / mean‖∇ₓℓ(θ̂(0))‖_* when both are known (≈ 1 expected).
+        seconds: wall time; forward_samples / backward_samples: per-sample passes through the model;
+        train_set_passes: (forward + backward samples) / (2 · n_train), in epochs of clean training.
+        warnings: what the reader should know.
+        interval / level: the band ``[low, high]`` around ``value`` and its coverage (default 0.8): R*(0)'s
+            bootstrap, R̂'s sampling error and the spread over runs, carried through the estimator.
+    """
+
+    method: str
+    value: float | None
+    clean_test_loss: float
+    norm: str
+    points: list[dict[str, Any]] = field(default_factory=list)
+    per_run: list[float] = field(default_factory=list)
+    spread: float | None = None
+    bracket: tuple[float | None, float | None] | None = None
+    fit: dict[str, float] | None = None
+    lower_bound: float | None = None
+    first_order: float | None = None
+    mean_grad_dual_norm: float | None = None
+    consistency: float | None = None
+    seconds: float = 0.0
+    forward_samples: int = 0
+    backward_samples: int = 0
+    train_set_passes: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    interval: tuple[float, float] | None = None
+    level: float = DEFAULT_LEVEL
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (JSON-ready)."""
+        out = asdict(self)
+        out["interval"] = None if self.interval is None else list(self.interval)
+        return out
+
+    def to_json(self, **kwargs: Any) -> str:
+        """The estimate as JSON."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+def check_eps_grid(eps: Sequence[float], name: str = "eps") -> list[float]:
+    """A sorted, non-empty, non-negative list of distinct finite strengths, or a clear ValueError."""
+    values = [float(e) for e in eps]
+    if not values:
+        raise ValueError(f"{name} must not be empty")
+    if any(not math.isfinite(e) or e < 0 for e in values):
+        raise ValueError(f"{name} must contain finite values >= 0, got {values}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} must not contain duplicates, got {values}")
+    if values != sorted(values):
+        raise ValueError(f"{name} must be sorted in increasing order, got {values}")
+    return values
+
+
+def make_attack(name: str, eps: float, norm: str, steps: int = 10, normalization: Normalization = None) -> Attack:
+    """``"pgd"`` (PGD-``steps`` with random start) or ``"fgm"`` (FGM; FGSM-RS in L∞) of strength ``eps``.
+
+    ``normalization=(mean, std)`` when the data is normalised before the model (ε stays in pixel units).
+    """
+    name = name.lower()
+    if name == "pgd":
+        return PGD(eps, norm=norm, steps=steps, normalization=normalization)
+    if name == "fgm":
+        return FGM(eps, norm=norm, random_start=True, normalization=normalization)
+    raise ValueError(f"attack must be 'pgd' or 'fgm', got {name!r}")
+
+
+def _finite(v: float) -> bool:
+    return isinstance(v, float) and math.isfinite(v)
+
+
+def _cost(est: EpsStarEstimate, counter: PassCounter, start: float, n_train: int) -> EpsStarEstimate:
+    est.seconds = time.perf_counter() - start
+    est.forward_samples, est.backward_samples = counter.forward, counter.backward
+    est.train_set_passes = (counter.forward + counter.backward) / (2 * max(n_train, 1))
+    return est
+
+
+def censored_crossing(eps: list[float], losses: list[float], target: float) -> float | None:
+    """The crossing of one Monte-Carlo draw; a draw whose curve stays below ``target`` counts as the grid's end.
+
+    Dropping such draws would bias the band low (they are the draws where ε* is largest), so they are kept
+    at the largest ε, and the band then says it reaches the grid's edge. Draws above ``target`` from the
+    first point on count as the first ε.
+    """
+    value, _ = interpolate_crossing(eps, losses, target)
+    if value is not None:
+        return value
+    if all(v <= target for v in losses):
+        return eps[-1]
+    if all(v > target for v in losses):
+        return eps[0]
+    return None
+
+
+def interpolate_crossing(eps: list[float], losses: list[float], target: float):
+    """ε where the piecewise-linear L(ε) first crosses ``target`` from below, and the bracketing pair."""
+    points = list(zip(eps, losses, strict=True))
+    for (e0, l0), (e1, l1) in zip(points, points[1:], strict=False):
+        if l0 <= target < l1:
+            return e0 + (target - l0) * (e1 - e0) / (l1 - l0), (e0, e1)
+    return None, None
+
+

@@ -1,0 +1,102 @@
+"""What a study runs (:class:`StudySettings`) and its units of work (:class:`Unit`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...uncertainty import DEFAULT_LEVEL
+from ..estimate import check_eps_grid
+
+STUDY_SCHEMA = "advhooks.study-unit/1"
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What a study runs: the grid of configurations and the recipe every unit shares.
+
+    ``widths`` entries are the model builder's size argument (``None``: its default). ``epochs``/``lr``/
+    ``batch_size``/``weight_decay`` are the clean runs' (and the grid's); ``finetune_epochs`` the fine-tune's.
+    ``fgsm_eps``: the FGSM probe's increasing strengths (empty: no probe). ``customary_eps``: the ε people
+    would use on this data, shown as its ratio to ε*.
+    """
+
+    widths: tuple[int | None, ...]
+    fractions: tuple[float, ...]
+    seeds: tuple[int, ...]
+    method: str = "finetune"
+    check_grid: bool = False
+    fgsm_eps: tuple[float, ...] = ()
+    epochs: int = 60
+    finetune_epochs: int = 10
+    lr: float = 0.05
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    norm: str = "linf"
+    split_seed: int = 0
+    customary_eps: float | None = None
+    level: float = DEFAULT_LEVEL
+
+    def __post_init__(self) -> None:
+        self._check_grid()
+        self._check_recipe()
+
+    def _check_grid(self) -> None:
+        if not self.widths or not self.fractions or not self.seeds:
+            raise ValueError("a study needs at least one width, one train fraction and one seed")
+        if any(w is not None and (not isinstance(w, int) or w < 1) for w in self.widths):
+            raise ValueError(f"widths must be integers >= 1, got {list(self.widths)}")
+        if any(not 0 < f <= 1 for f in self.fractions):
+            raise ValueError(f"train fractions must be in (0, 1], got {list(self.fractions)}")
+        for name, values in (("widths", list(self.widths)), ("train fractions", [f"{f:g}" for f in self.fractions]),
+                             ("seeds", list(self.seeds))):
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must be distinct, got {values}")
+
+    def _check_recipe(self) -> None:
+        if self.method not in ("finetune", "grid", "clean-probe"):
+            raise ValueError(f"method must be finetune, grid or clean-probe, got {self.method!r}")
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"norm must be linf or l2, got {self.norm!r}")
+        if not 0 < self.level < 1:
+            raise ValueError(f"level must be in (0, 1), got {self.level}")
+        if self.fgsm_eps:
+            check_eps_grid(self.fgsm_eps, "fgsm_eps")
+            if self.norm != "linf":
+                raise ValueError("the FGSM probe trains with plain FGSM (L-inf): compare it with an L-inf eps*")
+        if self.customary_eps is not None and not self.customary_eps > 0:
+            raise ValueError(f"customary_eps must be > 0, got {self.customary_eps}")
+        if self.epochs < 1 or self.finetune_epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError("epochs, finetune_epochs and batch_size must be >= 1 and lr > 0")
+
+    def units(self) -> list[Unit]:
+        """Every unit of work in a fixed order: the runs (width × fraction × seed), then the FGSM probes."""
+        runs = [Unit("run", w, f, s) for w in self.widths for f in self.fractions for s in self.seeds]
+        probes = [Unit("fgsm", w, f) for w in self.widths for f in self.fractions] if self.fgsm_eps else []
+        return runs + probes
+
+    def grid_checked(self, unit: Unit) -> bool:
+        """Whether ``unit`` also runs the grid check (the first seed of each configuration, with ``check_grid``)."""
+        return unit.kind == "run" and self.check_grid and unit.seed == self.seeds[0] and self.method != "grid"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: a clean benchmark and its ε* estimate (``kind="run"``, one seed), or the FGSM probe of
+    a configuration (``kind="fgsm"``, no seed)."""
+
+    kind: str
+    width: int | None
+    fraction: float
+    seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        """``run-width64-fraction0.5-seed1``: its file's name without ``.json``, and its progress label."""
+        tail = "" if self.seed is None else f"-seed{self.seed}"
+        return f"{self.kind}-width{'default' if self.width is None else self.width}-fraction{self.fraction:g}{tail}"
+
+    def as_list(self) -> list:
+        """How a unit file names it: ``[kind, width, fraction]`` and the seed for a run."""
+        return [self.kind, self.width, self.fraction, *([] if self.seed is None else [self.seed])]
+
+
