@@ -421,7 +421,7 @@ def estimate_eps_star(
         json_out.write_text(result.to_json(indent=2))
         typer.echo(f"wrote {json_out}")
     if plot is not None:
-        from .kit.estimate_plot import plot_estimate
+        from .kit.estimate.plot import plot_estimate
 
         typer.echo(f"wrote {plot_estimate(result, plot)}")
 
@@ -559,8 +559,8 @@ def connectivity_command(
     from tqdm.auto import tqdm
 
     from .benchmark import CleanBenchmark
-    from .connectivity import connectivity
     from .kit.checkpoints import load_weights, read_checkpoint
+    from .kit.connectivity import connectivity
 
     _check_options(bends=bends, epochs=epochs, points=points, lr=lr, batch_size=batch_size)
     _prepare_output(json_out, "--json")
@@ -593,7 +593,7 @@ def connectivity_command(
         json_out.write_text(result.to_json(indent=2))
         typer.echo(f"wrote {json_out}")
     if plot is not None:
-        from .plotting import plot_connectivity
+        from .kit.connectivity import plot_connectivity
 
         typer.echo(f"wrote {plot_connectivity(result, plot)}")
 
@@ -691,7 +691,7 @@ def study_command(
     if json_out is not None:
         typer.echo(f"wrote {json_out}")
     if plot is not None:
-        from .kit.study_plot import plot_study
+        from .kit.study.plot import plot_study
 
         typer.echo(f"wrote {plot_study(result, plot)}")
 

@@ -3,8 +3,6 @@
 - :class:`CatastrophicOverfittingDetector` (Andriushchenko & Flammarion 2020; the paper's Table 2): on a
   fixed check batch, PGD accuracy collapses while FGSM accuracy stays high. The decision is the pure
   function :func:`catastrophic_overfitting`.
-- :func:`connectivity` (the paper's Figure 4, from :mod:`advhooks.connectivity`): the clean training loss
-  along the trained Bézier curve and the straight line between the clean and an adversarial model.
 - :class:`RobustOverfittingTracker` (the paper's Figure 5): the adversarial generalisation gap (adversarial
   test loss − adversarial training loss) relative to its value at a reference epoch, and the best
   checkpoint epoch by adversarial test loss.
@@ -25,15 +23,12 @@ from torch import nn
 from ._outputs import logits_of
 from ._validation import check_finite_nonnegative, check_positive_int, check_unit_interval
 from .attacks import FGM, PGD, eval_mode
-from .connectivity import ConnectivityResult, connectivity
 
 __all__ = [
     "CatastrophicOverfittingDetector",
-    "ConnectivityResult",
     "OverfittingReport",
     "RobustOverfittingTracker",
     "catastrophic_overfitting",
-    "connectivity",
 ]
 
 log = logging.getLogger(__name__)

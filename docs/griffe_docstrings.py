@@ -20,7 +20,7 @@ from typing import Any
 import griffe
 
 _EXAMPLE = re.compile(r"^(\s*)Example:\s*$", re.MULTILINE)
-_SHOWN_SPECIAL = {"__call__"}
+_SHOWN_SPECIAL = {"__call__", "__init__"}  # __init__ is merged into its class's entry
 _ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj|const):`(~?)([^`]+)`")
 
 
@@ -34,11 +34,12 @@ def _role(match: re.Match[str]) -> str:
 class AdvhooksDocstrings(griffe.Extension):
     """Rewrite each docstring (and hide protocol methods) once the object tree is built."""
 
+    def on_class(self, *, cls: griffe.Class, **kwargs: Any) -> None:
+        for name in list(cls.members):
+            if name.startswith("__") and name.endswith("__") and name not in _SHOWN_SPECIAL:
+                cls.del_member(name)
+
     def on_object(self, *, obj: griffe.Object, **kwargs: Any) -> None:
-        name = obj.name
-        if obj.parent is not None and obj.parent.is_class and name.startswith("__") and name.endswith("__"):
-            if name not in _SHOWN_SPECIAL:
-                obj.public = False
         if obj.docstring is not None:
             text = _EXAMPLE.sub(r"\1Examples:", obj.docstring.value)
             obj.docstring.value = _ROLE.sub(_role, text)

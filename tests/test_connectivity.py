@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 from advhooks import PhaseMonitor
 from advhooks.benchmark import CleanBenchmark
 from advhooks.cli import app
-from advhooks.connectivity import bezier_coefficients, connectivity, path_barrier, path_ridge
-from advhooks.diagnostics import connectivity as from_diagnostics
 from advhooks.evaluation import evaluate_adversarial_loss
+from advhooks.kit.connectivity import bezier_coefficients, connectivity, path_barrier, path_ridge
 from advhooks.kit.data import load_digits
 from advhooks.kit.estimate import make_attack
 from advhooks.kit.presets import get_preset
@@ -87,7 +86,7 @@ def test_the_ends_of_both_paths_are_the_two_models_and_neither_model_changes(dig
     adv.eval()
     before = [copy.deepcopy(m.state_dict()) for m in (clean, adv)]
     loader, evaluation = _loaders(train)
-    result = from_diagnostics(clean, adv, loader, eval_loader=evaluation, epochs=1, points=5)
+    result = connectivity(clean, adv, loader, eval_loader=evaluation, epochs=1, points=5)
     for model, state in zip((clean, adv), before, strict=True):
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     assert clean.training and not adv.training  # modes untouched

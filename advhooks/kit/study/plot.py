@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..plotting import pyplot, save_figure
+from ...plotting import pyplot, save_figure
 
 __all__ = ["plot_study"]
 

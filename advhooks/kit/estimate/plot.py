@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..plotting import pyplot, save_figure
-from .estimate import EpsStarEstimate
+from ...plotting import pyplot, save_figure
+from .result import EpsStarEstimate
 
 __all__ = ["plot_estimate"]
 

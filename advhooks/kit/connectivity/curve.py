@@ -36,10 +36,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ._outputs import logits_of
-from ._validation import check_positive_int
-from .attacks.criteria import Criterion, per_sample
-from .schedules import step_decay
+from ..._outputs import logits_of
+from ..._validation import check_positive_int
+from ...attacks.criteria import Criterion, per_sample
+from ...schedules import step_decay
 
 __all__ = ["ConnectivityResult", "bezier_coefficients", "connectivity", "path_barrier", "path_ridge"]
 
