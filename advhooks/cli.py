@@ -416,7 +416,7 @@ def estimate_eps_star(
             progress=progress)
     finally:
         bar.close()
-    typer.echo(_estimate_table(result))
+    typer.echo(result.summary())
     if json_out is not None:
         json_out.write_text(result.to_json(indent=2))
         typer.echo(f"wrote {json_out}")
@@ -447,15 +447,20 @@ def _check_estimate_options(method: str, norm: str, attack: str | None, level: f
 def _benchmark_setup(bench: Any, preset: str | None, model: str | None, data: str | None, data_dir: Path | None,
                      width: int | None, split_seed: int | None, strict: bool) -> _Setup:
     """The setting a benchmark was recorded in: its preset and data split unless others are given, checked."""
+    from .benchmark import check_benchmark_setup
+
     if preset is None and model is None and data is None:
         preset = bench.training.get("preset")
-    if split_seed is None:  # benchmarks before --split-seed split with their --seed
-        split_seed = int(bench.training.get("split_seed", bench.training.get("seed", 0)))
+    if split_seed is None:
+        split_seed = int(bench.training.get("split_seed", 0))
     if width is None and isinstance(bench.training.get("width"), int):
         width = bench.training["width"]
     setup = _resolve_setup(preset, model, data, data_dir, False, width, split_seed,
                            float(bench.training.get("train_fraction", 1.0)))
-    _check_setup_matches(bench, setup, strict)
+    model_difference = check_benchmark_setup(bench, setup.model_factory(), setup.train_eval, setup.test_set,
+                                             strict=strict)
+    if model_difference:
+        typer.echo(f"warning: {model_difference}", err=True)
     return setup
 
 
@@ -475,56 +480,6 @@ def _read_records(pattern: str) -> list[dict]:
             record["source"] = path  # named in the refusals
         out.append(record)
     return out
-
-
-def _check_setup_matches(bench: Any, setup: _Setup, strict: bool) -> None:
-    """The data must be the benchmark's (an error); another model is a warning unless ``strict``."""
-    from .benchmark import dataset_fingerprint, model_fingerprint
-
-    dfp = dataset_fingerprint(setup.train_eval, setup.test_set)
-    data = [f"{key} {dfp.get(key)} vs the benchmark's {bench.dataset[key]}"
-            for key in ("n_train", "n_test", "train_labels_hash", "test_labels_hash")
-            if key in bench.dataset and bench.dataset[key] != dfp.get(key)]
-    if data:
-        recorded = bench.training.get("split_seed", bench.training.get("seed"))
-        raise ValueError(f"the data is not the benchmark's (another split or data set; the benchmark was recorded "
-                         f"with split seed {recorded}, see --split-seed): " + "; ".join(data))
-    fp = model_fingerprint(setup.model_factory())
-    if bench.model.get("hash") and fp["hash"] != bench.model["hash"]:
-        msg = (f"the benchmark was recorded on something else: model {fp['class']} ({fp['num_parameters']} "
-               f"parameters) vs the benchmark's {bench.model.get('class')} ({bench.model.get('num_parameters')})")
-        if strict:
-            raise ValueError(msg)
-        typer.echo(f"warning: {msg}", err=True)
-
-
-def _estimate_table(est: Any) -> str:
-    def u(v: float | None) -> str:
-        return "-" if v is None else format_eps(v)
-
-    band = "-" if est.interval is None else f"[{u(est.interval[0])}, {u(est.interval[1])}] ({est.level:.0%} band)"
-    value = ("eps* >= (lower bound)", u(est.value)) if est.method == "clean-probe" else ("eps*", u(est.value))
-    rows = [("method", est.method), value, ("band", band), ("R*(0)", f"{est.clean_test_loss:.4f}")]
-    if est.spread is not None:
-        rows.append(("spread over runs (sd)", u(est.spread)))
-    if est.per_run and len(est.per_run) > 1:
-        rows.append(("per run", ", ".join(format_eps(v) for v in est.per_run)))
-    if est.bracket and est.method == "grid":
-        rows.append(("bracket", f"{u(est.bracket[0])} .. {u(est.bracket[1])}"))
-    if est.fit:
-        rows.append(("fit", f"loss = {est.fit['intercept']:.4f} + {est.fit['slope']:.4g} eps, "
-                            f"residual {est.fit['residual']:.2g}"))
-    if est.lower_bound is not None or est.first_order is not None:
-        rows.append(("clean-probe lower bound", u(est.lower_bound)))
-        rows.append(("first-order estimate", u(est.first_order)))
-    if est.consistency is not None:
-        rows.append(("slope / mean grad dual norm", f"{est.consistency:.3f} (about 1 expected)"))
-    rows.append(("points", "; ".join(f"{format_eps(p['eps'])}: {p['loss']:.4f}" if p.get("loss") is not None
-                                     else f"{format_eps(p['eps'])}: failed" for p in est.points)))
-    rows.append(("cost", f"{est.seconds:.1f} s, {est.train_set_passes:.0f} training-set passes"))
-    rows += [("warning", w) for w in est.warnings]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 @app.command("connectivity")
@@ -781,7 +736,7 @@ def simulate_linear(
     """
     from tqdm.auto import tqdm
 
-    from .kit.theory import LinearSetting, simulate
+    from .kit.theory import LinearSetting, format_simulation, simulate
 
     dims = _int_list(d, "--d")
     ratio_list = parse_eps_list(ratios)
@@ -797,25 +752,7 @@ def simulate_linear(
         results.append(simulate(setting, ratio_list, repeats=repeats, steps=steps, lr=lr, seed=seed,
                                 progress=lambda text: bar.update(1)))
     bar.close()
-    typer.echo(f"n = {n}, {repeats} repeats, GD {steps} steps; cells: p-value of theta / p-value of the training "
-               "loss / relative parameter difference at T")
-    header = f"{'d':>4}  " + "".join(f"{'eps/sqrt(d/n)=' + format(r, 'g'):>24}" for r in ratio_list)
-    typer.echo(header)
-    for res in results:
-        cells = "".join(f"{f'{p:.3f} / {q:.3f} / {rd:.3f}':>24}"
-                        for p, q, rd in zip(res.param_pvalue, res.loss_pvalue, res.rel_diff_final, strict=True))
-        typer.echo(f"{res.d:>4}  {cells}")
-    typer.echo("trajectories (--plot, Figure 2 left): each clean/adversarial pair at one step; "
-               + "; ".join(f"d={res.d}: step {res.trajectory_lr:.4g} ({res.trajectory_step_rule})" for res in results))
-    typer.echo("")
-    typer.echo(f"{'d':>4}  {'eps* (median, IQR)':>26}  {'sqrt(d/n)':>9}  {'eps*/sqrt(d/n)':>14}  {'d/n':>6}  "
-               f"{'eps*/(d/n)':>10}  {'first-order/eps*':>16}  {'finetune/eps*':>13}")
-    for res in results:
-        iqr = f"{res.eps_star_median:.4f} ({res.eps_star_iqr[0]:.3f}-{res.eps_star_iqr[1]:.3f})"
-        typer.echo(f"{res.d:>4}  {iqr:>26}  {res.extra['sqrt_d_over_n']:>9.3f}  "
-                   f"{res.extra['eps_star_over_sqrt_d_over_n']:>14.3f}  {res.extra['d_over_n']:>6.3f}  "
-                   f"{res.extra['eps_star_over_d_over_n']:>10.3f}  {res.first_order_ratio:>16.3f}  "
-                   f"{res.finetune_ratio:>13.3f}")
+    typer.echo(format_simulation(results))
     if json_out is not None:
         json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2))
         typer.echo(f"wrote {json_out}")

@@ -14,6 +14,7 @@ from .file_format import SCHEMA_VERSION, BenchmarkFormatError, read_record, writ
 from .recipe import (
     RECIPE_KEYS,
     benchmark_reference,
+    check_benchmark_setup,
     dataset_fingerprint,
     differing_keys,
     model_fingerprint,
@@ -27,6 +28,7 @@ __all__ = [
     "BenchmarkFormatError",
     "CleanBenchmark",
     "benchmark_reference",
+    "check_benchmark_setup",
     "dataset_fingerprint",
     "differing_keys",
     "evaluate_clean",

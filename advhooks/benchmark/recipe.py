@@ -18,8 +18,8 @@ from .._datasets import labels_of
 if TYPE_CHECKING:
     from .clean_benchmark import CleanBenchmark
 
-__all__ = ["RECIPE_KEYS", "benchmark_reference", "dataset_fingerprint", "differing_keys", "model_fingerprint",
-           "recipe_differences", "unwrap_model"]
+__all__ = ["RECIPE_KEYS", "benchmark_reference", "check_benchmark_setup", "dataset_fingerprint", "differing_keys",
+           "model_fingerprint", "recipe_differences", "unwrap_model"]
 
 
 def _sha256(chunks: Iterable[bytes]) -> str:
@@ -120,6 +120,25 @@ def differing_keys(benchmark: CleanBenchmark, recipe: dict[str, Any]) -> dict[st
             out["model"] = (f"model {fp['class']} ({fp['num_parameters']} parameters) vs the benchmark's "
                             f"{benchmark.model.get('class')} ({benchmark.model.get('num_parameters')} parameters)")
     return out
+
+
+def check_benchmark_setup(benchmark: CleanBenchmark, model: nn.Module, train_set: Dataset, test_set: Dataset, *,
+                          strict: bool = False) -> str | None:
+    """Is this the benchmark's setting? Data that is not the benchmark's (sizes or label hashes of either split)
+    is a ``ValueError``; another model is returned as a sentence (a ``ValueError`` when ``strict``), ``None``
+    when it is the benchmark's."""
+    fingerprint = dataset_fingerprint(train_set, test_set)
+    data = [f"{key} {fingerprint.get(key)} vs the benchmark's {benchmark.dataset[key]}"
+            for key in ("n_train", "n_test", "train_labels_hash", "test_labels_hash")
+            if key in benchmark.dataset and benchmark.dataset[key] != fingerprint.get(key)]
+    if data:
+        recorded = benchmark.training.get("split_seed")
+        raise ValueError(f"the data is not the benchmark's (another split or data set; the benchmark was recorded "
+                         f"with split seed {recorded}, see --split-seed): " + "; ".join(data))
+    difference = differing_keys(benchmark, {"model": model}).get("model")
+    if difference and strict:
+        raise ValueError(f"the benchmark was recorded on something else: {difference}")
+    return None if difference is None else f"the benchmark was recorded on something else: {difference}"
 
 
 def benchmark_reference(benchmark: CleanBenchmark | float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ...attacks import FGM, PGD, Attack
 from ...attacks.domain import Normalization
+from ...schedules import format_eps
 from ...uncertainty import DEFAULT_LEVEL
 from ..training import PassCounter
 
@@ -77,6 +78,37 @@ class EpsStarEstimate:
     def to_json(self, **kwargs: Any) -> str:
         """The estimate as JSON."""
         return json.dumps(self.to_dict(), **kwargs)
+
+    def summary(self) -> str:
+        """The estimate as an aligned table for people: value, band, R*(0), fit, probe, points, cost, warnings."""
+
+        def u(v: float | None) -> str:
+            return "-" if v is None else format_eps(v)
+
+        band = ("-" if self.interval is None
+                else f"[{u(self.interval[0])}, {u(self.interval[1])}] ({self.level:.0%} band)")
+        value = ("eps* >= (lower bound)", u(self.value)) if self.method == "clean-probe" else ("eps*", u(self.value))
+        rows = [("method", self.method), value, ("band", band), ("R*(0)", f"{self.clean_test_loss:.4f}")]
+        if self.spread is not None:
+            rows.append(("spread over runs (sd)", u(self.spread)))
+        if self.per_run and len(self.per_run) > 1:
+            rows.append(("per run", ", ".join(format_eps(v) for v in self.per_run)))
+        if self.bracket and self.method == "grid":
+            rows.append(("bracket", f"{u(self.bracket[0])} .. {u(self.bracket[1])}"))
+        if self.fit:
+            rows.append(("fit", f"loss = {self.fit['intercept']:.4f} + {self.fit['slope']:.4g} eps, "
+                                f"residual {self.fit['residual']:.2g}"))
+        if self.lower_bound is not None or self.first_order is not None:
+            rows.append(("clean-probe lower bound", u(self.lower_bound)))
+            rows.append(("first-order estimate", u(self.first_order)))
+        if self.consistency is not None:
+            rows.append(("slope / mean grad dual norm", f"{self.consistency:.3f} (about 1 expected)"))
+        rows.append(("points", "; ".join(f"{format_eps(p['eps'])}: {p['loss']:.4f}" if p.get("loss") is not None
+                                         else f"{format_eps(p['eps'])}: failed" for p in self.points)))
+        rows.append(("cost", f"{self.seconds:.1f} s, {self.train_set_passes:.0f} training-set passes"))
+        rows += [("warning", w) for w in self.warnings]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def check_eps_grid(eps: Sequence[float], name: str = "eps") -> list[float]:

@@ -37,6 +37,7 @@ __all__ = [
     "adversarial_loss_grad",
     "adversarial_sq_loss",
     "exact_eps_star",
+    "format_simulation",
     "gradient_descent",
     "population_adversarial_risk",
     "sample_data",
@@ -313,3 +314,29 @@ def _gradient_estimators(x: np.ndarray, y: np.ndarray, setting: LinearSetting, s
     intercept = losses.mean(0) - slope * points.mean(0)
     fine = (r_star - intercept) / slope
     return float(np.median(first / star)), float(np.median(fine / star))
+
+
+def format_simulation(results: Sequence[SimulationResult]) -> str:
+    """Results of one ``n`` over several ``d`` as the two tables ``advhooks simulate-linear`` prints: the p-values
+    and parameter differences per ε / √(d/n), then ε* against √(d/n) and d/n."""
+    first = results[0]
+    ratios = first.ratios
+    lines = [f"n = {first.n}, {first.repeats} repeats, GD {first.steps} steps; cells: p-value of theta / p-value of "
+             "the training loss / relative parameter difference at T",
+             f"{'d':>4}  " + "".join(f"{'eps/sqrt(d/n)=' + format(r, 'g'):>24}" for r in ratios)]
+    for res in results:
+        cells = "".join(f"{f'{p:.3f} / {q:.3f} / {rd:.3f}':>24}"
+                        for p, q, rd in zip(res.param_pvalue, res.loss_pvalue, res.rel_diff_final, strict=True))
+        lines.append(f"{res.d:>4}  {cells}")
+    lines += ["trajectories (--plot, Figure 2 left): each clean/adversarial pair at one step; "
+              + "; ".join(f"d={res.d}: step {res.trajectory_lr:.4g} ({res.trajectory_step_rule})" for res in results),
+              "",
+              f"{'d':>4}  {'eps* (median, IQR)':>26}  {'sqrt(d/n)':>9}  {'eps*/sqrt(d/n)':>14}  {'d/n':>6}  "
+              f"{'eps*/(d/n)':>10}  {'first-order/eps*':>16}  {'finetune/eps*':>13}"]
+    for res in results:
+        iqr = f"{res.eps_star_median:.4f} ({res.eps_star_iqr[0]:.3f}-{res.eps_star_iqr[1]:.3f})"
+        lines.append(f"{res.d:>4}  {iqr:>26}  {res.extra['sqrt_d_over_n']:>9.3f}  "
+                     f"{res.extra['eps_star_over_sqrt_d_over_n']:>14.3f}  {res.extra['d_over_n']:>6.3f}  "
+                     f"{res.extra['eps_star_over_d_over_n']:>10.3f}  {res.first_order_ratio:>16.3f}  "
+                     f"{res.finetune_ratio:>13.3f}")
+    return "\n".join(lines)
