@@ -10,20 +10,19 @@ loop can be compiled or captured as a CUDA graph.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parameter import UninitializedParameter
 
 from .._outputs import call_model
-from ..schedules import check_eps_value, resolve_eps
+from ..schedules import check_eps_value
 from .apgd import apgd_ascend_
+from .checks import InputChecks, check_call, check_model_matches
 from .config import AttackConfig
-from .criteria import Criterion, per_sample
+from .criteria import Criterion
 from .domain import Bounds, InputDomain, Normalization
 from .model_state import attack_mode, autocast_loss_scale, unwrap_parallel
 from .norms import project_, random_in_ball_, steepest_direction_
@@ -41,11 +40,6 @@ def _compiled_call_model(module, inputs, input_key, kwargs):
     if _compiled_call is None:
         _compiled_call = torch.compile(call_model, dynamic=False)
     return _compiled_call(module, inputs, input_key, kwargs)
-
-
-# Inputs this far outside the bounds (relative to the box width) still count as inside: it absorbs the
-# rounding of a normalise/denormalise round trip.
-_BOUNDS_TOLERANCE = 1e-5
 
 
 def pgd_perturb(
@@ -151,19 +145,6 @@ def fgm_perturb(
                    generator=generator)
 
 
-def check_call(config: AttackConfig, inputs: Any, targets: Any, eps: float | None, step: int,
-               criterion: Criterion | None) -> tuple[float, Criterion]:
-    """The checks of one call that need no host read; returns its strength and per-sample criterion."""
-    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
-        raise TypeError("inputs must be a floating-point tensor (N, ...)")
-    if inputs.ndim < 1 or inputs.shape[0] == 0:
-        raise ValueError(f"inputs must be a non-empty batch (N, ...), got shape {tuple(inputs.shape)}")
-    _check_targets(inputs, targets)
-    eps = check_eps_value(config.eps_at(step) if eps is None else resolve_eps(eps, step))
-    config.domain.check_eps(eps, config.norm)
-    return eps, config.criterion_fn if criterion is None else per_sample(criterion)
-
-
 def perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, config: AttackConfig, *,
             eps: float | None = None, step: int = 0, criterion: Criterion | None = None,
             input_key: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
@@ -193,7 +174,7 @@ def perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, confi
         True
     """
     eps, criterion = check_call(config, inputs, targets, eps, step, criterion)
-    _check_model_matches(unwrap_parallel(model), inputs, config.precision)
+    check_model_matches(unwrap_parallel(model), inputs, config.precision)
     domain = config.domain
     placed = domain.place(inputs)
     checks = None  # the input checks: device flags, read on the host once, at the first forward
@@ -201,7 +182,7 @@ def perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, confi
         if domain.is_bounded:
             inputs = torch.clamp(inputs, placed.input_low, placed.input_high)
     else:
-        checks = _InputChecks(inputs.detach(), domain, placed)
+        checks = InputChecks(inputs.detach(), domain, placed)
     if eps == 0.0:
         if checks is not None:
             checks.read(None, targets)
@@ -275,58 +256,6 @@ def apply_delta(inputs: torch.Tensor, delta: torch.Tensor, domain: InputDomain, 
     return adv
 
 
-class _InputChecks:
-    """NaN/inf inputs, inputs outside the bounds, pixel inputs under ``normalization=``, and class labels
-    outside the logits' range: computed on the device, read on the host in one go.
-
-    The label range needs the number of classes, known from the first forward's logits (shape metadata,
-    no read), so the one read happens there, before the first loss: on CUDA an out-of-range label would
-    otherwise be a device-side assert that kills the process. A silently wrong attack is worse than the read.
-    """
-
-    def __init__(self, x: torch.Tensor, domain: InputDomain, placed: Any) -> None:
-        self.x, self.domain, self.placed = x, domain, placed
-        self.flags = {"nonfinite": (~torch.isfinite(x)).any()}
-        if domain.is_bounded:
-            pixels = domain.pixels(x, placed)
-            tol = _BOUNDS_TOLERANCE * (placed.high - placed.low)
-            self.flags["outside"] = ((pixels < placed.low - tol) | (pixels > placed.high + tol)).any()
-        # Normalised inputs have values below 0 wherever a pixel is under the mean; a first batch with none
-        # is almost surely still in pixel units (normalization= given, but the data is not normalised yet).
-        if not domain.first_batch_checked and domain.maps_zero_below_zero:
-            self.flags["pixel_units"] = (x >= 0).all()
-        domain.first_batch_checked = True
-
-    def read(self, logits: torch.Tensor | None, targets: torch.Tensor) -> None:
-        """Read every flag with one host read; raise (or warn) for what they show."""
-        flags = dict(self.flags)
-        classes = None
-        if logits is not None and logits.ndim == 2 and targets.ndim == 1 and not targets.is_floating_point():
-            classes = logits.shape[1]
-            flags["labels"] = ((targets < 0) | (targets >= classes)).any()
-        values = dict(zip(flags, torch.stack(list(flags.values())).tolist(), strict=True))
-        x, domain, placed = self.x, self.domain, self.placed
-        if values.get("pixel_units"):
-            warnings.warn("normalization=(mean, std) is set but every input of the first batch is >= 0: are the "
-                          "inputs still in pixel units? normalization= expects inputs already normalised as "
-                          "(pixel - mean) / std; drop it for pixel inputs", UserWarning, stacklevel=5)
-        if values["nonfinite"]:
-            raise ValueError(f"inputs contain NaN or inf values ({int((~torch.isfinite(x)).sum())} of {x.numel()}); "
-                             "clean the batch before attacking it")
-        if values.get("outside"):
-            pixels = domain.pixels(x, placed)
-            lo, hi = pixels.min().item(), pixels.max().item()
-            raise ValueError(
-                f"inputs lie outside the attack's bounds (pixel range [{lo:.4g}, {hi:.4g}] vs bounds "
-                f"{domain.bounds!r}); pass the right bounds (or normalization=(mean, std) for normalised "
-                "inputs), bounds=None for unbounded inputs, or out_of_bounds='clamp' to clamp them"
-            )
-        if values.get("labels"):
-            bad = targets[(targets < 0) | (targets >= classes)]
-            raise ValueError(f"targets hold a class index outside [0, {classes}) for logits of {classes} classes "
-                             f"(e.g. {int(bad[0])})")
-
-
 def delta_box(x: torch.Tensor, domain: InputDomain, placed: Any, norm: str,
               eps: float) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """δ's box in pixel units, ``low <= pixel(x) + δ <= high`` (and the L∞ ball folded in); ``None`` unbounded."""
@@ -370,32 +299,3 @@ def ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, targets: to
     return delta.detach()
 
 
-def _check_targets(inputs: torch.Tensor, targets: Any) -> None:
-    """Shape and dtype checks that need no host read (the label range is read with the input checks)."""
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"targets must be a tensor, got {type(targets).__name__}")
-    if targets.ndim == 0 or targets.shape[0] != inputs.shape[0]:
-        rows = "a scalar" if targets.ndim == 0 else f"{targets.shape[0]} rows"
-        raise ValueError(f"targets has {rows} but inputs has {inputs.shape[0]}: one target per sample")
-
-
-def _check_model_matches(module: nn.Module, inputs: torch.Tensor, precision: str | None) -> None:
-    """The model's parameters on the inputs' device and (without autocast) of their dtype."""
-    devices, dtypes = set(), set()
-    for p in module.parameters():
-        if isinstance(p, UninitializedParameter):
-            continue
-        devices.add(p.device)
-        if p.is_floating_point():
-            dtypes.add(p.dtype)
-    if len(devices) == 1:
-        (device,) = devices
-        if device != inputs.device and not (device.type == inputs.device.type and device.index is None):
-            raise ValueError(f"inputs are on {inputs.device} but the model's parameters are on {device}; "
-                             "move them to the same device")
-    autocasting = precision is not None or torch.is_autocast_enabled(inputs.device.type)
-    if len(dtypes) == 1 and not autocasting:
-        (dtype,) = dtypes
-        if dtype != inputs.dtype:
-            raise TypeError(f"inputs are {inputs.dtype} but the model's parameters are {dtype}; cast one of "
-                            "them (or run under torch.autocast)")

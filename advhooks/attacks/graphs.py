@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from .._outputs import call_model
+from .checks import InputChecks, check_call
 from .config import AttackConfig
 from .criteria import Criterion
-from .functional import _InputChecks, apply_delta, ascent, check_call, delta_box
+from .functional import apply_delta, ascent, delta_box
 from .model_state import attack_mode, autocast_loss_scale
 from .norms import random_in_ball_
 
@@ -71,7 +72,7 @@ class GraphedAttack:
             if domain.is_bounded:
                 inputs = torch.clamp(inputs, placed.input_low, placed.input_high)
         else:
-            _InputChecks(inputs.detach(), domain, placed).read(
+            InputChecks(inputs.detach(), domain, placed).read(
                 torch.empty(inputs.shape[0], capture.classes, device="meta"), targets)
         capture.x.copy_(inputs.detach())
         capture.targets.copy_(targets)

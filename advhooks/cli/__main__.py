@@ -1,0 +1,5 @@
+"""``python -m advhooks.cli``: the command line."""
+
+from . import main
+
+main()

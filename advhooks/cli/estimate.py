@@ -1,0 +1,146 @@
+"""``advhooks estimate-eps-star``: ε* by the grid, run records, fine-tuning or the clean probe."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from ..schedules import parse_eps_list
+from .app import DEVICE_HELP, NORMALIZE_HELP, PRESET_HELP, app, user_errors
+from .options import (
+    benchmark_setup,
+    check_options,
+    parse_normalize,
+    prepare_output,
+    progress_shown,
+    resolve_device,
+)
+
+
+@app.command("estimate-eps-star")
+@user_errors
+def estimate_eps_star(
+    benchmark: Path = typer.Option(..., help="The clean benchmark from `advhooks benchmark-clean`."),
+    method: str = typer.Option("clean-probe", help="clean-probe (no training) | finetune | grid (training from "
+                               "scratch at each eps) | runs (combine --records)"),
+    records: str | None = typer.Option(None, metavar="GLOB", help="Run records (JSON from PhaseMonitor.save_record, "
+                                       "e.g. 'runs/*.json') for --method runs."),
+    preset: str | None = typer.Option(None, help="The preset the benchmark was recorded with (default: the "
+                                      "benchmark's). " + PRESET_HELP),
+    model: str | None = typer.Option(None, help="Your model factory, 'package.module:function'."),
+    data: str | None = typer.Option(None, help="Your data factory returning (train_dataset, test_dataset)."),
+    data_dir: Path | None = typer.Option(None, help="Folder with the dataset files (mnist, cifar, svhn)."),
+    width: int | None = typer.Option(None, help="The preset model's width."),
+    eps: str | None = typer.Option(None, help="Strengths, e.g. '0.5/255,1/255,2/255' (grid points, fine-tune "
+                                   "points, or the probe ladder). Default: chosen from the clean probe."),
+    norm: str = typer.Option("linf", help="linf | l2"),
+    attack: str | None = typer.Option(None, help="The training attack: pgd | fgm (default: pgd)."),
+    steps: int = typer.Option(10, help="PGD steps."),
+    runs: int = typer.Option(1, help="Repeats with other seeds (grid, finetune)."),
+    epochs: int | None = typer.Option(None, help="Epochs per run (default: 10 for finetune; for grid the "
+                                      "preset's, or 60 with --model/--data)."),
+    lr: float | None = typer.Option(None, help="Learning rate (default: the clean run's)."),
+    batch_size: int | None = typer.Option(None, help="Batch size (default: the clean run's)."),
+    seed: int = typer.Option(0, help="Seed of the runs (initialisation, shuffling, attacks)."),
+    split_seed: int | None = typer.Option(None, help="Seed of the digits train/test split (default: the "
+                                          "benchmark's); a split other than the benchmark's is an error."),
+    level: float = typer.Option(0.8, help="Coverage of the band around eps*."),
+    normalize: str | None = typer.Option(None, metavar="MEAN,STD", help=NORMALIZE_HELP + " Default: the "
+                                         "benchmark's."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON."),
+    plot: Path | None = typer.Option(None, help="Draw loss against eps with R*(0) and the estimate (PNG)."),
+    strict: bool = typer.Option(False, help="Fail (instead of warning) when the benchmark's model or data "
+                                "fingerprint differs from the given ones."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Estimate the critical attack strength eps*, with its band, for a clean benchmark."""
+    from tqdm.auto import tqdm
+
+    from ..benchmark import CleanBenchmark
+    from ..kit import estimate as E
+
+    method = _check_estimate_options(method, norm, attack, level, records)
+    check_options(steps=steps, runs=runs, epochs=epochs, batch_size=batch_size, lr=lr)
+    grid = E.check_eps_grid(parse_eps_list(eps), "--eps") if eps is not None else None
+    normalization = parse_normalize(normalize)
+    prepare_output(json_out, "--json")
+    prepare_output(plot, "--plot")
+    device = resolve_device(device)
+    bench = CleanBenchmark.load(benchmark)
+    if normalization is None and isinstance(bench.training.get("normalization"), dict):
+        recorded = bench.training["normalization"]
+        normalization = (list(recorded["mean"]), list(recorded["std"]))
+    loaded_records, setup = None, None
+    if method == "runs":
+        loaded_records = _read_records(records)
+    else:
+        setup = benchmark_setup(bench, preset, model, data, data_dir, width, split_seed, strict)
+
+    bar = tqdm(total=0, disable=not progress_shown(quiet), file=sys.stderr, leave=False)
+
+    def progress(text: str) -> None:
+        bar.set_description(text, refresh=False)
+        bar.update(1)
+
+    try:
+        result = E.estimate_eps_star(
+            method, bench, model_factory=setup.model_factory if setup else None,
+            train_set=setup.train_set if setup else None, test_set=setup.test_set if setup else None,
+            train_eval_set=setup.train_eval if setup else None, records=loaded_records, eps=grid, norm=norm.lower(),
+            attack=attack, steps=steps, runs=runs, epochs=epochs or (setup.preset.epochs if setup and setup.preset
+                                                                     and method == "grid" else None),
+            lr=lr, batch_size=batch_size, seed=seed, device=device, normalization=normalization, level=level,
+            progress=progress)
+    finally:
+        bar.close()
+    typer.echo(result.summary())
+    if json_out is not None:
+        json_out.write_text(result.to_json(indent=2))
+        typer.echo(f"wrote {json_out}")
+    if plot is not None:
+        from ..kit.estimate.plot import plot_estimate
+
+        typer.echo(f"wrote {plot_estimate(result, plot)}")
+
+
+def _check_estimate_options(method: str, norm: str, attack: str | None, level: float, records: str | None) -> str:
+    """The estimate command's choices, checked before any work; returns the method, lower-cased."""
+    from ..kit.estimate import METHODS
+
+    method = method.lower()
+    if method not in METHODS:
+        raise ValueError(f"--method must be grid, finetune, clean-probe or runs, got {method!r}")
+    if norm.lower() not in ("linf", "l2"):
+        raise ValueError(f"--norm must be linf or l2, got {norm!r}")
+    if attack is not None and attack.lower() not in ("pgd", "fgm"):
+        raise ValueError(f"--attack must be pgd or fgm, got {attack!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"--level must be in (0, 1), got {level}")
+    if (method == "runs") != (records is not None):
+        raise ValueError("--records goes with --method runs (and --method runs needs --records)")
+    return method
+
+
+def _read_records(pattern: str) -> list[dict]:
+    import glob
+
+    paths = sorted(glob.glob(os.path.expanduser(pattern)))
+    if not paths:
+        raise ValueError(f"--records {pattern!r} matches no file")
+    out = []
+    for path in paths:
+        try:
+            record = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not JSON ({err})") from None
+        if isinstance(record, dict):
+            record["source"] = path  # named in the refusals
+        out.append(record)
+    return out
+
+
