@@ -46,7 +46,7 @@ class SuiteAttack:
     def attack(self, eps: float, norm: str, bounds: Bounds, normalization: Normalization) -> Attack:
         if self.kind == "pgd":
             return PGD(eps, norm=norm, steps=self.steps, bounds=bounds, normalization=normalization)
-        return APGD(eps, norm=norm, steps=self.steps, loss="ce", bounds=bounds, normalization=normalization)
+        return APGD(eps, norm=norm, steps=self.steps, criterion="ce", bounds=bounds, normalization=normalization)
 
 
 SUITES: dict[str, tuple[SuiteAttack, ...]] = {

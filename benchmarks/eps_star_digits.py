@@ -51,18 +51,17 @@ def run(seed: int) -> dict:
     train, test = load_digits(seed=0)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    bench = record_clean_benchmark(preset.model(), train, test, epochs=preset.epochs, batch_size=preset.batch_size,
-                                   lr=preset.lr, weight_decay=preset.weight_decay, seed=seed)
+    bench = record_clean_benchmark(preset.model(), train, test, recipe=preset.recipe, seed=seed)
     low, high = bench.bootstrap_interval(level=0.8)
     print(f"seed {seed}: R*(0) = {bench.clean_test_loss:.4f} [{low:.4f}, {high:.4f}] (80 % bootstrap), "
           f"Δ = {bench.generalization_gap:.4f}, best epoch {bench.best_epoch} ({time.perf_counter() - t0:.1f} s)")
 
     probe = E.estimate_clean_probe(bench.load_weights_into(preset.model()), train, bench, list(E.DEFAULT_LADDER))
     points = E.default_finetune_eps(probe)
-    common = dict(lr=preset.lr, batch_size=preset.batch_size, seed=seed)
+    # Both train with the benchmark's recipe (the preset's).
     ft = E.estimate_finetune(preset.model, train, bench, points, mean_grad_dual_norm=probe.mean_grad_dual_norm,
-                             **common)
-    grid = E.estimate_grid(preset.model, train, test, bench, list(GRID), epochs=preset.epochs, **common)
+                             seed=seed)
+    grid = E.estimate_grid(preset.model, train, test, bench, list(GRID), seed=seed)
     rhat_seconds = sum(p.get("rhat_seconds") or 0.0 for p in grid.points)
 
     print(f"{'estimator':<26}{'eps* [80 % band]':>28}{'time':>11}")

@@ -36,7 +36,7 @@ def train(method: str, epochs: int, seed: int) -> tuple[float, float]:
     torch.manual_seed(seed)
     model = preset.model()
     n_epochs = max(1, epochs // 4) if method == "free" else epochs
-    opt = torch.optim.SGD(model.parameters(), lr=preset.lr, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=preset.recipe.lr, momentum=preset.recipe.momentum)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, n_epochs))
     loader = DataLoader(train_set, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
     if method == "pgd10":

@@ -24,9 +24,10 @@ python version torchvision downloads, read with an unpickler that can build only
 either the script says where to put it, or fetches the binary version with --download. On a CPU-only
 machine Accelerate starts several processes only with --multi_gpu (gloo backend); plain --num_processes N
 runs one.
-Record the benchmark first, with this script's recipe (global batch 128, the preset's epochs and learning
-rate; the monitor names every difference it sees): `advhooks benchmark-clean --preset cifar10-preactresnet18
---batch-size 128 --data-dir ~/data` (or `--preset digits-mlp --batch-size 128` for --dataset digits).
+Record the benchmark first with the same preset: both then train with the preset's recipe (epochs, global
+batch, learning rate, weight decay; give the same flags to both to change it, the monitor names every
+difference it sees): `advhooks benchmark-clean --preset cifar10-preactresnet18 --data-dir ~/data` (or
+`--preset digits-mlp` for --dataset digits).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--benchmark", help="clean benchmark (advhooks benchmark-clean) to watch against")
     p.add_argument("--stop-on-flag", action="store_true", help="stop all processes when eps >> eps* is flagged")
     p.add_argument("--epochs", type=int, default=None, help="default: the preset's (200 for CIFAR-10)")
-    p.add_argument("--batch-size", type=int, default=128, help="global: each of N processes takes batch-size / N")
+    p.add_argument("--batch-size", type=int, default=None, help="the global batch (default: the preset's); each of "
+                   "N processes takes batch-size / N")
     p.add_argument("--lr", type=float, default=None, help="default: the preset's")
     p.add_argument("--max-train-samples", type=int, default=None, help="use a subset (quick runs)")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
@@ -80,16 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     eps = parse_eps(args.eps)
     # accelerate (2/4); on a machine without GPUs, cpu=True lets several processes run with gloo
     accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
-    if args.batch_size % accelerator.num_processes:
-        accelerator.print(f"error: --batch-size {args.batch_size} (the global batch) must be a multiple of the "
+    preset = get_preset(PRESETS[args.dataset])
+    recipe = preset.recipe.with_given(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
+    if recipe.batch_size % accelerator.num_processes:
+        accelerator.print(f"error: --batch-size {recipe.batch_size} (the global batch) must be a multiple of the "
                           f"{accelerator.num_processes} processes", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
-    preset = get_preset(PRESETS[args.dataset])
     try:
         train_set, test_set = load_dataset(preset.dataset, args.data_dir, download=args.download,
-                                           augment=preset.augment, seed=0)  # the split benchmark-clean uses
-        plain_train_set = (load_dataset(preset.dataset, args.data_dir, seed=0)[0] if preset.augment
+                                           augment=preset.recipe.augmentation, seed=0)  # the split benchmark-clean uses
+        plain_train_set = (load_dataset(preset.dataset, args.data_dir, seed=0)[0] if preset.recipe.augmentation
                            else train_set)  # the monitor's R̂ is evaluated without augmentation
     except DataNotFoundError as err:
         accelerator.print(f"error: {err}", file=sys.stderr)
@@ -97,27 +100,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_train_samples:
         kept = range(min(args.max_train_samples, len(train_set)))
         train_set, plain_train_set = Subset(train_set, kept), Subset(plain_train_set, kept)
-    epochs = args.epochs or preset.epochs
-    lr = args.lr or preset.lr
+    epochs, lr = recipe.epochs, recipe.lr
     model = preset.model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=preset.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     # Stepped once per epoch below and not prepared: a prepared scheduler steps once per process per call.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: step_decay(e, epochs))
-    train_loader = DataLoader(train_set, batch_size=args.batch_size // accelerator.num_processes, shuffle=True,
+    train_loader = DataLoader(train_set, batch_size=recipe.batch_size // accelerator.num_processes, shuffle=True,
                               generator=torch.Generator().manual_seed(args.seed))
     test_loader = DataLoader(test_set, batch_size=256)
     # accelerate (3/4): prepare, then the adversarial step and the monitor wired to the accelerator
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
     # The monitor names every way this run's recipe differs from the benchmark's (batch size, lr, model, data).
     monitor = (PhaseMonitor(args.benchmark, eps=eps, total_epochs=epochs, warmup_epochs=args.warmup_epochs,
-                            verbose=True, recipe={"batch_size": args.batch_size, "lr": lr})
+                            verbose=True, recipe=recipe)
                if args.benchmark else None)
     if monitor is not None:  # θ̂ by the PGD-10 loss on 1,000 test samples, R̂ at its weights on 512 training samples
         monitor.evaluate_with(model, plain_train_set, test_set, test_subset=1000, device=accelerator.device)
     adv = AcceleratedAdversarialTraining(accelerator, model, PGD(eps, steps=args.steps), objective=args.objective,
                                          monitor=monitor, stop_on_flag=args.stop_on_flag)
     accelerator.print(f"{args.dataset}: {len(train_set)} train / {len(test_set)} test, {accelerator.num_processes} "
-                      f"process(es) x batch {args.batch_size // accelerator.num_processes}, PGD-{args.steps} L∞ "
+                      f"process(es) x batch {recipe.batch_size // accelerator.num_processes}, PGD-{args.steps} L∞ "
                       f"eps={args.eps} ({args.objective}), {epochs} epochs")
     reports, report, started = [], None, time.perf_counter()
     for epoch in range(1, epochs + 1):

@@ -7,7 +7,7 @@ advhooks adds to the clean script is marked `# advhooks (k/5)`: a marked line wi
 marked comment with the lines below it up to the next blank line.
 
     python examples/own_loop.py --eps 0 --benchmark own-clean.safetensors                 # once: R*(0)
-    python examples/own_loop.py --eps 8/255 --benchmark own-clean.safetensors --record run.json
+    python examples/own_loop.py --eps 8/255 --benchmark own-clean.safetensors --save-record run.json
 
 Default data: the bundled 8×8 digits upsampled to 32×32 and repeated to 3 channels (CIFAR's shape, no
 download); --data-dir DIR reads CIFAR-10 from DIR/cifar-10-batches-bin or DIR/cifar-10-batches-py. As in
@@ -122,7 +122,7 @@ def main(argv=None):
     p.add_argument("--benchmark", default="own-clean.safetensors",
                    help="written with --eps 0, read otherwise (not benchmark-clean's default name: a preset benchmark "
                         "is another recipe)")
-    p.add_argument("--record", help="write the adversarial run's record (JSON) here")
+    p.add_argument("--save-record", help="write the adversarial run's record (JSON) here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-train-samples", type=int, default=None, help="train on the first N samples")
     args = p.parse_args(argv)
@@ -196,8 +196,8 @@ def main(argv=None):
               f"{report.rhat_kind}), regime {report.regime}, early-stopped epoch {report.early_stopped_epoch}")
         suite = evaluate_robustness(model, test_set, args.eps, suite="fast", normalization=(mean, std), device=device)
         print(f"robust test accuracy (fast suite: APGD-CE, APGD-T) {suite.robust_accuracy:.3f}")
-        if args.record:
-            print(f"run record -> {monitor.save_record(args.record)}")
+        if args.save_record:
+            print(f"run record -> {monitor.save_record(args.save_record)}")
     return 0
 
 

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     train, test = load_digits(seed=0)
     inputs, labels = train.tensors
     model = preset.model()
-    opt = torch.optim.SGD(model.parameters(), lr=preset.lr, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=preset.recipe.lr, momentum=preset.recipe.momentum)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, args.epochs))
     model, opt = accelerator.prepare(model, opt)
     monitor = PhaseMonitor(args.benchmark, eps=args.eps, total_epochs=args.epochs, verbose=True)

@@ -79,8 +79,8 @@ def test_apgd_is_the_step_rule_of_a_config_and_its_step_starts_at_2_eps(trained)
     a = perturb(model, x, y, config, generator=gen)
     b = APGD(8 / 255, steps=20)(model, x, y, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="loss must be one of"):
-        APGD(8 / 255, loss="hinge")
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        APGD(8 / 255, criterion="hinge")
 
 
 def test_apgd_ce_reaches_a_higher_loss_than_pgd_with_as_many_steps(trained):

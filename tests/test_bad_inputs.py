@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from advhooks import APGD, FGM, PGD, AdversarialStep, linear_warmup, pgd_perturb
 from advhooks.attacks import AttackConfig
 from advhooks.attacks.graphs import GraphedAttack
-from advhooks.benchmark import BenchmarkFormatError, CleanBenchmark
+from advhooks.benchmark import BenchmarkFormatError, CleanBenchmark, Recipe
 from advhooks.cli import app
 from advhooks.kit.checkpoints import load_weights
 from advhooks.kit.data import UnsafePickleError, load_cifar10
@@ -103,8 +103,9 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
     "warmup-negative": (lambda t: linear_warmup(0.1, warmup_steps=-1), ValueError, r"warmup_steps"),
     "robustness-suite-unknown": (lambda t: evaluate_robustness(SmallCNN(), _nan_set(), 0.1, suite="autoattack"),
                                  ValueError, r"suite must be one of 'apgd', 'fast', 'pgd'"),
-    "apgd-unknown-loss": (lambda t: APGD(0.1, loss="hinge"), ValueError, r"loss must be one of 'ce', 'dlr'"),
-    "dlr-with-two-classes": (lambda t: APGD(0.1, steps=2, loss="dlr")(SmallCNN(num_classes=2), _x(), _y() % 2),
+    "apgd-unknown-criterion": (lambda t: APGD(0.1, criterion="hinge"), ValueError,
+                               r"criterion must be one of 'ce', 'dlr'"),
+    "dlr-with-two-classes": (lambda t: APGD(0.1, steps=2, criterion="dlr")(SmallCNN(num_classes=2), _x(), _y() % 2),
                              ValueError, r"the DLR loss needs logits \(N, C\) with C >= 3 classes"),
     "objective-unknown": (lambda t: AdversarialStep(SmallCNN(), PGD(0.1), objective="fgsm"), ValueError,
                           r"objective must be one of"),
@@ -169,7 +170,7 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
     "eps-per-channel": (lambda t: PGD(torch.tensor([0.12, 0.13, 0.12])), TypeError,
                         r"per-channel eps .* normalization=\(mean, std\)"),
     "benchmark-nan-data": (lambda t: record_clean_benchmark(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
-                                                            _nan_set(), _nan_set(), epochs=2),
+                                                            _nan_set(), _nan_set(), recipe=Recipe(epochs=2)),
                            ValueError, r"clean training loss became nan in epoch 1"),
     "benchmark-measure-nan": (lambda t: CleanBenchmark.measure(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
                                                                [(_nan_x(), _y(8))]),
@@ -254,8 +255,8 @@ def _monitor_nan_losses(tmp: Path) -> None:
     assert report.samples == 10 and report.nonfinite_samples == 10 and "NaN/inf" in report.explanation
     monitor.update(torch.tensor(math.nan), batch_size=5)
     diverged = monitor.epoch_end()  # an epoch with no finite loss: recorded as NaN, history kept
-    assert math.isnan(diverged.adv_train_loss) and math.isnan(monitor.ratios[-1])
-    assert diverged.ratio == 2.0 and diverged.best_ratio == 2.0 and diverged.best_epoch == 1  # the best finite
+    assert math.isnan(diverged.adv_train_loss) and math.isnan(monitor.running_ratios[-1])
+    assert diverged.ratio == 2.0 and diverged.best_running_ratio == 2.0 and diverged.best_epoch == 1  # the best finite
     monitor.update(torch.tensor(0.25), batch_size=10)
     assert monitor.epoch_end().regime == "clean-like"
 
@@ -403,7 +404,7 @@ def cli_files(tmp_path_factory) -> Path:
         (tmp / name).write_bytes(pickle.dumps(_Payload(str(tmp / "pwned"))))
     preset = get_preset("digits-mlp")
     train, test = load_digits(seed=0)
-    bench = record_clean_benchmark(preset.model(), train, test, epochs=1, batch_size=preset.batch_size, lr=preset.lr)
+    bench = record_clean_benchmark(preset.model(), train, test, recipe=preset.recipe.with_given(epochs=1))
     bench.training["preset"] = "digits-mlp"
     bench.save(tmp / "digits.safetensors")
     return tmp

@@ -16,6 +16,7 @@ from advhooks.benchmark import (
     SCHEMA_VERSION,
     BenchmarkFormatError,
     CleanBenchmark,
+    Recipe,
     read_record,
 )
 from advhooks.kit.data import load_digits
@@ -33,8 +34,8 @@ def recorded(digits):
     torch.manual_seed(0)
     train, test = digits
     seen = []
-    bench = record_clean_benchmark(MLP(64, hidden=32), train, test, epochs=8, batch_size=64, lr=0.05,
-                                   weight_decay=0.0, on_epoch=lambda e, tr, te: seen.append(te),
+    bench = record_clean_benchmark(MLP(64, hidden=32), train, test, recipe=Recipe(epochs=8),
+                                   on_epoch=lambda e, tr, te: seen.append(te),
                                    training={"preset": "test"})
     return bench, seen
 

@@ -125,8 +125,7 @@ def test_the_cli_records_the_same_benchmark_as_the_library(tmp_path):
     preset = get_preset("digits-mlp")
     train, test = load_digits(seed=0)
     torch.manual_seed(0)
-    direct = record_clean_benchmark(preset.model(), train, test, epochs=3, batch_size=preset.batch_size, lr=preset.lr,
-                                    weight_decay=preset.weight_decay, seed=0)
+    direct = record_clean_benchmark(preset.model(), train, test, recipe=preset.recipe.with_given(epochs=3), seed=0)
     out = tmp_path / "b.safetensors"
     assert _run("benchmark-clean", "--preset", "digits-mlp", "--epochs", "3", "--out", str(out), "-q").exit_code == 0
     assert CleanBenchmark.read(out).clean_test_loss == direct.clean_test_loss

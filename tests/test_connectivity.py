@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
 from advhooks import PhaseMonitor
-from advhooks.benchmark import CleanBenchmark
+from advhooks.benchmark import CleanBenchmark, Recipe
 from advhooks.cli import app
 from advhooks.evaluation import evaluate_adversarial_loss
 from advhooks.kit.connectivity import bezier_coefficients, connectivity, path_barrier, path_ridge
@@ -125,7 +125,7 @@ def test_batchnorm_statistics_are_recomputed_at_every_point(trained_digits_cnn):
 def test_the_contour_lies_in_the_plane_of_the_three_points(digits_runs):
     train, runs = digits_runs
     loader, evaluation = _loaders(train)
-    result = connectivity(runs[0.0], runs[64 / 255], loader, eval_loader=evaluation, epochs=3, grid=5, points=5)
+    result = connectivity(runs[0.0], runs[64 / 255], loader, eval_loader=evaluation, epochs=3, resolution=5, points=5)
     contour = result.contour
     assert len(contour["x"]) == len(contour["y"]) == 5 and all(len(row) == 5 for row in contour["loss"])
     assert contour["points"]["clean"] == pytest.approx([0.0, 0.0], abs=1e-4)
@@ -144,8 +144,8 @@ def test_connectivity_refuses_models_of_two_architectures_and_bad_settings():
     data = [(torch.rand(4, 64), torch.zeros(4, dtype=torch.long))]
     with pytest.raises(ValueError, match="not of one architecture"):
         connectivity(small, wide, data, epochs=1)
-    with pytest.raises(ValueError, match="grid must be 0"):
-        connectivity(small, small, data, grid=1)
+    with pytest.raises(ValueError, match="resolution must be 0"):
+        connectivity(small, small, data, resolution=1)
     with pytest.raises(ValueError, match="points must be"):
         connectivity(small, small, data, points=1)
     with pytest.raises(ValueError, match="the same weights"):
@@ -176,7 +176,7 @@ def test_save_record_with_weights_writes_the_early_stopped_weights_beside_the_re
 def test_the_connectivity_command_from_a_benchmark_and_a_checkpoint_or_run_record(tmp_path):
     train, test = load_digits()
     torch.manual_seed(0)
-    bench = record_clean_benchmark(get_preset("digits-mlp").model(), train, test, epochs=3, batch_size=64, lr=0.05,
+    bench = record_clean_benchmark(get_preset("digits-mlp").model(), train, test, recipe=Recipe(epochs=3),
                                    training={"preset": "digits-mlp", "split_seed": 0, "lr": 0.05, "batch_size": 64})
     bench.save(tmp_path / "clean.safetensors")
     adv = bench.load_weights_into(get_preset("digits-mlp").model())
@@ -186,7 +186,7 @@ def test_the_connectivity_command_from_a_benchmark_and_a_checkpoint_or_run_recor
     save_file(adv.state_dict(), str(tmp_path / "adv.safetensors"))
     common = ["connectivity", "--benchmark", str(tmp_path / "clean.safetensors"), "--epochs", "1", "--points", "3",
               "--device", "cpu", "-q"]
-    res = runner.invoke(app, [*common, "--checkpoint", str(tmp_path / "adv.safetensors"), "--grid", "3",
+    res = runner.invoke(app, [*common, "--checkpoint", str(tmp_path / "adv.safetensors"), "--resolution", "3",
                               "--json", str(tmp_path / "c.json"), "--plot", str(tmp_path / "c.png")])
     assert res.exit_code == 0, res.output
     assert "straight line: max" in res.output and "barrier" in res.output and "ridge" in res.output
@@ -195,7 +195,7 @@ def test_the_connectivity_command_from_a_benchmark_and_a_checkpoint_or_run_recor
     assert (tmp_path / "c.png").stat().st_size > 0
     # A run record naming its weights is a checkpoint too; one naming none is refused in one line.
     (tmp_path / "run.json").write_text(json.dumps({"schema": "advhooks.run/1", "checkpoint": "adv.safetensors"}))
-    res = runner.invoke(app, [*common, "--checkpoint", str(tmp_path / "run.json"), "--grid", "0"])
+    res = runner.invoke(app, [*common, "--checkpoint", str(tmp_path / "run.json"), "--resolution", "0"])
     assert res.exit_code == 0, res.output
     (tmp_path / "bare.json").write_text(json.dumps({"schema": "advhooks.run/1"}))
     res = runner.invoke(app, [*common, "--checkpoint", str(tmp_path / "bare.json")])

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from advhooks import parse_eps_list
-from advhooks.benchmark import CleanBenchmark
+from advhooks.benchmark import CleanBenchmark, Recipe
 from advhooks.cli import app
 from advhooks.kit import estimate as E
 from advhooks.kit.data import load_digits
@@ -29,8 +29,8 @@ def digits():
 def bench(digits):
     torch.manual_seed(0)
     train, test = digits
-    return record_clean_benchmark(PRESET.model(), train, test, epochs=12, batch_size=64, lr=0.05,
-                                  weight_decay=0.0, training={"preset": "digits-mlp"})
+    return record_clean_benchmark(PRESET.model(), train, test, recipe=Recipe(epochs=12),
+                                  training={"preset": "digits-mlp"})
 
 
 @pytest.mark.parametrize("bad,match", [([], "must not be empty"), ([0.1, 0.05], "sorted"),
@@ -83,7 +83,7 @@ def test_finetune_fits_a_line_and_is_reproducible(bench, digits):
 
 def test_grid_interpolates_or_says_it_does_not_bracket(bench, digits):
     train, test = digits
-    est = E.estimate_grid(PRESET.model, train, test, bench, [1 / 255, 64 / 255], epochs=3, lr=0.05)
+    est = E.estimate_grid(PRESET.model, train, test, bench, [1 / 255, 64 / 255], recipe=Recipe(epochs=3))
     losses = [p["loss"] for p in est.points]
     assert all(p["epoch"] in (1, 2, 3) for p in est.points)
     if est.value is not None:
@@ -91,14 +91,14 @@ def test_grid_interpolates_or_says_it_does_not_bracket(bench, digits):
     else:
         assert est.warnings and "does not bracket" in est.warnings[0]
     assert losses[1] > losses[0]
-    high = E.estimate_grid(PRESET.model, train, test, bench, [128 / 255, 160 / 255], epochs=1, lr=0.05,
+    high = E.estimate_grid(PRESET.model, train, test, bench, [128 / 255, 160 / 255], recipe=Recipe(epochs=1),
                            include_clean=False)
     assert high.value is None and "eps* < " in high.warnings[0] and high.bracket == (None, 128 / 255)
 
 
 def test_non_finite_losses_mark_the_run_failed(bench, digits):
     train, test = digits
-    est = E.estimate_finetune(PRESET.model, train, bench, [1 / 255, 2 / 255], epochs=2, lr=1e30)
+    est = E.estimate_finetune(PRESET.model, train, bench, [1 / 255, 2 / 255], epochs=2, recipe=Recipe(lr=1e30))
     assert all(p.get("failed") == "non-finite losses" for p in est.points)
     assert est.value is None and any("failed" in w for w in est.warnings)
     assert any("fewer than two usable points" in w for w in est.warnings)
@@ -159,13 +159,12 @@ def test_finetune_tracks_the_grid_on_digits(digits):
     """The full comparison (about a minute): fine-tune within 35 % of the grid on the digits preset."""
     train, test = digits
     torch.manual_seed(0)
-    full = record_clean_benchmark(PRESET.model(), train, test, epochs=PRESET.epochs, batch_size=64, lr=PRESET.lr,
-                                  weight_decay=0.0)
+    full = record_clean_benchmark(PRESET.model(), train, test, recipe=PRESET.recipe)
     probe = E.estimate_clean_probe(full.load_weights_into(PRESET.model()), train, full,
                                    [e / 255 for e in (0.5, 1, 2, 4, 8, 16, 32, 64)])
-    ft = E.estimate_finetune(PRESET.model, train, full, E.default_finetune_eps(probe), runs=3, lr=PRESET.lr)
+    ft = E.estimate_finetune(PRESET.model, train, full, E.default_finetune_eps(probe), runs=3)
     grid = E.estimate_grid(PRESET.model, train, test, full, [e / 255 for e in (4, 8, 12, 16, 24)],
-                           epochs=PRESET.epochs, lr=PRESET.lr)
+                           recipe=PRESET.recipe)
     assert grid.value is not None and ft.value is not None
     assert probe.lower_bound <= grid.value * 1.1
     assert abs(ft.value / grid.value - 1) < 0.35

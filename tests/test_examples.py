@@ -25,7 +25,7 @@ def test_train_digits_example_runs_with_a_benchmark(tmp_path):
     assert (tmp_path / "runs" / "run.safetensors").exists()
     conn = subprocess.run([sys.executable, "-m", "advhooks.cli", "connectivity", "--benchmark", str(bench),
                            "--checkpoint", str(tmp_path / "runs" / "run.json"), "--epochs", "1", "--points", "3",
-                           "--grid", "0", "-q"], capture_output=True, text=True, timeout=300)
+                           "--resolution", "0", "-q"], capture_output=True, text=True, timeout=300)
     assert conn.returncode == 0, conn.stderr
     assert "straight line: max" in conn.stdout
 

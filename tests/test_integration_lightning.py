@@ -64,7 +64,7 @@ def test_stop_on_flag_and_checkpoint_resume(tmp_path):
     resumed = PhaseMonitorCallback(0.5, eps=8 / 255)
     trainer = _trainer(tmp_path / "b", 3, [resumed])
     trainer.fit(LitNet(), _loader(), ckpt_path=ckpt)
-    assert resumed.monitor.epoch == 3 and resumed.monitor.ratios[:2] == first.monitor.ratios
+    assert resumed.monitor.epoch == 3 and resumed.monitor.running_ratios[:2] == first.monitor.running_ratios
 
 
 def test_training_step_needs_configuration():

@@ -105,7 +105,7 @@ def test_callback_state_survives_a_checkpoint_resume(tmp_path):
     second.train(resume_from_checkpoint=str(checkpoint))
     (callback,) = [cb for cb in second.callback_handler.callbacks if isinstance(cb, PhaseMonitorCallback)]
     assert callback.monitor.epoch == 3  # two restored epochs plus the resumed one
-    assert len(callback.monitor.ratios) == 3
+    assert len(callback.monitor.running_ratios) == 3
 
 
 def _one_update(tmp_path, batch_size, accumulation):

@@ -50,7 +50,7 @@ def _mixed_state_model() -> SmallCNN:
 
 @pytest.mark.parametrize("bn", ["eval", "train"])
 @pytest.mark.parametrize("attack", [PGD(8 / 255, steps=3), PGD(0.5, norm="l2", steps=3, restarts=2), FGM(8 / 255),
-                                    APGD(8 / 255, steps=6, loss="dlr"), APGD(0.5, norm="l2", steps=6, restarts=2)],
+                                    APGD(8 / 255, steps=6, criterion="dlr"), APGD(0.5, norm="l2", steps=6, restarts=2)],
                          ids=["pgd-linf", "pgd-l2-restarts", "fgm", "apgd-dlr-linf", "apgd-ce-l2-restarts"])
 def test_attack_leaves_the_model_unchanged(attack, bn, batch):
     attack.bn = bn

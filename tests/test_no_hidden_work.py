@@ -57,7 +57,7 @@ def test_importing_the_kit_configures_no_logger():
 
 
 def test_an_apgd_attack_names_the_loss_it_maximises_now():
-    attack = APGD(0.1, loss="dlr")
-    assert attack.loss == "dlr"
+    attack = APGD(0.1, criterion="dlr")
+    assert attack.criterion_name == "dlr"
     attack.criterion = lambda logits, y: logits.sum(1)
-    assert attack.loss == "custom"
+    assert attack.criterion_name == "custom"

@@ -42,7 +42,7 @@ def test_own_loop_records_its_benchmark_then_monitors_the_adversarial_run(tmp_pa
     assert len(norm["mean"]) == len(norm["std"]) == 3 and all(s > 0 for s in norm["std"])
     assert bench["n_train"] == 384 and 1 <= bench["best_epoch"] <= 4
 
-    adv = run(tmp_path, "--eps", "8/255", "--benchmark", str(bench_path), "--record", str(record_path))
+    adv = run(tmp_path, "--eps", "8/255", "--benchmark", str(bench_path), "--save-record", str(record_path))
     assert RECIPE_WARNING not in adv.stderr, adv.stderr
     record = json.loads(record_path.read_text())
     assert record["benchmark"]["clean_test_loss"] == bench["clean_test_loss"]

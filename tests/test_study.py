@@ -12,6 +12,7 @@ import torch
 from scipy import stats
 from typer.testing import CliRunner
 
+from advhooks.benchmark import Recipe
 from advhooks.cli import app
 from advhooks.kit.data import load_digits, train_fraction
 from advhooks.kit.presets import get_preset
@@ -95,11 +96,11 @@ def test_compare_says_which_differences_the_bands_resolve():
 def test_a_tiny_study_runs_resumes_from_its_units_and_combines_shards(tmp_path, monkeypatch):
     train, test = load_digits()
     preset = get_preset("digits-mlp")
-    settings = StudySettings(widths=(8, 32), fractions=(1.0, 0.5), seeds=(0, 1), epochs=4, finetune_epochs=2,
-                             lr=0.05, batch_size=64, customary_eps=8 / 255)
-    first = run_study(settings, preset.model, train, test, records_dir=tmp_path / "a", shard=(0, 2))
+    settings = StudySettings(widths=(8, 32), fractions=(1.0, 0.5), seeds=(0, 1), recipe=Recipe(epochs=4),
+                             finetune_epochs=2, customary_eps=8 / 255)
+    first = run_study(settings, preset.model, train, test, units_dir=tmp_path / "a", shard=(0, 2))
     assert not first["complete"] and len(first["units"]) == 4 and "rows" not in first
-    second = run_study(settings, preset.model, train, test, records_dir=tmp_path / "a", shard=(1, 2))
+    second = run_study(settings, preset.model, train, test, units_dir=tmp_path / "a", shard=(1, 2))
     assert second["complete"] and len(list((tmp_path / "a").glob("*.json"))) == 8
     rows = second["rows"]
     assert [(r["width"], r["fraction"]) for r in rows] == [(8, 1.0), (8, 0.5), (32, 1.0), (32, 0.5)]
@@ -116,19 +117,19 @@ def test_a_tiny_study_runs_resumes_from_its_units_and_combines_shards(tmp_path, 
         assert row["customary_ratio"] == pytest.approx((8 / 255) / row["eps_star"])
     # Rerunning over the gathered units only combines: nothing is trained again, the answer is the same.
     monkeypatch.setattr(study_run, "run_unit", lambda *args, **kwargs: pytest.fail("a stored unit was rerun"))
-    again = run_study(settings, preset.model, train, test, records_dir=tmp_path / "a")
+    again = run_study(settings, preset.model, train, test, units_dir=tmp_path / "a")
     assert again["rows"] == rows
     assert "width 8, fraction 1 -> width 32, fraction 1" in format_study(again)
     monkeypatch.undo()
-    other = StudySettings(**{**settings.__dict__, "epochs": 5})
+    other = StudySettings(**{**settings.__dict__, "recipe": Recipe(epochs=5)})
     with pytest.raises(ValueError, match="other settings"):
-        run_study(other, preset.model, train, test, records_dir=tmp_path / "a")
+        run_study(other, preset.model, train, test, units_dir=tmp_path / "a")
     # Another architecture under the same flags is not silently given the stored answers.
     with pytest.raises(ValueError, match="other model or data"):
-        run_study(settings, lambda w: get_preset("digits-cnn").model(w), train, test, records_dir=tmp_path / "a")
+        run_study(settings, lambda w: get_preset("digits-cnn").model(w), train, test, units_dir=tmp_path / "a")
     # Adding the FGSM probe to a finished study reuses its runs: only the probe's units are new.
     probed = StudySettings(**{**settings.__dict__, "fgsm_eps": (2 / 255,), "widths": (8,), "fractions": (0.5,)})
-    added = run_study(probed, preset.model, train, test, records_dir=tmp_path / "a")
+    added = run_study(probed, preset.model, train, test, units_dir=tmp_path / "a")
     assert added["complete"] and added["units"]["run-width8-fraction0.5-seed0.json"] == units[
         "run-width8-fraction0.5-seed0.json"]
 
@@ -156,14 +157,14 @@ def test_the_study_command_prints_the_table_and_writes_json_and_plot(tmp_path):
     assert len(saved["rows"]) == 4 and saved["settings"]["customary_eps"] == pytest.approx(8 / 255)
     assert (tmp_path / "s.png").stat().st_size > 0
     bad = runner.invoke(app, ["study", "--preset", "digits-mlp", "--shard", "1/2"])
-    assert bad.exit_code == 2 and "--shard needs --records" in bad.output
+    assert bad.exit_code == 2 and "--shard needs --units" in bad.output
 
 
 def test_the_grid_check_keeps_its_run_records_with_their_weights(tmp_path):
     train, test = load_digits()
-    settings = StudySettings(widths=(8,), fractions=(0.5,), seeds=(0,), epochs=2, finetune_epochs=1,
+    settings = StudySettings(widths=(8,), fractions=(0.5,), seeds=(0,), recipe=Recipe(epochs=2), finetune_epochs=1,
                              method="clean-probe", check_grid=True)
-    out = run_study(settings, get_preset("digits-mlp").model, train, test, records_dir=tmp_path)
+    out = run_study(settings, get_preset("digits-mlp").model, train, test, units_dir=tmp_path)
     unit = out["units"]["run-width8-fraction0.5-seed0.json"]
     assert unit["grid"]["method"] == "grid" and out["rows"][0]["grid"] == unit["grid"]["value"]
     records = sorted((tmp_path / "grid-width8-fraction0.5-seed0").glob("*.json"))
@@ -176,7 +177,7 @@ def test_the_grid_check_keeps_its_run_records_with_their_weights(tmp_path):
     folder = tmp_path / "grid-width8-fraction0.5-seed0"
     res = runner.invoke(app, ["connectivity", "--benchmark", str(folder / "clean.safetensors"), "--checkpoint",
                               str(records[-1]), "--preset", "digits-mlp", "--epochs", "1", "--points", "3",
-                              "--grid", "0", "--device", "cpu", "-q"])
+                              "--resolution", "0", "--device", "cpu", "-q"])
     assert res.exit_code == 0, res.output
     assert "straight line: max" in res.output
 

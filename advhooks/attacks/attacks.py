@@ -175,38 +175,39 @@ class FGM(Attack):
 class APGD(Attack):
     """APGD (Croce & Hein 2020): PGD with a per-sample adaptive step and momentum; no step size to tune.
 
-    ``loss="ce"`` (cross-entropy, APGD-CE) or ``"dlr"`` (the scale-invariant DLR loss, :func:`dlr_loss`); a
-    ``criterion=`` replaces either. Each sample keeps its highest-loss point; with ``restarts`` the worst of
-    the restarts. Other arguments as in :class:`PGD`; the defaults are the paper's (100 steps, start
-    uniform in the ball). See :mod:`advhooks.attacks.apgd` for the algorithm.
+    ``criterion="ce"`` (cross-entropy, APGD-CE), ``"dlr"`` (the scale-invariant DLR loss, :func:`dlr_loss`) or
+    any per-sample criterion, as for every attack. Each sample keeps its highest-loss point; with ``restarts``
+    the worst of the restarts. Other arguments as in :class:`PGD`; the defaults are the paper's (100 steps,
+    start uniform in the ball). See :mod:`advhooks.attacks.apgd` for the algorithm.
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
         >>> x, y = torch.rand(8, 1, 2, 2), torch.randint(0, 3, (8,))
-        >>> adv = APGD(eps=8 / 255, steps=20, loss="dlr")(net, x, y)
+        >>> adv = APGD(eps=8 / 255, steps=20, criterion="dlr")(net, x, y)
         >>> bool((adv - x).abs().max() <= 8 / 255 + 1e-6)
         True
     """
 
-    LOSSES = {"ce": cross_entropy, "dlr": dlr_loss}
+    CRITERIA = {"ce": cross_entropy, "dlr": dlr_loss}
 
-    def __init__(self, eps: EpsLike, norm: str = "linf", steps: int = 100, loss: str = "ce",
-                 random_start: bool = True, restarts: int = 1, targeted: bool = False,
-                 criterion: Criterion | None = None, bounds: Bounds = (0.0, 1.0), normalization: Normalization = None,
-                 out_of_bounds: str = "raise", bn: str = "eval", compile: bool = False, precision: str | None = None,
-                 cuda_graph: bool = False) -> None:
-        if loss not in self.LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(map(repr, self.LOSSES))}, got {loss!r}")
+    def __init__(self, eps: EpsLike, norm: str = "linf", steps: int = 100, criterion: str | Criterion = "ce",
+                 random_start: bool = True, restarts: int = 1, targeted: bool = False, bounds: Bounds = (0.0, 1.0),
+                 normalization: Normalization = None, out_of_bounds: str = "raise", bn: str = "eval",
+                 compile: bool = False, precision: str | None = None, cuda_graph: bool = False) -> None:
+        if isinstance(criterion, str):
+            if criterion not in self.CRITERIA:
+                raise ValueError(f"criterion must be one of {', '.join(map(repr, self.CRITERIA))} or a per-sample "
+                                 f"criterion, got {criterion!r}")
+            criterion = self.CRITERIA[criterion]
         super().__init__(AttackConfig(
             eps, norm=norm, steps=steps, step_rule="apgd", random_start=random_start, restarts=restarts,
-            targeted=targeted, criterion=criterion or self.LOSSES[loss], bounds=bounds, normalization=normalization,
+            targeted=targeted, criterion=criterion, bounds=bounds, normalization=normalization,
             out_of_bounds=out_of_bounds, bn=bn, compile=compile, precision=precision, cuda_graph=cuda_graph))
 
     @property
-    def loss(self) -> str:
-        """The name of the loss it maximises: ``"ce"``, ``"dlr"``, or ``"custom"`` (read from its criterion, so
-        it follows ``apgd.criterion = ...``)."""
-        return next((name for name, fn in self.LOSSES.items() if self.config.criterion is fn), "custom")
+    def criterion_name(self) -> str:
+        """``"ce"``, ``"dlr"``, or ``"custom"``: read from its criterion, so it follows ``apgd.criterion = ...``."""
+        return next((name for name, fn in self.CRITERIA.items() if self.config.criterion is fn), "custom")
 
 
 def FGSM(eps: EpsLike, **kwargs: Any) -> FGM:  # noqa: N802 - reads as the attack's name

@@ -13,6 +13,7 @@ from .clean_benchmark import CleanBenchmark, evaluate_clean
 from .file_format import SCHEMA_VERSION, BenchmarkFormatError, read_record, write_json_atomic
 from .recipe import (
     RECIPE_KEYS,
+    Recipe,
     benchmark_reference,
     check_benchmark_setup,
     dataset_fingerprint,
@@ -24,6 +25,7 @@ from .recipe import (
 
 __all__ = [
     "RECIPE_KEYS",
+    "Recipe",
     "SCHEMA_VERSION",
     "BenchmarkFormatError",
     "CleanBenchmark",

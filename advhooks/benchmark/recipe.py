@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,8 +19,8 @@ from .._datasets import labels_of
 if TYPE_CHECKING:
     from .clean_benchmark import CleanBenchmark
 
-__all__ = ["RECIPE_KEYS", "benchmark_reference", "check_benchmark_setup", "dataset_fingerprint", "differing_keys",
-           "model_fingerprint", "recipe_differences", "unwrap_model"]
+__all__ = ["RECIPE_KEYS", "Recipe", "benchmark_reference", "check_benchmark_setup", "dataset_fingerprint",
+           "differing_keys", "model_fingerprint", "recipe_differences", "unwrap_model"]
 
 
 def _sha256(chunks: Iterable[bytes]) -> str:
@@ -81,15 +82,72 @@ def dataset_fingerprint(train: Dataset | None, test: Dataset) -> dict[str, Any]:
     return out
 
 
-# What a recipe records (in a benchmark's ``training`` and a run's ``recipe``) and the monitor compares.
-RECIPE_KEYS = ("batch_size", "epochs", "optimizer", "lr", "momentum", "weight_decay", "schedule", "augmentation",
-               "normalization", "n_train")
+@dataclass(frozen=True)
+class Recipe:
+    """How a model is trained: what a clean benchmark records and every adversarial run must share with it.
+
+    The defaults, declared here once, are the embedded default's (the ``digits-mlp`` preset): every place that
+    trains (``benchmark-clean``, the estimators, the study, the demo) starts from ``Recipe()`` or a preset's
+    recipe and replaces only what it is given (:meth:`with_given`).
+
+    Args:
+        epochs: training epochs.
+        batch_size: the global batch size (per-process batch × processes).
+        lr / momentum / weight_decay: SGD's settings.
+        optimizer / schedule: their names (``"sgd"``; ``"step_decay"``: the learning rate / 10 at 1/2 and 3/4
+            of the epochs, the paper's).
+        augmentation: whether the training data is augmented (the CIFAR presets: crop + flip).
+
+    Example:
+        >>> recipe = Recipe().with_given(lr=0.1, batch_size=None)  # None: keep the default
+        >>> recipe.lr, recipe.batch_size, recipe.epochs
+        (0.1, 64, 60)
+    """
+
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    optimizer: str = "sgd"
+    schedule: str = "step_decay"
+    augmentation: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        for name in ("momentum", "weight_decay"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+    def with_given(self, **given: Any) -> Recipe:
+        """This recipe with the values that are given (``None``: keep this recipe's)."""
+        return replace(self, **{k: v for k, v in given.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, as a benchmark's ``training`` entry stores them."""
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, training: Mapping[str, Any]) -> Recipe:
+        """The recipe a benchmark's ``training`` entry records (what it does not record: the defaults)."""
+        return cls(**{f.name: training[f.name] for f in fields(cls) if training.get(f.name) is not None})
 
 
-def recipe_differences(benchmark: CleanBenchmark, recipe: dict[str, Any]) -> list[str]:
+# What a run's recipe and a benchmark's are compared on: the training recipe, and the data it saw.
+RECIPE_KEYS = (*(f.name for f in fields(Recipe)), "normalization", "n_train")
+
+
+def recipe_differences(benchmark: CleanBenchmark, recipe: Recipe | Mapping[str, Any]) -> list[str]:
     """What differs between a run's ``recipe`` and the recipe the benchmark was recorded with, one phrase each.
 
-    Only what both sides know is compared; ``recipe["model"]`` (a module) is compared by fingerprint.
+    ``recipe``: a :class:`Recipe`, or a mapping of :data:`RECIPE_KEYS` (and ``"model"``, a module, compared by
+    fingerprint); only what both sides know is compared.
 
     Example:
         >>> from advhooks.benchmark import CleanBenchmark
@@ -100,8 +158,9 @@ def recipe_differences(benchmark: CleanBenchmark, recipe: dict[str, Any]) -> lis
     return list(differing_keys(benchmark, recipe).values())
 
 
-def differing_keys(benchmark: CleanBenchmark, recipe: dict[str, Any]) -> dict[str, str]:
+def differing_keys(benchmark: CleanBenchmark, recipe: Recipe | Mapping[str, Any]) -> dict[str, str]:
     """:func:`recipe_differences` keyed by what differs (a key of :data:`RECIPE_KEYS`, or ``"model"``)."""
+    recipe = recipe.to_dict() if isinstance(recipe, Recipe) else recipe
     out = {}
     for key in RECIPE_KEYS:
         # Through JSON, as the benchmark's side was: a tuple and the list it was saved as are the same.

@@ -24,10 +24,11 @@ def benchmark_clean(
     download: bool = typer.Option(False, help="Download missing dataset files (only when asked)."),
     checkpoint: Path | None = typer.Option(None, help="Measure this clean model instead of training "
                                               "(safetensors, or a torch state dict read with weights_only)."),
-    epochs: int | None = typer.Option(None, help="Clean training epochs (default: the preset's; 10 with "
-                                      "--model/--data)."),
-    batch_size: int | None = typer.Option(None, help="Batch size (default: the preset's, else 128)."),
-    lr: float | None = typer.Option(None, help="Learning rate (default: the preset's, else 0.1)."),
+    epochs: int | None = typer.Option(None, help="Clean training epochs (default: the preset's recipe, else "
+                                      "advhooks.benchmark.Recipe's)."),
+    batch_size: int | None = typer.Option(None, help="Global batch size (default: the preset's recipe, else "
+                                          "Recipe's)."),
+    lr: float | None = typer.Option(None, help="Learning rate (default: the preset's recipe, else Recipe's)."),
     width: int | None = typer.Option(None, help="The preset model's width (hidden units / widen factor)."),
     seed: int = typer.Option(0, help="Seed for initialisation and shuffling."),
     split_seed: int = typer.Option(0, help="Seed of the digits train/test split and of the --train-fraction draw "
@@ -44,7 +45,7 @@ def benchmark_clean(
     import torch
     from tqdm.auto import tqdm
 
-    from ..benchmark import CleanBenchmark
+    from ..benchmark import CleanBenchmark, Recipe
     from ..kit.checkpoints import load_weights, read_state_dict
     from ..kit.training import record_clean_benchmark
 
@@ -62,19 +63,18 @@ def benchmark_clean(
         training["train_fraction"] = train_fraction
     if normalization is not None:
         training["normalization"] = {"mean": normalization[0], "std": normalization[1]}
-    bs = batch_size or (chosen.batch_size if chosen else 128)
+    recipe = (chosen.recipe if chosen else Recipe()).with_given(epochs=epochs, batch_size=batch_size, lr=lr)
 
     if checkpoint is not None:
         load_weights(net, read_state_dict(checkpoint), source=str(checkpoint))
         net.to(device)
-        loader = functools.partial(torch.utils.data.DataLoader, batch_size=max(bs, 256))
+        loader = functools.partial(torch.utils.data.DataLoader, batch_size=max(recipe.batch_size, 256))
         bench = CleanBenchmark.measure(net, loader(test_set), loader(train_eval), device=device,
                                        training={**training, "checkpoint": str(checkpoint)})
     else:
-        n_epochs = epochs or (chosen.epochs if chosen else 10)
 
         def progress(loader, epoch):
-            return tqdm(loader, desc=f"epoch {epoch}/{n_epochs}", leave=False, disable=not progress_shown(quiet),
+            return tqdm(loader, desc=f"epoch {epoch}/{recipe.epochs}", leave=False, disable=not progress_shown(quiet),
                         file=sys.stderr)
 
         def on_epoch(epoch, train_loss, test_loss):
@@ -83,8 +83,7 @@ def benchmark_clean(
                            file=sys.stderr)
 
         bench = record_clean_benchmark(
-            net, train_set, test_set, epochs=n_epochs, batch_size=bs, lr=lr or (chosen.lr if chosen else 0.1),
-            weight_decay=chosen.weight_decay if chosen else 5e-4, train_eval_set=train_eval, device=device,
+            net, train_set, test_set, recipe=recipe, train_eval_set=train_eval, device=device,
             seed=seed, on_epoch=on_epoch, progress=progress, training={**training, "width": width},
         )
     bench.save(out)

@@ -29,8 +29,8 @@ def connectivity_command(
     lr: float | None = typer.Option(None, help="Learning rate of the curve's training (default: the clean run's)."),
     batch_size: int | None = typer.Option(None, help="Batch size (default: the clean run's)."),
     points: int = typer.Option(21, help="Positions evaluated along each path."),
-    grid: int = typer.Option(21, help="The contour's resolution: GRID x GRID evaluations of the training loss (each "
-                             "two passes over the training set with BatchNorm); 0: no contour."),
+    resolution: int = typer.Option(21, help="The contour's resolution: RESOLUTION x RESOLUTION evaluations of the "
+                                   "training loss (each two passes over the training set with BatchNorm); 0: none."),
     seed: int = typer.Option(0, help="Seed of the curve's training."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON."),
@@ -58,7 +58,7 @@ def connectivity_command(
     bs = batch_size or int(bench.training.get("batch_size", 128))
     loader = torch.utils.data.DataLoader(setup.train_set, batch_size=bs, shuffle=True,
                                          generator=torch.Generator().manual_seed(seed))
-    bar = tqdm(total=epochs + grid, disable=not progress_shown(quiet), file=sys.stderr, leave=False)
+    bar = tqdm(total=epochs + resolution, disable=not progress_shown(quiet), file=sys.stderr, leave=False)
 
     def progress(text: str) -> None:
         bar.set_description(text, refresh=False)
@@ -66,7 +66,7 @@ def connectivity_command(
 
     try:
         result = connectivity(clean, adv, loader, bends=bends, epochs=epochs,
-                              lr=lr or float(bench.training.get("lr", 0.05)), points=points, grid=grid,
+                              lr=lr or float(bench.training.get("lr", 0.05)), points=points, resolution=resolution,
                               eval_loader=torch.utils.data.DataLoader(setup.train_eval, batch_size=max(bs, 256)),
                               device=device, seed=seed, progress=progress)
     finally:

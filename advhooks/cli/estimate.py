@@ -41,8 +41,8 @@ def estimate_eps_star(
     attack: str | None = typer.Option(None, help="The training attack: pgd | fgm (default: pgd)."),
     steps: int = typer.Option(10, help="PGD steps."),
     runs: int = typer.Option(1, help="Repeats with other seeds (grid, finetune)."),
-    epochs: int | None = typer.Option(None, help="Epochs per run (default: 10 for finetune; for grid the "
-                                      "preset's, or 60 with --model/--data)."),
+    epochs: int | None = typer.Option(None, help="Epochs per run (default: 10 for finetune; for grid the clean "
+                                      "run's)."),
     lr: float | None = typer.Option(None, help="Learning rate (default: the clean run's)."),
     batch_size: int | None = typer.Option(None, help="Batch size (default: the clean run's)."),
     seed: int = typer.Option(0, help="Seed of the runs (initialisation, shuffling, attacks)."),
@@ -92,8 +92,7 @@ def estimate_eps_star(
             method, bench, model_factory=setup.model_factory if setup else None,
             train_set=setup.train_set if setup else None, test_set=setup.test_set if setup else None,
             train_eval_set=setup.train_eval if setup else None, records=loaded_records, eps=grid, norm=norm.lower(),
-            attack=attack, steps=steps, runs=runs, epochs=epochs or (setup.preset.epochs if setup and setup.preset
-                                                                     and method == "grid" else None),
+            attack=attack, steps=steps, runs=runs, epochs=epochs,
             lr=lr, batch_size=batch_size, seed=seed, device=device, normalization=normalization, level=level,
             progress=progress)
     finally:

@@ -146,8 +146,10 @@ def resolve_setup(preset: str | None, model: str | None, data: str | None, data_
         train_set, test_set = sets
         train_eval = train_set
     else:
-        train_set, test_set = load_dataset(chosen.dataset, data_dir, download, augment=chosen.augment, seed=split_seed)
-        train_eval = load_dataset(chosen.dataset, data_dir, False, seed=split_seed)[0] if chosen.augment else train_set
+        train_set, test_set = load_dataset(chosen.dataset, data_dir, download, augment=chosen.recipe.augmentation,
+                                           seed=split_seed)
+        train_eval = (load_dataset(chosen.dataset, data_dir, False, seed=split_seed)[0]
+                      if chosen.recipe.augmentation else train_set)
 
     def build():
         return model_from(model_factory, width) if model_factory is not None else chosen.model(width)

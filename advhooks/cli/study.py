@@ -42,19 +42,21 @@ def study_command(
     fgsm_threshold: bool = typer.Option(False, "--fgsm-threshold", help="Also the smallest --fgsm-eps at which "
                                         "plain FGSM training overfits catastrophically (the paper's Table 2)."),
     fgsm_eps: str = typer.Option("8/255,16/255,32/255,48/255,64/255,80/255", help="The FGSM probe's strengths."),
-    epochs: int | None = typer.Option(None, help="Clean (and grid) epochs (default: the preset's; 10 with --model)."),
+    epochs: int | None = typer.Option(None, help="Clean (and grid) epochs (default: the preset's recipe, else "
+                                      "Recipe's)."),
     finetune_epochs: int = typer.Option(10, help="Epochs of each fine-tune."),
-    lr: float | None = typer.Option(None, help="Learning rate (default: the preset's, else 0.1)."),
-    weight_decay: float | None = typer.Option(None, help="Weight decay (default: the preset's, else 5e-4)."),
-    batch_size: int | None = typer.Option(None, help="Batch size (default: the preset's, else 128)."),
+    lr: float | None = typer.Option(None, help="Learning rate (default: the preset's recipe, else Recipe's)."),
+    weight_decay: float | None = typer.Option(None, help="Weight decay (default: the preset's recipe, else "
+                                              "Recipe's)."),
+    batch_size: int | None = typer.Option(None, help="Batch size (default: the preset's recipe, else Recipe's)."),
     norm: str = typer.Option("linf", help="linf | l2"),
     split_seed: int = typer.Option(0, help="Seed of the digits train/test split and of the fractions' draw."),
     customary_eps: str | None = typer.Option(None, help="The eps shown as its ratio to eps* (default: the "
                                              "dataset's customary one; 8/255 for the digits, which have none)."),
     level: float = typer.Option(0.8, help="Coverage of the bands."),
-    records: Path | None = typer.Option(None, help="Folder with one JSON per unit of work: existing units are read, "
+    units: Path | None = typer.Option(None, help="Folder with one JSON per unit of work: existing units are read, "
                                         "not rerun (resume; gather the shards' files here to combine them)."),
-    shard: str = typer.Option("0/1", help="I/N: run only every N-th unit, starting at the I-th (with --records)."),
+    shard: str = typer.Option("0/1", help="I/N: run only every N-th unit, starting at the I-th (with --units)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     json_out: Path | None = typer.Option(None, "--json", help="Write the study (units, rows, comparisons) as JSON."),
     plot: Path | None = typer.Option(None, help="Draw eps* with its band against width and data size (PNG)."),
@@ -63,11 +65,12 @@ def study_command(
     """The eps* study (the paper's Table 3): eps* with its band over model widths x training-set sizes."""
     from tqdm.auto import tqdm
 
+    from ..benchmark import Recipe
     from ..kit.data import DATASETS
     from ..kit.study import StudySettings, format_study, run_study
 
     check_options(seeds=seeds, epochs=epochs, finetune_epochs=finetune_epochs, lr=lr, batch_size=batch_size)
-    shard_at = _parse_shard(shard, records)
+    shard_at = _parse_shard(shard, units)
     width_list = int_list(widths, "--widths") if widths else [None]
     setup = resolve_setup(preset, model, data, data_dir, False, None, split_seed)
     build = _width_builder(setup, model)
@@ -79,16 +82,16 @@ def study_command(
     settings = StudySettings(
         widths=tuple(width_list), fractions=tuple(parse_eps_list(train_fraction)), seeds=tuple(range(seeds)),
         method=method.lower(), check_grid=check_grid, fgsm_eps=tuple(parse_eps_list(fgsm_eps)) if fgsm_threshold
-        else (), epochs=epochs or (chosen.epochs if chosen else 10), finetune_epochs=finetune_epochs,
-        lr=lr or (chosen.lr if chosen else 0.1), batch_size=batch_size or (chosen.batch_size if chosen else 128),
-        weight_decay=weight_decay if weight_decay is not None else (chosen.weight_decay if chosen else 5e-4),
+        else (), recipe=(chosen.recipe if chosen else Recipe()).with_given(
+            epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay), finetune_epochs=finetune_epochs,
         norm=norm.lower(), split_seed=split_seed, customary_eps=customary, level=level)
     prepare_output(json_out, "--json")
     prepare_output(plot, "--plot")
-    prepare_output(records, "--records", folder=True)
+    prepare_output(units, "--units", folder=True)
     origin = "the preset's" if chosen else "the defaults"
-    typer.echo(f"recipe: {settings.epochs} epochs, lr {settings.lr:g}, batch size {settings.batch_size}, weight decay "
-               f"{settings.weight_decay:g} (as given, else {origin}); "
+    r = settings.recipe
+    typer.echo(f"recipe: {r.epochs} epochs, lr {r.lr:g}, batch size {r.batch_size}, weight decay "
+               f"{r.weight_decay:g} (as given, else {origin}); "
                f"{settings.method}" + (f" ({settings.finetune_epochs} epochs)" if settings.method == "finetune" else "")
                + f"; seeds {list(settings.seeds)}; split seed {split_seed}", err=True)
     bar = tqdm(total=len(settings.units()), disable=not progress_shown(quiet), file=sys.stderr, leave=False)
@@ -100,19 +103,19 @@ def study_command(
 
     try:
         result = run_study(settings, build, setup.train_set, setup.test_set, train_eval_set=setup.train_eval,
-                           records_dir=records, shard=shard_at, device=resolve_device(device), progress=progress,
+                           units_dir=units, shard=shard_at, device=resolve_device(device), progress=progress,
                            setting={"preset": preset} if preset and not model else {"model": model, "data": data})
     finally:
         bar.close()
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2))
     if not result["complete"]:
-        typer.echo(f"shard {shard}: {len(result['units'])} of {len(settings.units())} units in {records}; run the "
+        typer.echo(f"shard {shard}: {len(result['units'])} of {len(settings.units())} units in {units}; run the "
                    "other shards, then this command without --shard over the gathered files to combine them (the "
                    "table and the plot come then)")
         return
     typer.echo(format_study(result))
-    read = f", {result['reused']} of them read from {records}" if result["reused"] else ""
+    read = f", {result['reused']} of them read from {units}" if result["reused"] else ""
     count = len(settings.units())
     typer.echo(f"{count} unit{'' if count == 1 else 's'}{read}, in {result['seconds']:.0f} s")
     if json_out is not None:
@@ -123,15 +126,15 @@ def study_command(
         typer.echo(f"wrote {plot_study(result, plot)}")
 
 
-def _parse_shard(text: str, records: Path | None) -> tuple[int, int]:
+def _parse_shard(text: str, units: Path | None) -> tuple[int, int]:
     try:
         index, count = (int(v) for v in text.split("/"))
     except ValueError:
         raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
     if not 0 <= index < count:
         raise ValueError(f"--shard I/N needs 0 <= I < N, got {text!r}")
-    if count > 1 and records is None:
-        raise ValueError("--shard needs --records (the folder where the shards' units are gathered)")
+    if count > 1 and units is None:
+        raise ValueError("--shard needs --units (the folder where the shards' units are gathered)")
     return index, count
 
 

@@ -54,14 +54,14 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     preset = get_preset("digits-mlp")
-    epochs = 12 if quick else preset.epochs
+    recipe = preset.recipe.with_given(epochs=12 if quick else None)
+    epochs = recipe.epochs
     eps_list = QUICK_EPS if quick else DEMO_EPS
     train, test = load_digits(seed=0)
 
     torch.manual_seed(seed)
     say(f"recording the clean benchmark (digits-mlp, {epochs} epochs)")
-    bench = record_clean_benchmark(preset.model(), train, test, epochs=epochs, batch_size=preset.batch_size,
-                                   lr=preset.lr, weight_decay=preset.weight_decay, seed=seed,
+    bench = record_clean_benchmark(preset.model(), train, test, recipe=recipe, seed=seed,
                                    training={"preset": preset.name})
     bench.save(out / "clean.safetensors")
     say(f"R*(0) = {bench.clean_test_loss:.4f}")
@@ -69,7 +69,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
     say("estimating eps* (clean probe, fine-tune)")
     probe = E.estimate_clean_probe(bench.load_weights_into(preset.model()), train, bench, list(E.DEFAULT_LADDER))
     finetune = E.estimate_finetune(preset.model, train, bench, E.default_finetune_eps(probe),
-                                   epochs=4 if quick else 10, lr=preset.lr, seed=seed,
+                                   epochs=4 if quick else 10, seed=seed,
                                    mean_grad_dual_norm=probe.mean_grad_dual_norm)
 
     runs, records = [], []
@@ -80,12 +80,12 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
         torch.manual_seed(seed)
         model = preset.model()
         monitor = PhaseMonitor(bench, eps=eps, total_epochs=epochs, attack=PGD(eps, steps=10),
-                               recipe={"batch_size": preset.batch_size, "epochs": epochs, "lr": preset.lr})
+                               recipe=recipe)
         monitor.evaluate_with(model, train, test, seed=seed)
-        loader = DataLoader(train, batch_size=preset.batch_size, shuffle=True,
+        loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
-        history = train_adversarially(model, loader, PGD(eps, steps=10), eps, epochs, preset.lr, decay=True,
-                                      monitor=monitor)
+        history = train_adversarially(model, loader, PGD(eps, steps=10), eps, epochs, recipe.lr, decay=True,
+                                      weight_decay=recipe.weight_decay, monitor=monitor)
         last = history[-1]["report"]
         monitor.evaluate_rhat()  # a no-op after the last planned epoch; a run cut short evaluates θ̂'s R̂ here
         records.append(monitor.record())

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
+from ..benchmark import Recipe
 from .data import DATASETS, DatasetInfo
 from .models import MLP, DigitsCNN, MnistCNN, PreActResNet18, WideResNet
 
@@ -15,7 +16,7 @@ __all__ = ["PRESETS", "Preset", "get_preset"]
 
 @dataclass(frozen=True)
 class Preset:
-    """A dataset, a model builder ``build(info, width)`` and clean-training defaults.
+    """A dataset, a model builder ``build(info, width)`` and its training recipe.
 
     ``width`` is the preset's size knob (hidden width, channels or widen factor); ``None`` takes the
     default.
@@ -24,11 +25,7 @@ class Preset:
     name: str
     dataset: str
     build: Callable[[DatasetInfo, int | None], nn.Module]
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float = 5e-4
-    augment: bool = False
+    recipe: Recipe = Recipe()
     description: str = ""
 
     def model(self, width: int | None = None) -> nn.Module:
@@ -40,25 +37,30 @@ def _norm(info: DatasetInfo) -> dict:
     return {"mean": info.mean, "std": info.std, "num_classes": info.num_classes}
 
 
+# Rice et al.'s CIFAR recipe: 200 epochs, batch 128, lr 0.1, weight decay 5e-4, crop + flip.
+_CIFAR = Recipe(epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4, augmentation=True)
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
-        Preset("digits-mlp", "digits", lambda i, w: MLP(64, hidden=w or 64), epochs=60, batch_size=64, lr=0.05,
-               weight_decay=0.0, description="MLP(64) on the bundled 8×8 digits; the embedded default"),
-        Preset("digits-cnn", "digits", lambda i, w: DigitsCNN(channels=w or 16), epochs=40, batch_size=64,
-               lr=0.05, weight_decay=0.0, description="small CNN on the bundled 8×8 digits"),
-        Preset("mnist-cnn", "mnist", lambda i, w: MnistCNN(hidden=w or 128), epochs=30, batch_size=128, lr=0.01,
-               weight_decay=0.0, description="the paper's MNIST CNN (2 conv + 2 FC, hidden width 128)"),
-        Preset("mnist-mlp", "mnist", lambda i, w: MLP(784, hidden=w or 128), epochs=30, batch_size=128, lr=0.01,
-               weight_decay=0.0, description="MLP(128) on MNIST (paper Table 3)"),
-        Preset("cifar10-preactresnet18", "cifar10", lambda i, w: PreActResNet18(**_norm(i)), epochs=200,
-               batch_size=128, lr=0.1, augment=True, description="PreActResNet18 on CIFAR-10 (Rice et al.)"),
-        Preset("cifar10-wrn34", "cifar10", lambda i, w: WideResNet(34, w or 10, **_norm(i)), epochs=200,
-               batch_size=128, lr=0.1, augment=True, description="WideResNet34-k on CIFAR-10 (k = width, 10)"),
-        Preset("cifar100-preactresnet18", "cifar100", lambda i, w: PreActResNet18(**_norm(i)), epochs=200,
-               batch_size=128, lr=0.1, augment=True, description="PreActResNet18 on CIFAR-100"),
-        Preset("svhn-preactresnet18", "svhn", lambda i, w: PreActResNet18(**_norm(i)), epochs=200,
-               batch_size=128, lr=0.01, description="PreActResNet18 on SVHN (lr 0.01 as in the paper)"),
+        Preset("digits-mlp", "digits", lambda i, w: MLP(64, hidden=w or 64), Recipe(),
+               description="MLP(64) on the bundled 8×8 digits; the embedded default"),
+        Preset("digits-cnn", "digits", lambda i, w: DigitsCNN(channels=w or 16), Recipe(epochs=40),
+               description="small CNN on the bundled 8×8 digits"),
+        Preset("mnist-cnn", "mnist", lambda i, w: MnistCNN(hidden=w or 128),
+               Recipe(epochs=30, batch_size=128, lr=0.01),
+               description="the paper's MNIST CNN (2 conv + 2 FC, hidden width 128)"),
+        Preset("mnist-mlp", "mnist", lambda i, w: MLP(784, hidden=w or 128), Recipe(epochs=30, batch_size=128, lr=0.01),
+               description="MLP(128) on MNIST (paper Table 3)"),
+        Preset("cifar10-preactresnet18", "cifar10", lambda i, w: PreActResNet18(**_norm(i)), _CIFAR,
+               description="PreActResNet18 on CIFAR-10 (Rice et al.)"),
+        Preset("cifar10-wrn34", "cifar10", lambda i, w: WideResNet(34, w or 10, **_norm(i)), _CIFAR,
+               description="WideResNet34-k on CIFAR-10 (k = width, 10)"),
+        Preset("cifar100-preactresnet18", "cifar100", lambda i, w: PreActResNet18(**_norm(i)), _CIFAR,
+               description="PreActResNet18 on CIFAR-100"),
+        Preset("svhn-preactresnet18", "svhn", lambda i, w: PreActResNet18(**_norm(i)),
+               replace(_CIFAR, lr=0.01, augmentation=False),
+               description="PreActResNet18 on SVHN (lr 0.01 as in the paper)"),
     ]
 }
 

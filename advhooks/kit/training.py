@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from .._outputs import logits_of
 from ..attacks import Attack
 from ..attacks.criteria import Criterion, cross_entropy, per_sample
-from ..benchmark import CleanBenchmark, dataset_fingerprint, evaluate_clean
+from ..benchmark import CleanBenchmark, Recipe, dataset_fingerprint, evaluate_clean
 from ..evaluation import evaluate_adversarial_loss
 from ..monitor import PhaseMonitor
 from ..schedules import step_decay
@@ -51,7 +51,8 @@ def train_adversarially(model: nn.Module, train_loader: DataLoader, attack: Atta
                         lr: float, *, decay: bool = True, test_loader: DataLoader | None = None,
                         eval_attack: Attack | None = None,
                         device: torch.device | str = "cpu", counter: PassCounter | None = None,
-                        momentum: float = 0.9, weight_decay: float = 0.0, monitor: PhaseMonitor | None = None,
+                        momentum: float = Recipe.momentum, weight_decay: float = Recipe.weight_decay,
+                        monitor: PhaseMonitor | None = None,
                         progress: Callable[[str], None] | None = None,
                         on_epoch: Callable[[dict[str, Any]], bool | None] | None = None) -> list[dict[str, Any]]:
     """The reference adversarial training loop used by the estimators and the demo.
@@ -127,16 +128,15 @@ class _OneEpoch:
         return self._batches
 
 
+DEFAULT_RECIPE = Recipe()  # the embedded default's recipe (frozen: safe as a default argument)
+
+
 def record_clean_benchmark(
     model: nn.Module,
     train_set: Dataset,
     test_set: Dataset,
     *,
-    epochs: int,
-    batch_size: int = 128,
-    lr: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
+    recipe: Recipe = DEFAULT_RECIPE,
     criterion: Criterion | None = None,
     train_eval_set: Dataset | None = None,
     device: torch.device | str = "cpu",
@@ -153,8 +153,8 @@ def record_clean_benchmark(
     Args:
         model: a freshly initialised model (trained in place; ends with the best epoch's weights).
         train_set / test_set: the data, yielding ``(image, label)``.
-        epochs: training epochs.
-        batch_size, lr, momentum, weight_decay: SGD settings.
+        recipe: epochs, batch size and SGD's settings (:class:`~advhooks.benchmark.Recipe`; its defaults are
+            the embedded default's), stored in the benchmark.
         criterion: per-sample training loss; default cross-entropy.
         train_eval_set: the training set without augmentation, for R̂(θ̂(0), 0); default ``train_set``.
         device: where to train.
@@ -163,15 +163,16 @@ def record_clean_benchmark(
         progress: wraps each epoch's batch iterator (a progress bar), called as ``progress(loader, epoch)``.
         training: extra fields for the record's ``training`` entry.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be an advhooks.benchmark.Recipe, got {type(recipe).__name__}")
+    epochs, batch_size = recipe.epochs, recipe.batch_size
     device = torch.device(device)
     crit = per_sample(criterion)
     model.to(device)
     gen = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
     test_loader = DataLoader(test_set, batch_size=max(batch_size, 256))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, epochs))
     best_loss, best_epoch, best_state = math.inf, 0, None
     for epoch in range(1, epochs + 1):
@@ -203,8 +204,7 @@ def record_clean_benchmark(
             best_state = copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     eval_train = DataLoader(train_eval_set or train_set, batch_size=max(batch_size, 256))
-    info = {"epochs": epochs, "batch_size": batch_size, "optimizer": "sgd", "lr": lr, "momentum": momentum,
-            "weight_decay": weight_decay, "schedule": "step_decay", "seed": seed, **(training or {})}
+    info = {**recipe.to_dict(), "seed": seed, **(training or {})}
     bench = CleanBenchmark.measure(model, test_loader, eval_train, criterion, device, best_epoch=best_epoch,
                                    training=info)
     bench.dataset = dataset_fingerprint(train_eval_set or train_set, test_set)

@@ -11,16 +11,16 @@ from .report import comparable
 
 __all__ = ["EpochHistory"]
 
-_LISTS = ("ratios", "losses", "test_losses", "verdict_ratios")
+_LISTS = ("running_ratios", "losses", "test_losses", "verdict_ratios")
 
 
 @dataclass
 class EpochHistory:
-    """One entry per closed epoch (``losses``: running means; ``ratios``: running mean / R*(0); ``test_losses``:
-    adversarial test losses when known; ``verdict_ratios``: the verdict's ρ)."""
+    """One entry per closed epoch (``losses``: running means; ``running_ratios``: running mean / R*(0);
+    ``test_losses``: adversarial test losses when known; ``verdict_ratios``: the verdict's ρ)."""
 
     losses: list[float] = field(default_factory=list)
-    ratios: list[float] = field(default_factory=list)
+    running_ratios: list[float] = field(default_factory=list)
     test_losses: list[float | None] = field(default_factory=list)
     verdict_ratios: list[float] = field(default_factory=list)
 
@@ -30,7 +30,7 @@ class EpochHistory:
 
     def append(self, running_mean: float, r_star: float, test_loss: float | None) -> None:
         self.losses.append(running_mean)
-        self.ratios.append(running_mean / r_star)
+        self.running_ratios.append(running_mean / r_star)
         self.test_losses.append(test_loss)
 
     def plateaued(self, patience: int, min_delta: float) -> bool:
@@ -38,9 +38,9 @@ class EpochHistory:
         history = comparable(self.verdict_ratios)
         return len(history) > patience and min(history) >= min(history[: len(history) - patience]) * (1.0 - min_delta)
 
-    def best_ratio(self) -> tuple[float, int]:
+    def best_running_ratio(self) -> tuple[float, int]:
         """The smallest running-mean ratio so far and its epoch (NaN and 0 when every epoch diverged)."""
-        finite = comparable(self.ratios)
+        finite = comparable(self.running_ratios)
         best = min(finite)
         return (best, finite.index(best) + 1) if math.isfinite(best) else (math.nan, 0)
 
@@ -57,10 +57,10 @@ class EpochHistory:
         lists = {k: list(state.get(k) or ([None] * epoch if k == "test_losses" else [])) for k in _LISTS}
         if any(len(v) != epoch for k, v in lists.items() if k != "verdict_ratios" or v):
             raise ValueError("monitor state is inconsistent: history length differs from the epoch count")
-        self.ratios = [float(r) for r in lists["ratios"]]
+        self.running_ratios = [float(r) for r in lists["running_ratios"]]
         self.losses = [float(v) for v in lists["losses"]]
         self.test_losses = [None if t is None else float(t) for t in lists["test_losses"]]
-        self.verdict_ratios = [float(r) for r in lists["verdict_ratios"]] or list(self.ratios)
+        self.verdict_ratios = [float(r) for r in lists["verdict_ratios"]] or list(self.running_ratios)
 
 
 def plain(v: float) -> float | None:

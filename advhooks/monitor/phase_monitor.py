@@ -64,7 +64,7 @@ class PhaseMonitor(MonitorSettings):
         self._sums.reset()
 
     epoch = property(lambda self: self.history.epochs, doc="Closed epochs.")
-    ratios = property(lambda self: self.history.ratios, doc="Each epoch's running mean / R*(0).")
+    running_ratios = property(lambda self: self.history.running_ratios, doc="Each epoch's running mean / R*(0).")
     losses = property(lambda self: self.history.losses, doc="Each epoch's running mean of the training loss.")
     test_losses = property(lambda self: self.history.test_losses, doc="Each epoch's adversarial test loss, if known.")
     rhat = property(lambda self: self._risk.rhat, doc="R̂ of θ̂ (``None`` before θ̂ is known).")
@@ -161,10 +161,10 @@ class PhaseMonitor(MonitorSettings):
         notes = caveats(kind, self._risk.evaluates_rhat, self.epoch, self.warmup_epochs, regime, nonfinite)
         if self.eps_star_lower_bound is not None:
             notes.append(f"probe: eps* >= {format_eps(self.eps_star_lower_bound)}")
-        best, best_epoch = self.history.best_ratio()
+        best, best_epoch = self.history.best_running_ratio()
         report = PhaseReport(
             epoch=self.epoch, eps=self.last_eps, adv_train_loss=mean, clean_test_loss=self.clean_test_loss,
-            ratio=ratio, best_ratio=best, best_epoch=best_epoch, regime=regime, flagged=flagged,
+            ratio=ratio, best_running_ratio=best, best_epoch=best_epoch, regime=regime, flagged=flagged,
             flag_epoch=self.flag_epoch, eps_star_lower_bound=self.eps_star_lower_bound, probe=probe,
             samples=count, explanation=reason + "".join(f"; {c}" for c in notes), nonfinite_samples=nonfinite,
             ratio_interval=(low, high), rhat=rhat.mean if rhat is not None else math.nan,
@@ -235,7 +235,7 @@ class PhaseMonitor(MonitorSettings):
 def _check_state(state: Any, clean_test_loss: float) -> None:
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a mapping, got {type(state).__name__}")
-    missing = {"clean_test_loss", "epoch", "ratios", "losses", "flag_epoch", "eps_star_lower_bound",
+    missing = {"clean_test_loss", "epoch", "running_ratios", "losses", "flag_epoch", "eps_star_lower_bound",
                "open_loss_sum", "open_count", "open_nonfinite"} - state.keys()
     if missing:
         raise ValueError(f"monitor state lacks {sorted(missing)}")

@@ -43,7 +43,7 @@ class PhaseReport:
         adv_test_loss: this epoch's adversarial test loss, when known.
         early_stopped_epoch: θ̂'s epoch (smallest adversarial test loss so far), when known.
         provisional: the verdict may still change for reasons the report names (warm-up, no test loss).
-        best_ratio / best_epoch: the smallest running-mean ratio so far and its epoch.
+        best_running_ratio / best_epoch: the smallest running-mean ratio so far and its epoch.
         regime: one of :data:`REGIMES`.
         flagged: the ε ≫ ε* flag fired at this epoch (it fires once per run).
         flag_epoch: the epoch it fired, if it has.
@@ -62,7 +62,7 @@ class PhaseReport:
     adv_train_loss: float
     clean_test_loss: float
     ratio: float
-    best_ratio: float
+    best_running_ratio: float
     best_epoch: int
     regime: str
     flagged: bool
@@ -101,7 +101,7 @@ class PhaseReport:
             f"{prefix}ratio": self.ratio,
             f"{prefix}ratio_low": self.ratio_interval[0],
             f"{prefix}ratio_high": self.ratio_interval[1],
-            f"{prefix}best_ratio": self.best_ratio,
+            f"{prefix}best_running_ratio": self.best_running_ratio,
             f"{prefix}clean_like": float(self.regime == CLEAN_LIKE),
             f"{prefix}eps_far_above_eps_star": float(self.regime == FAR_ABOVE),
             f"{prefix}regime": float(REGIMES.index(self.regime)),
@@ -118,8 +118,8 @@ class PhaseReport:
 
         Example:
             >>> report = PhaseReport(epoch=3, eps=0.1, adv_train_loss=0.3, clean_test_loss=0.2, ratio=1.5,
-            ...                      best_ratio=1.5, best_epoch=3, regime="above eps*", flagged=False, flag_epoch=None,
-            ...                      eps_star_lower_bound=None, probe=None, samples=10, explanation="",
+            ...                      best_running_ratio=1.5, best_epoch=3, regime="above eps*", flagged=False,
+            ...                      flag_epoch=None, eps_star_lower_bound=None, probe=None, samples=10, explanation="",
             ...                      ratio_interval=(1.2, 1.9), rhat=0.3, rhat_kind="fixed weights",
             ...                      early_stopped_epoch=2, provisional=False)
             >>> report.summary()

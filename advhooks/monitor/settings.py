@@ -13,7 +13,7 @@ import torch
 
 from .._validation import check_finite_nonnegative, check_positive, check_positive_int
 from ..attacks import Attack
-from ..benchmark import CleanBenchmark
+from ..benchmark import CleanBenchmark, Recipe
 from ..uncertainty import DEFAULT_LEVEL, MeanEstimate
 from .report import PhaseReport
 from .sums import is_main_process
@@ -45,7 +45,7 @@ class MonitorSettings:
         sync_timeout: seconds ``epoch_end`` waits for the other ranks (gloo) before raising.
         level: coverage of the bands (default 0.8).
         verbose: show one line per epoch (INFO) even where the logger's level hides INFO; no level is changed.
-        recipe: what this run does, compared with the benchmark's recipe (the keys of
+        recipe: what this run does (a :class:`~advhooks.benchmark.Recipe`, or a mapping of
             :data:`~advhooks.benchmark.RECIPE_KEYS`, ``batch_size`` the global one, and ``model`` by fingerprint).
             The monitor also compares what it sees: ``total_epochs``, the global batch it is fed, the model and
             training set of :meth:`PhaseMonitor.evaluate_with` (:mod:`~advhooks.monitor.comparison`).
@@ -69,7 +69,7 @@ class MonitorSettings:
     sync_timeout: float = 600.0
     level: float = DEFAULT_LEVEL
     verbose: bool = False
-    recipe: Mapping[str, Any] | None = field(default=None, repr=False)
+    recipe: Recipe | Mapping[str, Any] | None = field(default=None, repr=False)
     attack: Attack | None = field(default=None, repr=False)
     strict: bool = False
 
@@ -126,8 +126,10 @@ def _check_settings(m: MonitorSettings) -> None:
 def _check_types(m: MonitorSettings) -> None:
     if m.on_flag is not None and not callable(m.on_flag):
         raise TypeError("on_flag must be callable as on_flag(report)")
+    if isinstance(m.recipe, Recipe):
+        m.recipe = m.recipe.to_dict()
     if m.recipe is not None and not isinstance(m.recipe, Mapping):
-        raise TypeError(f"recipe must be a mapping, got {type(m.recipe).__name__}")
+        raise TypeError(f"recipe must be a Recipe or a mapping, got {type(m.recipe).__name__}")
     if not isinstance(m.strict, bool):
         raise TypeError(f"strict must be True or False, got {m.strict!r}")
     if m.attack is not None and not isinstance(m.attack, Attack):

@@ -13,19 +13,24 @@ from pathlib import Path
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "resumable_training.py"
 
-spec = importlib.util.spec_from_file_location("resumable_training", EXAMPLE)
-example = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(example)
-pause_at, argv = int(sys.argv[1]), sys.argv[2:]
-save_checkpoint = example.save_checkpoint
 
 
-def save_then_wait(adv, sched, folder, global_step, *args):
-    save_checkpoint(adv, sched, folder, global_step, *args)
-    if global_step == pause_at:
-        (folder / f"paused-{adv.accelerator.process_index}").touch()
-        time.sleep(3600)
+def main() -> int:
+    spec = importlib.util.spec_from_file_location("resumable_training", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    pause_at, argv = int(sys.argv[1]), sys.argv[2:]
+    save_checkpoint = example.save_checkpoint
+
+    def save_then_wait(adv, sched, folder, global_step, *args):
+        save_checkpoint(adv, sched, folder, global_step, *args)
+        if global_step == pause_at:
+            (folder / f"paused-{adv.accelerator.process_index}").touch()
+            time.sleep(3600)
+
+    example.save_checkpoint = save_then_wait
+    return example.main(argv)
 
 
-example.save_checkpoint = save_then_wait
-sys.exit(example.main(argv))
+if __name__ == "__main__":
+    sys.exit(main())

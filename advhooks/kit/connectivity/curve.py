@@ -276,7 +276,7 @@ def connectivity(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     points: int = 21,
-    grid: int = 0,
+    resolution: int = 0,
     margin: float = 0.25,
     eval_loader: Batches | None = None,
     criterion: Criterion | None = None,
@@ -296,7 +296,7 @@ def connectivity(
         bends: trained control points between the two ends (1: the paper's quadratic curve).
         epochs / lr / momentum / weight_decay: SGD on the middle points (lr / 10 at 1/2 and 3/4 of ``epochs``).
         points: positions evaluated along each path (t evenly spaced in [0, 1]).
-        grid: the contour's resolution (``grid × grid`` evaluations); 0: no contour.
+        resolution: the contour's resolution (``resolution × resolution`` evaluations); 0: no contour.
         margin: how far the contour reaches beyond the three points, as a fraction of their larger spread (one
             scale on both axes).
         eval_loader: the batches on which the clean training loss is measured and BatchNorm's statistics
@@ -310,8 +310,8 @@ def connectivity(
     check_positive_int("epochs", epochs)
     if not isinstance(points, int) or points < 2:
         raise ValueError(f"points must be an integer >= 2, got {points!r}")
-    if not isinstance(grid, int) or grid < 0 or grid == 1:
-        raise ValueError(f"grid must be 0 (no contour) or an integer >= 2, got {grid!r}")
+    if not isinstance(resolution, int) or resolution < 0 or resolution == 1:
+        raise ValueError(f"resolution must be 0 (no contour) or an integer >= 2, got {resolution!r}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     started = time.perf_counter()
@@ -334,10 +334,10 @@ def connectivity(
         curve_ridge=path_ridge(ts, curve), line_ridge=path_ridge(ts, line),
         distance=float((end - start).norm()), bends=bends, curve_training=history,
         settings=dict(bends=bends, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, points=points,
-                      grid=grid, margin=margin, seed=seed))
-    if grid:
+                      resolution=resolution, margin=margin, seed=seed))
+    if resolution:
         try:
-            result.contour = _contour(space, control, evaluation, crit, grid, margin, progress)
+            result.contour = _contour(space, control, evaluation, crit, resolution, margin, progress)
         except ValueError as err:  # the trained middle on the straight line: the paths are measured all the same
             result.warnings.append(f"no contour: {err}")
     result.seconds = time.perf_counter() - started

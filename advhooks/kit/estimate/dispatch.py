@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ...attacks.domain import Normalization
-from ...benchmark import CleanBenchmark
+from ...benchmark import CleanBenchmark, Recipe
 from ...uncertainty import DEFAULT_LEVEL
 from .clean_probe import DEFAULT_LADDER, default_finetune_eps, estimate_clean_probe, mean_input_grad_dual_norm
 from .finetune import estimate_finetune
@@ -57,8 +57,8 @@ def estimate_eps_star(
         eps: the strengths (grid points, fine-tune points, or the probe's ladder); default: chosen from the
             clean probe (fine-tune: its lower bound × (1/2, 1, 3/2, 2); grid: those and 4×).
         attack: ``"pgd"`` or ``"fgm"`` for training (default PGD).
-        epochs: per run (default: 10 for the fine-tune, 60 for the grid).
-        lr / batch_size: default: the benchmark's recipe.
+        epochs: the fine-tune's length (default 10), or the grid runs' (default: the benchmark's).
+        lr / batch_size: default: the benchmark's recipe (:meth:`~advhooks.benchmark.Recipe.from_record`).
         records_dir: the grid's run records, each with its θ̂ weights beside it (only the grid writes any).
         Others: as in :func:`estimate_grid` and :func:`estimate_finetune`.
     """
@@ -76,25 +76,18 @@ def estimate_eps_star(
                                      grid or list(DEFAULT_LADDER), **common)
     if method == "clean-probe":
         return probe
-    recipe = dict(_benchmark_recipe(benchmark, lr, batch_size), runs=runs, seed=seed, train_eval_set=train_eval,
-                  level=level)
+    recipe = Recipe.from_record(benchmark.training).with_given(lr=lr, batch_size=batch_size)
+    shared = dict(runs=runs, seed=seed, train_eval_set=train_eval, level=level)
     points = grid or _points_from_probe(method, probe)
     if method == "finetune":
         grad_norm = probe.mean_grad_dual_norm if probe else mean_input_grad_dual_norm(
             benchmark.load_weights_into(model_factory()), train_eval, norm, device=device, normalization=normalization)
-        result = estimate_finetune(model_factory, train_set, benchmark, points, epochs=epochs or 10,
-                                   mean_grad_dual_norm=grad_norm, **recipe, **common)
+        result = estimate_finetune(model_factory, train_set, benchmark, points, epochs=epochs or 10, recipe=recipe,
+                                   mean_grad_dual_norm=grad_norm, **shared, **common)
     else:
-        result = estimate_grid(model_factory, train_set, test_set, benchmark, points, epochs=epochs or 60,
-                               weight_decay=float(benchmark.training.get("weight_decay", 0.0)),
-                               records_dir=records_dir, **recipe, **common)
+        result = estimate_grid(model_factory, train_set, test_set, benchmark, points,
+                               recipe=recipe.with_given(epochs=epochs), records_dir=records_dir, **shared, **common)
     return _with_probe(result, probe)
-
-
-def _benchmark_recipe(benchmark: CleanBenchmark, lr: float | None, batch_size: int | None) -> dict[str, Any]:
-    """The learning rate and batch size given, else the clean benchmark's."""
-    return {"lr": float(lr or benchmark.training.get("lr", 0.1)),
-            "batch_size": int(batch_size or benchmark.training.get("batch_size", 128))}
 
 
 def _points_from_probe(method: str, probe: EpsStarEstimate) -> list[float]:

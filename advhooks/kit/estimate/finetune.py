@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ...attacks.domain import Normalization
-from ...benchmark import CleanBenchmark
+from ...benchmark import CleanBenchmark, Recipe
 from ...evaluation import FixedSubset, evaluate_adversarial_loss
 from ...schedules import format_eps
 from ...uncertainty import DEFAULT_LEVEL, normal_draws, propagate, z_value
@@ -33,8 +33,7 @@ def estimate_finetune(
     attack: str = "pgd",
     steps: int = 10,
     epochs: int = 10,
-    lr: float | None = None,
-    batch_size: int = 64,
+    recipe: Recipe | None = None,
     runs: int = 1,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -49,7 +48,8 @@ def estimate_finetune(
     """ε* by adversarial fine-tuning from the clean weights and a fitted line (the paper's section 6), with a band.
 
     At each ε (small, around and below ε*: :func:`default_finetune_eps` picks them from the clean probe)
-    the clean model is fine-tuned for ``epochs`` at the clean run's learning rate (``lr`` overrides it),
+    the clean model is fine-tuned for ``epochs`` at the learning rate and batch size of ``recipe`` (default: the
+    clean benchmark's, :meth:`~advhooks.benchmark.Recipe.from_record`), at a constant rate,
     then R̂(θ, ε) of the fine-tuned weights is evaluated like every R̂ in advhooks
     (:func:`~advhooks.evaluation.evaluate_adversarial_loss`, PGD-``steps``, on a fixed training subset).
     A least-squares line L(ε) = a + bε through those points is solved for R*(0). The points usually lie
@@ -69,7 +69,8 @@ def estimate_finetune(
     if benchmark.state_dict is None:
         raise ValueError("the benchmark has no weights: load it with CleanBenchmark.load(path)")
     device = torch.device(device)
-    lr = float(lr if lr is not None else benchmark.training.get("lr", 0.05))
+    recipe = recipe or Recipe.from_record(benchmark.training)
+    lr, batch_size = recipe.lr, recipe.batch_size
     start, counter = time.perf_counter(), PassCounter()
     r_star = benchmark.clean_test_loss
     est = EpsStarEstimate("finetune", None, r_star, norm, level=level, settings=dict(

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ...attacks.domain import Normalization
-from ...benchmark import CleanBenchmark, benchmark_reference
+from ...benchmark import CleanBenchmark, Recipe, benchmark_reference
 from ...monitor import RUN_RECORD_SCHEMA, PhaseMonitor
 from ...schedules import format_eps
 from ...uncertainty import DEFAULT_LEVEL, bootstrap_means, normal_draws, propagate
@@ -59,10 +59,7 @@ def estimate_grid(
     norm: str = "linf",
     attack: str = "pgd",
     steps: int = 10,
-    epochs: int = 60,
-    lr: float = 0.05,
-    batch_size: int = 64,
-    weight_decay: float = 0.0,
+    recipe: Recipe | None = None,
     runs: int = 1,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -76,7 +73,8 @@ def estimate_grid(
 ) -> EpsStarEstimate:
     """ε* from adversarial training from scratch at each ε (the paper's section 5.2), with a band.
 
-    Each run trains with the clean benchmark's schedule (lr / 10 at 1/2 and 3/4 of ``epochs``) under a
+    Each run trains with ``recipe`` (default: the clean benchmark's, :meth:`~advhooks.benchmark.Recipe.from_record`:
+    the same epochs, batch size, SGD settings and schedule, lr / 10 at 1/2 and 3/4 of the epochs) under a
     :class:`~advhooks.monitor.PhaseMonitor` that evaluates the adversarial test loss each epoch, keeps θ̂(ε)
     (the epoch of the smallest one) and evaluates R̂(θ̂(ε), ε) at those fixed weights on a fixed training
     subset of ``train_subset`` samples. Each run is a run record (written to ``records_dir`` when given, with
@@ -90,27 +88,27 @@ def estimate_grid(
     """
     grid = check_eps_grid(eps)
     device = torch.device(device)
+    recipe = recipe or Recipe.from_record(benchmark.training)
     start, counter = time.perf_counter(), PassCounter()
     records = []
-    for run, e, model, train_loader in _study_runs(grid, runs, seed, model_factory, train_set, batch_size, device,
-                                                   counter):
+    for run, e, model, train_loader in _study_runs(grid, runs, seed, model_factory, train_set, recipe.batch_size,
+                                                   device, counter):
         atk = make_attack(attack if e > 0 else "pgd", e, norm, steps, normalization)
         eval_attack = make_attack("pgd", e, norm, steps, normalization)
-        monitor = PhaseMonitor(benchmark, eps=e, total_epochs=epochs, attack=eval_attack, logger=_RUN_LOG,
-                               recipe=dict(batch_size=batch_size, lr=lr, weight_decay=weight_decay, run=run,
-                                           seed=seed + 1000 * run, schedule="step_decay", optimizer="sgd"))
+        monitor = PhaseMonitor(benchmark, eps=e, total_epochs=recipe.epochs, attack=eval_attack, logger=_RUN_LOG,
+                               recipe={**recipe.to_dict(), "run": run, "seed": seed + 1000 * run})
         monitor.evaluate_with(model, train_eval_set or train_set, test_set, train_subset=train_subset, seed=seed,
                               device=device)
-        train_adversarially(model, train_loader, atk, e, epochs, lr, decay=True, device=device, counter=counter,
-                            weight_decay=weight_decay, monitor=monitor, progress=progress)
+        train_adversarially(model, train_loader, atk, e, recipe.epochs, recipe.lr, decay=True, device=device,
+                            counter=counter, weight_decay=recipe.weight_decay, monitor=monitor, progress=progress)
         monitor.evaluate_rhat()  # a no-op after the last planned epoch; a run cut short evaluates θ̂'s R̂ here
         records.append(monitor.record())
         if records_dir is not None:  # with θ̂'s weights beside it, for `advhooks connectivity --checkpoint`
             monitor.save_record(Path(records_dir) / f"eps{e * 255:.4g}-run{run}.json", weights=e > 0)
     est = estimate_from_records(records, benchmark, include_clean=include_clean, level=level, seed=seed)
     est.method = "grid"
-    est.settings = dict(eps=grid, attack=attack, steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, runs=runs,
-                        seed=seed, train_subset=train_subset)
+    est.settings = dict(eps=grid, attack=attack, steps=steps, epochs=recipe.epochs, lr=recipe.lr,
+                        batch_size=recipe.batch_size, runs=runs, seed=seed, train_subset=train_subset)
     return _cost(est, counter, start, len(train_set))
 
 

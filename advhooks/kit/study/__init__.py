@@ -8,7 +8,7 @@ With ``fgsm_eps`` each configuration also gets the FGSM probe: plain FGSM traini
 increasing ε until :class:`~advhooks.diagnostics.CatastrophicOverfittingDetector` fires; the paper reports
 ε* below that unstable ε.
 
-Units are independent and each is a JSON file in ``records_dir`` when one is given (the grid check's run
+Units are independent and each is a JSON file in ``units_dir`` when one is given (the grid check's run
 records, with their early-stopped weights, in a ``grid-...`` folder beside it): a unit whose file exists
 is read instead of run, so a study resumes after an interruption and can be spread over processes or
 machines (``shard=(i, n)`` runs every n-th unit; rerunning without ``shard`` over the gathered files only

@@ -39,25 +39,26 @@ def run_unit(unit: Unit, settings: StudySettings, build: Callable[[int | None], 
                            "n_train": len(subset), "settings": unit_recipe(settings, unit)}
     if unit.kind == "fgsm":
         out["fgsm"] = fgsm_threshold(lambda: build(width), subset, test_set, settings.fgsm_eps,
-                                     epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
+                                     epochs=settings.recipe.epochs, lr=settings.recipe.lr,
+                                     batch_size=settings.recipe.batch_size,
                                      seed=settings.seeds[0], device=device, progress=progress)
     else:
         out["seed"] = seed = unit.seed
         torch.manual_seed(seed)
-        bench = record_clean_benchmark(build(width), subset, test_set, epochs=settings.epochs,
-                                       batch_size=settings.batch_size, lr=settings.lr,
-                                       weight_decay=settings.weight_decay, train_eval_set=subset_eval, device=device,
+        bench = record_clean_benchmark(build(width), subset, test_set, recipe=settings.recipe,
+                                       train_eval_set=subset_eval, device=device,
                                        seed=seed, training={**setting, "width": width, "train_fraction": fraction,
                                                             "split_seed": settings.split_seed})
         out["benchmark"] = {k: getattr(bench, k) for k in ("clean_test_loss", "test_loss_stderr", "clean_train_loss",
                                                             "generalization_gap", "clean_test_accuracy")}
         common = dict(model_factory=lambda: build(width), train_set=subset, test_set=test_set,
-                      train_eval_set=subset_eval, norm=settings.norm, lr=settings.lr, batch_size=settings.batch_size,
-                      seed=seed, device=device, level=settings.level, progress=progress)
+                      train_eval_set=subset_eval, norm=settings.norm, seed=seed, device=device, level=settings.level,
+                      progress=progress)
+        # (the estimators train with the benchmark's recipe, which is the study's)
         out["estimate"] = estimate_as_json(settings.method, bench, epochs=settings.finetune_epochs
-                                    if settings.method == "finetune" else settings.epochs, **common)
+                                           if settings.method == "finetune" else None, **common)
         if settings.grid_checked(unit):
-            out["grid"] = estimate_as_json("grid", bench, epochs=settings.epochs, records_dir=grid_records, **common)
+            out["grid"] = estimate_as_json("grid", bench, records_dir=grid_records, **common)
             if grid_records is not None:
                 bench.save(grid_records / "clean.safetensors")
     out["seconds"] = time.perf_counter() - started
@@ -65,16 +66,16 @@ def run_unit(unit: Unit, settings: StudySettings, build: Callable[[int | None], 
 
 
 def run_study(settings: StudySettings, build: Callable[[int | None], nn.Module], train_set: Dataset,
-              test_set: Dataset, *, train_eval_set: Dataset | None = None, records_dir: str | os.PathLike | None = None,
+              test_set: Dataset, *, train_eval_set: Dataset | None = None, units_dir: str | os.PathLike | None = None,
               shard: tuple[int, int] = (0, 1), setting: dict[str, Any] | None = None,
               device: torch.device | str = "cpu", progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run (or read back from ``records_dir``) every unit of this shard and, when all are there, summarise.
+    """Run (or read back from ``units_dir``) every unit of this shard and, when all are there, summarise.
 
     Args:
         settings: the study.
         build: ``build(width)`` → a freshly initialised model (``width`` ``None``: the default size).
         train_set / test_set / train_eval_set: the data (``train_eval_set``: without augmentation).
-        records_dir: one JSON file per unit; existing files are read instead of run (when they were run with
+        units_dir: one JSON file per unit; existing files are read instead of run (when they were run with
             the same recipe, setting, model architecture and data: otherwise a ValueError).
         shard: ``(i, n)``: run only units ``i, i + n, i + 2n, ...``.
         setting: how the setting is named (``{"preset": ...}`` or the factories), stored with every unit and
@@ -88,7 +89,7 @@ def run_study(settings: StudySettings, build: Callable[[int | None], nn.Module],
     if not (count >= 1 and 0 <= index < count):
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
     started, setting = time.perf_counter(), setting or {}
-    folder = Path(records_dir) if records_dir is not None else None
+    folder = Path(units_dir) if units_dir is not None else None
     units: dict[str, dict] = {}
     reused = 0
     for i, unit in enumerate(settings.units()):

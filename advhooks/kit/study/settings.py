@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...benchmark import Recipe
 from ...uncertainty import DEFAULT_LEVEL
 from ..estimate import check_eps_grid
 
@@ -14,8 +15,9 @@ STUDY_SCHEMA = "advhooks.study-unit/1"
 class StudySettings:
     """What a study runs: the grid of configurations and the recipe every unit shares.
 
-    ``widths`` entries are the model builder's size argument (``None``: its default). ``epochs``/``lr``/
-    ``batch_size``/``weight_decay`` are the clean runs' (and the grid's); ``finetune_epochs`` the fine-tune's.
+    ``widths`` entries are the model builder's size argument (``None``: its default). ``recipe`` is how the clean
+    runs (and the grid's) train (default :class:`~advhooks.benchmark.Recipe`'s); ``finetune_epochs`` the
+    fine-tune's length.
     ``fgsm_eps``: the FGSM probe's increasing strengths (empty: no probe). ``customary_eps``: the ε people
     would use on this data, shown as its ratio to ε*.
     """
@@ -26,11 +28,8 @@ class StudySettings:
     method: str = "finetune"
     check_grid: bool = False
     fgsm_eps: tuple[float, ...] = ()
-    epochs: int = 60
+    recipe: Recipe = Recipe()
     finetune_epochs: int = 10
-    lr: float = 0.05
-    batch_size: int = 64
-    weight_decay: float = 0.0
     norm: str = "linf"
     split_seed: int = 0
     customary_eps: float | None = None
@@ -65,8 +64,10 @@ class StudySettings:
                 raise ValueError("the FGSM probe trains with plain FGSM (L-inf): compare it with an L-inf eps*")
         if self.customary_eps is not None and not self.customary_eps > 0:
             raise ValueError(f"customary_eps must be > 0, got {self.customary_eps}")
-        if self.epochs < 1 or self.finetune_epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError("epochs, finetune_epochs and batch_size must be >= 1 and lr > 0")
+        if not isinstance(self.recipe, Recipe):
+            raise TypeError(f"recipe must be an advhooks.benchmark.Recipe, got {type(self.recipe).__name__}")
+        if self.finetune_epochs < 1:
+            raise ValueError(f"finetune_epochs must be >= 1, got {self.finetune_epochs}")
 
     def units(self) -> list[Unit]:
         """Every unit of work in a fixed order: the runs (width × fraction × seed), then the FGSM probes."""

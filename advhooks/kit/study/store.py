@@ -26,12 +26,13 @@ def estimate_as_json(method: str, bench: Any, **kwargs: Any) -> dict[str, Any]:
 
 def unit_recipe(settings: StudySettings, unit: Unit) -> dict[str, Any]:
     """What a unit's result depends on: a stored unit is reused only under the same values."""
+    recipe = settings.recipe.to_dict()
     if unit.kind == "fgsm":
-        keep = ("fgsm_eps", "epochs", "lr", "batch_size", "split_seed")
-        out = {k: getattr(settings, k) for k in keep} | {"seed": settings.seeds[0]}
+        out = {"fgsm_eps": settings.fgsm_eps, **{k: recipe[k] for k in ("epochs", "lr", "batch_size")},
+               "split_seed": settings.split_seed, "seed": settings.seeds[0]}
     else:
-        keep = ("method", "epochs", "lr", "batch_size", "weight_decay", "norm", "split_seed", "level")
-        out = {k: getattr(settings, k) for k in keep} | {"grid_check": settings.grid_checked(unit)}
+        keep = ("method", "norm", "split_seed", "level")
+        out = {k: getattr(settings, k) for k in keep} | recipe | {"grid_check": settings.grid_checked(unit)}
         if settings.method == "finetune":
             out["finetune_epochs"] = settings.finetune_epochs
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
@@ -58,7 +59,7 @@ def read_stored(path: Path, unit: Unit, recipe: dict[str, Any], identity: dict[s
                                ("model or data", identity, stored.get("identity"))):
         if ours != theirs:
             differ = differences(ours, theirs if isinstance(theirs, dict) else {})
-            raise ValueError(f"{path} was run with other {name} ({differ}); use another records folder")
+            raise ValueError(f"{path} was run with other {name} ({differ}); use another --units folder")
     return stored
 
 
