@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from .app import DEVICE_HELP, PRESET_HELP, app, user_errors
-from .options import benchmark_setup, check_options, prepare_output, progress_shown, resolve_device
+from .options import benchmark_setup, check_options, prepare_output, progress_shown, resolve_device, show_result
 
 
 @app.command("connectivity")
@@ -72,13 +72,6 @@ def connectivity_command(
     finally:
         bar.close()
     result.settings.update(benchmark=str(benchmark), checkpoint=source)
-    typer.echo(result.summary())
-    if json_out is not None:
-        json_out.write_text(result.to_json(indent=2))
-        typer.echo(f"wrote {json_out}")
-    if plot is not None:
-        from ..kit.connectivity import plot_connectivity
-
-        typer.echo(f"wrote {plot_connectivity(result, plot)}")
+    show_result(result, json_out, plot, "connectivity")
 
 

@@ -18,6 +18,7 @@ from .options import (
     prepare_output,
     progress_shown,
     resolve_device,
+    show_result,
 )
 
 
@@ -97,14 +98,7 @@ def estimate_eps_star(
             progress=progress)
     finally:
         bar.close()
-    typer.echo(result.summary())
-    if json_out is not None:
-        json_out.write_text(result.to_json(indent=2))
-        typer.echo(f"wrote {json_out}")
-    if plot is not None:
-        from ..kit.estimate.plot import plot_estimate
-
-        typer.echo(f"wrote {plot_estimate(result, plot)}")
+    show_result(result, json_out, plot, "estimate")
 
 
 def _check_estimate_options(method: str, norm: str, attack: str | None, level: float, records: str | None) -> str:

@@ -187,3 +187,18 @@ def benchmark_setup(bench: Any, preset: str | None, model: str | None, data: str
     if model_difference:
         typer.echo(f"warning: {model_difference}", err=True)
     return setup
+
+
+def show_result(result: Any, json_out: Path | None, plot: Path | None, kind: str) -> None:
+    """Print a result's summary, and write its JSON and its figure (``kind``: ``"estimate"`` or
+    ``"connectivity"``, the kit package that draws it) when asked."""
+    typer.echo(result.summary())
+    if json_out is not None:
+        json_out.write_text(result.to_json(indent=2))
+        typer.echo(f"wrote {json_out}")
+    if plot is not None:
+        from ..kit.connectivity import plot_connectivity
+        from ..kit.estimate.plot import plot_estimate
+
+        draw = {"estimate": plot_estimate, "connectivity": plot_connectivity}[kind]
+        typer.echo(f"wrote {draw(result, plot)}")
