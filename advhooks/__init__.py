@@ -25,7 +25,7 @@ _EXPORTS = {
     **dict.fromkeys(("at_loss", "mart_loss", "trades_loss"), ".losses"),
     **dict.fromkeys(("PhaseMonitor", "PhaseReport"), ".monitor"),
     "CleanBenchmarkRecorder": ".recorder",
-    "evaluate": ".robustness",
+    "robust_accuracy": ".robustness",
     **dict.fromkeys(("LinearWarmup", "linear_warmup", "parse_eps", "parse_eps_list"), ".schedules"),
     **dict.fromkeys(("AdversarialStep", "StepOutput"), ".step"),
 }
@@ -33,8 +33,8 @@ _EXPORTS = {
 __all__ = [
     "APGD", "FGM", "FGSM", "PGD", "AdversarialStep", "Attack", "AttackConfig", "CleanBenchmark",
     "CleanBenchmarkRecorder", "FreeAdversarialStep", "LinearWarmup", "PhaseMonitor", "PhaseReport", "StepOutput",
-    "__version__", "at_loss", "evaluate", "fgm_perturb", "linear_warmup", "mart_loss", "parse_eps", "parse_eps_list",
-    "perturb", "pgd_perturb", "trades_loss",
+    "__version__", "at_loss", "fgm_perturb", "linear_warmup", "mart_loss", "parse_eps", "parse_eps_list",
+    "perturb", "pgd_perturb", "robust_accuracy", "trades_loss",
 ]
 
 
@@ -57,6 +57,6 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .losses import at_loss, mart_loss, trades_loss
     from .monitor import PhaseMonitor, PhaseReport
     from .recorder import CleanBenchmarkRecorder
-    from .robustness import evaluate
+    from .robustness import robust_accuracy
     from .schedules import LinearWarmup, linear_warmup, parse_eps, parse_eps_list
     from .step import AdversarialStep, StepOutput

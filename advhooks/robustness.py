@@ -31,7 +31,7 @@ from .attacks import APGD, PGD, Attack, eval_mode
 from .attacks.apgd import targeted_dlr_loss
 from .attacks.domain import Bounds, Normalization
 
-__all__ = ["SUITES", "RobustnessReport", "SuiteAttack", "attack_batch", "evaluate"]
+__all__ = ["SUITES", "RobustnessReport", "SuiteAttack", "attack_batch", "robust_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -141,10 +141,11 @@ def _run(model, x, y, clean_logits, spec, eps, norm, bounds, normalization, seed
     return broken, found
 
 
-def evaluate(model: nn.Module, data: Dataset | Iterable, eps: float, *, norm: str = "linf", suite: str = "apgd",
-             n: int | None = None, batch_size: int = 256, device: torch.device | str | None = None,
-             bounds: Bounds = (0.0, 1.0), normalization: Normalization = None, seed: int = 0,
-             progress: Callable[[int], None] | None = None) -> RobustnessReport:
+def robust_accuracy(model: nn.Module, data: Dataset | Iterable, eps: float, *, norm: str = "linf",
+                    suite: str = "apgd", n: int | None = None, batch_size: int = 256,
+                    device: torch.device | str | None = None, bounds: Bounds = (0.0, 1.0),
+                    normalization: Normalization = None, seed: int = 0,
+                    progress: Callable[[int], None] | None = None) -> RobustnessReport:
     """Clean and robust accuracy of ``model`` on ``data`` under the ``suite`` at strength ``eps``.
 
     Args:
@@ -161,7 +162,7 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, eps: float, *, norm: st
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
         >>> data = torch.utils.data.TensorDataset(torch.rand(16, 1, 2, 2), torch.randint(0, 3, (16,)))
-        >>> report = evaluate(net, data, eps=0.0, suite="pgd")
+        >>> report = robust_accuracy(net, data, eps=0.0, suite="pgd")
         >>> report.robust_accuracy == report.clean_accuracy
         True
     """

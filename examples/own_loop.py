@@ -29,7 +29,7 @@ from advhooks import PGD, AdversarialStep, CleanBenchmarkRecorder, PhaseMonitor,
 from advhooks.errors import one_line_errors
 from advhooks.kit.data import DATASETS, load_cifar10, load_digits
 from advhooks.kit.models import PreActResNet18
-from advhooks.robustness import evaluate as evaluate_robustness  # advhooks (1/5)
+from advhooks.robustness import robust_accuracy  # advhooks (1/5)
 from advhooks.schedules import step_decay
 
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
@@ -194,7 +194,7 @@ def main(argv=None):
         print(f"R*(0) = {monitor.clean_test_loss:.4f} from {args.benchmark}")
         print(f"final: ratio {report.ratio:.6f} [{low:.3f}, {high:.3f}] (R-hat {report.rhat:.4f}, "
               f"{report.rhat_kind}), regime {report.regime}, early-stopped epoch {report.early_stopped_epoch}")
-        suite = evaluate_robustness(model, test_set, args.eps, suite="fast", normalization=(mean, std), device=device)
+        suite = robust_accuracy(model, test_set, args.eps, suite="fast", normalization=(mean, std), device=device)
         print(f"robust test accuracy (fast suite: APGD-CE, APGD-T) {suite.robust_accuracy:.3f}")
         if args.save_record:
             print(f"run record -> {monitor.save_record(args.save_record)}")

@@ -28,7 +28,7 @@ from advhooks.errors import one_line_errors
 from advhooks.kit.data import load_digits
 from advhooks.kit.presets import get_preset
 from advhooks.monitor import PhaseMonitor
-from advhooks.robustness import evaluate as evaluate_robustness
+from advhooks.robustness import robust_accuracy
 from advhooks.schedules import step_decay
 
 log = logging.getLogger("train_digits")
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> list:
             log.info(line)
     training_seconds = time.perf_counter() - start
     if args.eps > 0:  # a stronger check than PGD-20: APGD-CE then APGD-T, with the cheap "fast" settings
-        suite = evaluate_robustness(model, test_set, args.eps, suite="fast")
+        suite = robust_accuracy(model, test_set, args.eps, suite="fast")
         log.info("robust test accuracy (fast suite: APGD-CE, APGD-T) %.3f", suite.robust_accuracy)
     if reports:
         share = sum(monitor.evaluation_seconds.values()) / training_seconds

@@ -30,7 +30,7 @@ from advhooks.kit.checkpoints import load_weights
 from advhooks.kit.data import UnsafePickleError, load_cifar10
 from advhooks.kit.training import record_clean_benchmark
 from advhooks.monitor import PhaseMonitor
-from advhooks.robustness import evaluate as evaluate_robustness
+from advhooks.robustness import robust_accuracy
 
 from .conftest import SmallCNN
 
@@ -101,7 +101,7 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
     "bn-policy-unknown": (lambda t: PGD(0.1, bn="frozen"), ValueError, r"bn must be one of 'eval', 'train'"),
     "precision-unknown": (lambda t: PGD(0.1, precision="int8"), ValueError, r"precision must be one of"),
     "warmup-negative": (lambda t: linear_warmup(0.1, warmup_steps=-1), ValueError, r"warmup_steps"),
-    "robustness-suite-unknown": (lambda t: evaluate_robustness(SmallCNN(), _nan_set(), 0.1, suite="autoattack"),
+    "robustness-suite-unknown": (lambda t: robust_accuracy(SmallCNN(), _nan_set(), 0.1, suite="autoattack"),
                                  ValueError, r"suite must be one of 'apgd', 'fast', 'pgd'"),
     "apgd-unknown-criterion": (lambda t: APGD(0.1, criterion="hinge"), ValueError,
                                r"criterion must be one of 'ce', 'dlr'"),
@@ -347,7 +347,7 @@ CLI: dict[str, tuple[list[str], str]] = {
     "cli-show-corrupt-file": (["show", "{tmp}/corrupt.safetensors"], "not a safetensors file"),
     "cli-show-pickle": (["show", "{tmp}/evil.safetensors"], "not a safetensors file"),
     "cli-estimate-bad-method": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors", "--method", "magic"],
-                                "--method must be grid, finetune, clean-probe or runs"),
+                                "--method must be grid, finetune, clean-probe or records"),
     "cli-estimate-bad-eps": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors", "--eps", "abc"],
                              "eps"),
     "cli-estimate-fingerprint-mismatch": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors",
@@ -366,8 +366,8 @@ CLI: dict[str, tuple[list[str], str]] = {
     "cli-normalize-odd-count": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors", "--normalize",
                                  "0.5,0.5,0.2"], "--normalize needs as many stds as means"),
     "cli-device-unknown": (["benchmark-clean", "--preset", "digits-mlp", "--device", "tpu"], "--device must be"),
-    "cli-records-without-method-runs": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors", "--records",
-                                         "{tmp}/*.json"], "--records goes with --method runs"),
+    "cli-records-without-method-records": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors", "--records",
+                                         "{tmp}/*.json"], "--records goes with --method records"),
     "cli-split-not-the-benchmarks": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors",
                                       "--split-seed", "1"], "the data is not the benchmark's"),
     "cli-benchmark-nan-data": (["benchmark-clean", "--model", "tests.cli_factories:mlp", "--data",

@@ -71,15 +71,15 @@ def test_runs_from_the_cli_and_a_refused_record(tmp_path):
     bench = CleanBenchmark.load(path)
     for i, e in enumerate((0.002, 0.006, 0.01, 0.014)):
         (tmp_path / f"r{i}.json").write_text(json.dumps(_record(bench, e, 0.15 + 10 * e, 0.005)))
-    out = CliRunner().invoke(app, ["estimate-eps-star", "--benchmark", str(path), "--method", "runs",
+    out = CliRunner().invoke(app, ["estimate-eps-star", "--benchmark", str(path), "--method", "records",
                                    "--records", str(tmp_path / "r*.json"), "--json", str(tmp_path / "e.json")])
     assert out.exit_code == 0, out.output
     data = json.loads((tmp_path / "e.json").read_text())
-    assert data["method"] == "runs" and data["value"] == pytest.approx(0.005, rel=1e-6)
+    assert data["method"] == "records" and data["value"] == pytest.approx(0.005, rel=1e-6)
     low, high = data["interval"]
     assert low < data["value"] < high and data["level"] == 0.8 and "80% band" in out.output
     (tmp_path / "r9.json").write_text(json.dumps(_record(bench, 0.02, 0.4, 0.01, norm="l2")))
-    refused = CliRunner().invoke(app, ["estimate-eps-star", "--benchmark", str(path), "--method", "runs",
+    refused = CliRunner().invoke(app, ["estimate-eps-star", "--benchmark", str(path), "--method", "records",
                                        "--records", str(tmp_path / "r*.json")])
     assert refused.exit_code == 2 and "mix norms" in refused.output
 

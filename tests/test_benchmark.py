@@ -17,7 +17,7 @@ from advhooks.benchmark import (
     BenchmarkFormatError,
     CleanBenchmark,
     Recipe,
-    read_record,
+    read_header,
 )
 from advhooks.kit.data import load_digits
 from advhooks.kit.models import MLP
@@ -57,7 +57,7 @@ def test_round_trip(recorded, tmp_path):
     bench, _ = recorded
     path = bench.save(tmp_path / "clean.safetensors")
     loaded = CleanBenchmark.load(path)
-    assert loaded.record() == bench.record()
+    assert loaded.header() == bench.header()
     for k, v in bench.state_dict.items():
         assert torch.equal(v, loaded.state_dict[k])
     torch.testing.assert_close(loaded.test_losses, bench.test_losses)
@@ -77,7 +77,7 @@ def test_reading_the_record_does_not_read_the_weights(recorded, tmp_path, monkey
     monkeypatch.setattr(benchmark_module, "load_file", refuse)
     read = CleanBenchmark.read(path)
     assert read.clean_test_loss == bench.clean_test_loss and read.state_dict is None
-    assert read_record(path)["schema_version"] == SCHEMA_VERSION
+    assert read_header(path)["schema_version"] == SCHEMA_VERSION
 
 
 def test_bootstrap_interval_brackets_the_mean(recorded):
@@ -104,7 +104,7 @@ def test_truncated_file_is_refused(recorded, tmp_path):
 
 
 def test_wrong_schema_version_is_refused(recorded, tmp_path):
-    record = recorded[0].record() | {"schema_version": SCHEMA_VERSION + 1}
+    record = recorded[0].header() | {"schema_version": SCHEMA_VERSION + 1}
     path = tmp_path / "future.safetensors"
     save_file({"stats.empty": torch.zeros(0)}, str(path), metadata={"advhooks.record": json.dumps(record)})
     with pytest.raises(BenchmarkFormatError, match="schema version"):
@@ -133,7 +133,7 @@ def test_pickle_renamed_safetensors_is_refused_without_executing(tmp_path):
     path = tmp_path / "clean.safetensors"
     path.write_bytes(pickle.dumps(_Payload(str(marker))))
     assert not marker.exists()
-    for read in (CleanBenchmark.read, CleanBenchmark.load, read_record):
+    for read in (CleanBenchmark.read, CleanBenchmark.load, read_header):
         with pytest.raises(BenchmarkFormatError):
             read(path)
     assert not marker.exists()
@@ -157,5 +157,5 @@ def test_record_never_copies_the_tensors():
     data = [(torch.rand(8, 4), torch.randint(0, 3, (8,)))]
     bench = CleanBenchmark.measure(net, data)
     bench.state_dict, bench.test_losses = {"w": NoCopy()}, NoCopy()
-    record = bench.record()
+    record = bench.header()
     assert "state_dict" not in record and "test_losses" not in record and record["n_test"] == 8

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from advhooks.benchmark import BenchmarkFormatError, CleanBenchmark, read_record
+from advhooks.benchmark import BenchmarkFormatError, CleanBenchmark, read_header
 
 FUZZ_DEFAULT = 150
 FUZZ_SLOW = 5000
@@ -64,7 +64,7 @@ def _mutate(data: bytes, edits) -> bytes:
 
 def _read_both(path: Path) -> None:
     """Both readers: a record (or benchmark) back, or the library's own error."""
-    for reader in (read_record, CleanBenchmark.read, CleanBenchmark.load):
+    for reader in (read_header, CleanBenchmark.read, CleanBenchmark.load):
         try:
             reader(path)
         except BenchmarkFormatError:

@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 
-from advhooks.benchmark import read_record
+from advhooks.benchmark import read_header
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "own_loop.py"
@@ -34,7 +34,7 @@ def test_own_loop_records_its_benchmark_then_monitors_the_adversarial_run(tmp_pa
 
     clean = run(tmp_path, "--eps", "0", "--benchmark", str(bench_path))
     assert bench_path.exists() and "R*(0) = " in clean.stdout
-    bench = read_record(bench_path)
+    bench = read_header(bench_path)
     training = bench["training"]
     assert training["batch_size"] == 128 and training["epochs"] == 4 and training["schedule"] == "step_decay"
     assert training["augmentation"] == "crop" and training["optimizer"] == "sgd"

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from advhooks.kit.data import load_digits
-from advhooks.robustness import SUITES, attack_batch, evaluate
+from advhooks.robustness import SUITES, attack_batch, robust_accuracy
 
 
 @pytest.fixture
@@ -36,8 +36,8 @@ def test_the_suite_only_lowers_accuracy_and_its_examples_break_what_it_counts_as
 
 def test_apgds_suite_is_at_least_as_strong_as_early_stopping_pgd(trained):
     model, data = trained
-    apgd = evaluate(model, data, 0.1, suite="fast", batch_size=48)
-    pgd = evaluate(model, data, 0.1, suite="pgd", batch_size=48)
+    apgd = robust_accuracy(model, data, 0.1, suite="fast", batch_size=48)
+    pgd = robust_accuracy(model, data, 0.1, suite="pgd", batch_size=48)
     assert apgd.n == pgd.n == 96 and apgd.clean_accuracy == pgd.clean_accuracy
     assert apgd.robust_accuracy <= pgd.robust_accuracy < apgd.clean_accuracy
     assert list(apgd.after) == [a.name for a in SUITES["fast"]] and set(apgd.seconds) == set(apgd.after)
@@ -46,14 +46,14 @@ def test_apgds_suite_is_at_least_as_strong_as_early_stopping_pgd(trained):
 
 def test_at_zero_strength_the_robust_accuracy_is_the_clean_one(trained):
     model, data = trained
-    report = evaluate(model, data, 0.0, suite="apgd", n=40, batch_size=16)
+    report = robust_accuracy(model, data, 0.0, suite="apgd", n=40, batch_size=16)
     assert report.n == 40 and report.robust_accuracy == report.clean_accuracy
 
 
 def test_an_unknown_suite_is_refused(trained):
     model, data = trained
     with pytest.raises(ValueError, match="suite must be one of 'apgd', 'fast', 'pgd'"):
-        evaluate(model, data, 0.1, suite="autoattack")
+        robust_accuracy(model, data, 0.1, suite="autoattack")
 
 
 def test_the_evaluate_command_reports_what_the_python_entry_reports(tmp_path):
@@ -74,7 +74,7 @@ def test_the_evaluate_command_reports_what_the_python_entry_reports(tmp_path):
     assert out.exit_code == 0, out.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["n"] == 64 and report["suite"] == "pgd" and "robust accuracy (pgd suite)" in out.output
-    expected = evaluate(net.eval(), load_digits()[1], 0.1, suite="pgd", n=64)
+    expected = robust_accuracy(net.eval(), load_digits()[1], 0.1, suite="pgd", n=64)
     assert report["robust_accuracy"] == expected.robust_accuracy
     assert report["clean_accuracy"] == expected.clean_accuracy
     bad = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "model.safetensors"), "--preset",
@@ -87,7 +87,7 @@ def test_the_apgd_suite_is_at_least_as_strong_as_torchattacks_apgd_ce_then_apgd_
                                                               "pip install 'advhooks[dev]'")
     model, data = trained
     x, y = data.tensors[0][:64], data.tensors[1][:64]
-    ours = evaluate(model, TensorDataset(x, y), 0.1, suite="apgd")
+    ours = robust_accuracy(model, TensorDataset(x, y), 0.1, suite="apgd")
     with torch.no_grad():
         robust = model(x).argmax(1) == y
     for attack in (torchattacks.APGD(model, norm="Linf", eps=0.1, steps=100, n_restarts=1, loss="ce", seed=0),

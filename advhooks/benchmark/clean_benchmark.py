@@ -1,5 +1,5 @@
-"""The clean benchmark R*(0) as a record: :class:`CleanBenchmark`, measured from a clean model, saved to and
-read from one benchmark file (:mod:`advhooks.benchmark.file_format`)."""
+"""The clean benchmark R*(0): :class:`CleanBenchmark`, measured from a clean model, saved to and read from one
+benchmark file (:mod:`advhooks.benchmark.file_format`: a JSON header and the tensors)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from .._outputs import logits_of
 from .._version import __version__
 from ..attacks.criteria import Criterion, per_sample
 from ..attacks.model_state import eval_mode
-from .file_format import SCHEMA_VERSION, BenchmarkFormatError, check_record, read_record, read_tensors, write_file
+from .file_format import SCHEMA_VERSION, BenchmarkFormatError, check_header, read_header, read_tensors, write_file
 from .recipe import dataset_fingerprint, model_fingerprint
 
 __all__ = ["CleanBenchmark", "evaluate_clean"]
@@ -80,7 +80,7 @@ class CleanBenchmark:
         dataset / model: fingerprints (see :func:`dataset_fingerprint`, :func:`model_fingerprint`).
         training: how the clean model was trained (preset, epochs, lr, ...), when known.
         test_losses: per-sample clean test losses (kept in the file for uncertainty bands).
-        state_dict: the clean model's weights (``None`` when only the record was read).
+        state_dict: the clean model's weights (``None`` when only the header was read).
 
     Example:
         >>> net = nn.Linear(4, 3)
@@ -124,7 +124,7 @@ class CleanBenchmark:
             criterion: per-sample loss, the same as training; default cross-entropy.
             device: where to run (default: where the data already is).
             best_epoch: the early-stopping epoch, if known.
-            training: free-form description of the clean training (stored in the record).
+            training: free-form description of the clean training (stored in the header).
         """
         test_losses, test_acc = evaluate_clean(model, test_loader, criterion, device)
         train_loss = train_acc = gap = None
@@ -161,7 +161,7 @@ class CleanBenchmark:
     def bootstrap_interval(self, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
         """A bootstrap interval of R*(0) over the test set (needs the stored per-sample losses)."""
         if self.test_losses is None:
-            raise ValueError("this benchmark has no per-sample test losses (read it with load(), not read_record())")
+            raise ValueError("this benchmark has no per-sample test losses (read it with load(), not read_header())")
         gen = torch.Generator().manual_seed(seed)
         losses = self.test_losses.double()
         idx = torch.randint(0, losses.numel(), (resamples, losses.numel()), generator=gen)
@@ -185,8 +185,8 @@ class CleanBenchmark:
                        "still falling, so R*(0) is too high; train longer")
         return out
 
-    def record(self) -> dict[str, Any]:
-        """The JSON-serialisable record (everything but the tensors, which are never copied here)."""
+    def header(self) -> dict[str, Any]:
+        """The JSON-serialisable header (everything but the tensors, which are never copied here)."""
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in _TENSOR_FIELDS}
 
     def load_weights_into(self, model: nn.Module, strict: bool = True) -> nn.Module:
@@ -209,28 +209,28 @@ class CleanBenchmark:
         if not (math.isfinite(self.clean_test_loss) and self.clean_test_loss > 0):
             raise ValueError(f"refusing to save a benchmark whose R*(0) is {self.clean_test_loss}: it must be finite "
                              "and > 0 (a benchmark file that cannot be read back is worse than none)")
-        return write_file(path, self.record(), self.state_dict, self.test_losses)
+        return write_file(path, self.header(), self.state_dict, self.test_losses)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CleanBenchmark:
         """Read a benchmark file with its weights and per-sample losses (never unpickles)."""
-        bench = cls._from_record(read_record(path), path)
+        bench = cls._from_header(read_header(path), path)
         bench.state_dict, bench.test_losses = read_tensors(path)
         return bench
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> CleanBenchmark:
-        """Read only the record (header bytes); ``state_dict`` and ``test_losses`` stay ``None``."""
-        return cls._from_record(read_record(path), path)
+        """Read only the header (header bytes); ``state_dict`` and ``test_losses`` stay ``None``."""
+        return cls._from_header(read_header(path), path)
 
     @classmethod
-    def _from_record(cls, record: dict[str, Any], path: Any) -> CleanBenchmark:
-        check_record(record, path)
+    def _from_header(cls, record: dict[str, Any], path: Any) -> CleanBenchmark:
+        check_header(record, path)
         names = {f for f in cls.__dataclass_fields__ if f not in _TENSOR_FIELDS}
         try:
             return cls(**{k: v for k, v in record.items() if k in names})
         except TypeError as err:
-            raise BenchmarkFormatError(f"{path}: malformed record: {err}") from None
+            raise BenchmarkFormatError(f"{path}: malformed header: {err}") from None
 
     def summary(self) -> str:
         """A few aligned lines for people."""

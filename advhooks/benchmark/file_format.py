@@ -1,6 +1,6 @@
 """The benchmark file: one safetensors file holding the clean model's weights (``weights.<name>``), the
-per-sample clean test losses (``stats.test_losses``) and the record as JSON in the metadata (key
-``advhooks.record``). :func:`read_record` parses only the header, so reading the record never reads the
+per-sample clean test losses (``stats.test_losses``) and the header as JSON in the metadata (key
+``advhooks.record``). :func:`read_header` parses only the header, so reading the header never reads the
 weights, and nothing is ever unpickled. Writes are atomic (a temporary file renamed into place).
 """
 
@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .._version import __version__
 
-__all__ = ["SCHEMA_VERSION", "BenchmarkFormatError", "check_record", "read_record", "read_tensors", "write_file",
+__all__ = ["SCHEMA_VERSION", "BenchmarkFormatError", "check_header", "read_header", "read_tensors", "write_file",
            "write_json_atomic"]
 
 SCHEMA_VERSION = 1
@@ -36,7 +36,7 @@ class BenchmarkFormatError(ValueError):
 
 def write_file(path: Path, record: Mapping[str, Any], weights: Mapping[str, torch.Tensor] | None,
                test_losses: torch.Tensor | None) -> Path:
-    """Write a benchmark file atomically: the record as metadata, the weights and per-sample losses as tensors."""
+    """Write a benchmark file atomically: the header as metadata, the weights and per-sample losses as tensors."""
     tensors = {WEIGHTS + k: v.detach().cpu().contiguous() for k, v in (weights or {}).items()}
     if test_losses is not None:
         tensors[TEST_LOSSES] = test_losses.detach().cpu().float().contiguous()
@@ -106,23 +106,23 @@ def _has_kind(value: Any, kind: str) -> bool:
     return isinstance(value, dict)
 
 
-def check_record(record: Mapping[str, Any], path: Any) -> None:
+def check_header(record: Mapping[str, Any], path: Any) -> None:
     """Refuse a record with a missing required value or a field of the wrong kind."""
     missing = set(_REQUIRED_VALUES) - record.keys()
     if missing:
-        raise BenchmarkFormatError(f"{path}: the record lacks {sorted(missing)}")
+        raise BenchmarkFormatError(f"{path}: the header lacks {sorted(missing)}")
     for key, kind in _RECORD_TYPES.items():
         value = record.get(key)
         if value is None and key not in _REQUIRED_VALUES:
             continue
         if not _has_kind(value, kind):
-            raise BenchmarkFormatError(f"{path}: malformed record: {key} = {value!r} is not {kind}")
+            raise BenchmarkFormatError(f"{path}: malformed header: {key} = {value!r} is not {kind}")
     if not (math.isfinite(record["clean_test_loss"]) and record["clean_test_loss"] > 0):
-        raise BenchmarkFormatError(f"{path}: malformed record: clean_test_loss must be finite and > 0")
+        raise BenchmarkFormatError(f"{path}: malformed header: clean_test_loss must be finite and > 0")
 
 
-def read_record(path: str | os.PathLike) -> dict[str, Any]:
-    """The benchmark record from a file's safetensors header, reading nothing past the header.
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The benchmark header from a file's safetensors header, reading nothing past the header.
 
     Raises:
         FileNotFoundError: no such file.
@@ -130,16 +130,16 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
             version this library cannot read.
     """
     path = Path(path)
-    header = _read_header(path)
+    header = _safetensors_header(path)
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict) or _RECORD_KEY not in meta:
-        raise BenchmarkFormatError(f"{path}: a safetensors file, but not an advhooks clean benchmark (no record)")
+        raise BenchmarkFormatError(f"{path}: a safetensors file, but not an advhooks clean benchmark (no header)")
     try:
         record = json.loads(meta[_RECORD_KEY])
     except (TypeError, json.JSONDecodeError):
-        raise BenchmarkFormatError(f"{path}: the benchmark record is not valid JSON") from None
+        raise BenchmarkFormatError(f"{path}: the benchmark header is not valid JSON") from None
     if not isinstance(record, dict):
-        raise BenchmarkFormatError(f"{path}: the benchmark record is not a JSON object")
+        raise BenchmarkFormatError(f"{path}: the benchmark header is not a JSON object")
     version = record.get("schema_version")
     if version != SCHEMA_VERSION:
         raise BenchmarkFormatError(
@@ -149,7 +149,7 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def _read_header(path: Path) -> dict[str, Any]:
+def _safetensors_header(path: Path) -> dict[str, Any]:
     """The safetensors header as a JSON object, checked against the file's size (a truncated file is refused)."""
     size = path.stat().st_size
     with open(path, "rb") as fh:

@@ -100,10 +100,10 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
 ) -> None:
     """Print a clean benchmark's record (reads the header only, never the weights)."""
-    from ..benchmark import CleanBenchmark, read_record
+    from ..benchmark import CleanBenchmark, read_header
 
     if as_json:
-        typer.echo(json.dumps(read_record(file), indent=2, sort_keys=True))
+        typer.echo(json.dumps(read_header(file), indent=2, sort_keys=True))
     else:
         bench = CleanBenchmark.read(file)
         typer.echo(bench.summary())

@@ -27,9 +27,9 @@ from .options import (
 def estimate_eps_star(
     benchmark: Path = typer.Option(..., help="The clean benchmark from `advhooks benchmark-clean`."),
     method: str = typer.Option("clean-probe", help="clean-probe (no training) | finetune | grid (training from "
-                               "scratch at each eps) | runs (combine --records)"),
+                               "scratch at each eps) | records (combine --records)"),
     records: str | None = typer.Option(None, metavar="GLOB", help="Run records (JSON from PhaseMonitor.save_record, "
-                                       "e.g. 'runs/*.json') for --method runs."),
+                                       "e.g. 'runs/*.json') for --method records."),
     preset: str | None = typer.Option(None, help="The preset the benchmark was recorded with (default: the "
                                       "benchmark's). " + PRESET_HELP),
     model: str | None = typer.Option(None, help="Your model factory, 'package.module:function'."),
@@ -77,7 +77,7 @@ def estimate_eps_star(
         recorded = bench.training["normalization"]
         normalization = (list(recorded["mean"]), list(recorded["std"]))
     loaded_records, setup = None, None
-    if method == "runs":
+    if method == "records":
         loaded_records = _read_records(records)
     else:
         setup = benchmark_setup(bench, preset, model, data, data_dir, width, split_seed, strict)
@@ -107,15 +107,15 @@ def _check_estimate_options(method: str, norm: str, attack: str | None, level: f
 
     method = method.lower()
     if method not in METHODS:
-        raise ValueError(f"--method must be grid, finetune, clean-probe or runs, got {method!r}")
+        raise ValueError(f"--method must be grid, finetune, clean-probe or records, got {method!r}")
     if norm.lower() not in ("linf", "l2"):
         raise ValueError(f"--norm must be linf or l2, got {norm!r}")
     if attack is not None and attack.lower() not in ("pgd", "fgm"):
         raise ValueError(f"--attack must be pgd or fgm, got {attack!r}")
     if not 0 < level < 1:
         raise ValueError(f"--level must be in (0, 1), got {level}")
-    if (method == "runs") != (records is not None):
-        raise ValueError("--records goes with --method runs (and --method runs needs --records)")
+    if (method == "records") != (records is not None):
+        raise ValueError("--records goes with --method records (and --method records needs --records)")
     return method
 
 

@@ -40,7 +40,7 @@ def evaluate_command(
     from tqdm.auto import tqdm
 
     from ..kit.checkpoints import load_weights, read_state_dict
-    from ..robustness import SUITES, evaluate
+    from ..robustness import SUITES, robust_accuracy
 
     if suite not in SUITES:
         raise ValueError(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
@@ -60,7 +60,7 @@ def evaluate_command(
     total = min(n, len(setup.test_set)) if n else len(setup.test_set)
     bar = tqdm(total=total, disable=not progress_shown(quiet), file=sys.stderr, leave=False, desc=f"{suite} suite")
     try:
-        report = evaluate(net, setup.test_set, strength[0], norm=norm.lower(), suite=suite, n=n,
+        report = robust_accuracy(net, setup.test_set, strength[0], norm=norm.lower(), suite=suite, n=n,
                           batch_size=batch_size, device=device, normalization=normalization, seed=seed,
                           progress=lambda done: bar.update(done - bar.n))
     finally:

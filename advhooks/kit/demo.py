@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from ..attacks import PGD
 from ..monitor import PhaseMonitor
 from ..plotting import pyplot, save_figure
-from ..robustness import evaluate as evaluate_robustness
+from ..robustness import robust_accuracy
 from ..schedules import format_eps
 from . import estimate as E
 from .data import load_digits
@@ -91,7 +91,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
         records.append(monitor.record())
         runs_seconds = time.perf_counter() - runs_started
         robust_loss, robust_acc = adversarial_loss(model, test_loader, PGD(eps, steps=20), eps)
-        fast_suite = evaluate_robustness(model, test, eps, suite="fast")  # APGD-CE, then APGD-T (cheap settings)
+        fast_suite = robust_accuracy(model, test, eps, suite="fast")  # APGD-CE, then APGD-T (cheap settings)
         runs.append({
             "eps": eps,
             "ratio": last.ratio,
@@ -111,7 +111,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
     grid.method = "grid"
     grid.seconds = runs_seconds
     result = {
-        "clean_benchmark": bench.record(),
+        "clean_benchmark": bench.header(),
         "clean_test_loss_interval": list(bench.bootstrap_interval(level=grid.level)),
         "eps_star": {"grid": grid.to_dict(), "finetune": finetune.to_dict(), "clean_probe": probe.to_dict()},
         "runs": runs,

@@ -189,7 +189,7 @@ class PhaseMonitor(MonitorSettings):
 
     def record(self) -> dict[str, Any]:
         """The run as plain JSON values (:func:`~advhooks.monitor.record.run_record`): what ``estimate-eps-star
-        --method runs`` combines into ε*. It evaluates nothing: θ̂'s R̂ is as the last report had it (call
+        --method records`` combines into ε*. It evaluates nothing: θ̂'s R̂ is as the last report had it (call
         :meth:`evaluate_rhat` first for a run that stopped while it was pending)."""
         ev = self._risk.evaluation
         return run_record(self, self.attack or (ev.attack if ev is not None else None))

@@ -1,4 +1,4 @@
-"""The run record: one monitored run as plain JSON values (what ``estimate-eps-star --method runs`` reads)."""
+"""The run record: one monitored run as plain JSON values (what ``estimate-eps-star --method records`` reads)."""
 
 from __future__ import annotations
 

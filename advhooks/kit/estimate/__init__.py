@@ -5,7 +5,7 @@ fixed weights (:func:`advhooks.evaluation.evaluate_adversarial_loss`). Estimator
 
 - :func:`estimate_grid` — the paper's section 5.2 ground truth: monitored adversarial training from scratch
   at each ε of a grid, θ̂(ε) early-stopped at the smallest adversarial test loss; the runs' records are
-  combined by :func:`estimate_from_records` (also ``estimate-eps-star --method runs``), which interpolates
+  combined by :func:`estimate_from_records` (also ``estimate-eps-star --method records``), which interpolates
   where R̂(θ̂(ε), ε) crosses R*(0).
 - :func:`estimate_finetune` — the paper's section 6: from the clean weights θ̂(0), short adversarial
   fine-tuning at a few ε around the clean probe's bound; a least-squares line L(ε) ≈ a + bε through R̂ of

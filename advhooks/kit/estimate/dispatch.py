@@ -18,7 +18,7 @@ from .finetune import estimate_finetune
 from .grid import estimate_from_records, estimate_grid
 from .result import EpsStarEstimate, check_eps_grid
 
-METHODS = ("grid", "finetune", "clean-probe", "runs")
+METHODS = ("grid", "finetune", "clean-probe", "records")
 
 
 def estimate_eps_star(
@@ -49,11 +49,11 @@ def estimate_eps_star(
 
     Args:
         method: ``"clean-probe"`` (no training), ``"finetune"`` (section 6), ``"grid"`` (section 5.2, training
-            from scratch at each ε) or ``"runs"`` (combine existing run ``records``).
+            from scratch at each ε) or ``"records"`` (combine existing run ``records``).
         benchmark: the clean benchmark, loaded with its weights (:meth:`CleanBenchmark.load`).
         model_factory / train_set / test_set / train_eval_set: the setting (``train_eval_set``: the training set
-            without augmentation; default ``train_set``). Not needed for ``"runs"``.
-        records: run records (:meth:`PhaseMonitor.record`) for ``"runs"``.
+            without augmentation; default ``train_set``). Not needed for ``"records"``.
+        records: run records (:meth:`PhaseMonitor.record`) for ``"records"``.
         eps: the strengths (grid points, fine-tune points, or the probe's ladder); default: chosen from the
             clean probe (fine-tune: its lower bound × (1/2, 1, 3/2, 2); grid: those and 4×).
         attack: ``"pgd"`` or ``"fgm"`` for training (default PGD).
@@ -63,7 +63,7 @@ def estimate_eps_star(
         Others: as in :func:`estimate_grid` and :func:`estimate_finetune`.
     """
     method, attack = _check_request(method, attack, records, model_factory, train_set, test_set)
-    if method == "runs":
+    if method == "records":
         return estimate_from_records(records, benchmark, level=level, seed=seed)
     grid = check_eps_grid(eps) if eps is not None else None
     train_eval = train_eval_set or train_set
@@ -111,9 +111,9 @@ def _check_request(method: str, attack: str | None, records: Any, model_factory:
     method = method.lower()
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    if method == "runs":
+    if method == "records":
         if not records:
-            raise ValueError("method 'runs' needs run records")
+            raise ValueError("method 'records' needs run records")
         return method, attack or "pgd"
     if model_factory is None or train_set is None:
         raise ValueError(f"method {method!r} needs model_factory and train_set")

@@ -79,7 +79,7 @@ def estimate_grid(
     (the epoch of the smallest one) and evaluates R̂(θ̂(ε), ε) at those fixed weights on a fixed training
     subset of ``train_subset`` samples. Each run is a run record (written to ``records_dir`` when given, with
     θ̂'s weights beside it), and :func:`estimate_from_records` combines them: the same path as
-    ``estimate-eps-star --method runs``.
+    ``estimate-eps-star --method records``.
 
     Args:
         train_eval_set: the training set without augmentation, for R̂ (default ``train_set``).
@@ -172,7 +172,7 @@ def estimate_from_records(records: Sequence[Mapping[str, Any]], benchmark: Clean
     _check_records(records, benchmark, vary)
     r_star = benchmark.clean_test_loss
     norm = next((r.get("norm") for r in records if r.get("norm")), "linf")
-    est = EpsStarEstimate("runs", None, r_star, norm, level=level)
+    est = EpsStarEstimate("records", None, r_star, norm, level=level)
     per_eps: dict[float, list[tuple[float, float]]] = {}
     for rec in records:
         point = _record_point(rec)
