@@ -20,8 +20,8 @@ The callback evaluates the paper's verdict at every epoch's end (θ̂ by the adv
 ``eval_dataset``, R̂ at θ̂'s fixed weights on a fixed training subset), logs through the Trainer's logging
 (so to its ``report_to`` trackers; ``advhooks/regime`` is the regime's index, ``advhooks/provisional`` 1 or
 0), can stop training when ε ≫ ε* is flagged, and saves its state with the Trainer's stateful-callback
-mechanism (enable ``restore_callback_states_from_checkpoint`` to restore it on resume; θ̂'s weights are not
-part of it: a resume while θ̂'s R̂ is pending waits for the next θ̂).
+mechanism (enable ``restore_callback_states_from_checkpoint`` to restore it on resume; while θ̂'s R̂ is pending,
+θ̂'s weights go into the checkpoint as ``advhooks_theta_hat.safetensors``, so a resume evaluates them).
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ import os
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 try:
     from transformers import Trainer, TrainerCallback
     from transformers.trainer_callback import ExportableState
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError("advhooks.integrations.transformers needs transformers: pip install 'advhooks[hf]'") from err
 
@@ -42,6 +44,8 @@ from advhooks.attacks import Attack, unwrap_parallel
 from advhooks.monitor import PhaseMonitor
 from advhooks.recorder import CleanBenchmarkRecorder
 from advhooks.step import AdversarialStep, StepOutput
+
+THETA_HAT_FILE = "advhooks_theta_hat.safetensors"
 
 __all__ = ["AdversarialTrainer", "AdversarialTrainerMixin", "CleanBenchmarkCallback", "PhaseMonitorCallback"]
 
@@ -84,14 +88,32 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
 
     @property
     def monitor_state(self) -> dict:
-        """The monitor's state without θ̂'s pending weights (the Trainer stores callback states as JSON)."""
+        """The monitor's state as JSON values (what the Trainer stores): θ̂'s pending weights are named by the file
+        :meth:`on_save` writes into the checkpoint beside it (``theta_hat_file``), not held."""
         state = self.monitor.state_dict()
-        state.pop("theta_hat_weights", None)
+        if state.pop("theta_hat_weights", None) is not None and self.trainer is not None:
+            state["theta_hat_file"] = self._theta_hat_file(self.trainer.args, self.trainer.state)
         return state
 
     @monitor_state.setter
     def monitor_state(self, value: dict) -> None:
+        value = dict(value)
+        path = value.pop("theta_hat_file", None)
+        if path is not None and os.path.exists(path):  # (a checkpoint rotated away: θ̂'s R̂ waits for the next θ̂)
+            value["theta_hat_weights"] = load_file(path)
         self.monitor.load_state_dict(value)
+
+    @staticmethod
+    def _theta_hat_file(args: Any, state: Any) -> str:
+        """Where :meth:`on_save` writes θ̂'s pending weights: in the checkpoint the Trainer is saving."""
+        return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", THETA_HAT_FILE)
+
+    def on_save(self, args, state, control, **kwargs):
+        weights = self.monitor.state_dict().get("theta_hat_weights")
+        if weights is not None and state.is_world_process_zero:
+            tensors = {k: v.detach().clone().contiguous() for k, v in weights.items()}
+            save_file(tensors, self._theta_hat_file(args, state))
+        return control
 
     def state(self) -> dict:
         """The Trainer's stateful-callback hook: the plain-valued arguments and the monitor's state."""
@@ -185,6 +207,11 @@ class AdversarialTrainerMixin:
                                                 label_key=label_key)
         self.adversarial_eval = adversarial_eval
         self._phase_callbacks()  # they read the data sets and the keys from this trainer
+
+    def _load_callback_state(self) -> None:
+        # The Trainer rebuilds stateful callbacks from a checkpoint: the new ones must know this trainer too.
+        super()._load_callback_state()
+        self._phase_callbacks()
 
     def _phase_callbacks(self) -> list[PhaseMonitorCallback]:
         found = [cb for cb in self.callback_handler.callbacks if isinstance(cb, PhaseMonitorCallback)]

@@ -213,3 +213,38 @@ def test_without_an_evaluation_set_the_verdict_stays_provisional(tmp_path):
     AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path, num_train_epochs=2), train_dataset=_digits_like(),
                        attack=PGD(8 / 255, steps=1), callbacks=[callback]).train()
     assert callback.reports[-1].rhat_kind == "provisional" and callback.reports[-1].provisional
+
+
+def test_a_resume_while_rhat_is_pending_evaluates_theta_hats_weights(tmp_path):
+    from transformers import TrainerCallback
+
+    class StopAfterTwoEpochs(TrainerCallback):  # a run cut short right after its epoch-2 checkpoint
+        def on_epoch_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.epoch >= 2
+            return control
+
+    def trainer(out, *extra):
+        torch.manual_seed(0)
+        args = _args(tmp_path / out, num_train_epochs=3, save_strategy="epoch",
+                     restore_callback_states_from_checkpoint=True)
+        # The warm-up lasts the whole run: theta-hat's R-hat is still pending at the epoch-2 checkpoint.
+        monitor = PhaseMonitorCallback(0.5, eps=8 / 255, warmup_epochs=3, total_epochs=3)
+        return AdversarialTrainer(model=_tiny_vit(), args=args, train_dataset=_digits_like(96),
+                                  eval_dataset=_digits_like(48, seed=1), attack=PGD(8 / 255, steps=1),
+                                  callbacks=[monitor, *extra])
+
+    reference = trainer("whole")
+    reference.train()
+    (whole,) = [cb for cb in reference.callback_handler.callbacks if isinstance(cb, PhaseMonitorCallback)]
+    cut = trainer("cut", StopAfterTwoEpochs())
+    cut.train()
+    checkpoint = tmp_path / "cut" / "out" / "checkpoint-6"
+    assert (checkpoint / "advhooks_theta_hat.safetensors").exists()
+    resumed = trainer("cut")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    (callback,) = [cb for cb in resumed.callback_handler.callbacks if isinstance(cb, PhaseMonitorCallback)]
+    ours, theirs = callback.reports[-1], whole.reports[-1]
+    assert [r.early_stopped_epoch for r in whole.reports] == [1, 1, 1]  # pending at the checkpoint: from its file
+    assert ours.epoch == theirs.epoch == 3 and ours.rhat_kind == theirs.rhat_kind == "fixed weights"
+    assert ours.early_stopped_epoch == theirs.early_stopped_epoch
+    assert ours.rhat == pytest.approx(theirs.rhat, rel=1e-4)
