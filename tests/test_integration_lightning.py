@@ -137,3 +137,20 @@ def test_the_validation_loader_is_the_default_evaluation_set(tmp_path):
     model.validation_step = lambda batch, batch_idx=0: None  # a validation loop that computes nothing
     _trainer(tmp_path, 2, [callback], enable_checkpointing=False).fit(model, _loader(), val)
     assert callback.reports[-1].rhat_kind == "fixed weights"
+
+
+def test_a_checkpoint_taken_while_rhat_is_pending_carries_theta_hats_weights(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    test = TensorDataset(torch.rand(48, 1, 8, 8, generator=g), torch.randint(0, 10, (48,), generator=g))
+    settings = dict(eps=8 / 255, warmup_epochs=3, total_epochs=3)  # R-hat due only at epoch 3
+    torch.manual_seed(0)
+    first = PhaseMonitorCallback(0.5, eval_data=(_loader().dataset, test), **settings)
+    trainer = _trainer(tmp_path / "a", 2, [first])
+    trainer.fit(LitNet(), _loader())
+    saved = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
+    (state,) = [v for k, v in saved["callbacks"].items() if "PhaseMonitorCallback" in k]
+    assert set(state["theta_hat_weights"]) == set(LitNet().state_dict())  # theta-hat's weights, not yet evaluated
+    resumed = PhaseMonitorCallback(0.5, eval_data=(_loader().dataset, test), **settings)
+    trainer = _trainer(tmp_path / "b", 3, [resumed])
+    trainer.fit(LitNet(), _loader(), ckpt_path=str(next((tmp_path / "a").rglob("*.ckpt"))))
+    assert resumed.reports[-1].rhat_kind == "fixed weights" and resumed.monitor.epoch == 3
