@@ -63,7 +63,13 @@ class MeanEstimate:
             (2.5, 0.0)
         """
         v = np.asarray(values, dtype=np.float64)
-        return cls.from_sums(float(v.sum()), float((v * v).sum()), int(v.size), population)
+        n = int(v.size)
+        if n < 2:  # (the same edge cases as from_sums)
+            return cls.from_sums(float(v.sum()), float((v * v).sum()), n, population)
+        estimate = cls.from_sums(float(v.sum()), float((v * v).sum()), n, population)
+        fpc = math.sqrt(max(0.0, (estimate.population - n) / max(estimate.population - 1, 1)))
+        # The two-pass standard deviation: what the sums give, without their cancellation for bunched values.
+        return cls(float(v.mean()), float(v.std(ddof=1) / math.sqrt(n) * fpc), n, estimate.population)
 
     @classmethod
     def from_sums(cls, total: float, squares: float, n: int, population: int | None = None) -> MeanEstimate:

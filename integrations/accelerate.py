@@ -48,16 +48,17 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from advhooks.attacks import Attack
 from advhooks.monitor import PhaseMonitor, PhaseReport
+from advhooks.monitor.record import write_weights
 from advhooks.step import AdversarialStep, StepOutput
 
 __all__ = ["AcceleratedAdversarialTraining", "finish", "report_metrics"]
 
 STATE_FILE = "advhooks_state_{rank}.json"
-WEIGHTS_FILE = "advhooks_theta_hat_{rank}.safetensors"
+WEIGHTS_FILE = "advhooks_theta_hat.safetensors"
 
 
 def report_metrics(report: PhaseReport, prefix: str = "advhooks/") -> dict[str, float]:
@@ -128,7 +129,8 @@ class AcceleratedAdversarialTraining:
         return report
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain values: the step's ε-schedule counter and this process's monitor state."""
+        """The step's ε-schedule counter and this process's monitor state (plain values, and θ̂'s weights while
+        its R̂ is pending: :meth:`save_state` writes those as safetensors)."""
         return {"step": self.step.state_dict(), "monitor": None if self.monitor is None else self.monitor.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -147,12 +149,11 @@ class AcceleratedAdversarialTraining:
         rank = self.accelerator.process_index
         state = self.state_dict()
         weights = state["monitor"].pop("theta_hat_weights", None) if state["monitor"] is not None else None
-        if weights is not None:
-            tmp = location / f"{WEIGHTS_FILE.format(rank=rank)}.tmp"
-            save_file({k: v.detach().clone().contiguous() for k, v in weights.items()}, str(tmp))
-            os.replace(tmp, location / WEIGHTS_FILE.format(rank=rank))
-        else:  # (a folder saved into before must not hand back weights that are no longer pending)
-            (location / WEIGHTS_FILE.format(rank=rank)).unlink(missing_ok=True)
+        if self.accelerator.is_main_process:  # θ̂'s weights are the same on every rank: one file
+            if weights is not None:
+                write_weights(location / WEIGHTS_FILE, weights)
+            else:  # (a folder saved into before must not hand back weights that are no longer pending)
+                (location / WEIGHTS_FILE).unlink(missing_ok=True)
         path = location / STATE_FILE.format(rank=rank)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(state))
@@ -167,7 +168,7 @@ class AcceleratedAdversarialTraining:
             raise FileNotFoundError(f"{path} is missing: was {input_dir} saved with adv.save_state, by as many "
                                     f"processes ({self.accelerator.num_processes})?")
         state = json.loads(path.read_text())
-        weights = Path(input_dir) / WEIGHTS_FILE.format(rank=self.accelerator.process_index)
+        weights = Path(input_dir) / WEIGHTS_FILE
         if state.get("monitor") is not None and weights.exists():
             state["monitor"]["theta_hat_weights"] = load_file(str(weights))
         self.load_state_dict(state)

@@ -31,7 +31,7 @@ import os
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -41,7 +41,9 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     raise ImportError("advhooks.integrations.transformers needs transformers: pip install 'advhooks[hf]'") from err
 
 from advhooks.attacks import Attack, unwrap_parallel
+from advhooks.benchmark import Recipe
 from advhooks.monitor import PhaseMonitor
+from advhooks.monitor.record import write_weights
 from advhooks.recorder import CleanBenchmarkRecorder
 from advhooks.step import AdversarialStep, StepOutput
 
@@ -106,14 +108,20 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
     @staticmethod
     def _theta_hat_file(args: Any, state: Any) -> str:
         """Where :meth:`on_save` writes θ̂'s pending weights: in the checkpoint the Trainer is saving."""
-        return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", THETA_HAT_FILE)
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        return os.path.abspath(os.path.join(folder, THETA_HAT_FILE))
 
     def on_save(self, args, state, control, **kwargs):
         weights = self.monitor.state_dict().get("theta_hat_weights")
         if weights is not None and state.is_world_process_zero:
-            tensors = {k: v.detach().clone().contiguous() for k, v in weights.items()}
-            save_file(tensors, self._theta_hat_file(args, state))
+            write_weights(self._theta_hat_file(args, state), weights)
         return control
+
+    def keep_settings_of(self, given: PhaseMonitorCallback) -> None:
+        """Take the settings of the callback the user gave (the Trainer rebuilt this one from a checkpoint with
+        only the plain values: the evaluation data, an ``attack=`` or an ``on_flag=`` would be lost)."""
+        self.settings, self.eval_data = dict(given.settings), given.eval_data
+        self.evaluate, self.stop_on_flag = given.evaluate, given.stop_on_flag
 
     def state(self) -> dict:
         """The Trainer's stateful-callback hook: the plain-valued arguments and the monitor's state."""
@@ -126,9 +134,10 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
         # The Trainer knows the run's recipe (the global batch counts the processes and the accumulation) and
         # its length: the monitor compares them with the benchmark's, keeping any state restored from a checkpoint.
         settings = dict(self.settings)
+        given = settings.pop("recipe", None)
         recipe = {"batch_size": args.per_device_train_batch_size * max(args.world_size, 1)
                   * args.gradient_accumulation_steps, "lr": args.learning_rate, "weight_decay": args.weight_decay,
-                  **settings.pop("recipe", {})}
+                  "model": model, **(given.to_dict() if isinstance(given, Recipe) else given or {})}
         if settings.get("total_epochs") is None and args.num_train_epochs and args.max_steps <= 0:
             settings["total_epochs"] = int(args.num_train_epochs)
         kept = self.monitor.state_dict()
@@ -209,9 +218,13 @@ class AdversarialTrainerMixin:
         self._phase_callbacks()  # they read the data sets and the keys from this trainer
 
     def _load_callback_state(self) -> None:
-        # The Trainer rebuilds stateful callbacks from a checkpoint: the new ones must know this trainer too.
+        # The Trainer rebuilds stateful callbacks from a checkpoint (the monitor's state, the plain settings): the
+        # new ones keep the settings the user gave this run and must know this trainer too.
+        given = [cb for cb in self.callback_handler.callbacks if isinstance(cb, PhaseMonitorCallback)]
         super()._load_callback_state()
-        self._phase_callbacks()
+        for old, new in zip(given, self._phase_callbacks(), strict=False):
+            if new is not old:
+                new.keep_settings_of(old)
 
     def _phase_callbacks(self) -> list[PhaseMonitorCallback]:
         found = [cb for cb in self.callback_handler.callbacks if isinstance(cb, PhaseMonitorCallback)]

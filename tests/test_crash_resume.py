@@ -87,7 +87,7 @@ def test_killed_run_resumes_to_the_same_reports(tmp_path, processes, kill_at):
     assert list((crashed / "checkpoints").glob("step_*"))
     # The kill fell between theta-hat's epoch and its R-hat evaluation (due after the warm-up, at epoch 4):
     # theta-hat's weights are in the checkpoint the resume reads.
-    assert list((crashed / "checkpoints").glob("step_*/advhooks_theta_hat_0.safetensors"))
+    assert list((crashed / "checkpoints").glob("step_*/advhooks_theta_hat.safetensors"))
 
     resumed = _run(crashed, processes)
     assert resumed["resumed_from"] is not None

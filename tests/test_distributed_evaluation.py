@@ -68,3 +68,31 @@ def test_two_processes_evaluate_theta_hat_and_rhat_like_one(tmp_path):
         assert one["early_stopped_epoch"] == two["early_stopped_epoch"] and one["n"] == two["n"]
         for key in ("adv_test_loss", "rhat", "rhat_stderr"):
             assert two[key] == pytest.approx(one[key], rel=1e-6), key
+
+
+def _own_losses_worker(rank: int, world: int, out_dir: str) -> None:
+    """Each rank passes its own adversarial test loss (its share of the test set): the monitor uses their mean,
+    so every rank picks the same θ̂ and evaluates R̂ together (a rank that did alone would deadlock)."""
+    init_gloo(rank, world, out_dir)
+    torch.manual_seed(0)
+    model = SmallCNN()
+    monitor = PhaseMonitor(0.5, eps=8 / 255, warmup_epochs=0, total_epochs=2,
+                           attack=PGD(8 / 255, steps=2, random_start=False))
+    monitor.evaluate_with(DDP(model), _data(64, seed=1), train_subset=32, batch_size=16)
+    reports = []
+    for own in ((0.9, 1.1), (1.0, 0.95)):  # epoch 2: rank 0 sees a worse loss, rank 1 a better one
+        monitor.update(torch.tensor(0.7), batch_size=8)
+        report = monitor.epoch_end(adv_test_loss=own[rank])
+        reports.append([report.adv_test_loss, report.early_stopped_epoch, report.rhat])
+    with open(os.path.join(out_dir, f"own{rank}.json"), "w") as fh:
+        json.dump(reports, fh)
+    leave()
+
+
+def test_per_rank_test_losses_are_averaged_so_every_rank_decides_alike(tmp_path):
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    mp.spawn(_own_losses_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"own{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1]
+    assert [r[0] for r in ranks[0]] == pytest.approx([1.0, 0.975]) and [r[1] for r in ranks[0]] == [1, 2]

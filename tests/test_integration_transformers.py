@@ -248,3 +248,12 @@ def test_a_resume_while_rhat_is_pending_evaluates_theta_hats_weights(tmp_path):
     assert ours.epoch == theirs.epoch == 3 and ours.rhat_kind == theirs.rhat_kind == "fixed weights"
     assert ours.early_stopped_epoch == theirs.early_stopped_epoch
     assert ours.rhat == pytest.approx(theirs.rhat, rel=1e-4)
+
+
+def test_the_callback_takes_a_recipe_object(tmp_path):
+    from advhooks.benchmark import Recipe
+
+    callback = PhaseMonitorCallback(0.5, eps=8 / 255, recipe=Recipe(batch_size=32, epochs=1))
+    AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path, num_train_epochs=1), train_dataset=_digits_like(),
+                       attack=PGD(8 / 255, steps=1), callbacks=[callback]).train()
+    assert callback.monitor.epoch == 1

@@ -42,7 +42,7 @@ def connectivity_command(
     import torch
     from tqdm.auto import tqdm
 
-    from ..benchmark import CleanBenchmark
+    from ..benchmark import CleanBenchmark, Recipe
     from ..kit.checkpoints import load_weights, read_checkpoint
     from ..kit.connectivity import connectivity
 
@@ -55,7 +55,8 @@ def connectivity_command(
     state, source = read_checkpoint(checkpoint)
     clean = bench.load_weights_into(setup.model_factory()).to(device)
     adv = load_weights(setup.model_factory(), state, source=source).to(device)
-    bs = batch_size or int(bench.training.get("batch_size", 128))
+    recipe = Recipe.from_record(bench.training).with_given(batch_size=batch_size, lr=lr)  # the clean run's, else given
+    bs = recipe.batch_size
     loader = torch.utils.data.DataLoader(setup.train_set, batch_size=bs, shuffle=True,
                                          generator=torch.Generator().manual_seed(seed))
     bar = tqdm(total=epochs + resolution, disable=not progress_shown(quiet), file=sys.stderr, leave=False)
@@ -66,7 +67,7 @@ def connectivity_command(
 
     try:
         result = connectivity(clean, adv, loader, bends=bends, epochs=epochs,
-                              lr=lr or float(bench.training.get("lr", 0.05)), points=points, resolution=resolution,
+                              lr=recipe.lr, points=points, resolution=resolution,
                               eval_loader=torch.utils.data.DataLoader(setup.train_eval, batch_size=max(bs, 256)),
                               device=device, seed=seed, progress=progress)
     finally:

@@ -15,7 +15,7 @@ from ..benchmark import benchmark_reference, model_fingerprint, write_json_atomi
 if TYPE_CHECKING:
     from .phase_monitor import PhaseMonitor
 
-__all__ = ["RUN_RECORD_SCHEMA", "run_record", "write_record"]
+__all__ = ["RUN_RECORD_SCHEMA", "run_record", "write_record", "write_weights"]
 
 RUN_RECORD_SCHEMA = "advhooks.run/1"
 
@@ -49,14 +49,21 @@ def write_record(path: str | os.PathLike, record: dict[str, Any],
     The record then names the weights file in ``"checkpoint"`` (relative to its folder), which
     ``advhooks connectivity --checkpoint record.json`` reads.
     """
+    path = Path(path)
+    if weights is not None:
+        target = write_weights(path.with_suffix(".safetensors"), weights)
+        record = {**record, "checkpoint": target.name}
+    return write_json_atomic(path, record)
+
+
+def write_weights(path: str | os.PathLike, weights: dict[str, torch.Tensor]) -> Path:
+    """Weights (θ̂'s) as one safetensors file, written atomically (a temporary file renamed into place); each tensor
+    copied to the CPU on its own, so shared storage (tied weights) is written once per name."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    if weights is not None:
-        target = path.with_suffix(".safetensors")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp))
-        os.replace(tmp, target)
-        record = {**record, "checkpoint": target.name}
-    return write_json_atomic(path, record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}, str(tmp))
+    os.replace(tmp, path)
+    return path

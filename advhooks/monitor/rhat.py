@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
-from .._distributed import Reducer
+from .._distributed import Reducer, sum_across_processes, world_size
 from .._validation import check_finite_nonnegative, check_positive_int
 from ..attacks import PGD, Attack, unwrap_parallel
 from ..evaluation import FixedSubset, evaluate_adversarial_loss
@@ -42,6 +42,9 @@ class Evaluation:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         model = unwrap_parallel(model)  # every rank holds the same weights: no DDP forward, no gradient hooks
+        if world_size() > 1 and not all(d is None or _splittable(d) for d in (train_data, test_data)):
+            raise TypeError("on several processes evaluate_with needs Datasets (each process evaluates its share of "
+                            "the same samples, drawn by index), not loaders: pass loader.dataset")
         if attack is not None and not isinstance(attack, Attack):
             raise TypeError(f"attack must be an advhooks attack, got {type(attack).__name__}")
         subsets = [None if size is None else FixedSubset(check_positive_int("subset size", size), seed)
@@ -59,8 +62,13 @@ class Evaluation:
         shared between the processes (the same samples and the same estimate whatever their number)."""
         estimate, _ = evaluate_adversarial_loss(self.model, data, self.attack_at(eps), eps=eps, subset=subset,
                                                 batch_size=self.batch_size, device=self.device,
-                                                split=isinstance(data, Dataset), reducer=reducer)
+                                                split=_splittable(data), reducer=reducer)
         return estimate
+
+
+def _splittable(data: Any) -> bool:
+    """A map-style Dataset: its samples can be chosen by index and shared between processes."""
+    return isinstance(data, Dataset) and not isinstance(data, IterableDataset)
 
 
 class EarlyStoppedRisk:
@@ -86,9 +94,14 @@ class EarlyStoppedRisk:
         return self.evaluation is not None and self.evaluation.train_data is not None
 
     def test_loss(self, given: float | None, eps: float | None, reducer: Reducer | None = None) -> float | None:
-        """The epoch's adversarial test loss: the loop's, else evaluated when test data was given."""
+        """The epoch's adversarial test loss: the loop's (its mean over the processes, so that every process decides
+        θ̂ alike), else evaluated when test data was given."""
         if given is not None:
-            return check_finite_nonnegative("adv_test_loss", given)
+            given = check_finite_nonnegative("adv_test_loss", given)
+            if reducer is None and world_size() == 1:
+                return given
+            total, count = sum_across_processes(torch.tensor([given, 1.0], dtype=torch.float64), reducer).tolist()
+            return total / count
         ev = self.evaluation
         if ev is None or ev.test_data is None:
             return None

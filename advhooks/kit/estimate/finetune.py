@@ -80,7 +80,7 @@ def estimate_finetune(
     clean_model = lambda: benchmark.load_weights_into(model_factory())  # noqa: E731 - each run starts clean
     for run, e, model, loader in _study_runs(grid, runs, seed, clean_model, train_set, batch_size, device, counter):
         train_adversarially(model, loader, make_attack(attack, e, norm, steps, normalization), e, epochs, lr,
-                            decay=False, device=device, counter=counter, progress=progress)
+                            decay=False, device=device, counter=counter, momentum=recipe.momentum, progress=progress)
         rhat, _ = evaluate_adversarial_loss(model, train_eval_set or train_set,
                                             make_attack("pgd", e, norm, steps, normalization), subset=subset,
                                             device=device)

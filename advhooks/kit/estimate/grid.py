@@ -100,7 +100,8 @@ def estimate_grid(
         monitor.evaluate_with(model, train_eval_set or train_set, test_set, train_subset=train_subset, seed=seed,
                               device=device)
         train_adversarially(model, train_loader, atk, e, recipe.epochs, recipe.lr, decay=True, device=device,
-                            counter=counter, weight_decay=recipe.weight_decay, monitor=monitor, progress=progress)
+                            counter=counter, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                            monitor=monitor, progress=progress)
         monitor.evaluate_rhat()  # a no-op after the last planned epoch; a run cut short evaluates θ̂'s R̂ here
         records.append(monitor.record())
         if records_dir is not None:  # with θ̂'s weights beside it, for `advhooks connectivity --checkpoint`
@@ -197,6 +198,9 @@ def estimate_from_records(records: Sequence[Mapping[str, Any]], benchmark: Clean
         ys.append(float(values.mean()))
         ses.append(float(math.sqrt((np.mean(sampling ** 2) + spread) / values.size)))
     est.value, est.bracket = interpolate_crossing(xs, ys, r_star)
+    if est.value is not None and est.bracket[0] == 0.0 and len([e for e in per_eps if e > 0]) < 2:
+        est.warnings.append("eps* is interpolated between the clean point (eps 0) and a single adversarial run: the "
+                            "straight line between them is a guess; add runs around eps*")
     rng = np.random.default_rng(seed)
     samples = np.column_stack([r_star_draws(benchmark, draws, rng), normal_draws(ys, ses, draws, rng)])
     est.interval = propagate(lambda row: censored_crossing(xs, list(row[1:]), row[0]), samples, level=level)
