@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     eps = parse_eps(args.eps)
+    attack = PGD(eps, steps=args.steps)  # checked here, before any work (an eps of 8 meant as 8/255 is refused)
     # accelerate (2/4); on a machine without GPUs, cpu=True lets several processes run with gloo
     accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
     preset = get_preset(PRESETS[args.dataset])
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                if args.benchmark else None)
     if monitor is not None:  # θ̂ by the PGD-10 loss on 1,000 test samples, R̂ at its weights on 512 training samples
         monitor.evaluate_with(model, plain_train_set, test_set, test_subset=1000, device=accelerator.device)
-    adv = AcceleratedAdversarialTraining(accelerator, model, PGD(eps, steps=args.steps), objective=args.objective,
+    adv = AcceleratedAdversarialTraining(accelerator, model, attack, objective=args.objective,
                                          monitor=monitor, stop_on_flag=args.stop_on_flag)
     accelerator.print(f"{args.dataset}: {len(train_set)} train / {len(test_set)} test, {accelerator.num_processes} "
                       f"process(es) x batch {recipe.batch_size // accelerator.num_processes}, PGD-{args.steps} L∞ "
@@ -149,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.print(f"final: {report.summary()}; the monitor's evaluation took {100 * share:.1f} % of the "
                           f"training time")
     correct = robust = total = 0
-    attack = PGD(eps, steps=args.steps)
     model.eval()
     for x, y in test_loader:
         x_adv = attack(model, x, y)

@@ -147,8 +147,9 @@ class AdversarialTrainingMixin:
         if not hasattr(self, "adversarial_step"):
             raise RuntimeError("call self.configure_adversarial(attack) in __init__ before training")
         out = self.adversarial_step(batch) if isinstance(batch, dict) else self.adversarial_step(*batch)
+        # (the epoch mean over every process: one reduction per epoch, not per step)
         self.log("train/adv_loss", out.adv_loss, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=out.batch_size)
+                 batch_size=out.batch_size, sync_dist=True)
         return {"loss": out.loss, "step_output": out}
 
 
