@@ -47,22 +47,31 @@ def _run(world: int) -> list[dict]:
     return reports
 
 
-def _worker(rank: int, world: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, out_dir: str, job) -> None:
+    """Run ``job(rank, world)`` in a gloo group and write what it returns to ``rank<r>.json``."""
     init_gloo(rank, world, out_dir)
-    reports = _run(world)
+    result = job(rank, world)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
-        json.dump(reports, fh)
+        json.dump(result, fh)
     leave()
 
 
-def test_two_processes_evaluate_theta_hat_and_rhat_like_one(tmp_path):
+def _on_two_processes(tmp_path, job) -> list:
     if not dist.is_available():
         pytest.skip("torch.distributed is not available in this build")
+    mp.spawn(_worker, args=(2, str(tmp_path), job), nprocs=2, join=True)
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def _run_as_rank(rank: int, world: int) -> list[dict]:
+    return _run(world)
+
+
+def test_two_processes_evaluate_theta_hat_and_rhat_like_one(tmp_path):
     single = _run(1)
     assert [r["early_stopped_epoch"] for r in single] == [1, 2, 2]  # θ̂ moves once, then stays
     assert all(r["rhat_kind"] == "fixed weights" for r in single) and single[0]["n"] == 150
-    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = _on_two_processes(tmp_path, _run_as_rank)
     assert ranks[0] == ranks[1]  # every rank decided θ̂ identically and holds the same R̂
     for one, two in zip(single, ranks[0], strict=True):
         assert one["early_stopped_epoch"] == two["early_stopped_epoch"] and one["n"] == two["n"]
@@ -70,10 +79,9 @@ def test_two_processes_evaluate_theta_hat_and_rhat_like_one(tmp_path):
             assert two[key] == pytest.approx(one[key], rel=1e-6), key
 
 
-def _own_losses_worker(rank: int, world: int, out_dir: str) -> None:
+def _own_losses(rank: int, world: int) -> list:
     """Each rank passes its own adversarial test loss (its share of the test set): the monitor uses their mean,
     so every rank picks the same θ̂ and evaluates R̂ together (a rank that did alone would deadlock)."""
-    init_gloo(rank, world, out_dir)
     torch.manual_seed(0)
     model = SmallCNN()
     monitor = PhaseMonitor(0.5, eps=8 / 255, warmup_epochs=0, total_epochs=2,
@@ -84,15 +92,10 @@ def _own_losses_worker(rank: int, world: int, out_dir: str) -> None:
         monitor.update(torch.tensor(0.7), batch_size=8)
         report = monitor.epoch_end(adv_test_loss=own[rank])
         reports.append([report.adv_test_loss, report.early_stopped_epoch, report.rhat])
-    with open(os.path.join(out_dir, f"own{rank}.json"), "w") as fh:
-        json.dump(reports, fh)
-    leave()
+    return reports
 
 
 def test_per_rank_test_losses_are_averaged_so_every_rank_decides_alike(tmp_path):
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available in this build")
-    mp.spawn(_own_losses_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    ranks = [json.loads((tmp_path / f"own{r}.json").read_text()) for r in range(2)]
+    ranks = _on_two_processes(tmp_path, _own_losses)
     assert ranks[0] == ranks[1]
     assert [r[0] for r in ranks[0]] == pytest.approx([1.0, 0.975]) and [r[1] for r in ranks[0]] == [1, 2]
