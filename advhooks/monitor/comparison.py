@@ -13,6 +13,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from torch.utils.data import Dataset
+
 from .._distributed import is_main_process
 from ..benchmark import CleanBenchmark, differing_keys
 
@@ -62,6 +64,19 @@ class BenchmarkComparison:
                            "its ratio to R*(0) is not the paper's like-for-like comparison")
             self.logger.warning("this run differs from the clean benchmark's recipe (seen in the %s): %s; %s",
                                 source, "; ".join(new.values()), consequence)
+
+    def check_given(self, recipe: Mapping[str, Any] | None, total_epochs: int | None) -> None:
+        """The recipe the monitor is given and the run's length (``total_epochs``, when given, wins over a recipe's
+        epochs, which may be a default); a given batch size wins over the batches fed."""
+        self.check({**(recipe or {}), **({"epochs": total_epochs} if total_epochs else {})}, "recipe")
+        self.batch_size_seen = "batch_size" in (recipe or {})
+
+    def check_evaluated(self, model: Any, train_data: Any) -> None:
+        """The model and training set the monitor evaluates (``evaluate_with``); a loader's length counts batches,
+        so its dataset's is taken."""
+        data = getattr(train_data, "dataset", train_data)
+        self.check({"model": model, "n_train": len(data) if isinstance(data, Dataset) else None},
+                   "model or training data (evaluate_with)")
 
     def check_fed_batch(self, largest_batch: float) -> None:
         """Compare the global batch size the monitor was fed (the sum over processes of each one's largest

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from ..attacks import Attack
 from ..schedules import format_eps
@@ -51,10 +50,7 @@ class PhaseMonitor(MonitorSettings):
         super().__post_init__()  # the settings, validated
         self._sums, self._risk, self._probe = EpochSums(), EarlyStoppedRisk(), None
         self._comparison = BenchmarkComparison(self.benchmark, self.logger, self.strict)
-        # (total_epochs, given, wins over a Recipe's epochs, which may be its default)
-        self._comparison.check({**(self.recipe or {}), **({"epochs": self.total_epochs} if self.total_epochs else {})},
-                               "recipe")
-        self._comparison.batch_size_seen = "batch_size" in (self.recipe or {})
+        self._comparison.check_given(self.recipe, self.total_epochs)
         self.reset()
 
     def reset(self) -> None:
@@ -106,9 +102,7 @@ class PhaseMonitor(MonitorSettings):
         """
         evaluation = Evaluation.build(model, train_data, test_data, attack or self.attack, train_subset, test_subset,
                                       seed, batch_size, device)
-        data = getattr(train_data, "dataset", train_data)  # (a loader's length counts batches, not samples)
-        seen = {"model": model, "n_train": len(data) if isinstance(data, Dataset) else None}
-        self._comparison.check(seen, "model or training data (evaluate_with)")  # (strict: raises before any use)
+        self._comparison.check_evaluated(model, train_data)  # (strict: raises before the evaluation is used)
         self._risk.evaluation = evaluation
 
     def enable_probe(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
