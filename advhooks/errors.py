@@ -44,7 +44,8 @@ def one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (ValueError, OSError, ImportError) as err:
-            print(f"error: {user_message(err)}", file=sys.stderr, flush=True)
+            sys.stderr.write(f"error: {user_message(err)}\n")  # an entry point's answer to a person
+            sys.stderr.flush()
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
