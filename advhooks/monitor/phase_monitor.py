@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._distributed import is_main_process
 from ..attacks import Attack
 from ..schedules import format_eps
 from .comparison import BenchmarkComparison
@@ -22,7 +23,7 @@ from .record import run_record, write_record
 from .report import FAR_ABOVE, PhaseReport, caveats, judge, log_report, ratio_band
 from .rhat import EarlyStoppedRisk, Evaluation
 from .settings import MonitorSettings
-from .sums import EpochSums, batch_loss, is_main_process
+from .sums import EpochSums, batch_loss
 
 __all__ = ["PhaseMonitor"]
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
+from .._distributed import is_main_process
 from .._validation import check_finite_nonnegative, check_positive, check_positive_int
 from ..attacks import Attack
 from ..benchmark import CleanBenchmark, Recipe
 from ..uncertainty import DEFAULT_LEVEL, MeanEstimate
 from .report import PhaseReport
-from .sums import is_main_process
 
 __all__ = ["MonitorSettings", "default_warmup"]
 

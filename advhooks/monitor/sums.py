@@ -12,9 +12,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .._distributed import is_distributed, is_main_process, rank, sum_across_processes
+from .._distributed import is_distributed, rank, sum_across_processes
 
-__all__ = ["EpochSums", "batch_loss", "is_distributed", "is_main_process", "rank"]
+__all__ = ["EpochSums", "batch_loss"]
 
 # Declared once: reset to 0, summed across ranks, saved and restored.
 SUMS = ("loss_sum", "count", "nonfinite")
