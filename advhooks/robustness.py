@@ -3,14 +3,22 @@ counts as robust only if every attack of the suite failed on it (its worst case)
 
 An attack's success is checked at every point it evaluates (``watch`` of :func:`~advhooks.attacks.perturb`),
 so a sample that is misclassified at any iterate counts as broken even when the attack's final point is
-not: the protocol of AutoAttack (Croce & Hein 2020). An APGD attack ends early once every sample of the
-batch is broken (one host read at each of its checkpoints, and one before each APGD-T target). Suites:
+not: the protocol of AutoAttack (Croce & Hein 2020). A batch stops early once every sample is broken: APGD
+asks every few steps (one host read, :data:`~advhooks.attacks.apgd.STOP_EVERY`), Square shrinks its batch to
+the unbroken samples every 10 queries, and each target of APGD-T and FAB-T runs only on the samples still
+robust. Suites:
 
-- ``"apgd"``: APGD-CE (100 steps), then APGD-T (targeted DLR, 100 steps against each of the 9 most likely
-  other classes, or all of them with fewer classes). AutoAttack's standard suite minus FAB-T and Square
-  (see the README for what those two add on the models measured here).
+- ``"standard"``: AutoAttack's standard suite: APGD-CE (100 steps), APGD-T (targeted DLR, 100 steps against
+  each of the 9 most likely other classes, or all of them with fewer classes), FAB-T (100 steps per target,
+  the same 9 targets) and Square (5,000 queries). Square uses no gradient: it is the check against gradient
+  masking. The suite for a final figure.
+- ``"apgd"``: APGD-CE then APGD-T: the standard suite without FAB-T and Square.
 - ``"fast"``: APGD-CE (20 steps), then APGD-T against the 3 most likely other classes (20 steps each): a
   cheaper check for per-epoch use, named as such in reports.
+- ``"rand"``: for randomised models (AutoAttack's rand version): APGD-CE and APGD-DLR, 100 steps, each
+  gradient the mean over 20 draws of the model (expectation over transformation); a sample counts as broken
+  when the final point of an attack is misclassified (one draw), as AutoAttack judges it. On a deterministic
+  model it warns: the 20 draws are wasted.
 - ``"pgd"``: PGD-20 with early stopping (a sample stops counting once misclassified), the customary
   training-time evaluation; weaker than the APGD suites.
 """
@@ -18,6 +26,7 @@ batch is broken (one host read at each of its checkpoints, and one before each A
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -30,28 +39,47 @@ from ._outputs import logits_of
 from .attacks import APGD, PGD, Attack, eval_mode
 from .attacks.apgd import targeted_dlr_loss
 from .attacks.domain import Bounds, Normalization
+from .attacks.fab import fab_targeted_perturb
+from .attacks.square import square_perturb
 
 __all__ = ["SUITES", "RobustnessReport", "SuiteAttack", "attack_batch", "robust_accuracy"]
+
+KINDS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "pgd")
 
 
 @dataclass(frozen=True)
 class SuiteAttack:
-    """One attack of a suite: ``kind`` is ``"apgd-ce"``, ``"apgd-t"`` (targeted DLR) or ``"pgd"``."""
+    """One attack of a suite.
+
+    ``kind`` is one of ``"apgd-ce"``, ``"apgd-dlr"``, ``"apgd-t"`` (targeted DLR), ``"fab-t"``, ``"square"`` or
+    ``"pgd"``; ``steps`` its iterations (Square: its queries); ``targets`` how many of the most likely other
+    classes APGD-T and FAB-T try; ``eot`` the draws of a randomised model averaged per APGD step.
+    """
 
     name: str
     kind: str
     steps: int
-    targets: int = 0  # APGD-T: how many of the most likely other classes are tried
+    targets: int = 0
+    eot: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {self.kind!r}")
 
     def attack(self, eps: float, norm: str, bounds: Bounds, normalization: Normalization) -> Attack:
+        """The gradient attack of an APGD or PGD kind."""
         if self.kind == "pgd":
             return PGD(eps, norm=norm, steps=self.steps, bounds=bounds, normalization=normalization)
-        return APGD(eps, norm=norm, steps=self.steps, criterion="ce", bounds=bounds, normalization=normalization)
+        return APGD(eps, norm=norm, steps=self.steps, criterion="dlr" if self.kind == "apgd-dlr" else "ce",
+                    bounds=bounds, normalization=normalization, eot=self.eot)
 
 
 SUITES: dict[str, tuple[SuiteAttack, ...]] = {
+    "standard": (SuiteAttack("apgd-ce", "apgd-ce", 100), SuiteAttack("apgd-t", "apgd-t", 100, targets=9),
+                 SuiteAttack("fab-t", "fab-t", 100, targets=9), SuiteAttack("square", "square", 5000)),
     "apgd": (SuiteAttack("apgd-ce", "apgd-ce", 100), SuiteAttack("apgd-t", "apgd-t", 100, targets=9)),
     "fast": (SuiteAttack("apgd-ce-20", "apgd-ce", 20), SuiteAttack("apgd-t-20", "apgd-t", 20, targets=3)),
+    "rand": (SuiteAttack("apgd-ce-eot", "apgd-ce", 100, eot=20), SuiteAttack("apgd-dlr-eot", "apgd-dlr", 100, eot=20)),
     "pgd": (SuiteAttack("pgd-20", "pgd", 20),),
 }
 
@@ -69,13 +97,22 @@ class RobustnessReport:
     after: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def broken_by(self) -> dict[str, float]:
+        """The share of all samples each attack broke (of those the attacks before it left robust)."""
+        shares, before = {}, self.clean_accuracy
+        for name, acc in self.after.items():
+            shares[name], before = before - acc, acc
+        return shares
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "broken_by": self.broken_by}
 
     def summary(self) -> str:
-        """A few aligned lines for people."""
+        """A few aligned lines for people: per attack, the robust accuracy after it and the share it broke."""
         rows = [("samples", str(self.n)), ("clean accuracy", f"{100 * self.clean_accuracy:.2f} %")]
-        rows += [(f"robust after {name}", f"{100 * acc:.2f} %  ({self.seconds.get(name, 0.0):.1f} s)")
+        rows += [(f"robust after {name}", f"{100 * acc:.2f} %  (broke {100 * self.broken_by[name]:.2f} %, "
+                                          f"{self.seconds.get(name, 0.0):.1f} s)")
                  for name, acc in self.after.items()]
         rows.append((f"robust accuracy ({self.suite} suite)", f"{100 * self.robust_accuracy:.2f} %"))
         width = max(len(k) for k, _ in rows)
@@ -83,14 +120,16 @@ class RobustnessReport:
 
 
 def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf",
-                 suite: str | Iterable[SuiteAttack] = "apgd", bounds: Bounds = (0.0, 1.0),
+                 suite: str | Iterable[SuiteAttack] = "standard", bounds: Bounds = (0.0, 1.0),
                  normalization: Normalization = None, seed: int = 0,
                  seconds: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One batch through the suite: the adversarial inputs (the clean input where nothing broke the sample)
     and, per attack, the mask of samples still robust after it (cumulative; the first entry ``"clean"``)."""
-    attacks = SUITES[suite] if isinstance(suite, str) else tuple(suite)
+    attacks = _suite(suite)
     with torch.no_grad(), eval_mode(model):
         clean_logits = logits_of(model(x))
+        if any(a.eot > 1 for a in attacks):
+            _warn_if_deterministic(model, x, clean_logits)
     robust = clean_logits.argmax(1) == y
     adv, masks = x.clone(), {"clean": robust.clone()}
     for spec in attacks:
@@ -107,11 +146,49 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     return adv, masks
 
 
+def _suite(suite: str | Iterable[SuiteAttack]) -> tuple[SuiteAttack, ...]:
+    if isinstance(suite, str):
+        if suite not in SUITES:
+            raise ValueError(f"suite must be one of {', '.join(map(repr, SUITES))}, got {suite!r}")
+        return SUITES[suite]
+    return tuple(suite)
+
+
+def _warn_if_deterministic(model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> None:
+    if torch.equal(logits_of(model(x)), logits):
+        warnings.warn("the rand suite averages each gradient over 20 draws of a randomised model, but this model "
+                      "gave the same logits twice: the draws are wasted; use suite='standard' for a deterministic "
+                      "model", UserWarning, stacklevel=3)
+
+
 def _run(model, x, y, clean_logits, spec, eps, norm, bounds, normalization, seed):
-    """Which samples ``spec`` breaks at any evaluated point, and the first breaking input of each."""
-    attack = spec.attack(eps, norm, bounds, normalization)
-    broken = torch.zeros_like(y, dtype=torch.bool)
-    found = x.clone()
+    """Which samples ``spec`` breaks (at any evaluated point), and the first breaking input of each."""
+    if spec.kind not in ("apgd-t", "fab-t"):
+        return _attempt(model, x, y, None, spec, eps, norm, bounds, normalization, seed)
+    broken, found = torch.zeros_like(y, dtype=torch.bool), x.clone()
+    order = clean_logits.argsort(dim=1, descending=True)
+    for rank in range(1, min(spec.targets, clean_logits.shape[1] - 1) + 1):
+        idx = (~broken).nonzero().squeeze(1)  # one host read per target: the next target tries the rest
+        if idx.numel() == 0:
+            break
+        hit, point = _attempt(model, x[idx], y[idx], order[idx, rank], spec, eps, norm, bounds, normalization, seed)
+        found[idx] = torch.where(hit.reshape((-1,) + (1,) * (x.ndim - 1)), point, found[idx])
+        broken[idx] = hit
+    return broken, found
+
+
+def _attempt(model, x, y, target, spec, eps, norm, bounds, normalization, seed):
+    """One run of ``spec`` (against ``target`` for the targeted kinds): ``(broken, breaking inputs)``."""
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    if spec.kind == "square":
+        found, broken = square_perturb(model, x, y, eps=eps, norm=norm, n_queries=spec.steps, bounds=bounds,
+                                       normalization=normalization, generator=generator)
+        return broken, found
+    if spec.kind == "fab-t":
+        found, broken = fab_targeted_perturb(model, x, y, target, eps=eps, norm=norm, steps=spec.steps,
+                                             bounds=bounds, normalization=normalization)
+        return broken, found
+    broken, found = torch.zeros_like(y, dtype=torch.bool), x.clone()
     view = (-1,) + (1,) * (x.ndim - 1)
 
     def watch(inputs: torch.Tensor, logits: torch.Tensor) -> None:
@@ -119,30 +196,20 @@ def _run(model, x, y, clean_logits, spec, eps, norm, bounds, normalization, seed
         found.copy_(torch.where(new.reshape(view), inputs, found))
         broken.logical_or_(new)
 
-    def all_broken() -> bool:  # one host read, at APGD's checkpoints and between targets
-        return bool(broken.all())
-
-    def run(**kwargs: Any) -> None:
-        generator = torch.Generator(device=x.device).manual_seed(seed)
-        out = attack(model, x, y, generator=generator, watch=watch, stop=all_broken if spec.kind != "pgd" else None,
-                     **kwargs)
-        with torch.no_grad(), eval_mode(model):
-            watch(out, logits_of(model(out)))  # the final point, which the loop may not have evaluated
-
-    if spec.kind != "apgd-t":
-        run()
-        return broken, found
-    order = clean_logits.argsort(dim=1, descending=True)
-    for rank in range(1, min(spec.targets, clean_logits.shape[1] - 1) + 1):
-        if all_broken():
-            break
-        target = order[:, rank]
-        run(criterion=lambda logits, labels, t=target: targeted_dlr_loss(logits, labels, t))
+    kwargs: dict[str, Any] = {}
+    if spec.kind == "apgd-t":
+        kwargs["criterion"] = lambda logits, labels: targeted_dlr_loss(logits, labels, target)
+    if spec.kind != "pgd" and spec.eot == 1:
+        kwargs["stop"] = lambda: bool(broken.all())  # one host read, every few APGD steps
+    out = spec.attack(eps, norm, bounds, normalization)(model, x, y, generator=generator,
+                                                          watch=watch if spec.eot == 1 else None, **kwargs)
+    with torch.no_grad(), eval_mode(model):
+        watch(out, logits_of(model(out)))  # the final point, which the loop may not have evaluated
     return broken, found
 
 
 def robust_accuracy(model: nn.Module, data: Dataset | Iterable, eps: float, *, norm: str = "linf",
-                    suite: str = "apgd", n: int | None = None, batch_size: int = 256,
+                    suite: str | Iterable[SuiteAttack] = "standard", n: int | None = None, batch_size: int = 256,
                     device: torch.device | str | None = None, bounds: Bounds = (0.0, 1.0),
                     normalization: Normalization = None, seed: int = 0,
                     progress: Callable[[int], None] | None = None) -> RobustnessReport:
@@ -152,7 +219,8 @@ def robust_accuracy(model: nn.Module, data: Dataset | Iterable, eps: float, *, n
         model: the classifier (evaluated in eval mode; left as found).
         data: a dataset of ``(input, label)`` or an iterable of batches.
         eps: the attack strength in pixel units; ``norm``: ``"linf"`` or ``"l2"``.
-        suite: ``"apgd"`` (the default, see the module docs), ``"fast"`` or ``"pgd"``.
+        suite: ``"standard"`` (the default: AutoAttack's), ``"apgd"``, ``"fast"``, ``"rand"`` or ``"pgd"``; see the
+            module docs. Or a sequence of :class:`SuiteAttack` (reported as ``"custom"``).
         n: evaluate the first ``n`` samples only (a dataset), or stop after ``n`` (batches).
         batch_size / device: for a dataset; batches are moved to ``device`` when given.
         bounds / normalization: the input domain, as for the attacks.
@@ -166,12 +234,11 @@ def robust_accuracy(model: nn.Module, data: Dataset | Iterable, eps: float, *, n
         >>> report.robust_accuracy == report.clean_accuracy
         True
     """
-    if suite not in SUITES:
-        raise ValueError(f"suite must be one of {', '.join(map(repr, SUITES))}, got {suite!r}")
+    attacks = _suite(suite)
     if isinstance(data, Dataset):
         data = DataLoader(Subset(data, range(min(n, len(data)))) if n else data, batch_size=batch_size)
     seconds: dict[str, float] = {}
-    counts = {"clean": 0, **{a.name: 0 for a in SUITES[suite]}}
+    counts = {"clean": 0, **{a.name: 0 for a in attacks}}
     total = 0
     for x, y in data:
         if n is not None and total >= n:
@@ -187,7 +254,8 @@ def robust_accuracy(model: nn.Module, data: Dataset | Iterable, eps: float, *, n
             progress(total)
     if total == 0:
         raise ValueError("no samples to evaluate")
-    last = SUITES[suite][-1].name
-    return RobustnessReport(suite=suite, eps=float(eps), norm=norm, n=total, clean_accuracy=counts["clean"] / total,
+    last = attacks[-1].name
+    return RobustnessReport(suite=suite if isinstance(suite, str) else "custom", eps=float(eps), norm=norm, n=total,
+                            clean_accuracy=counts["clean"] / total,
                             robust_accuracy=counts[last] / total,
-                            after={a.name: counts[a.name] / total for a in SUITES[suite]}, seconds=seconds)
+                            after={a.name: counts[a.name] / total for a in attacks}, seconds=seconds)

@@ -23,14 +23,16 @@ from typer.testing import CliRunner
 
 from advhooks import APGD, FGM, PGD, AdversarialStep, linear_warmup, pgd_perturb
 from advhooks.attacks import AttackConfig
+from advhooks.attacks.fab import fab_targeted_perturb
 from advhooks.attacks.graphs import GraphedAttack
+from advhooks.attacks.square import square_perturb
 from advhooks.benchmark import BenchmarkFormatError, CleanBenchmark, Recipe
 from advhooks.cli import app
 from advhooks.kit.checkpoints import load_weights
 from advhooks.kit.data import UnsafePickleError, load_cifar10
 from advhooks.kit.training import record_clean_benchmark
 from advhooks.monitor import PhaseMonitor
-from advhooks.robustness import robust_accuracy
+from advhooks.robustness import SuiteAttack, robust_accuracy
 
 from .conftest import SmallCNN
 
@@ -102,7 +104,11 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
     "precision-unknown": (lambda t: PGD(0.1, precision="int8"), ValueError, r"precision must be one of"),
     "warmup-negative": (lambda t: linear_warmup(0.1, warmup_steps=-1), ValueError, r"warmup_steps"),
     "robustness-suite-unknown": (lambda t: robust_accuracy(SmallCNN(), _nan_set(), 0.1, suite="autoattack"),
-                                 ValueError, r"suite must be one of 'apgd', 'fast', 'pgd'"),
+                                 ValueError, r"suite must be one of 'standard', 'apgd', 'fast', 'rand', 'pgd'"),
+    "square-no-queries": (lambda t: square_perturb(SmallCNN(), _x(), _y(), eps=0.1, n_queries=0), ValueError,
+                          r"n_queries \(Square's query budget\) must be an integer >= 1"),
+    "fab-one-class": (lambda t: fab_targeted_perturb(SmallCNN(num_classes=1), _x(), _y() * 0, _y() * 0, eps=0.1),
+                      ValueError, r"FAB-T needs logits \(N, C\) with at least 2 classes"),
     "apgd-unknown-criterion": (lambda t: APGD(0.1, criterion="hinge"), ValueError,
                                r"criterion must be one of 'ce', 'dlr'"),
     "dlr-with-two-classes": (lambda t: APGD(0.1, steps=2, criterion="dlr")(SmallCNN(num_classes=2), _x(), _y() % 2),
@@ -271,6 +277,13 @@ def _normalization_on_pixel_inputs(tmp: Path) -> None:
         PGD(8 / 255, steps=1, normalization=((0.5,), (0.25,)))(SmallCNN(), (_x() - 0.5) / 0.25, _y())
 
 
+def _rand_suite_on_a_deterministic_model(tmp: Path) -> None:
+    data = torch.utils.data.TensorDataset(_x(), _y())
+    with pytest.warns(UserWarning, match="the rand suite averages each gradient over 20 draws .* the draws are wasted"):
+        report = robust_accuracy(SmallCNN(), data, 0.05, suite=[SuiteAttack("apgd-ce-eot", "apgd-ce", 2, eot=20)])
+    assert report.n == 4  # it warns, then evaluates
+
+
 def _criterion_drives_the_attack(tmp: Path) -> None:
     seen = []
 
@@ -320,6 +333,7 @@ BEHAVIOUR: dict[str, Callable[[Path], None]] = {
     "batch-size-1": _batch_of_one,
     "monitor-nan-losses": _monitor_nan_losses,
     "normalization-on-pixel-inputs": _normalization_on_pixel_inputs,
+    "rand-suite-deterministic-model": _rand_suite_on_a_deterministic_model,
     "step-criterion-drives-the-attack": _criterion_drives_the_attack,
     "evaluation-keeps-the-eps-schedule": _evaluation_keeps_the_schedule,
     "checkpoint-from-a-wrapper": _checkpoint_from_a_wrapper,
@@ -330,6 +344,8 @@ BEHAVIOUR: dict[str, Callable[[Path], None]] = {
 CLI: dict[str, tuple[list[str], str]] = {
     "cli-no-preset-or-factories": (["benchmark-clean"], "give --preset"),
     "cli-unknown-preset": (["benchmark-clean", "--preset", "imagenet"], "preset must be one of"),
+    "cli-evaluate-unknown-suite": (["evaluate", "--checkpoint", "{tmp}/plain.safetensors", "--preset", "digits-cnn",
+                                    "--suite", "autoattack"], "--suite must be one of standard, apgd, fast, rand, pgd"),
     "cli-factory-module-missing": (["benchmark-clean", "--model", "nosuchmod:f", "--data", "nosuchmod:g"],
                                    "cannot import module"),
     "cli-factory-path-malformed": (["benchmark-clean", "--model", "advhooks.kit.models", "--data", "x:y"],

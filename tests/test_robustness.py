@@ -52,7 +52,7 @@ def test_at_zero_strength_the_robust_accuracy_is_the_clean_one(trained):
 
 def test_an_unknown_suite_is_refused(trained):
     model, data = trained
-    with pytest.raises(ValueError, match="suite must be one of 'apgd', 'fast', 'pgd'"):
+    with pytest.raises(ValueError, match="suite must be one of 'standard', 'apgd', 'fast', 'rand', 'pgd'"):
         robust_accuracy(model, data, 0.1, suite="autoattack")
 
 
@@ -79,7 +79,7 @@ def test_the_evaluate_command_reports_what_the_python_entry_reports(tmp_path):
     assert report["clean_accuracy"] == expected.clean_accuracy
     bad = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "model.safetensors"), "--preset",
                                    "digits-cnn", "--suite", "autoattack"])
-    assert bad.exit_code == 2 and "--suite must be one of apgd, fast, pgd" in bad.output
+    assert bad.exit_code == 2 and "--suite must be one of standard, apgd, fast, rand, pgd" in bad.output
 
 
 def test_the_apgd_suite_is_at_least_as_strong_as_torchattacks_apgd_ce_then_apgd_t(trained):
@@ -101,6 +101,7 @@ def test_the_apgd_suite_is_at_least_as_strong_as_torchattacks_apgd_ce_then_apgd_
 
 def test_apgd_ends_at_its_first_checkpoint_once_every_sample_is_broken(trained):
     from advhooks import APGD
+    from advhooks.attacks.apgd import STOP_EVERY
 
     model, data = trained
     x, y = data.tensors
@@ -120,4 +121,4 @@ def test_apgd_ends_at_its_first_checkpoint_once_every_sample_is_broken(trained):
         APGD(0.1, steps=100)(model, x, wrong, watch=watch)
     finally:
         handle.remove()
-    assert stopped == 1 + 22 and len(calls) == 1 + 100  # the start, then the steps up to w1 = 22 (or all 100)
+    assert stopped == 1 + STOP_EVERY and len(calls) == 1 + 100  # the start, the steps up to the first question

@@ -25,10 +25,13 @@ import torch
 from .criteria import Criterion, upcast
 from .norms import project_, steepest_direction_
 
-__all__ = ["MOMENTUM", "RHO", "apgd_ascend_", "checkpoints", "dlr_loss", "targeted_dlr_loss"]
+__all__ = ["MOMENTUM", "RHO", "STOP_EVERY", "apgd_ascend_", "checkpoints", "dlr_loss", "targeted_dlr_loss"]
 
 MOMENTUM = 0.75  # α of the paper
 RHO = 0.75  # the fraction of loss-increasing steps below which η is halved
+# Steps between two questions to ``should_stop`` (one host read each): a batch that is all broken at step k
+# ends by step k + 4, and the reads cost under 1 % of a step of a large model (docs/performance.md).
+STOP_EVERY = 4
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -69,36 +72,46 @@ def targeted_dlr_loss(logits: torch.Tensor, labels: torch.Tensor, target_classes
     return -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
 
 
+def _loss_and_grad(forward: Any, d: torch.Tensor, criterion: Criterion, targets: torch.Tensor, sign: float,
+                   loss_scale: float, need_grad: bool, first: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward at δ: the per-sample (signed) loss, and its gradient in δ when ``need_grad``."""
+    with torch.set_grad_enabled(need_grad):
+        logits = forward(d)
+        if first[0] is not None:
+            first[0](logits)
+            first[0] = None
+        loss = criterion(logits, targets)
+        if loss.ndim != 1:
+            raise ValueError("APGD needs a criterion that returns one loss per sample")
+        loss = loss.float() * sign  # maximised
+        if not need_grad:
+            return loss.detach(), None
+        (grad,) = torch.autograd.grad(loss.sum() * loss_scale if loss_scale != 1.0 else loss.sum(), d)
+    return loss.detach(), grad
+
+
 def apgd_ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, targets: torch.Tensor, *, norm: str,
                  eps: float, steps: int, step_size: float, sign: float, loss_scale: float, low: torch.Tensor | None,
                  high: torch.Tensor | None, on_first_logits: Any = None,
-                 should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+                 should_stop: Callable[[], bool] | None = None, eot: int = 1) -> torch.Tensor:
     """APGD's iterations from ``delta`` (the same arguments as PGD's ``ascend_``; ``step_size`` is the initial η).
 
     ``steps`` gradient steps (``steps + 1`` forward passes: the last point is evaluated too); returns each
-    sample's best δ, detached. ``should_stop()``, when given, is asked at each checkpoint (the caller's host
-    read) and ends the loop early when true.
+    sample's best δ, detached. ``should_stop()``, when given, is asked every :data:`STOP_EVERY` steps (the
+    caller's host read) and ends the loop early when true. With ``eot > 1`` each loss and gradient is the mean
+    over ``eot`` forwards (a randomised model draws anew at each).
     """
     view = (delta.shape[0],) + (1,) * (delta.ndim - 1)
     first = [on_first_logits]
 
     def value_and_grad(d: torch.Tensor, need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         d = d.detach().requires_grad_(need_grad)
-        with torch.set_grad_enabled(need_grad):
-            logits = forward(d)
-            if first[0] is not None:
-                first[0](logits)
-                first[0] = None
-            loss = criterion(logits, targets)
-            if loss.ndim != 1:
-                raise ValueError("APGD needs a criterion that returns one loss per sample")
-            loss = loss.float() * sign  # maximised
-            if not need_grad:
-                return loss.detach(), None
-            (grad,) = torch.autograd.grad(loss.sum() * loss_scale if loss_scale != 1.0 else loss.sum(), d)
-        if loss_scale != 1.0:
+        draws = [_loss_and_grad(forward, d, criterion, targets, sign, loss_scale, need_grad, first) for _ in range(eot)]
+        loss = sum(draw[0] for draw in draws) / eot if eot > 1 else draws[0][0]
+        grad = None if not need_grad else sum(draw[1] for draw in draws) / eot if eot > 1 else draws[0][1]
+        if grad is not None and loss_scale != 1.0:
             torch.nan_to_num_(grad, nan=0.0, posinf=1.0, neginf=-1.0)
-        return loss.detach(), grad
+        return loss, grad
 
     def ascent_step(d: torch.Tensor, grad: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
         return project_(d + eta * steepest_direction_(grad, norm), norm, eps, low, high)  # grad is spent here
@@ -120,7 +133,7 @@ def apgd_ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, target
         if k == steps:
             break
         best_grad = torch.where(improved.reshape(view), grad, best_grad)
-        if k in marks and should_stop is not None and should_stop():
+        if should_stop is not None and k % STOP_EVERY == 0 and should_stop():
             break
         if k in marks:  # halve η and restart from the best point where progress stalled
             stalled = (increases < RHO * (k - last_mark)) | (

@@ -104,7 +104,7 @@ class Attack:
             model_kwargs: further keyword arguments for every forward.
             generator: random generator for the start.
             watch: ``watch(adversarial_inputs, logits)`` at every evaluated point (see :func:`perturb`).
-            stop: APGD only: whether to end early, asked at its checkpoints (see :func:`perturb`).
+            stop: APGD only: whether to end early, asked every few steps (see :func:`perturb`).
         """
         if self._graphs is not None:
             if watch is not None or stop is not None:
@@ -177,7 +177,8 @@ class APGD(Attack):
 
     ``criterion="ce"`` (cross-entropy, APGD-CE), ``"dlr"`` (the scale-invariant DLR loss, :func:`dlr_loss`) or
     any per-sample criterion, as for every attack. Each sample keeps its highest-loss point; with ``restarts``
-    the worst of the restarts. Other arguments as in :class:`PGD`; the defaults are the paper's (100 steps,
+    the worst of the restarts; ``eot=20`` averages each step over 20 draws of a randomised model. Other
+    arguments as in :class:`PGD`; the defaults are the paper's (100 steps,
     start uniform in the ball). See :mod:`advhooks.attacks.apgd` for the algorithm.
 
     Example:
@@ -193,7 +194,8 @@ class APGD(Attack):
     def __init__(self, eps: EpsLike, norm: str = "linf", steps: int = 100, criterion: str | Criterion = "ce",
                  random_start: bool = True, restarts: int = 1, targeted: bool = False, bounds: Bounds = (0.0, 1.0),
                  normalization: Normalization = None, out_of_bounds: str = "raise", bn: str = "eval",
-                 compile: bool = False, precision: str | None = None, cuda_graph: bool = False) -> None:
+                 compile: bool = False, precision: str | None = None, cuda_graph: bool = False,
+                 eot: int = 1) -> None:
         if isinstance(criterion, str):
             if criterion not in self.CRITERIA:
                 raise ValueError(f"criterion must be one of {', '.join(map(repr, self.CRITERIA))} or a per-sample "
@@ -202,7 +204,8 @@ class APGD(Attack):
         super().__init__(AttackConfig(
             eps, norm=norm, steps=steps, step_rule="apgd", random_start=random_start, restarts=restarts,
             targeted=targeted, criterion=criterion, bounds=bounds, normalization=normalization,
-            out_of_bounds=out_of_bounds, bn=bn, compile=compile, precision=precision, cuda_graph=cuda_graph))
+            out_of_bounds=out_of_bounds, bn=bn, compile=compile, precision=precision, cuda_graph=cuda_graph,
+            eot=eot))
 
     @property
     def criterion_name(self) -> str:

@@ -55,6 +55,8 @@ class AttackConfig:
         precision: ``"bf16"``/``"fp16"``: the attack's own autocast dtype; ``None`` keeps the caller's.
         cuda_graph: capture the whole k-step loop as one CUDA graph per batch shape (CUDA only; one start,
             no ``compile``).
+        eot: APGD only: each step's loss and gradient are the mean over this many forwards (expectation over
+            transformation, for models with randomness at test time); 1 for a deterministic model.
 
     Example:
         >>> config = AttackConfig(8 / 255, steps=10)
@@ -78,6 +80,7 @@ class AttackConfig:
     compile: bool = False
     precision: str | None = None
     cuda_graph: bool = False
+    eot: int = 1
     domain: InputDomain = field(init=False, repr=False, compare=False)
     criterion_fn: Criterion = field(init=False, repr=False, compare=False)
 
@@ -92,6 +95,10 @@ class AttackConfig:
             put("step_size", check_positive("step_size", self.step_size))
         put("step_rule", check_choice("step_rule", self.step_rule, STEP_RULES))
         put("restarts", check_positive_int("restarts", self.restarts))
+        put("eot", check_positive_int("eot", self.eot))
+        if self.eot > 1 and self.step_rule != "apgd":
+            raise ValueError(f"eot={self.eot} averages APGD's gradients over draws of a randomised model: use "
+                             "step_rule='apgd' (APGD) or eot=1")
         for flag in ("random_start", "targeted", "compile", "cuda_graph"):
             put(flag, bool(getattr(self, flag)))
         put("criterion_fn", per_sample(self.criterion))
@@ -107,8 +114,9 @@ class AttackConfig:
             if not torch.cuda.is_available():
                 raise ValueError("cuda_graph=True needs a CUDA device (torch.cuda.is_available() is False); leave it "
                                  "off on the CPU, where eager PyTorch already runs at the attack's compute limit")
-            if self.restarts > 1 or self.compile:
-                raise ValueError("cuda_graph=True captures one start of the attack: use restarts=1 and compile=False")
+            if self.restarts > 1 or self.compile or self.eot > 1:
+                raise ValueError("cuda_graph=True captures one start of the attack: use restarts=1, compile=False "
+                                 "and eot=1")
 
     @property
     def custom_criterion(self) -> bool:

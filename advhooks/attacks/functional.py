@@ -163,8 +163,8 @@ def perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, confi
         watch: called as ``watch(adversarial_inputs, logits)`` (both detached) at every point the attack
             evaluates, before its loss; it must not read values on the host (robust-accuracy evaluation keeps
             the first misclassified point with it).
-        stop: APGD only: asked at its checkpoints (a host read each, when given) whether to end early,
-            e.g. once ``watch`` has seen every sample misclassified.
+        stop: APGD only: asked every :data:`~advhooks.attacks.apgd.STOP_EVERY` steps (a host read each, when
+            given) whether to end early, e.g. once ``watch`` has seen every sample misclassified.
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -227,11 +227,19 @@ def _search(model, x, targets, config, eps, criterion, placed, checks, input_key
             delta = ascent(config)(delta, forward, criterion, targets, norm=config.norm, eps=eps,
                                    steps=config.steps, step_size=config.step_size_for(eps), sign=sign,
                                    loss_scale=loss_scale, low=low, high=high, on_first_logits=read_checks,
-                                   **({"should_stop": stop} if stop is not None else {}))
+                                   **_apgd_options(config, stop))
             if config.restarts == 1:
                 return delta
             best = _keep_worst(best, delta, forward, criterion, targets, sign)
     return best[0]
+
+
+def _apgd_options(config: AttackConfig, stop: Callable[[], bool] | None) -> dict[str, Any]:
+    """The keyword arguments only APGD's loop takes."""
+    options: dict[str, Any] = {} if stop is None else {"should_stop": stop}
+    if config.eot > 1:
+        options["eot"] = config.eot
+    return options
 
 
 def _keep_worst(best: tuple[torch.Tensor, torch.Tensor] | None, delta: torch.Tensor, forward: Any,

@@ -26,8 +26,9 @@ def evaluate_command(
     split_seed: int = typer.Option(0, help="Seed of the digits train/test split."),
     eps: str = typer.Option("8/255", help="Attack strength in pixel units, e.g. 8/255."),
     norm: str = typer.Option("linf", help="linf | l2"),
-    suite: str = typer.Option("apgd", help="apgd (APGD-CE then APGD-T) | fast (the same, 20 steps, 3 targets) | "
-                              "pgd (PGD-20 with early stopping)."),
+    suite: str = typer.Option("standard", help="standard (AutoAttack's: APGD-CE, APGD-T, FAB-T, Square) | apgd "
+                              "(APGD-CE then APGD-T) | fast (the same, 20 steps, 3 targets) | rand (APGD-CE and "
+                              "APGD-DLR with 20 draws per step, for randomised models) | pgd (PGD-20)."),
     n: int | None = typer.Option(None, help="Evaluate the first N test samples (default: all)."),
     batch_size: int = typer.Option(256, help="Batch size."),
     seed: int = typer.Option(0, help="Seed of the attacks' random starts."),
@@ -36,7 +37,7 @@ def evaluate_command(
     json_out: Path | None = typer.Option(None, "--json", help="Write the report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Clean and robust accuracy of a trained model under a suite of attacks (APGD-CE, APGD-T)."""
+    """Clean and robust accuracy of a trained model under a suite of attacks (default: AutoAttack's standard)."""
     from tqdm.auto import tqdm
 
     from ..kit.checkpoints import load_weights, read_state_dict
