@@ -95,7 +95,8 @@ def square_perturb(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
     if not isinstance(inputs, torch.Tensor) or inputs.ndim != 4:
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-        raise ValueError(f"Square needs image batches (N, C, H, W), got {shape}")
+        raise ValueError(f"Square needs image batches (N, C, H, W), got {shape}: its windows are squares of pixels; "
+                         "for other inputs evaluate with suite='apgd' (APGD-CE, APGD-T)")
     with prepared(model, inputs, labels, eps, norm, domain_of(bounds, normalization), input_key=input_key,
                   model_kwargs=model_kwargs) as state:
         if eps == 0.0:
