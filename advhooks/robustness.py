@@ -126,6 +126,9 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     """One batch through the suite: the adversarial inputs (the clean input where nothing broke the sample)
     and, per attack, the mask of samples still robust after it (cumulative; the first entry ``"clean"``)."""
     attacks = _suite(suite)
+    if x.ndim != 4 and any(a.kind == "square" for a in attacks):  # refused before any attack runs
+        raise ValueError(f"the suite's Square attack needs image batches (N, C, H, W), got {tuple(x.shape)}: for "
+                         "other inputs evaluate with suite='apgd' (APGD-CE, APGD-T)")
     with torch.no_grad(), eval_mode(model):
         clean_logits = logits_of(model(x))
         if any(a.eot > 1 for a in attacks):

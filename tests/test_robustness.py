@@ -122,3 +122,16 @@ def test_apgd_ends_at_its_first_checkpoint_once_every_sample_is_broken(trained):
     finally:
         handle.remove()
     assert stopped == 1 + STOP_EVERY and len(calls) == 1 + 100  # the start, the steps up to the first question
+
+
+def test_the_standard_suite_refuses_non_image_inputs_before_any_attack_runs():
+    from torch import nn
+
+    calls = []
+    model = nn.Linear(4, 3)
+    model.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match="Square attack needs image batches .* suite='apgd'"):
+        robust_accuracy(model, TensorDataset(torch.rand(5, 4), torch.zeros(5, dtype=torch.long)), 0.1)
+    assert not calls
+    assert robust_accuracy(model, TensorDataset(torch.rand(5, 4), torch.zeros(5, dtype=torch.long)), 0.1,
+                           suite="apgd").n == 5
