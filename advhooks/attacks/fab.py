@@ -121,6 +121,8 @@ def _search(state: Prepared, labels: torch.Tensor, targets: torch.Tensor, norm: 
     delta = torch.zeros_like(x)
     best, size = torch.zeros_like(x), torch.full((n,), float("inf"), device=x.device)
     zero = torch.zeros(n, x[0].numel(), device=x.device, dtype=x.dtype)
+    # Both projections (of the iterate and of the clean point) run as one batch of 2n rows; the box is fixed.
+    low2, high2 = (None, None) if low_f is None else (torch.cat([low_f, low_f]), torch.cat([high_f, high_f]))
     for step in range(steps + 1):
         logits, f, grad = _difference_and_gradient(state, delta, labels, targets, need_grad=step < steps)
         wrong = logits.argmax(1) != labels
@@ -134,9 +136,8 @@ def _search(state: Prepared, labels: torch.Tensor, targets: torch.Tensor, norm: 
         plane = (g * delta.reshape(n, -1)).sum(1) - f  # the linearised boundary: g·δ = plane
         delta = torch.where(wrong.reshape(view), BETA * delta, delta)  # back towards the clean point
         d = delta.reshape(n, -1)
-        both = project_onto_hyperplane(torch.cat([d, zero]), torch.cat([g, g]), torch.cat([plane, plane]),
-                                       None if low_f is None else torch.cat([low_f, low_f]),
-                                       None if high_f is None else torch.cat([high_f, high_f]), norm)
+        both = project_onto_hyperplane(torch.cat([d, zero]), torch.cat([g, g]), torch.cat([plane, plane]), low2,
+                                       high2, norm)
         from_iterate, from_clean = both[:n], both[n:]
         a1, a2 = _norm(from_iterate, norm).clamp_min(1e-8), _norm(from_clean, norm).clamp_min(1e-8)
         alpha = (a1 / (a1 + a2)).clamp(0.0, ALPHA_MAX)[:, None]
