@@ -13,7 +13,7 @@ from advhooks.benchmark import CleanBenchmark, Recipe
 from advhooks.cli import app
 from advhooks.kit import estimate as E
 from advhooks.kit.data import load_digits
-from advhooks.kit.estimate.result import interpolate_crossing
+from advhooks.kit.estimate.crossing import interpolate_crossing
 from advhooks.kit.presets import get_preset
 from advhooks.kit.training import record_clean_benchmark
 
@@ -68,17 +68,28 @@ def test_clean_probe_bounds_and_first_order(bench, digits):
     json.loads(est.to_json())
 
 
-def test_finetune_fits_a_line_and_is_reproducible(bench, digits):
+def test_finetune_brackets_the_crossing_and_is_reproducible(bench, digits):
     train, _ = digits
-    points = [e / 255 for e in (2, 4, 6, 8)]
-    a = E.estimate_finetune(PRESET.model, train, bench, points, epochs=2, runs=2, seed=3, mean_grad_dual_norm=2.0)
-    b = E.estimate_finetune(PRESET.model, train, bench, points, epochs=2, runs=2, seed=3, mean_grad_dual_norm=2.0)
-    assert a.value is not None and a.value == b.value and a.points == b.points
-    assert len(a.per_run) == 2 and a.spread is not None
-    assert a.fit["slope"] > 0 and a.consistency == pytest.approx(a.fit["slope"] / 2.0)
-    # The estimate solves the fitted line at R*(0) (averaged over runs).
-    assert sum(a.per_run) / 2 == pytest.approx(a.value)
-    assert len(json.loads(a.to_json())["points"]) == 8
+    kwargs = dict(epochs=2, runs=2, seed=3, mean_grad_dual_norm=2.0)
+    a = E.estimate_finetune(PRESET.model, train, bench, [2 / 255], **kwargs)
+    b = E.estimate_finetune(PRESET.model, train, bench, [2 / 255], **kwargs)
+    assert a.value is not None and a.value == b.value and a.points == b.points and a.interval == b.interval
+    means = {}
+    for p in a.points:
+        means.setdefault(p["eps"], []).append(p["loss"])
+    means = {e: sum(v) / len(v) for e, v in means.items()}
+    # The ladder moved by factors of 1.5 from 2/255 until the mean R-hats lay on both sides of R*(0), then stopped:
+    # one bracket one step wide, interpolated.
+    ladder = sorted(means)
+    assert 2 / 255 in ladder and ladder == pytest.approx([ladder[0] * 1.5 ** k for k in range(len(ladder))])
+    below = [e for e in ladder if means[e] <= bench.clean_test_loss]
+    above = [e for e in ladder if means[e] > bench.clean_test_loss]
+    assert below and above and min(above) / max(below) == pytest.approx(1.5)
+    assert a.bracket == (max(below), min(above)) and a.bracket[0] < a.value <= a.bracket[1] and not a.extrapolated
+    assert len(a.per_run) == 2 and a.spread is not None and len(a.points) == 2 * len(ladder)
+    slope = (means[ladder[0]] - bench.clean_train_loss) / ladder[0]
+    assert a.consistency == pytest.approx(slope / 2.0)
+    assert json.loads(a.to_json())["settings"]["growth"] == 1.5
 
 
 def test_grid_interpolates_or_says_it_does_not_bracket(bench, digits):
@@ -99,18 +110,38 @@ def test_grid_interpolates_or_says_it_does_not_bracket(bench, digits):
 def test_non_finite_losses_mark_the_run_failed(bench, digits):
     train, test = digits
     est = E.estimate_finetune(PRESET.model, train, bench, [1 / 255, 2 / 255], epochs=2, recipe=Recipe(lr=1e30))
-    assert all(p.get("failed") == "non-finite losses" for p in est.points)
+    assert all(p.get("failed") == "non-finite losses" for p in est.points) and len(est.points) == 2
     assert est.value is None and any("failed" in w for w in est.warnings)
-    assert any("fewer than two usable points" in w for w in est.warnings)
+    assert any("no usable point" in w for w in est.warnings)
 
 
-def test_finetune_needs_weights_and_two_points(bench, digits, tmp_path):
+def test_verify_is_one_grid_run_at_the_estimate(bench, digits):
+    train, test = digits
+    est = E.estimate_eps_star("finetune", bench, model_factory=PRESET.model, train_set=train, test_set=test,
+                              eps=[2 / 255], epochs=2, seed=1, verify=True)
+    check = est.verification
+    assert check["eps"] == est.value and check["regime"] in ("clean-like", "near eps*", "above eps*", "eps >> eps*")
+    assert check["confirms"] == (check["regime"] == "near eps*") and check["seconds"] > 0
+    low, high = check["ratio_interval"]
+    assert low <= check["ratio"] <= high
+    assert "check: run from scratch" in est.summary()
+    # Exactly the grid's point at that strength: same seed, same recipe, same R-hat.
+    grid = E.estimate_grid(PRESET.model, train, test, bench, [est.value], seed=1)
+    assert grid.points[0]["loss"] == pytest.approx(check["rhat"])
+    assert check["ratio"] == pytest.approx(check["rhat"] / bench.clean_test_loss)
+
+
+def test_finetune_refuses_what_it_cannot_use(bench, digits, tmp_path):
     train, _ = digits
     path = bench.save(tmp_path / "b.safetensors")
     with pytest.raises(ValueError, match="has no weights"):
         E.estimate_finetune(PRESET.model, train, CleanBenchmark.read(path), [0.01, 0.02])
-    with pytest.raises(ValueError, match="at least two"):
-        E.estimate_finetune(PRESET.model, train, bench, [0.01])
+    with pytest.raises(ValueError, match="growth must be > 1"):
+        E.estimate_finetune(PRESET.model, train, bench, [0.01], growth=1.0)
+    with pytest.raises(ValueError, match="max_points"):
+        E.estimate_finetune(PRESET.model, train, bench, [0.01, 0.02, 0.03], max_points=2)
+    with pytest.raises(ValueError, match="verify checks a fine-tune"):
+        E.estimate_eps_star("grid", bench, model_factory=PRESET.model, train_set=train, test_set=train, verify=True)
 
 
 runner = CliRunner()
@@ -124,7 +155,7 @@ def test_cli_estimate_with_json_and_plot(bench, tmp_path):
     assert result.exit_code == 0, result.output
     assert "eps*" in result.output and "slope / mean grad dual norm" in result.output
     data = json.loads((tmp_path / "e.json").read_text())
-    assert data["method"] == "finetune" and data["settings"]["attack"] == "pgd"  # the default: FGM read high
+    assert data["method"] == "finetune" and data["settings"]["eps"] == pytest.approx([2 / 255, 4 / 255, 6 / 255])
     assert (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     probe = runner.invoke(app, ["estimate-eps-star", "--benchmark", str(path), "--method", "clean-probe", "-q"])
     assert probe.exit_code == 0 and "clean-probe lower bound" in probe.output
@@ -162,7 +193,7 @@ def test_finetune_tracks_the_grid_on_digits(digits):
     full = record_clean_benchmark(PRESET.model(), train, test, recipe=PRESET.recipe)
     probe = E.estimate_clean_probe(full.load_weights_into(PRESET.model()), train, full,
                                    [e / 255 for e in (0.5, 1, 2, 4, 8, 16, 32, 64)])
-    ft = E.estimate_finetune(PRESET.model, train, full, E.default_finetune_eps(probe), runs=3)
+    ft = E.estimate_finetune(PRESET.model, train, full, E.finetune_start(probe))
     grid = E.estimate_grid(PRESET.model, train, test, full, [e / 255 for e in (4, 8, 12, 16, 24)],
                            recipe=PRESET.recipe)
     assert grid.value is not None and ft.value is not None

@@ -36,14 +36,14 @@ def estimate_eps_star(
     data: str | None = typer.Option(None, help="Your data factory returning (train_dataset, test_dataset)."),
     data_dir: Path | None = typer.Option(None, help="Folder with the dataset files (mnist, cifar, svhn)."),
     width: int | None = typer.Option(None, help="The preset model's width."),
-    eps: str | None = typer.Option(None, help="Strengths, e.g. '0.5/255,1/255,2/255' (grid points, fine-tune "
-                                   "points, or the probe ladder). Default: chosen from the clean probe."),
+    eps: str | None = typer.Option(None, help="Strengths, e.g. '0.5/255,1/255,2/255' (grid points, the fine-tune's "
+                                   "first points, or the probe ladder). Default: chosen from the clean probe."),
     norm: str = typer.Option("linf", help="linf | l2"),
     attack: str | None = typer.Option(None, help="The training attack: pgd | fgm (default: pgd)."),
     steps: int = typer.Option(10, help="PGD steps."),
     runs: int = typer.Option(1, help="Repeats with other seeds (grid, finetune)."),
-    epochs: int | None = typer.Option(None, help="Epochs per run (default: 10 for finetune; for grid the clean "
-                                      "run's)."),
+    epochs: int | None = typer.Option(None, help="Epochs per run (default: the fine-tune's own; for grid the "
+                                      "clean run's)."),
     lr: float | None = typer.Option(None, help="Learning rate (default: the clean run's)."),
     batch_size: int | None = typer.Option(None, help="Batch size (default: the clean run's)."),
     seed: int = typer.Option(0, help="Seed of the runs (initialisation, shuffling, attacks)."),
@@ -55,6 +55,8 @@ def estimate_eps_star(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON."),
     plot: Path | None = typer.Option(None, help="Draw loss against eps with R*(0) and the estimate (PNG)."),
+    verify: bool = typer.Option(False, "--verify", help="After --method finetune, one monitored run from scratch at "
+                                "the estimate (the cost of one grid run): 'near eps*' confirms it."),
     strict: bool = typer.Option(False, help="Fail (instead of warning) when the benchmark's model or data "
                                 "fingerprint differs from the given ones."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -66,6 +68,8 @@ def estimate_eps_star(
     from ..kit import estimate as E
 
     method = _check_estimate_options(method, norm, attack, level, records)
+    if verify and method != "finetune":
+        raise ValueError("--verify checks a --method finetune estimate (the grid's runs are from scratch already)")
     check_options(steps=steps, runs=runs, epochs=epochs, batch_size=batch_size, lr=lr)
     grid = E.check_eps_grid(parse_eps_list(eps), "--eps") if eps is not None else None
     normalization = parse_normalize(normalize)
@@ -95,7 +99,7 @@ def estimate_eps_star(
             train_eval_set=setup.train_eval if setup else None, records=loaded_records, eps=grid, norm=norm.lower(),
             attack=attack, steps=steps, runs=runs, epochs=epochs,
             lr=lr, batch_size=batch_size, seed=seed, device=device, normalization=normalization, level=level,
-            progress=progress)
+            verify=verify, progress=progress)
     finally:
         bar.close()
     show_result(result, json_out, plot, "estimate")

@@ -39,12 +39,14 @@ def study_command(
     method: str = typer.Option("finetune", help="The eps* estimate per seed: finetune | grid | clean-probe."),
     check_grid: bool = typer.Option(False, "--check-grid", help="Also the grid (training from scratch at each eps) "
                                     "for the first seed of each configuration."),
+    check_grid_all: bool = typer.Option(False, "--check-grid-all", help="Also the grid for every seed (its bands "
+                                        "over seeds, like the estimate's)."),
     fgsm_threshold: bool = typer.Option(False, "--fgsm-threshold", help="Also the smallest --fgsm-eps at which "
                                         "plain FGSM training overfits catastrophically (the paper's Table 2)."),
     fgsm_eps: str = typer.Option("8/255,16/255,32/255,48/255,64/255,80/255", help="The FGSM probe's strengths."),
     epochs: int | None = typer.Option(None, help="Clean (and grid) epochs (default: the preset's recipe, else "
                                       "Recipe's)."),
-    finetune_epochs: int = typer.Option(10, help="Epochs of each fine-tune."),
+    finetune_epochs: int | None = typer.Option(None, help="Epochs of each fine-tune (default: the estimator's)."),
     lr: float | None = typer.Option(None, help="Learning rate (default: the preset's recipe, else Recipe's)."),
     weight_decay: float | None = typer.Option(None, help="Weight decay (default: the preset's recipe, else "
                                               "Recipe's)."),
@@ -67,9 +69,11 @@ def study_command(
 
     from ..benchmark import Recipe
     from ..kit.data import DATASETS
-    from ..kit.study import StudySettings, format_study, run_study
+    from ..kit.study import StudySettings, finetune_epochs_of, format_study, run_study
 
     check_options(seeds=seeds, epochs=epochs, finetune_epochs=finetune_epochs, lr=lr, batch_size=batch_size)
+    if check_grid and check_grid_all:
+        raise ValueError("give --check-grid (first seed) or --check-grid-all (every seed), not both")
     shard_at = _parse_shard(shard, units)
     width_list = int_list(widths, "--widths") if widths else [None]
     setup = resolve_setup(preset, model, data, data_dir, False, None, split_seed)
@@ -81,8 +85,9 @@ def study_command(
         raise ValueError(f"--customary-eps must be > 0, got {customary_eps!r}")
     settings = StudySettings(
         widths=tuple(width_list), fractions=tuple(parse_eps_list(train_fraction)), seeds=tuple(range(seeds)),
-        method=method.lower(), check_grid=check_grid, fgsm_eps=tuple(parse_eps_list(fgsm_eps)) if fgsm_threshold
-        else (), recipe=(chosen.recipe if chosen else Recipe()).with_given(
+        method=method.lower(), check_grid="all" if check_grid_all else check_grid,
+        fgsm_eps=tuple(parse_eps_list(fgsm_eps)) if fgsm_threshold else (),
+        recipe=(chosen.recipe if chosen else Recipe()).with_given(
             epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay), finetune_epochs=finetune_epochs,
         norm=norm.lower(), split_seed=split_seed, customary_eps=customary, level=level)
     prepare_output(json_out, "--json")
@@ -92,7 +97,8 @@ def study_command(
     r = settings.recipe
     typer.echo(f"recipe: {r.epochs} epochs, lr {r.lr:g}, batch size {r.batch_size}, weight decay "
                f"{r.weight_decay:g} (as given, else {origin}); "
-               f"{settings.method}" + (f" ({settings.finetune_epochs} epochs)" if settings.method == "finetune" else "")
+               f"{settings.method}"
+               + (f" ({finetune_epochs_of(settings)} epochs)" if settings.method == "finetune" else "")
                + f"; seeds {list(settings.seeds)}; split seed {split_seed}", err=True)
     bar = tqdm(total=len(settings.units()), disable=not progress_shown(quiet), file=sys.stderr, leave=False)
 

@@ -68,9 +68,8 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
 
     say("estimating eps* (clean probe, fine-tune)")
     probe = E.estimate_clean_probe(bench.load_weights_into(preset.model()), train, bench, list(E.DEFAULT_LADDER))
-    finetune = E.estimate_finetune(preset.model, train, bench, E.default_finetune_eps(probe),
-                                   epochs=4 if quick else 10, seed=seed,
-                                   mean_grad_dual_norm=probe.mean_grad_dual_norm)
+    finetune = E.estimate_finetune(preset.model, train, bench, E.finetune_start(probe), seed=seed,
+                                   mean_grad_dual_norm=probe.mean_grad_dual_norm, **({"epochs": 4} if quick else {}))
 
     runs, records = [], []
     test_loader = DataLoader(test, batch_size=256)

@@ -24,17 +24,26 @@ One estimator per module: :mod:`.grid` (with the run records), :mod:`.finetune`,
 """
 
 from ..training import adversarial_loss
-from .clean_probe import DEFAULT_LADDER, default_finetune_eps, estimate_clean_probe, mean_input_grad_dual_norm
+from .clean_probe import (
+    DEFAULT_LADDER,
+    default_grid_eps,
+    estimate_clean_probe,
+    finetune_start,
+    mean_input_grad_dual_norm,
+)
+from .crossing import r_star_draws
 from .dispatch import METHODS, estimate_eps_star
 from .finetune import estimate_finetune
-from .grid import estimate_from_records, estimate_grid, r_star_draws
+from .grid import estimate_from_records, estimate_grid
 from .result import EpsStarEstimate, check_eps_grid, make_attack
+from .verify import verify_estimate
 
 __all__ = [
     "DEFAULT_LADDER",
     "METHODS",
     "EpsStarEstimate",
-    "default_finetune_eps",
+    "default_grid_eps",
+    "finetune_start",
     "adversarial_loss",
     "check_eps_grid",
     "estimate_clean_probe",
@@ -45,4 +54,5 @@ __all__ = [
     "make_attack",
     "mean_input_grad_dual_norm",
     "r_star_draws",
+    "verify_estimate",
 ]

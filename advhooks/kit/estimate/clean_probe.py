@@ -21,7 +21,7 @@ from ...monitor import ladder_lower_bound
 from ...schedules import format_eps
 from ...uncertainty import propagate
 from ..training import PassCounter, adversarial_loss
-from .grid import r_star_draws
+from .crossing import r_star_draws
 from .result import EpsStarEstimate, _cost, check_eps_grid, make_attack
 
 
@@ -116,15 +116,23 @@ def estimate_clean_probe(
 
 
 
-def default_finetune_eps(probe: EpsStarEstimate) -> list[float]:
-    """Fine-tuning strengths from a clean probe: its lower bound × (1/2, 1, 3/2, 2).
-
-    Falls back to the first-order estimate × (1/4, 1/2, 3/4, 1) when the ladder gave no lower bound.
-    """
+def finetune_start(probe: EpsStarEstimate) -> list[float]:
+    """Where the fine-tune's ladder starts: the clean probe's lower bound (the clean model is at or below R*(0)
+    there, and fine-tuning at that ε lowers R̂ further), else half the first-order estimate."""
     if probe.lower_bound:
-        return [probe.lower_bound * f for f in (0.5, 1.0, 1.5, 2.0)]
+        return [probe.lower_bound]
     if probe.first_order:
-        return [probe.first_order * f for f in (0.25, 0.5, 0.75, 1.0)]
+        return [probe.first_order / 2]
+    raise ValueError("the clean probe gave neither a lower bound nor a first-order estimate; pass eps explicitly")
+
+
+def default_grid_eps(probe: EpsStarEstimate) -> list[float]:
+    """The grid's strengths from a clean probe: its lower bound × (1/2, 1, 3/2, 2, 3, 4) (dense where ε* usually
+    is: between the bound and a few times it), else the first-order estimate × (1/4, 1/2, 3/4, 1, 3/2, 2)."""
+    if probe.lower_bound:
+        return [probe.lower_bound * f for f in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)]
+    if probe.first_order:
+        return [probe.first_order * f for f in (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)]
     raise ValueError("the clean probe gave neither a lower bound nor a first-order estimate; pass eps explicitly")
 
 

@@ -13,10 +13,17 @@ from torch.utils.data import Dataset
 from ...attacks.domain import Normalization
 from ...benchmark import CleanBenchmark, Recipe
 from ...uncertainty import DEFAULT_LEVEL
-from .clean_probe import DEFAULT_LADDER, default_finetune_eps, estimate_clean_probe, mean_input_grad_dual_norm
+from .clean_probe import (
+    DEFAULT_LADDER,
+    default_grid_eps,
+    estimate_clean_probe,
+    finetune_start,
+    mean_input_grad_dual_norm,
+)
 from .finetune import estimate_finetune
 from .grid import estimate_from_records, estimate_grid
 from .result import EpsStarEstimate, check_eps_grid
+from .verify import verify_estimate
 
 METHODS = ("grid", "finetune", "clean-probe", "records")
 
@@ -43,6 +50,7 @@ def estimate_eps_star(
     normalization: Normalization = None,
     level: float = DEFAULT_LEVEL,
     records_dir: str | os.PathLike | None = None,
+    verify: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> EpsStarEstimate:
     """ε* by any method, with its band: what ``advhooks estimate-eps-star`` runs, for Python callers.
@@ -54,15 +62,19 @@ def estimate_eps_star(
         model_factory / train_set / test_set / train_eval_set: the setting (``train_eval_set``: the training set
             without augmentation; default ``train_set``). Not needed for ``"records"``.
         records: run records (:meth:`PhaseMonitor.record`) for ``"records"``.
-        eps: the strengths (grid points, fine-tune points, or the probe's ladder); default: chosen from the
-            clean probe (fine-tune: its lower bound × (1/2, 1, 3/2, 2); grid: those and 4×).
+        eps: the strengths (grid points, the fine-tune's first points, or the probe's ladder); default: chosen
+            from the clean probe (fine-tune: starts at its lower bound and grows until R̂ crosses R*(0); grid:
+            the bound × (1/2, 1, 3/2, 2, 3, 4)).
         attack: ``"pgd"`` or ``"fgm"`` for training (default PGD).
-        epochs: the fine-tune's length (default 10), or the grid runs' (default: the benchmark's).
+        epochs: the fine-tune's length (default :data:`~advhooks.kit.estimate.finetune.EPOCHS`), or the grid
+            runs' (default: the benchmark's).
         lr / batch_size: default: the benchmark's recipe (:meth:`~advhooks.benchmark.Recipe.from_record`).
         records_dir: the grid's run records, each with its θ̂ weights beside it (only the grid writes any).
+        verify: after a fine-tune, one monitored run from scratch at the estimate (one grid run's cost); its
+            verdict is in ``verification`` (``near eps*`` confirms the estimate). Needs ``test_set``.
         Others: as in :func:`estimate_grid` and :func:`estimate_finetune`.
     """
-    method, attack = _check_request(method, attack, records, model_factory, train_set, test_set)
+    method, attack = _check_request(method, attack, records, model_factory, train_set, test_set, verify)
     if method == "records":
         return estimate_from_records(records, benchmark, level=level, seed=seed)
     grid = check_eps_grid(eps) if eps is not None else None
@@ -78,22 +90,20 @@ def estimate_eps_star(
         return probe
     recipe = Recipe.from_record(benchmark.training).with_given(lr=lr, batch_size=batch_size)
     shared = dict(runs=runs, seed=seed, train_eval_set=train_eval, level=level)
-    points = grid or _points_from_probe(method, probe)
     if method == "finetune":
         grad_norm = probe.mean_grad_dual_norm if probe else mean_input_grad_dual_norm(
             benchmark.load_weights_into(model_factory()), train_eval, norm, device=device, normalization=normalization)
-        result = estimate_finetune(model_factory, train_set, benchmark, points, epochs=epochs or 10, recipe=recipe,
-                                   mean_grad_dual_norm=grad_norm, **shared, **common)
+        result = estimate_finetune(model_factory, train_set, benchmark, grid or finetune_start(probe), recipe=recipe,
+                                   mean_grad_dual_norm=grad_norm, **({"epochs": epochs} if epochs else {}), **shared,
+                                   **common)
+        if verify:
+            verify_estimate(result, model_factory, train_set, test_set, benchmark, recipe=recipe, seed=seed,
+                            train_eval_set=train_eval, **common)
     else:
+        points = grid or default_grid_eps(probe)
         result = estimate_grid(model_factory, train_set, test_set, benchmark, points,
                                recipe=recipe.with_given(epochs=epochs), records_dir=records_dir, **shared, **common)
     return _with_probe(result, probe)
-
-
-def _points_from_probe(method: str, probe: EpsStarEstimate) -> list[float]:
-    """The fine-tune's strengths from the clean probe (its lower bound × (1/2, 1, 3/2, 2)); the grid adds 4×."""
-    points = default_finetune_eps(probe)
-    return points + [4 * probe.lower_bound] if method == "grid" and probe.lower_bound else points
 
 
 def _with_probe(result: EpsStarEstimate, probe: EpsStarEstimate | None) -> EpsStarEstimate:
@@ -106,11 +116,17 @@ def _with_probe(result: EpsStarEstimate, probe: EpsStarEstimate | None) -> EpsSt
 
 
 def _check_request(method: str, attack: str | None, records: Any, model_factory: Any, train_set: Any,
-                   test_set: Any) -> tuple[str, str]:
+                   test_set: Any, verify: bool) -> tuple[str, str]:
     """The method and the training attack, lower-cased, with what each method needs."""
     method = method.lower()
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if verify and method != "finetune":
+        raise ValueError(f"verify checks a fine-tune estimate with one run from scratch; method {method!r} has none "
+                         "to check (the grid's runs are from scratch already)")
+    if verify and test_set is None:
+        raise ValueError("verify needs test_set (the run from scratch keeps its epoch of smallest adversarial test "
+                         "loss)")
     if method == "records":
         if not records:
             raise ValueError("method 'records' needs run records")

@@ -8,10 +8,10 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -20,33 +20,47 @@ from ...attacks.domain import Normalization
 from ...benchmark import CleanBenchmark, Recipe, benchmark_reference
 from ...monitor import RUN_RECORD_SCHEMA, PhaseMonitor
 from ...schedules import format_eps
-from ...uncertainty import DEFAULT_LEVEL, bootstrap_means, normal_draws, propagate
+from ...uncertainty import DEFAULT_LEVEL
 from ..training import PassCounter, train_adversarially
-from .result import (
-    _RUN_LOG,
-    EpsStarEstimate,
-    _cost,
-    censored_crossing,
-    check_eps_grid,
-    interpolate_crossing,
-    make_attack,
-)
+from .crossing import fill_crossing
+from .result import _RUN_LOG, EpsStarEstimate, _cost, check_eps_grid, make_attack
 
 
-def _study_runs(grid: list[float], runs: int, seed: int, make_model: Callable[[], nn.Module], train_set: Dataset,
-                batch_size: int, device: torch.device, counter: PassCounter) -> Iterator[tuple]:
-    """Each ``(run, ε, model, loader)`` of a study: a model made under the run's seed, a loader shuffled with
-    it, and the model's forward passes counted while the caller uses it."""
-    for run in range(runs):
-        for e in grid:
-            torch.manual_seed(seed + 1000 * run)
-            model = make_model().to(device)
-            handle = model.register_forward_hook(counter.hook)
-            gen = torch.Generator().manual_seed(seed + 1000 * run)
-            try:
-                yield run, e, model, DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
-            finally:
-                handle.remove()
+@contextmanager
+def seeded_run(run: int, seed: int, make_model: Callable[[], nn.Module], train_set: Dataset, batch_size: int,
+               device: torch.device, counter: PassCounter) -> Iterator[tuple[nn.Module, DataLoader]]:
+    """One run of an estimator: ``(model, loader)``, the model made under the run's seed (``seed + 1000 · run``),
+    the loader shuffled with it, and the model's forward passes counted while the caller uses it."""
+    torch.manual_seed(seed + 1000 * run)
+    model = make_model().to(device)
+    handle = model.register_forward_hook(counter.hook)
+    gen = torch.Generator().manual_seed(seed + 1000 * run)
+    try:
+        yield model, DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
+    finally:
+        handle.remove()
+
+
+def monitored_run(model_factory: Callable[[], nn.Module], train_set: Dataset, test_set: Dataset,
+                  benchmark: CleanBenchmark, eps: float, *, run: int, seed: int, recipe: Recipe, attack: str, norm: str,
+                  steps: int, normalization: Normalization, train_subset: int | None, train_eval_set: Dataset | None,
+                  device: torch.device, counter: PassCounter,
+                  progress: Callable[[str], None] | None) -> tuple[PhaseMonitor, list[dict[str, Any]]]:
+    """One adversarial run from scratch at ``eps`` with ``recipe`` under a :class:`~advhooks.monitor.PhaseMonitor`
+    that keeps θ̂(ε) (smallest adversarial test loss) and evaluates R̂ at its weights: a grid point, or the
+    check of an estimate. Returns the monitor (its record, its last report) and the epochs' history."""
+    with seeded_run(run, seed, model_factory, train_set, recipe.batch_size, device, counter) as (model, loader):
+        atk = make_attack(attack if eps > 0 else "pgd", eps, norm, steps, normalization)
+        eval_attack = make_attack("pgd", eps, norm, steps, normalization)
+        monitor = PhaseMonitor(benchmark, eps=eps, total_epochs=recipe.epochs, attack=eval_attack, logger=_RUN_LOG,
+                               recipe={**recipe.to_dict(), "run": run, "seed": seed + 1000 * run})
+        monitor.evaluate_with(model, train_eval_set or train_set, test_set, train_subset=train_subset, seed=seed,
+                              device=device)
+        history = train_adversarially(model, loader, atk, eps, recipe.epochs, recipe.lr, decay=True, device=device,
+                                      counter=counter, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                                      monitor=monitor, progress=progress)
+        monitor.evaluate_rhat()  # a no-op after the last planned epoch; a run cut short evaluates θ̂'s R̂ here
+    return monitor, history
 
 
 def estimate_grid(
@@ -91,21 +105,16 @@ def estimate_grid(
     recipe = recipe or Recipe.from_record(benchmark.training)
     start, counter = time.perf_counter(), PassCounter()
     records = []
-    for run, e, model, train_loader in _study_runs(grid, runs, seed, model_factory, train_set, recipe.batch_size,
-                                                   device, counter):
-        atk = make_attack(attack if e > 0 else "pgd", e, norm, steps, normalization)
-        eval_attack = make_attack("pgd", e, norm, steps, normalization)
-        monitor = PhaseMonitor(benchmark, eps=e, total_epochs=recipe.epochs, attack=eval_attack, logger=_RUN_LOG,
-                               recipe={**recipe.to_dict(), "run": run, "seed": seed + 1000 * run})
-        monitor.evaluate_with(model, train_eval_set or train_set, test_set, train_subset=train_subset, seed=seed,
-                              device=device)
-        train_adversarially(model, train_loader, atk, e, recipe.epochs, recipe.lr, decay=True, device=device,
-                            counter=counter, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-                            monitor=monitor, progress=progress)
-        monitor.evaluate_rhat()  # a no-op after the last planned epoch; a run cut short evaluates θ̂'s R̂ here
-        records.append(monitor.record())
-        if records_dir is not None:  # with θ̂'s weights beside it, for `advhooks connectivity --checkpoint`
-            monitor.save_record(Path(records_dir) / f"eps{e * 255:.4g}-run{run}.json", weights=e > 0)
+    for run in range(runs):
+        for e in grid:
+            monitor, _ = monitored_run(model_factory, train_set, test_set, benchmark, e, run=run, seed=seed,
+                                       recipe=recipe, attack=attack, norm=norm, steps=steps,
+                                       normalization=normalization, train_subset=train_subset,
+                                       train_eval_set=train_eval_set, device=device, counter=counter,
+                                       progress=progress)
+            records.append(monitor.record())
+            if records_dir is not None:  # with θ̂'s weights beside it, for `advhooks connectivity --checkpoint`
+                monitor.save_record(Path(records_dir) / f"eps{e * 255:.4g}-run{run}.json", weights=e > 0)
     est = estimate_from_records(records, benchmark, include_clean=include_clean, level=level, seed=seed)
     est.method = "grid"
     est.settings = dict(eps=grid, attack=attack, steps=steps, epochs=recipe.epochs, lr=recipe.lr,
@@ -147,13 +156,6 @@ def _check_records(records: Sequence[Mapping[str, Any]], benchmark: CleanBenchma
         raise ValueError("the records come from different recipes: " + " | ".join(sorted(recipes)))
 
 
-def r_star_draws(benchmark: CleanBenchmark, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """Draws of R*(0): the bootstrap of the stored per-sample test losses, else normal with its s.e."""
-    if benchmark.test_losses is not None and benchmark.test_losses.numel() > 1:
-        return bootstrap_means(benchmark.test_losses.double().numpy(), draws, rng)
-    return normal_draws([benchmark.clean_test_loss], [benchmark.test_loss_stderr], draws, rng)[:, 0]
-
-
 def estimate_from_records(records: Sequence[Mapping[str, Any]], benchmark: CleanBenchmark, *,
                           include_clean: bool = True, level: float = DEFAULT_LEVEL, draws: int = 2000,
                           seed: int = 0, vary: tuple[str, ...] = ("run", "seed")) -> EpsStarEstimate:
@@ -171,10 +173,8 @@ def estimate_from_records(records: Sequence[Mapping[str, Any]], benchmark: Clean
         ValueError: records of another benchmark, of mixed norms or recipes, or not run records.
     """
     _check_records(records, benchmark, vary)
-    r_star = benchmark.clean_test_loss
     norm = next((r.get("norm") for r in records if r.get("norm")), "linf")
-    est = EpsStarEstimate("records", None, r_star, norm, level=level)
-    per_eps: dict[float, list[tuple[float, float]]] = {}
+    est = EpsStarEstimate("records", None, benchmark.clean_test_loss, norm, level=level)
     for rec in records:
         point = _record_point(rec)
         run = (rec.get("recipe") or {}).get("run", 0)  # records without a run index are one set of runs
@@ -186,63 +186,7 @@ def estimate_from_records(records: Sequence[Mapping[str, Any]], benchmark: Clean
         est.points.append({"eps": e, "run": run, "loss": loss, "stderr": se, "epoch": rec.get("early_stopped_epoch"),
                            "kind": rec["rhat"].get("kind"),
                            "rhat_seconds": (rec.get("evaluation_seconds") or {}).get("rhat")})
-        per_eps.setdefault(e, []).append((loss, se))
-    xs, ys, ses = [], [], []
-    if include_clean and benchmark.clean_train_loss is not None and 0.0 not in per_eps:
-        xs, ys, ses = [0.0], [benchmark.clean_train_loss], [0.0]
-    for e in sorted(per_eps):
-        values = np.array([v for v, _ in per_eps[e]])
-        sampling = np.array([se for _, se in per_eps[e]])
-        spread = values.var(ddof=1) if values.size > 1 else 0.0
-        xs.append(e)
-        ys.append(float(values.mean()))
-        ses.append(float(math.sqrt((np.mean(sampling ** 2) + spread) / values.size)))
-    est.value, est.bracket = interpolate_crossing(xs, ys, r_star)
-    if est.value is not None and est.bracket[0] == 0.0 and len([e for e in per_eps if e > 0]) < 2:
-        est.warnings.append("eps* is interpolated between the clean point (eps 0) and a single adversarial run: the "
-                            "straight line between them is a guess; add runs around eps*")
-    rng = np.random.default_rng(seed)
-    samples = np.column_stack([r_star_draws(benchmark, draws, rng), normal_draws(ys, ses, draws, rng)])
-    est.interval = propagate(lambda row: censored_crossing(xs, list(row[1:]), row[0]), samples, level=level)
-    if est.interval is not None and est.value is not None and est.interval[1] >= xs[-1]:
-        est.warnings.append(f"the band reaches the largest eps {format_eps(xs[-1])}: eps* may lie beyond it; "
-                            "add a larger eps to bound it")
-    est.per_run = _per_run_crossings(est.points, xs, ys, r_star)
-    if len(est.per_run) > 1:
-        est.spread = float(np.std(est.per_run, ddof=1))
-    if est.value is None and ys:
-        est.bracket, warning = _unbracketed(xs, ys, r_star)
-        est.warnings.append(warning)
-    if est.value is not None and est.interval is None:
-        est.warnings.append("the band is undefined: in most draws the loss curve does not cross R*(0) inside the grid")
+    fill_crossing(est, benchmark, include_clean=include_clean, draws=draws, seed=seed)
     return est
-
-
-def _per_run_crossings(points: list[dict[str, Any]], xs: list[float], ys: list[float], r_star: float) -> list[float]:
-    """Each run's own crossing (with the shared clean point at ε = 0), when there are several runs."""
-    runs = sorted({p["run"] for p in points})
-    out = []
-    for run in runs if len(runs) > 1 else []:
-        pts = sorted((p["eps"], p["loss"]) for p in points if p["run"] == run and p.get("loss") is not None)
-        clean = [(xs[0], ys[0])] if xs and xs[0] == 0.0 else []
-        value, _ = interpolate_crossing(*map(list, zip(*(clean + pts), strict=True)), r_star) if pts else (None, None)
-        if value is not None:
-            out.append(value)
-    return out
-
-
-def _unbracketed(xs: list[float], ys: list[float], r_star: float) -> tuple[tuple, str]:
-    """Where ε* lies when the curve does not cross R*(0) inside the grid, and the warning that says so."""
-    if all(v > r_star for v in ys) and xs[0] == 0.0:
-        return (None, 0.0), (f"even the clean model's own training loss ({ys[0]:.4f}, eps = 0) is above R*(0) = "
-                             f"{r_star:.4f}: the benchmark's clean model is not fitted (Delta <= 0), so nothing can "
-                             "be measured against it; record the benchmark with more epochs")
-    if all(v > r_star for v in ys):
-        return (None, xs[0]), (f"the grid does not bracket the crossing: every loss is above R*(0) = {r_star:.4f}, "
-                               f"so eps* < {format_eps(xs[0])}; add smaller eps")
-    if all(v <= r_star for v in ys):
-        return (xs[-1], None), (f"the grid does not bracket the crossing: every loss is at or below R*(0) = "
-                                f"{r_star:.4f}, so eps* > {format_eps(xs[-1])}; add larger eps")
-    return None, "the losses are not increasing in eps where they cross R*(0); no interpolation"
 
 

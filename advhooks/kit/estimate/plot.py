@@ -12,7 +12,7 @@ __all__ = ["plot_estimate"]
 
 
 def plot_estimate(est: EpsStarEstimate, path: str | os.PathLike, unit: float = 1 / 255) -> Path:
-    """Adversarial training loss against ε with the R*(0) line, the points, the fit and the ε* marker.
+    """Adversarial training loss against ε with the R*(0) line, the points (one line per run) and the ε* marker.
 
     Args:
         est: an estimate from :mod:`advhooks.kit.estimate`.
@@ -26,16 +26,10 @@ def plot_estimate(est: EpsStarEstimate, path: str | os.PathLike, unit: float = 1
     pts = [p for p in est.points if p.get("loss") is not None]
     runs = sorted({p.get("run", 0) for p in pts})
     for run in runs:
-        xs = [p["eps"] * scale for p in pts if p.get("run", 0) == run]
-        ys = [p["loss"] for p in pts if p.get("run", 0) == run]
-        ax.plot(xs, ys, "o" if est.method == "finetune" else "o-", alpha=0.8,
+        mine = sorted((p["eps"], p["loss"]) for p in pts if p.get("run", 0) == run)
+        ax.plot([e * scale for e, _ in mine], [v for _, v in mine], "o-", alpha=0.8,
                 label="adversarial training loss" if run == runs[0] else None, color="tab:blue")
     ax.axhline(est.clean_test_loss, color="tab:green", ls="--", label=f"R*(0) = {est.clean_test_loss:.4f}")
-    if est.fit:
-        hi = max([p["eps"] for p in pts] + [est.value or 0.0]) * 1.1
-        xs = [0.0, hi]
-        ax.plot([x * scale for x in xs], [est.fit["intercept"] + est.fit["slope"] * x for x in xs], color="tab:orange",
-                label=f"fit a + bε (b = {est.fit['slope']:.3g})")
     if est.value is not None:
         ax.axvline(est.value * scale, color="tab:red", ls=":", label=f"{est.method} ε* = {est.value * scale:.3g}/255")
         ax.plot([est.value * scale], [est.clean_test_loss], "*", color="tab:red", markersize=14)

@@ -36,10 +36,14 @@ class EpsStarEstimate:
         points: the measured ``{"eps", "loss", "run", ...}`` points (failed runs carry ``"failed"``).
         per_run: the estimate of each run (fine-tune, grid with runs > 1).
         spread: standard deviation of ``per_run`` (``None`` with one run).
-        bracket: for the grid, the two ε around the crossing; for the clean probe, ``(lower bound, None)``.
-        fit: for the fine-tune, the mean ``intercept``, ``slope`` and RMS ``residual`` of the line.
+        bracket: for the grid and the fine-tune, the two ε around the crossing (``(largest ε, None)`` when
+            extrapolated); for the clean probe, ``(lower bound, None)``.
+        extrapolated: the fine-tune's ladder reached its cap still below R*(0), so ``value`` is extrapolated.
+        verification: the verdict of one monitored run from scratch at ``value``
+            (:func:`~advhooks.kit.estimate.verify.verify_estimate`; ``"confirms"`` when it reads ``near eps*``).
         lower_bound / first_order: the clean probe's two figures.
-        consistency: fine-tune slope / mean‖∇ₓℓ(θ̂(0))‖_* when both are known (≈ 1 expected).
+        consistency: the fine-tune's slope at small ε (clean point to its first point) / mean‖∇ₓℓ(θ̂(0))‖_*, when
+            both are known (≈ 1 expected to first order).
         seconds: wall time; forward_samples / backward_samples: per-sample passes through the model;
         train_set_passes: (forward + backward samples) / (2 · n_train), in epochs of clean training.
         warnings: what the reader should know.
@@ -55,7 +59,8 @@ class EpsStarEstimate:
     per_run: list[float] = field(default_factory=list)
     spread: float | None = None
     bracket: tuple[float | None, float | None] | None = None
-    fit: dict[str, float] | None = None
+    extrapolated: bool = False
+    verification: dict[str, Any] | None = None
     lower_bound: float | None = None
     first_order: float | None = None
     mean_grad_dual_norm: float | None = None
@@ -93,11 +98,8 @@ class EpsStarEstimate:
             rows.append(("spread over runs (sd)", u(self.spread)))
         if self.per_run and len(self.per_run) > 1:
             rows.append(("per run", ", ".join(format_eps(v) for v in self.per_run)))
-        if self.bracket and self.method == "grid":
+        if self.bracket and self.method in ("grid", "records", "finetune"):
             rows.append(("bracket", f"{u(self.bracket[0])} .. {u(self.bracket[1])}"))
-        if self.fit:
-            rows.append(("fit", f"loss = {self.fit['intercept']:.4f} + {self.fit['slope']:.4g} eps, "
-                                f"residual {self.fit['residual']:.2g}"))
         if self.lower_bound is not None or self.first_order is not None:
             rows.append(("clean-probe lower bound", u(self.lower_bound)))
             rows.append(("first-order estimate", u(self.first_order)))
@@ -106,6 +108,11 @@ class EpsStarEstimate:
         rows.append(("points", "; ".join(f"{format_eps(p['eps'])}: {p['loss']:.4f}" if p.get("loss") is not None
                                          else f"{format_eps(p['eps'])}: failed" for p in self.points)))
         rows.append(("cost", f"{self.seconds:.1f} s, {self.train_set_passes:.0f} training-set passes"))
+        if self.verification:
+            v = self.verification
+            low, high = v["ratio_interval"]
+            rows.append(("check: run from scratch", f"at {u(v['eps'])}: rho {v['ratio']:.3f} [{low:.3f}, {high:.3f}], "
+                                                    f"{v['regime']}: {v['meaning']} ({v['seconds']:.1f} s)"))
         rows += [("warning", w) for w in self.warnings]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -147,31 +154,3 @@ def _cost(est: EpsStarEstimate, counter: PassCounter, start: float, n_train: int
     est.forward_samples, est.backward_samples = counter.forward, counter.backward
     est.train_set_passes = (counter.forward + counter.backward) / (2 * max(n_train, 1))
     return est
-
-
-def censored_crossing(eps: list[float], losses: list[float], target: float) -> float | None:
-    """The crossing of one Monte-Carlo draw; a draw whose curve stays below ``target`` counts as the grid's end.
-
-    Dropping such draws would bias the band low (they are the draws where ε* is largest), so they are kept
-    at the largest ε, and the band then says it reaches the grid's edge. Draws above ``target`` from the
-    first point on count as the first ε.
-    """
-    value, _ = interpolate_crossing(eps, losses, target)
-    if value is not None:
-        return value
-    if all(v <= target for v in losses):
-        return eps[-1]
-    if all(v > target for v in losses):
-        return eps[0]
-    return None
-
-
-def interpolate_crossing(eps: list[float], losses: list[float], target: float):
-    """ε where the piecewise-linear L(ε) first crosses ``target`` from below, and the bracketing pair."""
-    points = list(zip(eps, losses, strict=True))
-    for (e0, l0), (e1, l1) in zip(points, points[1:], strict=False):
-        if l0 <= target < l1:
-            return e0 + (target - l0) * (e1 - e0) / (l1 - l0), (e0, e1)
-    return None, None
-
-

@@ -31,8 +31,8 @@ the table).
 
 from .fgsm import fgsm_threshold
 from .run import run_study
-from .settings import STUDY_SCHEMA, StudySettings, Unit
+from .settings import STUDY_SCHEMA, StudySettings, Unit, finetune_epochs_of
 from .summary import StudyRow, compare, format_study, summarise
 
-__all__ = ["STUDY_SCHEMA", "StudyRow", "StudySettings", "Unit", "compare", "fgsm_threshold", "format_study",
-           "run_study", "summarise"]
+__all__ = ["STUDY_SCHEMA", "StudyRow", "StudySettings", "Unit", "compare", "fgsm_threshold", "finetune_epochs_of",
+           "format_study", "run_study", "summarise"]

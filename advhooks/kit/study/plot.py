@@ -29,8 +29,10 @@ def _series(ax, rows: Sequence[dict[str, Any]], x_key: str, group_key: str, labe
         grid = [(r[x_key] * dodge, r["grid"] * 255) for r in chosen if r.get("grid") is not None]
         if grid:
             ax.plot(*zip(*grid, strict=True), "x", color=ax.lines[-1].get_color(), ms=8)
+    seeds = max((len(r.get("grid_per_seed") or []) for r in rows), default=0)
     if any(r.get("grid") is not None for r in rows):
-        ax.plot([], [], "x", color="k", ms=8, label="grid check (first seed)")
+        ax.plot([], [], "x", color="k", ms=8,
+                label="grid check (first seed)" if seeds <= 1 else f"grid check (mean of {seeds} seeds)")
 
 
 def plot_study(result: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ...benchmark import Recipe
 from ...uncertainty import DEFAULT_LEVEL
 from ..estimate import check_eps_grid
+from ..estimate.finetune import EPOCHS
 
 STUDY_SCHEMA = "advhooks.study-unit/1"
 
@@ -17,7 +18,8 @@ class StudySettings:
 
     ``widths`` entries are the model builder's size argument (``None``: its default). ``recipe`` is how the clean
     runs (and the grid's) train (default :class:`~advhooks.benchmark.Recipe`'s); ``finetune_epochs`` the
-    fine-tune's length.
+    fine-tune's length (``None``: the estimator's default). ``check_grid``: also the grid (training from scratch at
+    each ε) for the first seed of each configuration (``True`` or ``"first"``) or for every seed (``"all"``).
     ``fgsm_eps``: the FGSM probe's increasing strengths (empty: no probe). ``customary_eps``: the ε people
     would use on this data, shown as its ratio to ε*.
     """
@@ -26,16 +28,19 @@ class StudySettings:
     fractions: tuple[float, ...]
     seeds: tuple[int, ...]
     method: str = "finetune"
-    check_grid: bool = False
+    check_grid: bool | str = False
     fgsm_eps: tuple[float, ...] = ()
     recipe: Recipe = Recipe()
-    finetune_epochs: int = 10
+    finetune_epochs: int | None = None
     norm: str = "linf"
     split_seed: int = 0
     customary_eps: float | None = None
     level: float = DEFAULT_LEVEL
 
     def __post_init__(self) -> None:
+        if self.check_grid not in (False, True, "first", "all"):
+            raise ValueError(f"check_grid must be False, True, 'first' or 'all', got {self.check_grid!r}")
+        object.__setattr__(self, "check_grid", {True: "first", False: False}.get(self.check_grid, self.check_grid))
         self._check_grid()
         self._check_recipe()
 
@@ -66,7 +71,7 @@ class StudySettings:
             raise ValueError(f"customary_eps must be > 0, got {self.customary_eps}")
         if not isinstance(self.recipe, Recipe):
             raise TypeError(f"recipe must be an advhooks.benchmark.Recipe, got {type(self.recipe).__name__}")
-        if self.finetune_epochs < 1:
+        if self.finetune_epochs is not None and self.finetune_epochs < 1:
             raise ValueError(f"finetune_epochs must be >= 1, got {self.finetune_epochs}")
 
     def units(self) -> list[Unit]:
@@ -76,8 +81,11 @@ class StudySettings:
         return runs + probes
 
     def grid_checked(self, unit: Unit) -> bool:
-        """Whether ``unit`` also runs the grid check (the first seed of each configuration, with ``check_grid``)."""
-        return unit.kind == "run" and self.check_grid and unit.seed == self.seeds[0] and self.method != "grid"
+        """Whether ``unit`` also runs the grid check (with ``check_grid``: the first seed of each configuration, or
+        every seed with ``"all"``)."""
+        if unit.kind != "run" or not self.check_grid or self.method == "grid":
+            return False
+        return self.check_grid == "all" or unit.seed == self.seeds[0]
 
 
 @dataclass(frozen=True)
@@ -101,3 +109,8 @@ class Unit:
         return [self.kind, self.width, self.fraction, *([] if self.seed is None else [self.seed])]
 
 
+
+
+def finetune_epochs_of(settings: StudySettings) -> int:
+    """The fine-tune's length a study runs: its ``finetune_epochs``, else the estimator's default."""
+    return settings.finetune_epochs or EPOCHS

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from ...benchmark import dataset_fingerprint, model_fingerprint
 from ..estimate import estimate_eps_star
-from .settings import STUDY_SCHEMA, StudySettings, Unit
+from .settings import STUDY_SCHEMA, StudySettings, Unit, finetune_epochs_of
 
 
 def estimate_as_json(method: str, bench: Any, **kwargs: Any) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def unit_recipe(settings: StudySettings, unit: Unit) -> dict[str, Any]:
         keep = ("method", "norm", "split_seed", "level")
         out = {k: getattr(settings, k) for k in keep} | recipe | {"grid_check": settings.grid_checked(unit)}
         if settings.method == "finetune":
-            out["finetune_epochs"] = settings.finetune_epochs
+            out["finetune_epochs"] = finetune_epochs_of(settings)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 

@@ -32,6 +32,7 @@ class StudyRow:
     customary_ratio_interval: tuple[float, float] | None = None
     grid: float | None = None
     grid_interval: tuple[float, float] | None = None
+    grid_per_seed: list[float | None] = field(default_factory=list)
     fgsm: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -71,10 +72,12 @@ def row_of(settings: StudySettings, width: int | None, fraction: float, units: l
         if row.interval and row.interval[0] > 0:
             row.customary_ratio_interval = (settings.customary_eps / row.interval[1],
                                             settings.customary_eps / row.interval[0])
-    grids = [u["grid"] for u in units if u.get("grid")]
-    if grids:
-        row.grid = grids[0]["value"]
-        row.grid_interval = tuple(grids[0]["interval"]) if grids[0]["interval"] else None
+    grids = [u["grid"] for u in units if u.get("grid")]  # the first seed's, or every seed's (check_grid "all")
+    row.grid_per_seed = [g["value"] for g in grids]
+    checked = [(g["value"], tuple(g["interval"]) if g["interval"] else None) for g in grids if g["value"] is not None]
+    if checked:
+        row.grid = float(np.mean([v for v, _ in checked]))
+        row.grid_interval = _combined_band([v for v, _ in checked], [b for _, b in checked], settings.level)
     for unit in units:
         row.warnings += [f"seed {unit['seed']}: {w}" for w in unit["estimate"]["warnings"]]
     return row
@@ -96,7 +99,15 @@ def summarise(settings: StudySettings, units: dict[str, dict]) -> list[StudyRow]
 
 def compare(rows: Sequence[StudyRow]) -> list[dict[str, Any]]:
     """For configurations that differ in one factor (adjacent widths, or adjacent fractions), whether their
-    ε* bands overlap: resolved (they do not) or not at this number of seeds."""
+    ε* bands overlap: resolved (they do not) or not at this number of seeds; the estimate's, then (when every
+    seed ran the grid) the grid's."""
+    out = _compare(rows, "estimate", lambda r: (r.eps_star, r.interval))
+    if rows and all(len(r.grid_per_seed) == len(r.seeds) > 1 for r in rows):
+        out += _compare(rows, "grid", lambda r: (r.grid, r.grid_interval))
+    return out
+
+
+def _compare(rows: Sequence[StudyRow], estimator: str, of: Any) -> list[dict[str, Any]]:
     out = []
     by_key = {(r.width, r.fraction): r for r in rows}
     widths = list(dict.fromkeys(r.width for r in rows))
@@ -104,12 +115,10 @@ def compare(rows: Sequence[StudyRow]) -> list[dict[str, Any]]:
     pairs = [(by_key[(w0, f)], by_key[(w1, f)], "width") for f in fractions for w0, w1 in pairwise(widths)]
     pairs += [(by_key[(w, f0)], by_key[(w, f1)], "fraction") for w in widths for f0, f1 in pairwise(fractions)]
     for a, b, factor in pairs:
-        if a.interval is None or b.interval is None:
-            overlap = None
-        else:
-            overlap = a.interval[0] <= b.interval[1] and b.interval[0] <= a.interval[1]
-        out.append({"factor": factor, "from": _label(a), "to": _label(b), "eps_star": [a.eps_star, b.eps_star],
-                    "intervals": [a.interval, b.interval], "overlap": overlap})
+        (va, ia), (vb, ib) = of(a), of(b)
+        overlap = None if ia is None or ib is None else ia[0] <= ib[1] and ib[0] <= ia[1]
+        out.append({"estimator": estimator, "factor": factor, "from": _label(a), "to": _label(b),
+                    "eps_star": [va, vb], "intervals": [ia, ib], "overlap": overlap})
     return out
 
 
@@ -142,7 +151,9 @@ def format_study(result: dict[str, Any]) -> str:
     value = "eps* lower bound" if settings.get("method") == "clean-probe" else "eps*"
     header = ["width", "fraction", "n_train", "R*(0) (s.e.)", "Delta", f"{value} x255 [{level} band]"]
     header += [f"{customary * 255:.3g}/255 / eps*"] if customary else []
-    header += ["grid eps* x255"] if any(r.grid is not None for r in rows) else []
+    grid_seeds = max((len(r.grid_per_seed) for r in rows), default=0)
+    grid_header = f"grid eps* x255 ({'first seed' if grid_seeds == 1 else f'{grid_seeds} seeds'})"
+    header += [grid_header] if any(r.grid is not None for r in rows) else []
     header += ["FGSM unstable eps x255"] if any(r.fgsm for r in rows) else []
     table = [header]
     for r in rows:
@@ -153,7 +164,7 @@ def format_study(result: dict[str, Any]) -> str:
             ratio = r.customary_ratio_interval
             cells.append("-" if r.customary_ratio is None else f"{r.customary_ratio:.3g}" +
                          ("" if ratio is None else f" [{ratio[0]:.3g}, {ratio[1]:.3g}]"))
-        if "grid eps* x255" in header:
+        if grid_header in header:
             cells.append(_eps255(r.grid) + _band255(r.grid_interval))
         if "FGSM unstable eps x255" in header:
             cells.append(_fgsm_cell(r.fgsm))
@@ -169,7 +180,8 @@ def format_study(result: dict[str, Any]) -> str:
             verdict = f"the bands overlap: not resolved at {seeds} seed{'s' if seeds > 1 else ''}"
         else:
             verdict = f"the bands do not overlap: eps* {'grows' if b > a else 'shrinks'} (resolved)"
-        lines.append(f"{c['from']} -> {c['to']}: {_eps255(a)} -> {_eps255(b)}/255, {verdict}")
+        who = "grid: " if c.get("estimator") == "grid" else ""
+        lines.append(f"{who}{c['from']} -> {c['to']}: {_eps255(a)} -> {_eps255(b)}/255, {verdict}")
     for r in rows:
         if r.fgsm and r.fgsm["threshold"] is not None and r.eps_star is not None:
             relation = "below" if r.eps_star < r.fgsm["threshold"] else "NOT below"

@@ -1,0 +1,157 @@
+"""Where the curve R̂(ε) crosses R*(0), with its band: one definition for the grid, the run records and the
+fine-tune (each gives measured points ``{"eps", "run", "loss", "stderr"}``; this turns them into ε*)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ...benchmark import CleanBenchmark
+from ...schedules import format_eps
+from ...uncertainty import bootstrap_means, normal_draws, propagate
+from .result import EpsStarEstimate
+
+
+def r_star_draws(benchmark: CleanBenchmark, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Draws of R*(0): the bootstrap of the stored per-sample test losses, else normal with its s.e."""
+    if benchmark.test_losses is not None and benchmark.test_losses.numel() > 1:
+        return bootstrap_means(benchmark.test_losses.double().numpy(), draws, rng)
+    return normal_draws([benchmark.clean_test_loss], [benchmark.test_loss_stderr], draws, rng)[:, 0]
+
+
+def interpolate_crossing(eps: list[float], losses: list[float], target: float):
+    """ε where the piecewise-linear L(ε) first crosses ``target`` from below, and the bracketing pair."""
+    points = list(zip(eps, losses, strict=True))
+    for (e0, l0), (e1, l1) in zip(points, points[1:], strict=False):
+        if l0 <= target < l1:
+            return e0 + (target - l0) * (e1 - e0) / (l1 - l0), (e0, e1)
+    return None, None
+
+
+def extrapolate_crossing(eps: list[float], losses: list[float], target: float) -> float | None:
+    """Where the line through the last two points reaches ``target``, for a curve still at or below it at its end
+    (``None`` when that line does not rise)."""
+    if len(eps) < 2 or losses[-1] <= losses[-2]:
+        return None
+    slope = (losses[-1] - losses[-2]) / (eps[-1] - eps[-2])
+    return eps[-1] + (target - losses[-1]) / slope
+
+
+def censored_crossing(eps: list[float], losses: list[float], target: float) -> float | None:
+    """The crossing of one Monte-Carlo draw; a draw whose curve stays below ``target`` counts as the grid's end.
+
+    Dropping such draws would bias the band low (they are the draws where ε* is largest), so they are kept
+    at the largest ε, and the band then says it reaches the grid's edge. Draws above ``target`` from the
+    first point on count as the first ε.
+    """
+    value, _ = interpolate_crossing(eps, losses, target)
+    if value is not None:
+        return value
+    if all(v <= target for v in losses):
+        return eps[-1]
+    if all(v > target for v in losses):
+        return eps[0]
+    return None
+
+
+def extrapolated_crossing(eps: list[float], losses: list[float], target: float) -> float | None:
+    """The crossing of one Monte-Carlo draw of a curve that may end below ``target`` (a fine-tune ladder stopped at
+    its cap): interpolated where it crosses, else extrapolated as the estimate itself was."""
+    value, _ = interpolate_crossing(eps, losses, target)
+    if value is None and all(v <= target for v in losses):
+        return extrapolate_crossing(eps, losses, target)
+    return value
+
+
+def curve_of(points: Sequence[dict[str, Any]], benchmark: CleanBenchmark,
+             include_clean: bool = True) -> tuple[list[float], list[float], list[float]]:
+    """The curve (ε, mean R̂, its s.e.) of measured points: runs at one ε averaged, the s.e. combining their
+    sampling errors and their spread; with ``include_clean`` the benchmark's own point (0, R̂(θ̂(0), 0)) first."""
+    per_eps: dict[float, list[tuple[float, float]]] = {}
+    for p in points:
+        if p.get("loss") is not None:
+            per_eps.setdefault(float(p["eps"]), []).append((float(p["loss"]), float(p.get("stderr") or 0.0)))
+    xs, ys, ses = [], [], []
+    if include_clean and benchmark.clean_train_loss is not None and 0.0 not in per_eps:
+        xs, ys, ses = [0.0], [benchmark.clean_train_loss], [0.0]
+    for e in sorted(per_eps):
+        values = np.array([v for v, _ in per_eps[e]])
+        sampling = np.array([se for _, se in per_eps[e]])
+        spread = values.var(ddof=1) if values.size > 1 else 0.0
+        xs.append(e)
+        ys.append(float(values.mean()))
+        ses.append(float(math.sqrt((np.mean(sampling ** 2) + spread) / values.size)))
+    return xs, ys, ses
+
+
+def fill_crossing(est: EpsStarEstimate, benchmark: CleanBenchmark, *, include_clean: bool = True,
+                  extrapolate: bool = False, draws: int = 2000, seed: int = 0) -> None:
+    """ε* of ``est.points``: where the piecewise-linear curve (:func:`curve_of`) crosses R*(0), its bracket, its band
+    (R*(0) drawn from the benchmark's bootstrap, every point from its error, the crossings' quantiles at
+    ``est.level``), each run's own crossing and what the reader should know, all written into ``est``.
+
+    ``extrapolate``: a curve that stays below R*(0) is extrapolated from its last two points (said in a warning)
+    instead of left without a value.
+    """
+    r_star = benchmark.clean_test_loss
+    xs, ys, ses = curve_of(est.points, benchmark, include_clean)
+    if not any(e > 0 for e in xs):
+        est.warnings.append("no usable point at eps > 0 (every run failed?): no curve to cross R*(0)")
+        return
+    est.value, est.bracket = interpolate_crossing(xs, ys, r_star)
+    if est.value is None and extrapolate and ys and all(v <= r_star for v in ys):
+        est.value = extrapolate_crossing(xs, ys, r_star)
+        if est.value is not None:
+            est.bracket, est.extrapolated = (xs[-1], None), True
+            est.warnings.append(f"extrapolated: R-hat is still below R*(0) at the largest eps {format_eps(xs[-1])}; "
+                                f"the line through the last two points reaches it at {format_eps(est.value)}")
+    adversarial = sorted({e for e in xs if e > 0})
+    if est.value is not None and est.bracket[0] == 0.0 and len(adversarial) < 2:
+        est.warnings.append("eps* is interpolated between the clean point (eps 0) and a single adversarial run: the "
+                            "straight line between them is a guess; add runs around eps*")
+    rng = np.random.default_rng(seed)
+    samples = np.column_stack([r_star_draws(benchmark, draws, rng), normal_draws(ys, ses, draws, rng)])
+    crossing = extrapolated_crossing if extrapolate else censored_crossing
+    est.interval = propagate(lambda row: crossing(xs, list(row[1:]), row[0]), samples, level=est.level)
+    if not extrapolate and est.interval is not None and est.value is not None and est.interval[1] >= xs[-1]:
+        est.warnings.append(f"the band reaches the largest eps {format_eps(xs[-1])}: eps* may lie beyond it; "
+                            "add a larger eps to bound it")
+    est.per_run = _per_run_crossings(est.points, xs, ys, r_star)
+    if len(est.per_run) > 1:
+        est.spread = float(np.std(est.per_run, ddof=1))
+    if est.value is None and ys:
+        est.bracket, warning = _unbracketed(xs, ys, r_star)
+        est.warnings.append(warning)
+    if est.value is not None and est.interval is None:
+        est.warnings.append("the band is undefined: in most draws the loss curve does not cross R*(0) inside the grid")
+
+
+def _per_run_crossings(points: list[dict[str, Any]], xs: list[float], ys: list[float], r_star: float) -> list[float]:
+    """Each run's own crossing (with the shared clean point at ε = 0), when there are several runs."""
+    runs = sorted({p["run"] for p in points})
+    out = []
+    for run in runs if len(runs) > 1 else []:
+        pts = sorted((p["eps"], p["loss"]) for p in points if p["run"] == run and p.get("loss") is not None)
+        clean = [(xs[0], ys[0])] if xs and xs[0] == 0.0 else []
+        value, _ = interpolate_crossing(*map(list, zip(*(clean + pts), strict=True)), r_star) if pts else (None, None)
+        if value is not None:
+            out.append(value)
+    return out
+
+
+def _unbracketed(xs: list[float], ys: list[float], r_star: float) -> tuple[tuple, str]:
+    """Where ε* lies when the curve does not cross R*(0) inside the grid, and the warning that says so."""
+    if all(v > r_star for v in ys) and xs[0] == 0.0:
+        return (None, 0.0), (f"even the clean model's own training loss ({ys[0]:.4f}, eps = 0) is above R*(0) = "
+                             f"{r_star:.4f}: the benchmark's clean model is not fitted (Delta <= 0), so nothing can "
+                             "be measured against it; record the benchmark with more epochs")
+    if all(v > r_star for v in ys):
+        return (None, xs[0]), (f"the grid does not bracket the crossing: every loss is above R*(0) = {r_star:.4f}, "
+                               f"so eps* < {format_eps(xs[0])}; add smaller eps")
+    if all(v <= r_star for v in ys):
+        return (xs[-1], None), (f"the grid does not bracket the crossing: every loss is at or below R*(0) = "
+                                f"{r_star:.4f}, so eps* > {format_eps(xs[-1])}; add larger eps")
+    return None, "the losses are not increasing in eps where they cross R*(0); no interpolation"
