@@ -191,9 +191,20 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
                                  ValueError, r"cuda_graph=True needs CUDA inputs, got inputs on cpu"),
     "records-of-another-benchmark": (lambda t: _records_of_another_benchmark(t), ValueError,
                                      r"measured against another benchmark: clean_test_loss"),
+    "finetune-ladder-that-cannot-grow": (lambda t: _finetune_with_growth(t, 1.0), ValueError,
+                                         r"growth must be > 1, got 1"),
     "cifar-python-pickle-payload": (lambda t: load_cifar10(_cifar_payload(t)), UnsafePickleError,
                                     r"refusing to unpickle .*only numpy arrays are allowed"),
 }
+
+
+def _finetune_with_growth(tmp: Path, growth: float) -> None:
+    from advhooks.kit.estimate import estimate_finetune
+
+    def no_model() -> nn.Module:
+        raise AssertionError("the ladder's settings are refused before any model is made")
+
+    estimate_finetune(no_model, _nan_set(), CleanBenchmark.load(_bench(tmp)), [0.01], growth=growth)
 
 
 def _records_of_another_benchmark(tmp: Path) -> None:
@@ -366,6 +377,9 @@ CLI: dict[str, tuple[list[str], str]] = {
                                 "--method must be grid, finetune, clean-probe or records"),
     "cli-estimate-bad-eps": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors", "--eps", "abc"],
                              "eps"),
+    "cli-estimate-verify-without-finetune": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors",
+                                              "--method", "grid", "--verify"],
+                                             "--verify checks a --method finetune estimate"),
     "cli-estimate-fingerprint-mismatch": (["estimate-eps-star", "--benchmark", "{tmp}/digits.safetensors",
                                            "--preset", "digits-mlp", "--width", "8", "--strict"],
                                           "the benchmark was recorded on something else"),

@@ -213,3 +213,24 @@ def test_a_unit_whose_estimate_cannot_be_made_says_why_instead_of_ending_the_stu
     row = study_summary.row_of(settings, 8, 1.0, [unit], None)
     assert row.eps_star is None and "1 of 1 seeds gave no estimate" in row.warnings
     assert any("no clean-probe estimate" in w for w in row.warnings)
+
+
+def test_the_grid_check_on_every_seed_gives_bands_over_seeds_and_its_own_comparisons():
+    train, test = load_digits()
+    settings = StudySettings(widths=(8,), fractions=(1.0, 0.5), seeds=(0, 1), recipe=Recipe(epochs=2),
+                             method="clean-probe", check_grid="all")
+    out = run_study(settings, get_preset("digits-mlp").model, train, test)
+    for row in out["rows"]:
+        grids = [out["units"][f"run-width8-fraction{row['fraction']:g}-seed{s}.json"]["grid"] for s in (0, 1)]
+        assert row["grid_per_seed"] == [g["value"] for g in grids]
+        values = [g["value"] for g in grids if g["value"] is not None]
+        if values:
+            assert row["grid"] == pytest.approx(np.mean(values))
+    grid_pairs = [c for c in out["comparisons"] if c["estimator"] == "grid"]
+    assert [(c["from"], c["to"]) for c in grid_pairs] == [("width 8, fraction 1", "width 8, fraction 0.5")]
+    text = format_study(out)
+    assert "grid eps* x255 (2 seeds)" in text and "grid: width 8, fraction 1 -> width 8, fraction 0.5" in text
+    with pytest.raises(ValueError, match="check_grid must be"):
+        StudySettings(widths=(8,), fractions=(1.0,), seeds=(0,), check_grid="some")
+    both = runner.invoke(app, ["study", "--preset", "digits-mlp", "--check-grid", "--check-grid-all"])
+    assert both.exit_code == 2 and "not both" in both.output

@@ -39,7 +39,8 @@ def estimate_eps_star(
     eps: str | None = typer.Option(None, help="Strengths, e.g. '0.5/255,1/255,2/255' (grid points, the fine-tune's "
                                    "first points, or the probe ladder). Default: chosen from the clean probe."),
     norm: str = typer.Option("linf", help="linf | l2"),
-    attack: str | None = typer.Option(None, help="The training attack: pgd | fgm (default: pgd)."),
+    attack: str | None = typer.Option(None, help="The training attack: pgd | fgm (default: the grid's pgd, the "
+                                      "fine-tune's fgm)."),
     steps: int = typer.Option(10, help="PGD steps."),
     runs: int = typer.Option(1, help="Repeats with other seeds (grid, finetune)."),
     epochs: int | None = typer.Option(None, help="Epochs per run (default: the fine-tune's own; for grid the "

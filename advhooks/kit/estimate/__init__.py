@@ -8,19 +8,23 @@ fixed weights (:func:`advhooks.evaluation.evaluate_adversarial_loss`). Estimator
   combined by :func:`estimate_from_records` (also ``estimate-eps-star --method records``), which interpolates
   where R̂(θ̂(ε), ε) crosses R*(0).
 - :func:`estimate_finetune` — the paper's section 6: from the clean weights θ̂(0), short adversarial
-  fine-tuning at a few ε around the clean probe's bound; a least-squares line L(ε) ≈ a + bε through R̂ of
-  the fine-tuned weights, solved for R*(0). ``runs`` repeats with other seeds.
+  fine-tuning (FGM, 10 epochs at the clean run's learning rate and one at a tenth of it) at strengths that
+  grow ×1.5 from the clean probe's bound until R̂ of the fine-tuned weights passes R*(0); ε* is where that
+  curve crosses R*(0), as for the grid. ``runs`` repeats with other seeds; ``verify`` (in
+  :func:`estimate_eps_star`) adds one run from scratch at the estimate (:func:`verify_estimate`).
 - :func:`estimate_clean_probe` — no training: the clean model's adversarial training loss at a ladder of ε
   is a lower bound on ε* (θ̂(ε) can only do better than θ̂(0)), and Δ / mean‖∇ₓℓ(θ̂(0))‖_* is the
   first-order estimate (envelope theorem; the dual norm is ‖·‖₁ for L∞, ‖·‖₂ for L2).
 
 Each returns an :class:`EpsStarEstimate` with ``interval`` and ``level`` (R*(0)'s bootstrap, R̂'s sampling
 error and the spread over runs carried through by Monte Carlo) that serialises to JSON with its points,
-cost and warnings. :func:`estimate_eps_star` picks the method (what the CLI runs). The fine-tune slope b is
-compared with mean‖∇ₓℓ‖_* (they agree to first order) as a consistency figure.
+cost and warnings. :func:`estimate_eps_star` picks the method (what the CLI runs). The fine-tune's slope at
+small ε is compared with mean‖∇ₓℓ‖_* (they agree to first order) as a consistency figure.
 
 One estimator per module: :mod:`.grid` (with the run records), :mod:`.finetune`, :mod:`.clean_probe`;
-:mod:`.result` holds the result type and what they share, :mod:`.dispatch` the entry point.
+:mod:`.crossing` is the one definition of where a curve of R̂ crosses R*(0) and its band, :mod:`.verify` the
+check of an estimate, :mod:`.result` the result type and what the estimators share, :mod:`.dispatch` the entry
+point.
 """
 
 from ..training import adversarial_loss

@@ -65,7 +65,8 @@ def estimate_eps_star(
         eps: the strengths (grid points, the fine-tune's first points, or the probe's ladder); default: chosen
             from the clean probe (fine-tune: starts at its lower bound and grows until R̂ crosses R*(0); grid:
             the bound × (1/2, 1, 3/2, 2, 3, 4)).
-        attack: ``"pgd"`` or ``"fgm"`` for training (default PGD).
+        attack: ``"pgd"`` or ``"fgm"`` for training (default: the grid's PGD, the fine-tune's FGM; the clean probe
+            and every R̂ are evaluated with PGD-``steps`` whatever it is).
         epochs: the fine-tune's length (default :data:`~advhooks.kit.estimate.finetune.EPOCHS`), or the grid
             runs' (default: the benchmark's).
         lr / batch_size: default: the benchmark's recipe (:meth:`~advhooks.benchmark.Recipe.from_record`).
@@ -79,8 +80,7 @@ def estimate_eps_star(
         return estimate_from_records(records, benchmark, level=level, seed=seed)
     grid = check_eps_grid(eps) if eps is not None else None
     train_eval = train_eval_set or train_set
-    common = dict(norm=norm, attack=attack, steps=steps, device=device, progress=progress,
-                  normalization=normalization)
+    common = dict(norm=norm, steps=steps, device=device, progress=progress, normalization=normalization)
     # The clean probe is the method itself, or what picks the points when none are given.
     probe = None
     if method == "clean-probe" or grid is None:
@@ -93,25 +93,30 @@ def estimate_eps_star(
     if method == "finetune":
         grad_norm = probe.mean_grad_dual_norm if probe else mean_input_grad_dual_norm(
             benchmark.load_weights_into(model_factory()), train_eval, norm, device=device, normalization=normalization)
+        given = {k: v for k, v in (("epochs", epochs), ("attack", attack)) if v}  # else the fine-tune's defaults
         result = estimate_finetune(model_factory, train_set, benchmark, grid or finetune_start(probe), recipe=recipe,
-                                   mean_grad_dual_norm=grad_norm, **({"epochs": epochs} if epochs else {}), **shared,
-                                   **common)
+                                   mean_grad_dual_norm=grad_norm, **given, **shared, **common)
         if verify:
             verify_estimate(result, model_factory, train_set, test_set, benchmark, recipe=recipe, seed=seed,
                             train_eval_set=train_eval, **common)
     else:
         points = grid or default_grid_eps(probe)
-        result = estimate_grid(model_factory, train_set, test_set, benchmark, points,
+        result = estimate_grid(model_factory, train_set, test_set, benchmark, points, attack=attack or "pgd",
                                recipe=recipe.with_given(epochs=epochs), records_dir=records_dir, **shared, **common)
     return _with_probe(result, probe)
 
 
 def _with_probe(result: EpsStarEstimate, probe: EpsStarEstimate | None) -> EpsStarEstimate:
-    """``result`` with the clean probe's figures and warnings, when a probe chose its points."""
+    """``result`` with the clean probe's figures, warnings and cost (the estimate's cost is what the user waited
+    for: the probe that chose its points included), when a probe chose its points."""
     if probe is not None:
         result.warnings += [f"clean probe: {w}" for w in probe.warnings]
         result.lower_bound, result.first_order = probe.lower_bound, probe.first_order
         result.mean_grad_dual_norm = result.mean_grad_dual_norm or probe.mean_grad_dual_norm
+        result.seconds += probe.seconds
+        result.forward_samples += probe.forward_samples
+        result.backward_samples += probe.backward_samples
+        result.train_set_passes += probe.train_set_passes
     return result
 
 
@@ -130,12 +135,12 @@ def _check_request(method: str, attack: str | None, records: Any, model_factory:
     if method == "records":
         if not records:
             raise ValueError("method 'records' needs run records")
-        return method, attack or "pgd"
+        return method, attack
     if model_factory is None or train_set is None:
         raise ValueError(f"method {method!r} needs model_factory and train_set")
     if method == "grid" and test_set is None:
         raise ValueError("method 'grid' needs test_set (the adversarial test loss selects each run's epoch)")
-    attack = (attack or "pgd").lower()
-    if attack not in ("pgd", "fgm"):
+    attack = attack.lower() if attack else None
+    if attack not in (None, "pgd", "fgm"):
         raise ValueError(f"attack must be 'pgd' or 'fgm', got {attack!r}")
     return method, attack

@@ -184,10 +184,10 @@ def format_study(result: dict[str, Any]) -> str:
         lines.append(f"{who}{c['from']} -> {c['to']}: {_eps255(a)} -> {_eps255(b)}/255, {verdict}")
     for r in rows:
         if r.fgsm and r.fgsm["threshold"] is not None and r.eps_star is not None:
-            relation = "below" if r.eps_star < r.fgsm["threshold"] else "NOT below"
-            if r.interval is not None:
-                relation += (", band and all" if r.interval[1] < r.fgsm["threshold"] else ", but its band reaches it")
-            lines.append(f"{_label(r)}: eps* {_eps255(r.eps_star)}/255 is {relation} the FGSM-unstable "
-                         f"{_eps255(r.fgsm['threshold'])}/255 (the paper's Table 2 finds it below)")
+            below = r.eps_star < r.fgsm["threshold"]
+            band = "" if r.interval is None or not below else (
+                ", band and all" if r.interval[1] < r.fgsm["threshold"] else ", but its band reaches it")
+            lines.append(f"{_label(r)}: eps* {_eps255(r.eps_star)}/255 is {'below' if below else 'NOT below'} the "
+                         f"FGSM-unstable {_eps255(r.fgsm['threshold'])}/255{band} (the paper's Table 2 finds it below)")
     lines += [f"warning: {_label(r)}: {w}" for r in rows for w in r.warnings]
     return "\n".join(lines)
