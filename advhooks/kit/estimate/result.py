@@ -42,8 +42,8 @@ class EpsStarEstimate:
         verification: the verdict of one monitored run from scratch at ``value``
             (:func:`~advhooks.kit.estimate.verify.verify_estimate`; ``"confirms"`` when it reads ``near eps*``).
         lower_bound / first_order: the clean probe's two figures.
-        consistency: the fine-tune's slope at small ε (clean point to its first point) / mean‖∇ₓℓ(θ̂(0))‖_*, when
-            both are known (≈ 1 expected to first order).
+        consistency: the fine-tune's slope at small ε (between its two smallest strengths) / mean‖∇ₓℓ(θ̂(0))‖_*,
+            when both are known (≈ 1 expected to first order).
         seconds: wall time; forward_samples / backward_samples: per-sample passes through the model;
         train_set_passes: (forward + backward samples) / (2 · n_train), in epochs of clean training.
         warnings: what the reader should know.
