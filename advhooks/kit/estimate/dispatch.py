@@ -121,8 +121,9 @@ def _with_probe(result: EpsStarEstimate, probe: EpsStarEstimate | None) -> EpsSt
 
 
 def _check_request(method: str, attack: str | None, records: Any, model_factory: Any, train_set: Any,
-                   test_set: Any, verify: bool) -> tuple[str, str]:
-    """The method and the training attack, lower-cased, with what each method needs."""
+                   test_set: Any, verify: bool) -> tuple[str, str | None]:
+    """The method and the training attack (``None``: the estimator's default), lower-cased, with what each method
+    needs."""
     method = method.lower()
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ...benchmark import dataset_fingerprint, model_fingerprint
-from ..estimate import estimate_eps_star
+from ..estimate import estimate_eps_star, finetune
 from .settings import STUDY_SCHEMA, StudySettings, Unit, finetune_epochs_of
 
 
@@ -35,6 +35,9 @@ def unit_recipe(settings: StudySettings, unit: Unit) -> dict[str, Any]:
         out = {k: getattr(settings, k) for k in keep} | recipe | {"grid_check": settings.grid_checked(unit)}
         if settings.method == "finetune":
             out["finetune_epochs"] = finetune_epochs_of(settings)
+            # the estimator's own settings: a unit estimated another way is not reused
+            out["finetune"] = {"attack": finetune.ATTACK, "cooldown": finetune.COOLDOWN, "growth": finetune.GROWTH,
+                               "max_points": finetune.MAX_POINTS}
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 
