@@ -12,7 +12,13 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "is_main_process", "rank", "sum_across_processes", "world_size"]
+__all__ = ["BATCHNORM_NOTE", "is_distributed", "is_main_process", "rank", "sum_across_processes",
+           "unsynced_batchnorm", "world_size"]
+
+BATCHNORM_NOTE = (
+    "the model has BatchNorm layers and runs on {n} processes: each process normalises its own share of every batch "
+    "(a smaller batch than the benchmark's global one), which moves the losses the monitor compares; convert them "
+    "with {how} to normalise over the global batch")
 
 Reducer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -35,6 +41,12 @@ def rank() -> int:
 def world_size() -> int:
     """The number of processes (1 without a process group)."""
     return dist.get_world_size() if is_distributed() else 1
+
+
+def unsynced_batchnorm(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has BatchNorm layers that normalise per process (not ``torch.nn.SyncBatchNorm``)."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, torch.nn.SyncBatchNorm)
+               for m in model.modules())
 
 
 def sum_across_processes(values: torch.Tensor, reducer: Reducer | None = None) -> torch.Tensor:

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from numbers import Real
 from typing import Any
 
-__all__ = ["check_choice", "check_finite_nonnegative", "check_positive", "check_positive_int", "check_unit_interval"]
+__all__ = ["check_choice", "check_finite_nonnegative", "check_loss", "check_positive", "check_positive_int",
+           "check_unit_interval"]
 
 
 def _as_float(name: str, value: Any) -> float:
@@ -28,6 +29,15 @@ def check_finite_nonnegative(name: str, value: Any) -> float:
     v = _as_float(name, value)
     if not math.isfinite(v) or v < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_loss(name: str, value: Any) -> float:
+    """Return a measured loss as a float: NaN and inf pass (a diverged run is a state to report, not an input
+    error), a negative value or a non-number raises."""
+    v = _as_float(name, value)
+    if v < 0:
+        raise ValueError(f"{name} must be a loss (>= 0, or NaN/inf for a diverged run), got {value!r}")
     return v
 
 

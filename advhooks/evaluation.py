@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ._distributed import Reducer, rank, sum_across_processes, world_size
 from ._outputs import logits_of
-from .attacks import Attack, eval_mode
+from .attacks import Attack, SampleNoise, eval_mode
 from .attacks.criteria import Criterion, per_sample
 from .uncertainty import MeanEstimate
 
@@ -63,6 +63,7 @@ def evaluate_adversarial_loss(
     device: torch.device | str | None = None,
     split: bool = False,
     reducer: Reducer | None = None,
+    seed: int | None = 0,
 ) -> tuple[MeanEstimate, float]:
     """R̂(θ, ε) for the model's current weights: the mean per-sample adversarial loss, with its s.e.
 
@@ -86,12 +87,16 @@ def evaluate_adversarial_loss(
             an attack without random start; with one, each process draws its own starts). Needs a ``Dataset``.
         reducer: sums a tensor across processes for ``split`` (e.g. ``lambda t: accelerator.reduce(t, "sum")``);
             default ``torch.distributed.all_reduce`` when a process group is initialised.
+        seed: the attack's random starts are drawn per sample from ``(seed, sample index, ε)``
+            (:class:`~advhooks.attacks.SampleNoise`; the index in ``data``, or the position in the iteration for
+            batches), so the result is a function of the weights: the same on any number of processes and
+            whatever training did to the global generator. ``None``: from the global generator.
 
     Returns:
         ``(MeanEstimate, accuracy)``: the mean loss with its standard error and sample counts, and the
         adversarial accuracy.
     """
-    population = None
+    population, indices = None, None
     if isinstance(data, Dataset):
         population = len(data)
         chosen = subset if isinstance(subset, FixedSubset) or subset is None else FixedSubset(int(subset))
@@ -101,7 +106,7 @@ def evaluate_adversarial_loss(
         data = DataLoader(Subset(data, indices), batch_size=batch_size)
     elif subset is not None or split:
         raise ValueError("subset= and split= need a Dataset (a loader's batches cannot be chosen by index)")
-    totals = _loss_sums(model, data, attack, eps, per_sample(criterion), device)
+    totals = _loss_sums(model, data, attack, eps, per_sample(criterion), device, indices, seed)
     if split:
         totals = sum_across_processes(totals, reducer)
     total, squares, n, correct = totals.tolist()
@@ -112,16 +117,21 @@ def evaluate_adversarial_loss(
 
 
 def _loss_sums(model: nn.Module, batches: Iterable, attack: Attack | None, eps: float | None, crit: Criterion,
-               device: torch.device | str | None) -> torch.Tensor:
-    """``[Σ loss, Σ loss², count, correct]`` over the batches (float64, on the evaluation's device)."""
-    totals = None
+               device: torch.device | str | None, indices: list[int] | None, seed: int | None) -> torch.Tensor:
+    """``[Σ loss, Σ loss², count, correct]`` over the batches (float64, on the evaluation's device); the samples'
+    ``indices`` in their data set (``None``: their positions in the iteration) key their random starts."""
+    totals, seen = None, 0
     with eval_mode(model):
         for x, y in batches:
             if device is not None:
                 x, y = x.to(device), y.to(device)
+            n = int(y.shape[0])
+            batch_indices = indices[seen : seen + n] if indices is not None else range(seen, seen + n)
+            seen += n
             strength = attack.eps_at(0) if (attack is not None and eps is None) else eps
             if attack is not None and strength and strength > 0:
-                x = attack(model, x, y, eps=strength)
+                starts = None if seed is None else SampleNoise(list(batch_indices), seed=seed, eps=strength)
+                x = attack(model, x, y, eps=strength, generator=starts)
             with torch.no_grad():
                 logits = logits_of(model(x))
                 losses = crit(logits, y).double()

@@ -39,6 +39,8 @@ class StepOutput:
         eps: the attack strength used.
         clean_loss: batch mean criterion on the clean inputs, detached, when a clean forward ran.
         clean_logits: logits on the clean inputs (with graph), when a clean forward ran.
+        adv_losses: the per-sample criterion on the adversarial inputs, detached (``adv_loss`` is their mean): what
+            an adapter needs to leave out samples a framework repeated to pad a batch.
     """
 
     loss: torch.Tensor
@@ -49,6 +51,7 @@ class StepOutput:
     eps: float
     clean_loss: torch.Tensor | None = None
     clean_logits: torch.Tensor | None = None
+    adv_losses: torch.Tensor | None = None
 
 
 class AdversarialStep:
@@ -173,6 +176,7 @@ class AdversarialStep:
         return StepOutput(
             loss=loss,
             adv_loss=adv_losses.detach().mean(),
+            adv_losses=adv_losses.detach(),
             logits=adv_logits,
             adv_inputs=adv.detach(),
             batch_size=int(x.shape[0]),

@@ -31,14 +31,16 @@ Checkpoints: ``adv.save_state(dir)`` / ``adv.load_state(dir)`` wrap ``accelerato
 ``load_state`` and add one JSON file per process with the step's ε-schedule counter and the monitor
 (whose open-epoch sums differ from rank to rank), so a resume mid-epoch on several processes is exact
 and nothing of advhooks is unpickled. ``register_for_checkpointing=True`` instead hands both objects to
-Accelerate's own ``save_state``: simpler, but Accelerate saves custom objects from the main process only
-(resume at epoch boundaries) and unpickles them with the weights-only guard off.
+Accelerate's own ``save_state``, which writes the main process's file only: the monitor's state then gathers
+every process's open-epoch sums first (so a mid-epoch resume is exact too), but Accelerate unpickles the
+files with the weights-only guard off.
 
 Leaving: end the script with ``finish(accelerator)`` (see its docs: on several processes it exits there).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -50,12 +52,13 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from advhooks._distributed import BATCHNORM_NOTE, unsynced_batchnorm
 from advhooks.attacks import Attack
 from advhooks.monitor import PhaseMonitor, PhaseReport
 from advhooks.monitor.record import write_weights
 from advhooks.step import AdversarialStep, StepOutput
 
-__all__ = ["AcceleratedAdversarialTraining", "finish", "report_metrics"]
+__all__ = ["AcceleratedAdversarialTraining", "finish", "real_samples", "report_metrics"]
 
 STATE_FILE = "advhooks_state_{rank}.json"
 WEIGHTS_FILE = "advhooks_theta_hat.safetensors"
@@ -64,6 +67,28 @@ WEIGHTS_FILE = "advhooks_theta_hat.safetensors"
 def report_metrics(report: PhaseReport, prefix: str = "advhooks/") -> dict[str, float]:
     """The numeric fields of a report, for experiment trackers (``report.metrics(prefix)``)."""
     return report.metrics(prefix)
+
+
+def real_samples(accelerator: Any, out: StepOutput) -> StepOutput | None:
+    """``out`` restricted to the samples this process really holds, ``None`` when it holds none.
+
+    On several processes a prepared loader whose data set does not fill its last global batch pads it with
+    samples from the start of the data set (``even_batches``), so that every process gets a full batch; the real
+    ones are the first ``gradient_state.remainder`` in process order (what ``gather_for_metrics`` keeps). Fed
+    whole, those repeated samples would enter the monitor's epoch mean twice.
+    """
+    state = getattr(accelerator, "gradient_state", None)
+    if (state is None or not state.end_of_dataloader or state.remainder is None or state.remainder <= 0
+            or accelerator.num_processes == 1 or out.adv_losses is None):
+        return out
+    n = out.batch_size
+    real = min(max(state.remainder - accelerator.process_index * n, 0), n)
+    if real == n:
+        return out
+    if real == 0:
+        return None
+    kept = out.adv_losses[:real]
+    return dataclasses.replace(out, adv_loss=kept.mean(), adv_losses=kept, batch_size=real)
 
 
 class AcceleratedAdversarialTraining:
@@ -104,17 +129,22 @@ class AcceleratedAdversarialTraining:
         self.log_prefix = log_prefix
         if monitor is not None:
             monitor.reducer = lambda t: accelerator.reduce(t, reduction="sum")
+            if accelerator.num_processes > 1 and unsynced_batchnorm(model) and accelerator.is_main_process:
+                monitor.logger.warning(BATCHNORM_NOTE.format(
+                    n=accelerator.num_processes, how="model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) "
+                                                    "before accelerator.prepare"))
         if eval_data is not None:
             monitor.evaluate_with(model, *eval_data, device=accelerator.device)
         if register_for_checkpointing:
-            accelerator.register_for_checkpointing(self.step, *([monitor] if monitor is not None else []))
+            accelerator.register_for_checkpointing(self.step, *([_SharedState(monitor)] if monitor is not None else []))
 
     def __call__(self, inputs: torch.Tensor | Mapping[str, Any], targets: torch.Tensor | None = None) -> StepOutput:
         """Attack the batch and return the step output (feeds the monitor)."""
         with self.accelerator.autocast():
             out = self.step(inputs, targets)
-        if self.monitor is not None:
-            self.monitor.update(out)
+        counted = real_samples(self.accelerator, out) if self.monitor is not None else None
+        if counted is not None:  # (a padded last batch: the repeated samples are left out of the epoch mean)
+            self.monitor.update(counted)
         return out
 
     def epoch_end(self, adv_test_loss: float | None = None) -> PhaseReport | None:
@@ -176,6 +206,21 @@ class AcceleratedAdversarialTraining:
     def should_stop(self) -> bool:
         """True on every rank once any rank set the trigger (the accelerator's ``check_trigger``)."""
         return bool(self.accelerator.check_trigger())
+
+
+class _SharedState:
+    """The monitor as Accelerate's ``save_state`` sees it: its state taken on every process with every process's
+    open-epoch sums gathered in (Accelerate writes the main process's file alone)."""
+
+    def __init__(self, monitor: PhaseMonitor) -> None:
+        self.monitor = monitor
+
+    def state_dict(self) -> dict[str, Any]:
+        self.monitor.share_open_sums()
+        return self.monitor.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.monitor.load_state_dict(state)
 
 
 def finish(accelerator: Any = None, *, barrier: bool = True) -> None:

@@ -36,6 +36,7 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError("advhooks.integrations.lightning needs lightning: pip install 'advhooks[lightning]'") from err
 
+from advhooks._distributed import BATCHNORM_NOTE, unsynced_batchnorm
 from advhooks.attacks import Attack
 from advhooks.monitor import PhaseMonitor, PhaseReport
 from advhooks.recorder import CleanBenchmarkRecorder
@@ -87,6 +88,9 @@ class PhaseMonitorCallback(pl.Callback):
         self.monitor.load_state_dict(kept)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1 and unsynced_batchnorm(pl_module) and trainer.is_global_zero:
+            self.monitor.logger.warning(BATCHNORM_NOTE.format(n=trainer.world_size,
+                                                              how="Trainer(sync_batchnorm=True)"))
         # The loaders exist from here on; a resumed θ̂'s weights go back to the module's device.
         if not self.evaluate:
             return
@@ -102,7 +106,7 @@ class PhaseMonitorCallback(pl.Callback):
             self.monitor.update(out)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if not self.monitor.has_updates:
+        if not self.monitor.any_process_has_updates():
             return
         report = self.monitor.epoch_end()
         self.reports.append(report)
@@ -114,6 +118,9 @@ class PhaseMonitorCallback(pl.Callback):
             trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
+        # Lightning takes the callbacks' states on every process and writes the main process's: with every
+        # process's open-epoch sums gathered into it, a mid-epoch resume restores each process's share.
+        self.monitor.share_open_sums()
         return self.monitor.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -172,6 +179,10 @@ class CleanBenchmarkCallback(pl.Callback):
         self.path, self.train_data = str(path), train_data
         self.recorder = CleanBenchmarkRecorder(test_data, recipe=recipe)
         self.benchmark = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The test batches go where the strategy put the module (a GPU), not where the data set holds them.
+        self.recorder.device = pl_module.device
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:

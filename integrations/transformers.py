@@ -40,12 +40,15 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError("advhooks.integrations.transformers needs transformers: pip install 'advhooks[hf]'") from err
 
+from advhooks._distributed import BATCHNORM_NOTE, unsynced_batchnorm
 from advhooks.attacks import Attack, unwrap_parallel
 from advhooks.benchmark import Recipe
 from advhooks.monitor import PhaseMonitor
 from advhooks.monitor.record import write_weights
 from advhooks.recorder import CleanBenchmarkRecorder
 from advhooks.step import AdversarialStep, StepOutput
+
+from .accelerate import real_samples
 
 THETA_HAT_FILE = "advhooks_theta_hat.safetensors"
 
@@ -112,6 +115,8 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
         return os.path.abspath(os.path.join(folder, THETA_HAT_FILE))
 
     def on_save(self, args, state, control, **kwargs):
+        # (every process: the Trainer then takes state() on the main process alone, with every process's open sums)
+        self.monitor.share_open_sums()
         weights = self.monitor.state_dict().get("theta_hat_weights")
         if weights is not None and state.is_world_process_zero:
             write_weights(self._theta_hat_file(args, state), weights)
@@ -142,6 +147,10 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
             settings["total_epochs"] = int(args.num_train_epochs)
         kept = self.monitor.state_dict()
         self.monitor = PhaseMonitor(self.benchmark, **settings, recipe=recipe)
+        if args.world_size > 1 and model is not None and unsynced_batchnorm(model) and state.is_world_process_zero:
+            self.monitor.logger.warning(BATCHNORM_NOTE.format(
+                n=args.world_size,
+                how="model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) before building the Trainer"))
         self._evaluate_with(model)
         self.monitor.load_state_dict(kept)
         return control
@@ -164,7 +173,7 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
         self.monitor.update(output)
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if not self.monitor.has_updates:
+        if not self.monitor.any_process_has_updates():
             log.warning("PhaseMonitorCallback saw no adversarial batches this epoch: use AdversarialTrainer")
             return control
         report = self.monitor.epoch_end()
@@ -243,9 +252,10 @@ class AdversarialTrainerMixin:
             batch["inputs_embeds"] = unwrap_parallel(model).get_input_embeddings()(ids)
         step.model = model
         out = step(batch, advance=model.training)  # evaluation must not move the training's ε schedule
-        if model.training:
+        counted = real_samples(self.accelerator, out) if model.training else None
+        if counted is not None:  # (the Trainer's loader is Accelerate's: a padded last batch counts its samples once)
             for cb in self._phase_callbacks():
-                cb.update(out)
+                cb.update(counted)
         loss = self._scale_for_accumulation(out.loss, out.batch_size, num_items_in_batch)
         return (loss, {"logits": out.logits}) if return_outputs else loss
 

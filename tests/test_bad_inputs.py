@@ -191,6 +191,11 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
                                  ValueError, r"cuda_graph=True needs CUDA inputs, got inputs on cpu"),
     "records-of-another-benchmark": (lambda t: _records_of_another_benchmark(t), ValueError,
                                      r"measured against another benchmark: clean_test_loss"),
+    "records-running-mean": (lambda t: _records_with_a_running_mean(t), ValueError,
+                             r"holds a running mean R-hat, not R-hat at theta-hat's fixed weights: record runs with "
+                             r"monitor.evaluate_with"),
+    "monitor-test-loss-negative": (lambda t: _epoch_end_given(-0.5), ValueError,
+                                   r"adv_test_loss must be a loss \(>= 0, or NaN/inf for a diverged run\)"),
     "finetune-ladder-that-cannot-grow": (lambda t: _finetune_with_growth(t, 1.0), ValueError,
                                          r"growth must be > 1, got 1"),
     "cifar-python-pickle-payload": (lambda t: load_cifar10(_cifar_payload(t)), UnsafePickleError,
@@ -214,6 +219,22 @@ def _records_of_another_benchmark(tmp: Path) -> None:
     other.update(torch.tensor(0.2), batch_size=4)
     other.epoch_end(adv_test_loss=0.3)
     estimate_from_records([other.record()], mine)
+
+
+def _records_with_a_running_mean(tmp: Path) -> None:
+    from advhooks.kit.estimate import estimate_from_records
+
+    bench = CleanBenchmark.load(_bench(tmp))
+    monitor = PhaseMonitor(bench, eps=0.01)  # no evaluate_with: θ̂'s R̂ stays its running mean
+    monitor.update(torch.tensor(0.2), batch_size=4)
+    monitor.epoch_end(adv_test_loss=0.3)
+    estimate_from_records([monitor.record()], bench)
+
+
+def _epoch_end_given(loss: float) -> None:
+    monitor = PhaseMonitor(0.2)
+    monitor.update(torch.tensor(0.2), batch_size=4)
+    monitor.epoch_end(adv_test_loss=loss)
 
 
 def _cifar_payload(tmp: Path) -> Path:
@@ -271,9 +292,10 @@ def _monitor_nan_losses(tmp: Path) -> None:
     assert report.adv_train_loss == 1.0 and report.ratio == 2.0  # not poisoned
     assert report.samples == 10 and report.nonfinite_samples == 10 and "NaN/inf" in report.explanation
     monitor.update(torch.tensor(math.nan), batch_size=5)
-    diverged = monitor.epoch_end()  # an epoch with no finite loss: recorded as NaN, history kept
+    diverged = monitor.epoch_end()  # an epoch with no finite loss: recorded as NaN, history kept, no verdict
     assert math.isnan(diverged.adv_train_loss) and math.isnan(monitor.running_ratios[-1])
     assert diverged.ratio == 2.0 and diverged.best_running_ratio == 2.0 and diverged.best_epoch == 1  # the best finite
+    assert diverged.regime == "diverged" and diverged.diverged_epoch == 2 and diverged.should_stop
     monitor.update(torch.tensor(0.25), batch_size=10)
     assert monitor.epoch_end().regime == "clean-like"
 
@@ -325,6 +347,43 @@ def _checkpoint_from_a_wrapper(tmp: Path) -> None:
                                                       strict=True))
 
 
+def _monitor_diverged(tmp: Path) -> None:
+    monitor = PhaseMonitor(0.5, warmup_epochs=0)
+    for given in (0.6, 0.5, math.nan, math.inf):
+        monitor.update(torch.tensor(0.4), batch_size=10)
+        report = monitor.epoch_end(adv_test_loss=given)  # recorded, not raised
+    assert report.regime == "diverged" and report.diverged_epoch == 3 and report.should_stop
+    assert report.early_stopped_epoch == 2 and monitor.record()["diverged_epoch"] == 3  # never a NaN θ̂
+
+
+def _monitor_not_learning(tmp: Path) -> None:
+    bench = CleanBenchmark(0.2, 0.1, 0.1, 0.9, 0.95, test_loss_stderr=0.01, n_test=400, n_train=1000,
+                           dataset={"num_classes": 10})
+    monitor = PhaseMonitor(bench, warmup_epochs=0)
+    monitor.update(torch.tensor(math.log(10)), batch_size=10)
+    report = monitor.epoch_end(adv_test_loss=2.4)
+    assert report.regime == "not learning" and "ln 10" in report.explanation and not report.should_stop
+
+
+def _records_of_unhealthy_runs(tmp: Path) -> None:
+    from advhooks.kit.estimate import estimate_from_records
+
+    bench = CleanBenchmark.load(_bench(tmp))
+    records = []
+    for eps, given, poison in ((0.01, 0.8 * bench.clean_test_loss, False), (0.02, 0.9 * bench.clean_test_loss, True),
+                               (0.03, 1.5 * bench.clean_test_loss, False)):
+        monitor = PhaseMonitor(bench, eps=eps, warmup_epochs=0)
+        for epoch_loss in (given, math.nan if poison else given):
+            monitor.update(torch.tensor(given), batch_size=10)
+            monitor.epoch_end(adv_test_loss=epoch_loss)
+        record = monitor.record()
+        record["rhat"].update(kind="fixed weights")
+        records.append(record)
+    est = estimate_from_records(records, bench, include_clean=False)
+    assert [p.get("failed", "")[:8] for p in est.points] == ["", "diverged", ""]
+    assert any("is left out: diverged" in w for w in est.warnings)
+
+
 def _run_shorter_than_the_warmup(tmp: Path) -> None:
     import logging
 
@@ -349,6 +408,9 @@ BEHAVIOUR: dict[str, Callable[[Path], None]] = {
     "evaluation-keeps-the-eps-schedule": _evaluation_keeps_the_schedule,
     "checkpoint-from-a-wrapper": _checkpoint_from_a_wrapper,
     "monitor-run-shorter-than-warmup": _run_shorter_than_the_warmup,
+    "monitor-diverged": _monitor_diverged,
+    "monitor-not-learning": _monitor_not_learning,
+    "records-of-unhealthy-runs": _records_of_unhealthy_runs,
 }
 
 # -- CLI rows: id -> (arguments, message); exit code 2, one line --------------------------------------------

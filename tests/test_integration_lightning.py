@@ -154,3 +154,26 @@ def test_a_checkpoint_taken_while_rhat_is_pending_carries_theta_hats_weights(tmp
     trainer = _trainer(tmp_path / "b", 3, [resumed])
     trainer.fit(LitNet(), _loader(), ckpt_path=str(next((tmp_path / "a").rglob("*.ckpt"))))
     assert resumed.reports[-1].rhat_kind == "fixed weights" and resumed.monitor.epoch == 3
+
+
+class _PoisonAt(L.Callback):
+    """Turns the module's first weight NaN when ``epoch`` (0-based) starts: a run that diverges."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("nan"))
+
+
+def test_a_diverged_run_reads_diverged_and_stops_like_check_finite(tmp_path):
+    torch.manual_seed(0)
+    data = _loader().dataset
+    callback = PhaseMonitorCallback(0.5, eps=8 / 255, warmup_epochs=0, stop_on_flag=True, eval_data=(data, data))
+    trainer = _trainer(tmp_path, 6, [_PoisonAt(2), callback], enable_checkpointing=False)
+    trainer.fit(LitNet(), _loader())
+    last = callback.reports[-1]
+    assert len(callback.reports) == 3 and last.regime == "diverged" and last.diverged_epoch == 3
+    assert callback.monitor.rhat["epoch"] < 3  # θ̂ is never the NaN epoch

@@ -257,3 +257,22 @@ def test_the_callback_takes_a_recipe_object(tmp_path):
     AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path, num_train_epochs=1), train_dataset=_digits_like(),
                        attack=PGD(8 / 255, steps=1), callbacks=[callback]).train()
     assert callback.monitor.epoch == 1
+
+
+def test_a_diverged_run_reads_diverged_on_the_trainer_too(tmp_path):
+    from transformers import TrainerCallback
+
+    class PoisonAtEpoch2(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, model=None, **kwargs):
+            if state.epoch is not None and round(state.epoch) == 1:
+                with torch.no_grad():
+                    next(model.parameters()).fill_(float("nan"))
+
+    torch.manual_seed(0)
+    callback = PhaseMonitorCallback(0.5, eps=8 / 255, warmup_epochs=0)
+    trainer = AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path), train_dataset=_digits_like(),
+                                 eval_dataset=_digits_like(48, seed=1), attack=PGD(8 / 255, steps=2),
+                                 callbacks=[PoisonAtEpoch2(), callback])
+    trainer.train()
+    assert [r.regime for r in callback.reports][1:] == ["diverged", "diverged"]
+    assert callback.reports[-1].diverged_epoch == 2 and callback.monitor.rhat["epoch"] == 1

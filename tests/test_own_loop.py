@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from advhooks.benchmark import read_header
+from advhooks.monitor import REGIMES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "own_loop.py"
@@ -62,7 +63,7 @@ def test_own_loop_records_its_benchmark_then_monitors_the_adversarial_run(tmp_pa
     assert math.isclose(last, rhat["mean"] / bench["clean_test_loss"], rel_tol=1e-9)
     assert low < ratio < high
     assert stopped == record["early_stopped_epoch"] == rhat["epoch"]
-    assert regime in ("clean-like", "near eps*", "above eps*", "eps >> eps*")
+    assert regime in REGIMES  # (4 epochs on 384 random-like images may leave the model at chance: "not learning")
 
     other = run(tmp_path, "--eps", "8/255", "--benchmark", str(bench_path), "--batch-size", "64")
     assert RECIPE_WARNING in other.stderr and "batch size 64 vs the benchmark's 128" in other.stderr, other.stderr

@@ -15,6 +15,7 @@ from .fab import fab_targeted_perturb
 from .functional import fgm_perturb, perturb, pgd_perturb
 from .model_state import attack_mode, eval_mode, unwrap_parallel
 from .norms import dual_norm
+from .sample_noise import SampleNoise
 from .square import margin_loss, square_perturb
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "AttackConfig",
     "Criterion",
     "InputDomain",
+    "SampleNoise",
     "attack_mode",
     "cross_entropy",
     "dlr_loss",

@@ -21,6 +21,7 @@ from .criteria import Criterion, cross_entropy
 from .domain import Bounds, Normalization
 from .functional import Watch, perturb
 from .graphs import GraphedAttack
+from .sample_noise import SampleNoise
 
 __all__ = ["APGD", "FGM", "FGSM", "PGD", "Attack"]
 
@@ -87,7 +88,7 @@ class Attack:
         criterion: Criterion | None = None,
         input_key: str | None = None,
         model_kwargs: Mapping[str, Any] | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | SampleNoise | None = None,
         watch: Watch | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> torch.Tensor:
@@ -102,11 +103,13 @@ class Attack:
             criterion: overrides the configured criterion for this call (TRADES' KL).
             input_key: pass the adversarial tensor as this keyword argument.
             model_kwargs: further keyword arguments for every forward.
-            generator: random generator for the start.
+            generator: random generator for the start: a ``torch.Generator``, or a
+                :class:`~advhooks.attacks.SampleNoise` (per-sample starts, what evaluations use; a
+                ``cuda_graph=True`` attack then runs its eager loop, as the capture draws its own starts).
             watch: ``watch(adversarial_inputs, logits)`` at every evaluated point (see :func:`perturb`).
             stop: APGD only: whether to end early, asked every few steps (see :func:`perturb`).
         """
-        if self._graphs is not None:
+        if self._graphs is not None and not isinstance(generator, SampleNoise):
             if watch is not None or stop is not None:
                 raise ValueError("cuda_graph=True replays a captured loop: it takes no watch and no stop")
             return self._graphs(model, inputs, targets, self.config, eps=eps, step=step, criterion=criterion,

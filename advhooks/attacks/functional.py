@@ -26,6 +26,7 @@ from .criteria import Criterion
 from .domain import Bounds, InputDomain, Normalization
 from .model_state import attack_mode, autocast_loss_scale, unwrap_parallel
 from .norms import project_, random_in_ball_, steepest_direction_
+from .sample_noise import SampleNoise
 
 __all__ = ["Watch", "fgm_perturb", "perturb", "pgd_perturb"]
 
@@ -61,7 +62,7 @@ def pgd_perturb(
     bn: str = "eval",
     input_key: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | SampleNoise | None = None,
     compile: bool = False,
     precision: str | None = None,
 ) -> torch.Tensor:
@@ -120,7 +121,7 @@ def fgm_perturb(
     bn: str = "eval",
     input_key: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | SampleNoise | None = None,
     compile: bool = False,
     precision: str | None = None,
 ) -> torch.Tensor:
@@ -148,7 +149,7 @@ def fgm_perturb(
 def perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, config: AttackConfig, *,
             eps: float | None = None, step: int = 0, criterion: Criterion | None = None,
             input_key: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
-            generator: torch.Generator | None = None, watch: Watch | None = None,
+            generator: torch.Generator | SampleNoise | None = None, watch: Watch | None = None,
             stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """Adversarial inputs for ``(inputs, targets)`` under ``config``; the model is left exactly as found.
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .sample_noise import SampleNoise
+
 __all__ = ["NORMS", "dual_norm", "project_", "random_in_ball_", "steepest_direction_"]
 
 NORMS = ("linf", "l2")
@@ -20,21 +22,32 @@ def _per_sample_l2(t: torch.Tensor) -> torch.Tensor:
 
 
 def random_in_ball_(
-    delta: torch.Tensor, norm: str, eps: float, generator: torch.Generator | None = None
+    delta: torch.Tensor, norm: str, eps: float, generator: torch.Generator | SampleNoise | None = None
 ) -> torch.Tensor:
-    """Fill ``delta`` in place with points uniform in the ε-ball of ``norm`` (one per sample)."""
+    """Fill ``delta`` in place with points uniform in the ε-ball of ``norm`` (one per sample).
+
+    ``generator``: a ``torch.Generator`` (default the global one), or a :class:`SampleNoise` whose numbers are a
+    function of each sample's index (an evaluation's starts, the same on any number of processes).
+    """
     if norm == "linf":
-        noise = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=delta.dtype)
+        noise = _draw("rand", delta.shape, generator, delta)
         delta.copy_(noise.mul_(2 * eps).sub_(eps))
         return delta
     # Uniform in the L2 ball: a Gaussian direction and radius ε·U^(1/d).
-    direction = torch.randn(delta.shape, generator=generator, device=delta.device, dtype=delta.dtype)
+    direction = _draw("randn", delta.shape, generator, delta)
     d = delta[0].numel()
-    u = torch.rand((delta.shape[0],) + (1,) * (delta.ndim - 1), generator=generator, device=delta.device,
-                   dtype=delta.dtype)
+    u = _draw("rand", (delta.shape[0],) + (1,) * (delta.ndim - 1), generator, delta)
     radius = u.pow_(1.0 / d).mul_(eps)
     delta.copy_(direction.div_(_per_sample_l2(direction).clamp_min_(_TINY)).mul_(radius))
     return delta
+
+
+def _draw(kind: str, shape: tuple[int, ...], generator: torch.Generator | SampleNoise | None,
+          like: torch.Tensor) -> torch.Tensor:
+    """``torch.rand`` / ``torch.randn`` of ``shape`` on ``like``'s device and dtype, from ``generator``."""
+    if isinstance(generator, SampleNoise):
+        return getattr(generator, kind)(shape, device=like.device, dtype=like.dtype)
+    return getattr(torch, kind)(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
 def steepest_direction_(grad: torch.Tensor, norm: str) -> torch.Tensor:

@@ -38,6 +38,18 @@ class EpochHistory:
         history = comparable(self.verdict_ratios)
         return len(history) > patience and min(history) >= min(history[: len(history) - patience]) * (1.0 - min_delta)
 
+    def first_nonfinite_epoch(self) -> int | None:
+        """The first epoch (1-based) whose running mean or adversarial test loss was NaN or inf, if any."""
+        return next((i + 1 for i in range(self.epochs) if self._nonfinite(i)), None)
+
+    def latest_nonfinite(self) -> bool:
+        """Whether the latest epoch's running mean or adversarial test loss was NaN or inf."""
+        return self.epochs > 0 and self._nonfinite(self.epochs - 1)
+
+    def _nonfinite(self, i: int) -> bool:
+        test = self.test_losses[i]
+        return not math.isfinite(self.losses[i]) or (test is not None and not math.isfinite(test))
+
     def best_running_ratio(self) -> tuple[float, int]:
         """The smallest running-mean ratio so far and its epoch (NaN and 0 when every epoch diverged)."""
         finite = comparable(self.running_ratios)
@@ -46,7 +58,8 @@ class EpochHistory:
 
     def rows(self) -> list[dict[str, Any]]:
         """Per epoch, the run record's plain values (NaN and inf as ``None``)."""
-        return [{"epoch": i + 1, "running_mean": plain(m), "adv_test_loss": t, "ratio": plain(r)}
+        return [{"epoch": i + 1, "running_mean": plain(m), "adv_test_loss": None if t is None else plain(t),
+                 "ratio": plain(r)}
                 for i, (m, t, r) in enumerate(zip(self.losses, self.test_losses, self.verdict_ratios, strict=True))]
 
     def state_dict(self) -> dict[str, Any]:

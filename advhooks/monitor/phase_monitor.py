@@ -15,8 +15,8 @@ from torch import nn
 
 from .._distributed import is_main_process
 from ..attacks import Attack
-from ..schedules import format_eps
 from .comparison import BenchmarkComparison
+from .health import RunHealth
 from .history import EpochHistory
 from .probe import EpsStarProbe
 from .record import run_record, write_record
@@ -52,15 +52,16 @@ class PhaseMonitor(MonitorSettings):
         self._sums, self._risk, self._probe = EpochSums(), EarlyStoppedRisk(), None
         self._comparison = BenchmarkComparison(self.benchmark, self.logger, self.strict)
         self._comparison.check_given(self.recipe, self.total_epochs)
+        self._health = RunHealth(self.benchmark)
         self.reset()
 
     def reset(self) -> None:
         """Forget all epochs (a new run)."""
         self.history = EpochHistory()
         self._risk.reset()
-        self.flag_epoch: int | None = None
-        self.eps_star_lower_bound: float | None = None
+        self.flag_epoch, self.eps_star_lower_bound = None, None  # (int | None, float | None)
         self.last_eps: float | None = self.eps
+        self._health.warned.clear()
         self._sums.reset()
 
     epoch = property(lambda self: self.history.epochs, doc="Closed epochs.")
@@ -69,21 +70,21 @@ class PhaseMonitor(MonitorSettings):
     test_losses = property(lambda self: self.history.test_losses, doc="Each epoch's adversarial test loss, if known.")
     rhat = property(lambda self: self._risk.rhat, doc="R̂ of θ̂ (``None`` before θ̂ is known).")
     evaluation_seconds = property(lambda self: self._risk.seconds, doc="Wall time of the monitor's evaluations.")
-    has_updates = property(lambda self: self._sums.has_updates,
-                           doc="Whether the open epoch has seen a batch (reads the count: one host sync).")
+
+    def any_process_has_updates(self) -> bool:
+        """Whether any process's open epoch saw a batch (a collective: each calls it), so that all decide alike to call
+        :meth:`epoch_end` (a process without a batch still joins the others' reduction)."""
+        return self._sums.any_updates(self.reducer)
 
     def update(self, output: Any, batch_size: int | None = None) -> None:
-        """Add one batch: a :class:`~advhooks.StepOutput`, or a mean loss tensor and its batch size.
-
-        No host-device synchronisation: the sums stay on the device until :meth:`epoch_end`. A batch whose
-        loss is NaN or inf is counted apart and left out of the mean.
-        """
+        """Add one batch: a :class:`~advhooks.StepOutput`, or a mean loss tensor and its batch size. No host sync: the
+        sums stay on the device until :meth:`epoch_end`; a NaN/inf batch is counted apart, out of the mean."""
         loss, n, eps = batch_loss(output, batch_size)
         if eps is not None:
             self.last_eps = eps
+        self._health.see(output)
         self._sums.add(loss, n)
 
-    # -- the paper's R̂ and the probe -------------------------------------------------------------
     def evaluate_with(self, model: nn.Module, train_data: Any, test_data: Any = None, *,
                       attack: Attack | None = None, train_subset: int | None = 512, test_subset: int | None = None,
                       seed: int = 0, batch_size: int = 256, device: Any = None) -> None:
@@ -93,12 +94,12 @@ class PhaseMonitor(MonitorSettings):
         ``train_subset`` of ``train_data`` (its sampling error enters the band; ``None``: the whole set).
 
         Args:
-            model: the model being trained.
-            train_data / test_data: datasets without augmentation (``test_data`` may be ``None`` when the loop
-                passes the adversarial test loss).
+            model / train_data / test_data: the model being trained; datasets without augmentation (``test_data``
+                may be ``None`` when the loop passes the adversarial test loss).
             attack: the evaluation attack; default: the monitor's ``attack``, else PGD-10 in L∞ at the
                 epoch's ε with bounds (0, 1) and no normalisation (pass one for normalised inputs).
-            train_subset / test_subset: subset sizes (``None``: the whole set), drawn once with ``seed``.
+            train_subset / test_subset / seed: subset sizes (``None``: the whole set), drawn once with ``seed``,
+                which also keys each sample's random start (the same R̂ on any number of processes).
             batch_size / device: for the evaluation passes.
         """
         evaluation = Evaluation.build(model, train_data, test_data, attack or self.attack, train_subset, test_subset,
@@ -117,12 +118,10 @@ class PhaseMonitor(MonitorSettings):
             attack: the attack to evaluate with; default PGD-5 in L∞ with random start. Its ε is replaced
                 by each rung of the ladder.
             ladder: strengths ε′ ≤ ε to test; default ``eps × (1/8, 1/4, 1/2, 1)``.
-            every: probe every this many epochs (and at the first epoch).
-            batch_size: probe batch size.
+            every / batch_size: probe every this many epochs (and at the first), in batches of this size.
         """
         self._probe = EpsStarProbe.build(model, inputs, targets, attack, ladder, every, batch_size, eps=self.eps)
 
-    # -- per epoch -------------------------------------------------------------------------------
     def epoch_end(self, adv_test_loss: float | None = None) -> PhaseReport:
         """Close the epoch: reduce across ranks, learn θ̂, decide the regime from ρ's band, log.
 
@@ -144,7 +143,8 @@ class PhaseMonitor(MonitorSettings):
                           reducer=self.reducer)
         probe = None
         if self._probe is not None and self._probe.due(self.epoch):
-            probe, self.eps_star_lower_bound = self._probe.run(self.clean_test_loss, self.eps_star_lower_bound)
+            probe, self.eps_star_lower_bound = self._probe.run(self.clean_test_loss, self.eps_star_lower_bound,
+                                                               self.reducer)
         return self._report(mean, count, nonfinite, probe, test_loss)
 
     def _report(self, mean: float, count: int, nonfinite: int, probe: dict | None,
@@ -153,14 +153,15 @@ class PhaseMonitor(MonitorSettings):
         ratio, low, high = ratio_band(rhat, self._r_star, self.level)
         self.history.verdict_ratios.append(ratio)
         warmed_up = self.epoch >= self.warmup_epochs
-        regime, reason = judge(low, high, self.threshold, warmed_up, self.history.plateaued(self.patience,
-                                                                                             self.min_delta))
+        first_bad, diverged, not_learning = self._health.states(self.history, rhat, self.level, self._comparison.named)
+        regime, reason = judge(low, high, self.threshold, warmed_up,
+                               self.history.plateaued(self.patience, self.min_delta), diverged=diverged,
+                               not_learning=not_learning)
         flagged = regime == FAR_ABOVE and self.flag_epoch is None
         if flagged:
             self.flag_epoch = self.epoch
-        notes = caveats(kind, self._risk.evaluates_rhat, self.epoch, self.warmup_epochs, regime, nonfinite)
-        if self.eps_star_lower_bound is not None:
-            notes.append(f"probe: eps* >= {format_eps(self.eps_star_lower_bound)}")
+        notes = caveats(kind, self._risk.evaluates_rhat, self.epoch, self.warmup_epochs, regime, nonfinite,
+                        self.eps_star_lower_bound)
         best, best_epoch = self.history.best_running_ratio()
         report = PhaseReport(
             epoch=self.epoch, eps=self.last_eps, adv_train_loss=mean, clean_test_loss=self.clean_test_loss,
@@ -172,27 +173,25 @@ class PhaseMonitor(MonitorSettings):
             early_stopped_epoch=self.rhat["epoch"] if self.rhat is not None else None,
             provisional=kind == "provisional" or not warmed_up, level=self.level,
             comparable=not self._comparison.unlike, unlike="; ".join(self._comparison.unlike),
+            diverged_epoch=first_bad, chance_loss=self._health.chance_loss,
         )
         if is_main_process():
-            log_report(self.logger, report, reason, self.verbose)
+            log_report(self.logger, report, reason, self.verbose, warned=self._health.warned)
             if report.flagged and self.on_flag is not None:
                 self.on_flag(report)
         return report
 
-    # -- run record ----------------------------------------------------------------------------
     def evaluate_rhat(self) -> bool:
-        """Evaluate R̂ at θ̂'s kept weights now if still pending (swapped in for the pass, then the model's own come
-        back; every process calls it); returns whether it evaluated."""
+        """Evaluate R̂ at θ̂'s kept weights now if pending (every process calls it); returns whether it evaluated."""
         pending = self._risk.pending
         self._risk.settle(due=True, eps=self.last_eps, reducer=self.reducer)
         return pending
 
     def record(self) -> dict[str, Any]:
-        """The run as plain JSON values (:func:`~advhooks.monitor.record.run_record`): what ``estimate-eps-star
-        --method records`` combines into ε*. It evaluates nothing: θ̂'s R̂ is as the last report had it (call
-        :meth:`evaluate_rhat` first for a run that stopped while it was pending)."""
+        """The run as plain JSON values (:func:`~advhooks.monitor.record.run_record`), for ``--method records``; it
+        evaluates nothing (call :meth:`evaluate_rhat` first for a run that stopped while θ̂'s R̂ was pending)."""
         ev = self._risk.evaluation
-        return run_record(self, self.attack or (ev.attack if ev is not None else None))
+        return run_record(self, self.attack or (ev.attack if ev is not None else None), self._health.chance_loss)
 
     def save_record(self, path: str | os.PathLike, weights: bool = False) -> Path:
         """Write :meth:`record` as JSON, atomically (main process only; returns the path); ``weights=True`` also
@@ -203,22 +202,23 @@ class PhaseMonitor(MonitorSettings):
         return Path(path)
 
     def plot(self, path: str | os.PathLike) -> Path:
-        """Draw the run (:meth:`record`): the running mean, the adversarial test loss and R̂ of θ̂ against R*(0)
-        with both bands."""
+        """Draw the run (:meth:`record`): running mean, adversarial test loss and R̂ of θ̂ against R*(0), with bands."""
         from ..plotting import plot_run
 
         return plot_run(self.record(), self.clean_test_loss, self._r_star.interval(self.level), path)
 
-    # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The epoch history, θ̂'s R̂, the flag, the lower bound, the differences from the benchmark found and this
-        rank's open-epoch sums, as plain values; while θ̂'s R̂ is still to be evaluated, also θ̂'s weights
-        (``theta_hat_weights``: CPU tensors), so that a resume evaluates it as the uninterrupted run would."""
-        return {"clean_test_loss": self.clean_test_loss, "epoch": self.epoch, **self.history.state_dict(),
-                **self._risk.state_dict(), "flag_epoch": self.flag_epoch,
+        """The run's state as plain values (history, θ̂'s R̂, flag, bound, open-epoch sums ...); while θ̂'s R̂ is pending
+        also θ̂'s weights (``theta_hat_weights``, CPU tensors), so that a resume evaluates it as the run would have."""
+        return {"clean_test_loss": self.clean_test_loss, "epoch": self.epoch, "flag_epoch": self.flag_epoch,
                 "eps_star_lower_bound": self.eps_star_lower_bound, "last_eps": self.last_eps,
-                **self._comparison.state_dict(),
-                **self._sums.state_dict()}
+                **self.history.state_dict(), **self._risk.state_dict(), **self._comparison.state_dict(),
+                **self._health.state_dict(), **self._sums.state_dict()}
+
+    def share_open_sums(self) -> None:
+        """Gather every process's open-epoch sums into the next :meth:`state_dict`, so that one process's checkpoint
+        resumes every process's share (a collective: each process calls it; the adapters' save hooks do)."""
+        self._sums.share(self.reducer)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output (validated; the benchmark must match)."""
@@ -229,7 +229,8 @@ class PhaseMonitor(MonitorSettings):
         self.flag_epoch = None if state["flag_epoch"] is None else int(state["flag_epoch"])
         self.eps_star_lower_bound = _optional_float(state["eps_star_lower_bound"])
         self.last_eps = _optional_float(state.get("last_eps"))
-        self._sums.load_state_dict(state)
+        self._health.load_state_dict(state)
+        self._sums.load_state_dict(state, self.logger)
 
 
 def _check_state(state: Any, clean_test_loss: float) -> None:

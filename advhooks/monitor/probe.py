@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._distributed import Reducer, sum_across_processes
 from .._outputs import logits_of
 from .._validation import check_finite_nonnegative, check_positive_int
-from ..attacks import PGD, Attack, eval_mode
+from ..attacks import PGD, Attack, SampleNoise, eval_mode
 from ..attacks.criteria import cross_entropy
 
 __all__ = ["EpsStarProbe", "ladder_lower_bound"]
@@ -62,16 +63,25 @@ class EpsStarProbe:
         """Every ``every`` epochs, and at the first."""
         return (epoch - 1) % self.every == 0
 
-    def run(self, r_star: float, bound: float | None) -> tuple[dict[str, float], float | None]:
-        """``{f"{ε′:.6g}": mean loss}`` over the subset for each rung, and the lower bound ``bound`` raised by it."""
-        losses: dict[str, float] = {}
-        for eps in self.ladder:
-            total = torch.zeros((), dtype=torch.float64, device=self.inputs.device)
+    def run(self, r_star: float, bound: float | None, reducer: Reducer | None = None,
+            seed: int = 0) -> tuple[dict[str, float], float | None]:
+        """``{f"{ε′:.6g}": mean loss}`` over the subset for each rung, and the lower bound ``bound`` raised by it.
+
+        On several processes each probes its own subset and the sums are added (``reducer``, else
+        ``torch.distributed``), so every process returns the same losses and bound. Random starts are drawn per
+        sample from ``(seed, position in the subset, ε′)``: the same weights give the same probe whatever
+        training drew from the global generator.
+        """
+        sums = torch.zeros((len(self.ladder), 2), dtype=torch.float64, device=self.inputs.device)
+        sums[:, 1] = float(self.inputs.shape[0])  # (each process's count: the sum is the total)
+        for row, eps in enumerate(self.ladder):
             for i in range(0, self.inputs.shape[0], self.batch_size):
                 x, y = self.inputs[i : i + self.batch_size], self.targets[i : i + self.batch_size]
-                adv = self.attack(self.model, x, y, eps=eps)
+                starts = SampleNoise(range(i, i + x.shape[0]), seed=seed, eps=eps)
+                adv = self.attack(self.model, x, y, eps=eps, generator=starts)
                 with torch.no_grad(), eval_mode(self.model):
-                    total += cross_entropy(logits_of(self.model(adv)), y).double().sum()
-            losses[f"{eps:.6g}"] = float(total) / self.inputs.shape[0]
+                    sums[row, 0] += cross_entropy(logits_of(self.model(adv)), y).double().sum()
+        totals = sum_across_processes(sums, reducer).tolist()
+        losses = {f"{eps:.6g}": total / count for eps, (total, count) in zip(self.ladder, totals, strict=True)}
         new = ladder_lower_bound(((eps, losses[f"{eps:.6g}"]) for eps in self.ladder), r_star)
         return losses, bound if new is None or (bound is not None and bound >= new) else new

@@ -20,8 +20,9 @@ __all__ = ["RUN_RECORD_SCHEMA", "run_record", "write_record", "write_weights"]
 RUN_RECORD_SCHEMA = "advhooks.run/1"
 
 
-def run_record(monitor: PhaseMonitor, attack: Attack | None) -> dict[str, Any]:
-    """``monitor``'s run with the evaluation ``attack``; the recipe's model is stored as its fingerprint."""
+def run_record(monitor: PhaseMonitor, attack: Attack | None, chance_loss: float | None = None) -> dict[str, Any]:
+    """``monitor``'s run with the evaluation ``attack`` and ln K (``chance_loss``, when known); the recipe's model is
+    stored as its fingerprint."""
     recipe = {k: v for k, v in dict(monitor.recipe or {}).items() if k != "model"}
     if monitor.recipe and isinstance(monitor.recipe.get("model"), nn.Module):
         recipe["model_hash"] = model_fingerprint(monitor.recipe["model"])["hash"]
@@ -35,6 +36,9 @@ def run_record(monitor: PhaseMonitor, attack: Attack | None) -> dict[str, Any]:
         "epochs": monitor.history.rows(),
         "early_stopped_epoch": None if rhat is None else rhat["epoch"],
         "rhat": None if rhat is None else dict(rhat),
+        # The run's health: its first NaN/inf epoch, and the loss of a uniform guess (ln K) that R̂ must stay below.
+        "diverged_epoch": monitor.history.first_nonfinite_epoch(),
+        "chance_loss": chance_loss,
         "recipe": recipe,
         "benchmark": benchmark_reference(monitor.benchmark),
         "level": monitor.level,

@@ -11,11 +11,17 @@ from typing import Any
 from ..schedules import format_eps
 from ..uncertainty import DEFAULT_LEVEL, MeanEstimate, ratio_interval
 
-__all__ = ["ABOVE", "ADVICE", "CLEAN_LIKE", "FAR_ABOVE", "NEAR", "REGIMES", "PhaseReport", "caveats", "comparable",
-           "decide_regime", "judge", "log_report", "ratio_band"]
+__all__ = ["ABOVE", "ADVICE", "CLEAN_LIKE", "DIVERGED", "EPS_REGIMES", "FAR_ABOVE", "NEAR", "NOT_LEARNING",
+           "NO_VERDICT", "REGIMES", "PhaseReport", "caveats", "chance_level", "comparable", "decide_regime", "judge",
+           "log_report", "ratio_band"]
 
 CLEAN_LIKE, NEAR, ABOVE, FAR_ABOVE = "clean-like", "near eps*", "above eps*", "eps >> eps*"
-REGIMES = (CLEAN_LIKE, NEAR, ABOVE, FAR_ABOVE)
+# The verdicts about ε, read from ρ's band.
+EPS_REGIMES = (CLEAN_LIKE, NEAR, ABOVE, FAR_ABOVE)
+# The states in which the run says nothing about ε: no finite R̂ to compare, a non-finite loss in the latest epoch
+# (the run diverged), R̂ at the loss of a uniform guess (the run does not learn).
+NO_VERDICT, DIVERGED, NOT_LEARNING = "no verdict", "diverged", "not learning"
+REGIMES = (*EPS_REGIMES, NO_VERDICT, DIVERGED, NOT_LEARNING)
 
 ADVICE = (
     "Adversarial training at this strength no longer behaves like clean training: the paper (Xing et al. "
@@ -49,6 +55,10 @@ class PhaseReport:
         flag_epoch: the epoch it fired, if it has.
         eps_star_lower_bound: the probe's lower bound on ε* so far (``None`` without a probe).
         probe: the probe's ``{ε′: loss}`` when it ran this epoch.
+        diverged_epoch: the first epoch whose running mean or adversarial test loss was NaN or inf, if any (the
+            regime is ``"diverged"`` while the latest epoch is).
+        chance_loss: ln K, the cross-entropy of a uniform guess over K classes, when known (R̂ reaching it within
+            its band is ``"not learning"``).
         samples: samples whose loss entered the epoch mean (all ranks).
         nonfinite_samples: samples of batches whose loss was NaN or inf (all ranks), left out of the mean.
         explanation: one or two sentences for people.
@@ -82,6 +92,8 @@ class PhaseReport:
     level: float = DEFAULT_LEVEL
     comparable: bool = True
     unlike: str = ""
+    diverged_epoch: int | None = None
+    chance_loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for loggers and JSON."""
@@ -92,7 +104,8 @@ class PhaseReport:
     def metrics(self, prefix: str = "advhooks/") -> dict[str, float]:
         """The numeric fields for experiment trackers, under one naming that every adapter uses.
 
-        ``regime`` is the regime's index in :data:`REGIMES` (0 clean-like, 1 near ε*, 2 above ε*, 3 ε ≫ ε*),
+        ``regime`` is the regime's index in :data:`REGIMES` (0 clean-like, 1 near ε*, 2 above ε*, 3 ε ≫ ε*, 4 no
+        verdict, 5 diverged, 6 not learning),
         ``provisional`` and ``comparable`` are 1 or 0: numbers, which every tracker accepts.
         """
         out = {
@@ -133,8 +146,9 @@ class PhaseReport:
 
     @property
     def should_stop(self) -> bool:
-        """The one stop rule: the ε ≫ ε* regime (adapters with ``stop_on_flag`` act on it)."""
-        return self.regime == FAR_ABOVE
+        """The one stop rule: the ε ≫ ε* regime, or a run whose latest epoch diverged (as Lightning's
+        ``EarlyStopping(check_finite=True)``); adapters with ``stop_on_flag`` act on it."""
+        return self.regime in (FAR_ABOVE, DIVERGED)
 
 
 def comparable(ratios: Sequence[float]) -> list[float]:
@@ -157,7 +171,7 @@ def decide_regime(low: float, high: float, *, threshold: float = 1.5, far_allowe
         ('eps >> eps*', 'above eps*')
     """
     if not (math.isfinite(low) and math.isfinite(high)):
-        return NEAR, "no finite adversarial training loss yet (diverged?): no verdict"
+        return NO_VERDICT, "no finite R-hat to compare with R*(0): no verdict"
     band = f"rho in [{low:.3f}, {high:.3f}]"
     if high < 1.0:
         return CLEAN_LIKE, f"{band} < 1: eps < eps*, adversarial training behaves like clean training"
@@ -177,8 +191,47 @@ def ratio_band(rhat: MeanEstimate | None, r_star: MeanEstimate, level: float) ->
     return ratio_interval(rhat, r_star, level)
 
 
-def judge(low: float, high: float, threshold: float, warmed_up: bool, plateaued: bool) -> tuple[str, str]:
-    """The regime of ρ's band and why: ε ≫ ε* only after the warm-up and on a plateau of the verdict ρ."""
+# A band of R̂ within 1 % of ln K counts as reaching it (a collapsed model's loss is ln K up to rounding, or a little
+# below it when it predicts the class frequencies of a nearly balanced set).
+CHANCE_TOLERANCE = 0.99
+
+
+def chance_level(rhat: MeanEstimate | None, level: float, num_classes: int | None) -> str | None:
+    """Why R̂ is at chance level (its band reaches ln K to 1 %, the cross-entropy of a uniform guess over K classes), or
+    ``None`` when it is not, or when there is no finite R̂ or no K to compare with.
+
+    Example:
+        >>> chance_level(MeanEstimate(2.31, 0.01, 100, 100), 0.8, 10)[:35]
+        'R-hat 2.3100 reaches ln 10 = 2.3026'
+        >>> chance_level(MeanEstimate(0.4, 0.01, 100, 100), 0.8, 10) is None
+        True
+    """
+    if rhat is None or not num_classes or num_classes < 2 or not math.isfinite(rhat.mean):
+        return None
+    chance = math.log(num_classes)
+    if rhat.interval(level)[1] < CHANCE_TOLERANCE * chance:
+        return None
+    return (f"R-hat {rhat.mean:.4f} reaches ln {num_classes} = {chance:.4f}, the loss of a uniform guess: the model is "
+            "not learning (a collapsed run, a learning rate too high, or an attack too strong for the model), which "
+            "says nothing about eps*")
+
+
+def judge(low: float, high: float, threshold: float, warmed_up: bool, plateaued: bool, *,
+          diverged: int | None = None, not_learning: str | None = None) -> tuple[str, str]:
+    """The regime of ρ's band and why: ε ≫ ε* only after the warm-up and on a plateau of the verdict ρ.
+
+    ``diverged``: the first non-finite epoch, when the latest epoch is non-finite (the run diverged: no verdict,
+    whatever θ̂ had); ``not_learning``: :func:`chance_level`'s reason when R̂ is at chance level. Both come before ρ.
+
+    Example:
+        >>> judge(0.5, 0.7, 1.5, True, False, diverged=8)[0], judge(0.5, 0.7, 1.5, True, False)[0]
+        ('diverged', 'clean-like')
+    """
+    if diverged is not None:
+        return DIVERGED, (f"the loss is NaN/inf since epoch {diverged} (the run diverged): no verdict about eps, "
+                          "whatever theta-hat read before")
+    if not_learning is not None:
+        return NOT_LEARNING, not_learning
     regime, reason = decide_regime(low, high, threshold=threshold, far_allowed=warmed_up and plateaued)
     if regime == ABOVE and low >= threshold and warmed_up:
         reason += " (still improving: no eps >> eps* verdict yet)"
@@ -186,8 +239,9 @@ def judge(low: float, high: float, threshold: float, warmed_up: bool, plateaued:
 
 
 def caveats(kind: str, evaluates_rhat: bool, epoch: int, warmup_epochs: int, regime: str,
-            nonfinite: int) -> list[str]:
-    """What a report's verdict rests on, for people: its kind of R̂, the warm-up, NaN/inf batches."""
+            nonfinite: int, lower_bound: float | None = None) -> list[str]:
+    """What a report's verdict rests on, for people: its kind of R̂, the warm-up, NaN/inf batches, the probe's
+    lower bound on ε*."""
     notes = []
     if kind == "provisional":
         notes.append("provisional: no adversarial test loss, so the verdict uses the best running mean of the "
@@ -202,12 +256,16 @@ def caveats(kind: str, evaluates_rhat: bool, epoch: int, warmup_epochs: int, reg
         notes.append(f"warm-up {epoch}/{warmup_epochs}")
     if nonfinite:
         notes.append(f"{nonfinite} samples had a NaN/inf loss and were left out of the mean")
+    if lower_bound is not None:
+        notes.append(f"probe: eps* >= {format_eps(lower_bound)}")
     return notes
 
 
-def log_report(logger: logging.Logger, report: PhaseReport, reason: str, verbose: bool = False) -> None:
+def log_report(logger: logging.Logger, report: PhaseReport, reason: str, verbose: bool = False,
+               warned: set[str] | None = None) -> None:
     """One line per epoch (INFO; with ``verbose`` shown whatever the logger's level, which stays as it is), and
-    warnings for NaN/inf batches and for the ε ≫ ε* flag."""
+    warnings for NaN/inf batches, for the ε ≫ ε* flag, and the first time a settled report is ``diverged`` or
+    ``not learning`` (the states in ``warned`` are not warned about again; the new one is added)."""
     eps_txt = "?" if report.eps is None else format_eps(report.eps)
     low, high = report.ratio_interval
     where = "" if report.early_stopped_epoch is None else f", theta-hat = epoch {report.early_stopped_epoch}"
@@ -224,3 +282,7 @@ def log_report(logger: logging.Logger, report: PhaseReport, reason: str, verbose
                        report.epoch, report.nonfinite_samples)
     if report.flagged:
         logger.warning("eps = %s looks >> eps*: %s. %s", eps_txt, reason, ADVICE)
+    if (warned is not None and report.regime in (DIVERGED, NOT_LEARNING) and report.regime not in warned
+            and not report.provisional):
+        warned.add(report.regime)
+        logger.warning("epoch %d: %s: %s", report.epoch, report.regime, reason)

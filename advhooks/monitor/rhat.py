@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
 from .._distributed import Reducer, sum_across_processes, world_size
-from .._validation import check_finite_nonnegative, check_positive_int
+from .._validation import check_loss, check_positive_int
 from ..attacks import PGD, Attack, unwrap_parallel
 from ..evaluation import FixedSubset, evaluate_adversarial_loss
 from ..uncertainty import MeanEstimate
@@ -34,6 +34,7 @@ class Evaluation:
     test_subset: FixedSubset | None
     batch_size: int
     device: Any
+    seed: int = 0
 
     @classmethod
     def build(cls, model: nn.Module, train_data: Any, test_data: Any, attack: Attack | None,
@@ -50,7 +51,7 @@ class Evaluation:
         subsets = [None if size is None else FixedSubset(check_positive_int("subset size", size), seed)
                    for size in (train_subset, test_subset)]
         return cls(model, train_data, test_data, attack, subsets[0], subsets[1],
-                   check_positive_int("batch_size", batch_size), device)
+                   check_positive_int("batch_size", batch_size), device, int(seed))
 
     def attack_at(self, eps: float | None) -> Attack:
         """The evaluation attack: the one given, else PGD-10 in L∞ at the epoch's ε."""
@@ -59,10 +60,11 @@ class Evaluation:
     def adversarial_loss(self, data: Any, subset: FixedSubset | None, eps: float | None,
                          reducer: Reducer | None) -> MeanEstimate:
         """The mean adversarial loss of the model's current weights on the fixed subset of ``data``, the work
-        shared between the processes (the same samples and the same estimate whatever their number)."""
+        shared between the processes: the same samples, each with its own random start drawn from
+        ``(seed, index, ε)``, so the same estimate whatever their number and whatever training drew."""
         estimate, _ = evaluate_adversarial_loss(self.model, data, self.attack_at(eps), eps=eps, subset=subset,
                                                 batch_size=self.batch_size, device=self.device,
-                                                split=_splittable(data), reducer=reducer)
+                                                split=_splittable(data), reducer=reducer, seed=self.seed)
         return estimate
 
 
@@ -97,7 +99,7 @@ class EarlyStoppedRisk:
         """The epoch's adversarial test loss: the loop's (its mean over the processes, so that every process decides
         θ̂ alike), else evaluated when test data was given."""
         if given is not None:
-            given = check_finite_nonnegative("adv_test_loss", given)
+            given = check_loss("adv_test_loss", given)  # NaN or inf: the run diverged, recorded, not raised
             if reducer is None and world_size() == 1:
                 return given
             total, count = sum_across_processes(torch.tensor([given, 1.0], dtype=torch.float64), reducer).tolist()
@@ -120,8 +122,8 @@ class EarlyStoppedRisk:
         improve nearly every time and the verdict is provisional then anyway). Until then the verdict uses
         θ̂'s running mean.
         """
-        known = [t for t in earlier if t is not None]
-        if test_loss is not None and not (known and test_loss >= min(known)):
+        known = [t for t in earlier if t is not None and math.isfinite(t)]
+        if test_loss is not None and math.isfinite(test_loss) and not (known and test_loss >= min(known)):
             self.rhat = {"epoch": epoch, "mean": running_mean, "stderr": 0.0, "n": None, "population": None,
                          "kind": "running mean"}
             if self.evaluates_rhat:

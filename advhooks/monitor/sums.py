@@ -5,6 +5,7 @@ The sums stay on the device of the losses (no host read per batch) until :meth:`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -12,9 +13,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .._distributed import is_distributed, rank, sum_across_processes
+from .._distributed import is_distributed, rank, sum_across_processes, world_size
 
-__all__ = ["EpochSums", "batch_loss"]
+__all__ = ["EpochSums", "batch_loss", "classes_of"]
 
 # Declared once: reset to 0, summed across ranks, saved and restored.
 SUMS = ("loss_sum", "count", "nonfinite")
@@ -36,6 +37,15 @@ def batch_loss(output: Any, batch_size: int | None) -> tuple[torch.Tensor, int, 
     return (loss if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))), n, eps
 
 
+def classes_of(output: Any) -> int | None:
+    """The number of classes of a :class:`~advhooks.StepOutput`'s ``(batch, classes)`` logits (their shape: no host
+    read), ``None`` for a bare loss or logits of another shape."""
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[1] >= 2:
+        return int(logits.shape[1])
+    return None
+
+
 class EpochSums:
     """Sums of the epoch's finite losses (× batch size), their sample count, and the samples of NaN/inf batches."""
 
@@ -45,11 +55,14 @@ class EpochSums:
     def reset(self) -> None:
         self.values: dict[str, torch.Tensor | float] = dict.fromkeys(SUMS, 0.0)
         self.largest_batch = 0  # this rank's largest batch of the epoch (a Python int: no host read)
+        self.by_rank: list[list[float]] | None = None  # every rank's open sums, from the last share()
 
-    @property
-    def has_updates(self) -> bool:
-        """Whether the open epoch has seen a batch (reads the count: one host sync)."""
-        return float(self.values["count"]) + float(self.values["nonfinite"]) > 0
+    def any_updates(self, reducer: Callable[[torch.Tensor], torch.Tensor] | None) -> bool:
+        """Whether any process's open epoch has seen a batch (a sum across processes: every process calls it)."""
+        seen = [self.values[name] for name in ("count", "nonfinite")]
+        device = next((v.device for v in seen if isinstance(v, torch.Tensor)), torch.device("cpu"))
+        packed = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in seen])
+        return float(sum_across_processes(packed, reducer).sum()) > 0
 
     def add(self, loss: torch.Tensor, n: int) -> None:
         """One batch's mean loss (a one-value tensor) and its size; a NaN/inf loss is counted apart."""
@@ -62,6 +75,16 @@ class EpochSums:
         for name in SUMS:
             self.values[name] = self.values[name] + added[name]
         self.largest_batch = max(self.largest_batch, n)
+        self.by_rank = None  # (shared before this batch: stale)
+
+    def share(self, reducer: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """Gather every rank's open sums onto every rank (a sum across processes: each must call it), so that a
+        state saved from one rank alone (one checkpoint file) restores every rank's share of the open epoch."""
+        mine = [self.values[name] for name in SUMS]
+        device = next((v.device for v in mine if isinstance(v, torch.Tensor)), torch.device("cpu"))
+        table = torch.zeros((world_size(), len(SUMS)), dtype=torch.float64, device=device)
+        table[rank()] = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in mine])
+        self.by_rank = sum_across_processes(table, reducer).tolist()
 
     def totals(self, reducer: Callable[[torch.Tensor], torch.Tensor] | None, sync_timeout: float) -> dict[str, float]:
         """The sums over all ranks, read on the host (``reducer``, else ``torch.distributed`` when initialised),
@@ -75,21 +98,42 @@ class EpochSums:
         return dict(zip((*SUMS, "largest_batch"), packed.tolist(), strict=True))
 
     def state_dict(self) -> dict[str, Any]:
-        """This rank's open sums, as plain floats, with the rank they belong to."""
-        state = {f"open_{name}": float(self.values[name]) for name in SUMS}
+        """This rank's open sums, as plain floats, with the rank they belong to, and every rank's when they were
+        gathered by :meth:`share` since the last batch (``open_by_rank``)."""
+        state: dict[str, Any] = {f"open_{name}": float(self.values[name]) for name in SUMS}
         state["rank"] = rank()
+        state["open_by_rank"] = None if self.by_rank is None else [list(row) for row in self.by_rank]
         return state
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore this rank's open sums.
+    def load_state_dict(self, state: Mapping[str, Any], logger: logging.Logger | None = None) -> None:
+        """Restore this rank's open sums: its row of ``open_by_rank`` when the state has every rank's (on another
+        number of processes, rank 0 takes their total), else the sums saved by this rank.
 
-        Frameworks that save one checkpoint from rank 0 hand rank 0's sums to every rank: only rank 0 keeps
-        them, so nothing is counted twice (the epoch mean then covers rank 0's samples from before the save
-        and every rank's after it).
+        A state saved by one rank without :meth:`share` (a framework that writes one checkpoint) holds only that
+        rank's sums: only that rank keeps them, so nothing is counted twice, and ``logger`` (main process) says that
+        the other ranks' samples of the interrupted epoch are missing from its mean.
         """
+        if logger is not None and self.lost_on_resume(state) and rank() == 0:
+            logger.warning("this monitor state was saved mid-epoch by one process without share_open_sums(): the other "
+                           "processes' samples of the interrupted epoch are missing from its mean")
         self.reset()
-        if not is_distributed() or int(state.get("rank", 0)) == rank():
+        by_rank = state.get("open_by_rank")
+        if by_rank is not None:
+            rows = [[float(v) for v in row] for row in by_rank]
+            if len(rows) == world_size():
+                row, self.by_rank = rows[rank()], rows  # (still every rank's sums until the next batch)
+            else:
+                row = [sum(col) for col in zip(*rows, strict=True)] if rank() == 0 else [0.0] * len(SUMS)
+            self.values = dict(zip(SUMS, row, strict=True))
+        elif not is_distributed() or int(state.get("rank", 0)) == rank():
             self.values = {name: float(state[f"open_{name}"]) for name in SUMS}
+
+    @staticmethod
+    def lost_on_resume(state: Mapping[str, Any]) -> bool:
+        """Whether restoring ``state`` on several processes loses the other ranks' open-epoch sums (one rank's
+        mid-epoch state, saved without :meth:`share`)."""
+        open_samples = float(state.get("open_count") or 0) + float(state.get("open_nonfinite") or 0)
+        return world_size() > 1 and state.get("open_by_rank") is None and open_samples > 0
 
 
 def _wait_for_all_ranks(sync_timeout: float) -> None:

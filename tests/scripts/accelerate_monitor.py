@@ -1,7 +1,8 @@
 """Run under `accelerate launch`: the monitor's reduced epoch mean against a gather of every batch.
 
-Writes JSON (main process) with the monitor's epoch means and the single-process means recomputed from
-all ranks' per-batch (loss sum, count) pairs gathered to every process.
+Writes JSON (main process) with the monitor's epoch means and the single-process means recomputed from every
+rank's per-sample losses gathered with ``gather_for_metrics`` (which drops the samples Accelerate repeats to pad
+the last global batch: 300 samples in global batches of 64 leave 44 real ones in the last).
 """
 
 import json
@@ -31,17 +32,19 @@ def main(out_path: str) -> None:
     adv = AcceleratedAdversarialTraining(accelerator, model, PGD(8 / 255, steps=3), monitor=monitor)
     means, recomputed = [], []
     for _ in range(2):
-        sums = []
+        losses = []
         for x, y in loader:
             out = adv(x, y)
             opt.zero_grad()
             accelerator.backward(out.loss)
             opt.step()
-            sums.append(torch.stack([out.adv_loss.double() * out.batch_size, torch.tensor(out.batch_size).double()]))
-        local = torch.stack(sums)
-        everything = accelerator.gather(local)  # every rank's batches
-        recomputed.append(float(everything[:, 0].sum() / everything[:, 1].sum()))
-        means.append(adv.epoch_end().adv_train_loss)
+            losses.append(accelerator.gather_for_metrics(out.adv_losses.double()))  # every real sample, once
+        everything = torch.cat(losses)
+        assert everything.numel() == len(train)
+        recomputed.append(float(everything.mean()))
+        report = adv.epoch_end()
+        assert report.samples == len(train), report.samples
+        means.append(report.adv_train_loss)
     if accelerator.is_main_process:
         with open(out_path, "w") as fh:
             json.dump({"monitor": means, "recomputed": recomputed, "processes": accelerator.num_processes}, fh)

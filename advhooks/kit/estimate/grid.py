@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 from ...attacks.domain import Normalization
 from ...benchmark import CleanBenchmark, Recipe, benchmark_reference
 from ...monitor import RUN_RECORD_SCHEMA, PhaseMonitor
+from ...monitor.report import NOT_LEARNING, chance_level
 from ...schedules import format_eps
-from ...uncertainty import DEFAULT_LEVEL
+from ...uncertainty import DEFAULT_LEVEL, MeanEstimate
 from ..training import PassCounter, train_adversarially
 from .crossing import fill_crossing
 from .result import _RUN_LOG, EpsStarEstimate, _cost, check_eps_grid, make_attack
@@ -122,12 +123,27 @@ def estimate_grid(
     return _cost(est, counter, start, len(train_set))
 
 
-def _record_point(record: Mapping[str, Any]) -> tuple[float, float, float] | None:
-    """(ε, R̂ of θ̂, its s.e.) from a run record, or ``None`` when the run has no finite R̂."""
+def _record_health(record: Mapping[str, Any], level: float) -> str | None:
+    """Why a run record is not a healthy measurement of R̂(θ̂(ε), ε), or ``None``: no finite R̂, a NaN/inf epoch (the
+    run diverged: θ̂ is the weights from before, not what the recipe trains), R̂ at chance level (not learning)."""
     rhat = record.get("rhat")
     if not rhat or rhat.get("mean") is None or not math.isfinite(rhat["mean"]):
-        return None
-    return float(record["eps"]), float(rhat["mean"]), float(rhat.get("stderr") or 0.0)
+        return "no finite R-hat"
+    if record.get("diverged_epoch") is not None:
+        return f"diverged (NaN/inf loss from epoch {record['diverged_epoch']})"
+    estimate = MeanEstimate(float(rhat["mean"]), float(rhat.get("stderr") or 0.0), int(rhat.get("n") or 1),
+                            int(rhat.get("population") or 1))
+    chance = record.get("chance_loss")
+    if chance and chance_level(estimate, level, round(math.exp(chance))) is not None:
+        return f"{NOT_LEARNING} (R-hat {estimate.mean:.4f} at the chance level ln K = {chance:.4f})"
+    return None
+
+
+def _kept_despite(health: str, eps: float, healthy_eps: Sequence[float]) -> bool:
+    """A run at chance level above every ε where runs learn (the benchmark's clean run at 0 among them) stays a point:
+    its R̂ is measured, and says ε* lies below it. One at an ε where other runs learn is a collapse of that run, not
+    an effect of ε, and is left out."""
+    return health.startswith(NOT_LEARNING) and eps > max(healthy_eps)
 
 
 def _check_records(records: Sequence[Mapping[str, Any]], benchmark: CleanBenchmark,
@@ -147,6 +163,12 @@ def _check_records(records: Sequence[Mapping[str, Any]], benchmark: CleanBenchma
             if a is not None and b is not None and a != b:
                 raise ValueError(f"{name} (eps {format_eps(float(rec.get('eps') or 0))}) was measured against another "
                                  f"benchmark: {key} {b!r} vs {a!r}")
+        kind = (rec.get("rhat") or {}).get("kind", "fixed weights")
+        if kind != "fixed weights":
+            eps = format_eps(float(rec.get("eps") or 0))
+            raise ValueError(f"{name} (eps {eps}) holds a {kind} R-hat, not R-hat at theta-hat's fixed weights: "
+                             "record runs with monitor.evaluate_with(model, train_data, "
+                             "test_data) and call monitor.evaluate_rhat() before save_record")
         norms.add(rec.get("norm"))
         recipe = {k: v for k, v in (rec.get("recipe") or {}).items() if k not in ignore}
         recipes.add(json.dumps(recipe, sort_keys=True, default=str))
@@ -175,17 +197,23 @@ def estimate_from_records(records: Sequence[Mapping[str, Any]], benchmark: Clean
     _check_records(records, benchmark, vary)
     norm = next((r.get("norm") for r in records if r.get("norm")), "linf")
     est = EpsStarEstimate("records", None, benchmark.clean_test_loss, norm, level=level)
-    for rec in records:
-        point = _record_point(rec)
+    health = [_record_health(rec, level) for rec in records]
+    # The clean run at ε = 0 learned with this recipe: the benchmark.
+    healthy_eps = [0.0] + [float(rec["eps"]) for rec, h in zip(records, health, strict=True) if h is None]
+    for rec, state in zip(records, health, strict=True):
         run = (rec.get("recipe") or {}).get("run", 0)  # records without a run index are one set of runs
-        if point is None:
-            est.points.append({"eps": rec.get("eps"), "run": run, "loss": None, "failed": "no finite R-hat"})
-            est.warnings.append(f"the run at eps {format_eps(float(rec.get('eps') or 0))} has no finite R-hat")
+        where = f"the run at eps {format_eps(float(rec.get('eps') or 0))} (run {run})"
+        if state is not None and not _kept_despite(state, float(rec.get("eps") or 0), healthy_eps):
+            est.points.append({"eps": rec.get("eps"), "run": run, "loss": None, "failed": state})
+            est.warnings.append(f"{where} is left out: {state}")
             continue
-        e, loss, se = point
-        est.points.append({"eps": e, "run": run, "loss": loss, "stderr": se, "epoch": rec.get("early_stopped_epoch"),
-                           "kind": rec["rhat"].get("kind"),
-                           "rhat_seconds": (rec.get("evaluation_seconds") or {}).get("rhat")})
+        if state is not None:
+            est.warnings.append(f"{where} is {state}: kept as a point above every eps where runs learn")
+        rhat = rec["rhat"]
+        est.points.append({"eps": float(rec["eps"]), "run": run, "loss": float(rhat["mean"]),
+                           "stderr": float(rhat.get("stderr") or 0.0), "epoch": rec.get("early_stopped_epoch"),
+                           "kind": rhat.get("kind"), "rhat_seconds": (rec.get("evaluation_seconds") or {}).get("rhat"),
+                           **({"state": state} if state else {})})
     fill_crossing(est, benchmark, include_clean=include_clean, draws=draws, seed=seed)
     return est
 

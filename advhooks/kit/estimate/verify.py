@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from ...attacks.domain import Normalization
 from ...benchmark import CleanBenchmark, Recipe
-from ...monitor.report import ABOVE, CLEAN_LIKE, FAR_ABOVE, NEAR
+from ...monitor.report import ABOVE, CLEAN_LIKE, DIVERGED, FAR_ABOVE, NEAR, NO_VERDICT, NOT_LEARNING
 from ...schedules import format_eps
 from ..training import PassCounter
 from .grid import monitored_run
@@ -24,6 +24,9 @@ MEANING = {
     CLEAN_LIKE: "eps* lies above the estimate (the run at it still trains like clean training)",
     ABOVE: "eps* lies below the estimate (the run at it is already above eps*)",
     FAR_ABOVE: "eps* lies well below the estimate",
+    NO_VERDICT: "the run at it has no finite R-hat: it says nothing about the estimate",
+    DIVERGED: "the run at it diverged (NaN/inf loss): it says nothing about the estimate",
+    NOT_LEARNING: "the run at it did not learn (R-hat at chance level): it says nothing about the estimate",
 }
 
 

@@ -1,0 +1,105 @@
+"""Random starts that are a function of the sample, not of the random generator's history.
+
+An evaluation of fixed weights (the paper's R̂, the adversarial test loss that selects θ̂, the probe) must give
+the same number whatever training did to the global generator and however the samples are split between
+processes. :class:`SampleNoise` draws each sample's numbers from a counter-based hash of
+``(seed, sample index, ε, draw, element)``: batched integer arithmetic on the sample's device, no host read,
+so the attack loop stays as fast and as capture-friendly as with ``torch.rand``.
+
+Pass one as an attack's ``generator=``; :func:`~advhooks.attacks.norms.random_in_ball_` then takes its
+uniform and Gaussian numbers from it. Each draw (a restart's start) advances its counter.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["SampleNoise"]
+
+_MASK = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """``x * constant`` modulo 2³² for ``x`` in [0, 2³²) held in int64, without a signed overflow."""
+    low, high = constant & 0xFFFF, constant >> 16
+    return (x * low + (((x * high) & 0xFFFF) << 16)) & _MASK
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer finaliser (xor-shift / multiply rounds): nearby inputs give unrelated outputs."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _fold(value: int) -> int:
+    """A Python integer of any size folded to 32 bits by the same finaliser (host side, once per key)."""
+    out = 0
+    while True:
+        out = int(_mix32(torch.tensor([((out ^ (value & _MASK)) + _GOLDEN) & _MASK]))[0])
+        value >>= 32
+        if value == 0:
+            return out
+
+
+class SampleNoise:
+    """Per-sample random numbers keyed by ``(seed, sample index, ε)``: the same sample draws the same start on
+    any process, in any batch, after any amount of training.
+
+    Args:
+        indices: each sample's index in its data set (the order of the batch), an int64 tensor or a sequence.
+        seed: the evaluation's seed.
+        eps: the strength the start is drawn for (a start at another ε is another draw).
+
+    Example:
+        >>> a = SampleNoise([3, 7], seed=0, eps=0.1).rand((2, 4))
+        >>> b = SampleNoise([7], seed=0, eps=0.1).rand((1, 4))
+        >>> bool(torch.equal(a[1], b[0])), bool(((a > 0) & (a < 1)).all())
+        (True, True)
+    """
+
+    def __init__(self, indices: torch.Tensor | Sequence[int], *, seed: int, eps: float) -> None:
+        indices = torch.as_tensor(indices, dtype=torch.int64)
+        if indices.ndim != 1:
+            raise ValueError(f"indices must be one index per sample, got shape {tuple(indices.shape)}")
+        if not math.isfinite(eps):
+            raise ValueError(f"eps must be finite, got {eps}")
+        base = _fold((_fold(int(seed)) << 64) | struct.unpack("<Q", struct.pack("<d", float(eps)))[0])
+        self._keys = _mix32((_mix32(indices & _MASK) ^ (indices >> 32) ^ base) & _MASK)
+        self._draws = 0
+
+    def __len__(self) -> int:
+        return int(self._keys.shape[0])
+
+    def _bits(self, shape: Sequence[int], device: torch.device | str | None) -> torch.Tensor:
+        """Per element, 32 fresh pseudo-random bits (int64), one row per sample; advances the draw counter."""
+        shape = tuple(shape)
+        if not shape or shape[0] != len(self):
+            raise ValueError(f"SampleNoise holds {len(self)} samples, asked for shape {shape}")
+        per_sample = math.prod(shape[1:])
+        keys = self._keys.to(device)
+        draw = _mix32(torch.tensor([(self._draws * _GOLDEN) & _MASK], device=keys.device))
+        self._draws += 1
+        counter = torch.arange(per_sample, dtype=torch.int64, device=keys.device)
+        mixed = _mix32(((keys ^ draw).unsqueeze(1) + _mul32(counter, _GOLDEN).unsqueeze(0)) & _MASK)
+        return _mix32(mixed ^ keys.unsqueeze(1)).reshape(shape)
+
+    def rand(self, shape: Sequence[int], *, device: torch.device | str | None = None,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Uniform numbers in the open interval (0, 1), one row of ``shape[1:]`` per sample."""
+        bits = self._bits(shape, device)
+        return ((bits >> 8).to(torch.float64) + 0.5).mul_(2.0 ** -24).to(dtype)
+
+    def randn(self, shape: Sequence[int], *, device: torch.device | str | None = None,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Standard normal numbers (Box–Muller from two uniform draws), one row of ``shape[1:]`` per sample."""
+        u1 = self.rand(shape, device=device, dtype=torch.float64)
+        u2 = self.rand(shape, device=device, dtype=torch.float64)
+        return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(dtype)
