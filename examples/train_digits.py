@@ -15,6 +15,7 @@ advhooks adds to a plain loop are marked.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> list:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-record", help="with --benchmark: write the run record here, with the early-stopped "
                         "weights beside it (what `advhooks connectivity --checkpoint` reads)")
+    parser.add_argument("--report-json", help="with --benchmark: write the final report (report.to_dict()) here")
     args = parser.parse_args(argv)
     if args.save_record and not args.benchmark:
         parser.error("--save-record needs --benchmark (the record is the monitor's)")
@@ -118,6 +120,9 @@ def main(argv: list[str] | None = None) -> list:
         share = sum(monitor.evaluation_seconds.values()) / training_seconds
         log.info("final: %s; the monitor's evaluation took %.1f %% of the training time", reports[-1].summary(),
                  100 * share)
+    if reports and args.report_json:  # machine-readable: the final report (benchmarks/every_path.py reads it)
+        with open(args.report_json, "w") as fh:
+            json.dump(reports[-1].to_dict(), fh, indent=2)
     if monitor is not None and args.save_record:
         log.info("wrote %s", monitor.save_record(args.save_record, weights=True))
     log.info("done in %.1f s", time.perf_counter() - start)

@@ -13,6 +13,7 @@ end (θ̂ by the PGD-10 test loss, R̂ at θ̂'s fixed weights on 512 training s
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import lightning as L  # lightning (1/3)
@@ -71,8 +72,11 @@ def main(argv: list[str] | None = None) -> list:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--devices", type=int, default=1, help="processes (DDP on the CPU when > 1); the global batch "
                    "stays 64, the benchmark's")
+    p.add_argument("--report-json", help="write the final report (report.to_dict()) here (JSON, main process)")
     args = p.parse_args(argv)
     eps = parse_eps(args.eps)
+    if args.devices < 1 or 64 % args.devices:
+        raise ValueError(f"--devices {args.devices} must divide the global batch of 64 (the benchmark's)")
 
     L.seed_everything(args.seed)
     train_set, test_set = load_digits(seed=0)
@@ -92,6 +96,9 @@ def main(argv: list[str] | None = None) -> list:
     if reports and trainer.is_global_zero:
         share = sum(callbacks[0].monitor.evaluation_seconds.values()) / seconds
         print(f"final: {reports[-1].summary()}; the monitor's evaluation took {100 * share:.1f} % of the training time")
+        if args.report_json:  # machine-readable: the final report (benchmarks/every_path.py reads it)
+            with open(args.report_json, "w") as fh:
+                json.dump(reports[-1].to_dict(), fh, indent=2)
     return reports
 
 

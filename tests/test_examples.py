@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
 import sys
 
 import pytest
+
+from advhooks.monitor import REGIMES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -78,3 +81,16 @@ def test_an_example_refuses_bad_input_in_one_line():
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: eps=8 is larger") and "8/255" in lines[0], out.stderr
+
+
+@pytest.mark.slow
+def test_every_path_benchmark_runs_each_path_and_reads_their_reports(tmp_path):
+    # Two epochs: every path warns that its recipe differs (2 vs 60 epochs), and the table says so.
+    out = tmp_path / "every-path"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "every_path.py"), "--epochs", "2", "--eps",
+                           "8/255", "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads((out / "every_path.json").read_text())["runs"]
+    assert sorted(r["path"] for r in runs) == ["accelerate-1", "accelerate-2", "hf", "lightning", "plain"]
+    assert all(r["report"] is not None and r["report"]["regime"] in REGIMES for r in runs)
+    assert all(r["recipe_warning"] for r in runs) and "recipe warning" in (out / "every_path.md").read_text()
