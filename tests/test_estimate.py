@@ -203,3 +203,14 @@ def test_finetune_tracks_the_grid_on_digits(digits):
     assert grid.value is not None and ft.value is not None
     assert probe.lower_bound <= grid.value * 1.1
     assert abs(ft.value / grid.value - 1) < 0.35
+
+
+def test_verify_never_confirms_a_run_that_diverged(bench, digits):
+    from advhooks.kit.estimate.verify import verify_estimate
+
+    train, test = digits
+    est = E.EpsStarEstimate("finetune", 4 / 255, bench.clean_test_loss, "linf")
+    verify_estimate(est, PRESET.model, train, test, bench, recipe=Recipe(epochs=2, lr=1e30), steps=2)
+    check = est.verification
+    assert check["regime"] == "diverged" and not check["confirms"] and "says nothing" in check["meaning"]
+    assert any("reads diverged" in w for w in est.warnings)

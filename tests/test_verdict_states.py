@@ -165,3 +165,15 @@ def test_sample_noise_is_keyed_by_the_sample_and_uniform():
     assert abs(float(corr)) < 0.02
     normal = SampleNoise(torch.arange(4000), seed=0, eps=0.1).randn((4000, 4))
     assert float(normal.mean()) == pytest.approx(0.0, abs=0.03) and float(normal.std()) == pytest.approx(1, abs=0.03)
+
+
+def test_a_resumed_monitor_carries_the_diverged_state_and_the_classes():
+    monitor = _monitor()
+    for given in (0.5, math.nan):
+        monitor.update(torch.tensor(0.4), batch_size=10)
+        monitor.epoch_end(adv_test_loss=given)
+    resumed = _monitor()
+    resumed.load_state_dict(monitor.state_dict())
+    resumed.update(torch.tensor(0.4), batch_size=10)
+    report = resumed.epoch_end(adv_test_loss=math.inf)
+    assert report.regime == DIVERGED and report.diverged_epoch == 2 and report.chance_loss == pytest.approx(math.log(4))

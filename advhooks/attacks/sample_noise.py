@@ -24,14 +24,15 @@ _MASK = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
 
 
-def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
-    """``x * constant`` modulo 2³² for ``x`` in [0, 2³²) held in int64, without a signed overflow."""
+def _mul32(x: torch.Tensor | int, constant: int) -> torch.Tensor | int:
+    """``x * constant`` modulo 2³² for ``x`` in [0, 2³²) held in int64 (or a Python int), without a signed overflow."""
     low, high = constant & 0xFFFF, constant >> 16
     return (x * low + (((x * high) & 0xFFFF) << 16)) & _MASK
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer finaliser (xor-shift / multiply rounds): nearby inputs give unrelated outputs."""
+def _mix32(x: torch.Tensor | int) -> torch.Tensor | int:
+    """A 32-bit integer finaliser (xor-shift / multiply rounds): nearby inputs give unrelated outputs. The same
+    arithmetic on a tensor (on its device) and on a Python int (the host-side keys: no tensor, no device)."""
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
     x = x ^ (x >> 15)
@@ -43,7 +44,7 @@ def _fold(value: int) -> int:
     """A Python integer of any size folded to 32 bits by the same finaliser (host side, once per key)."""
     out = 0
     while True:
-        out = int(_mix32(torch.tensor([((out ^ (value & _MASK)) + _GOLDEN) & _MASK]))[0])
+        out = _mix32(((out ^ (value & _MASK)) + _GOLDEN) & _MASK)
         value >>= 32
         if value == 0:
             return out
@@ -85,11 +86,12 @@ class SampleNoise:
             raise ValueError(f"SampleNoise holds {len(self)} samples, asked for shape {shape}")
         per_sample = math.prod(shape[1:])
         keys = self._keys.to(device)
-        draw = _mix32(torch.tensor([(self._draws * _GOLDEN) & _MASK], device=keys.device))
+        draw = _mix32((self._draws * _GOLDEN) & _MASK)
         self._draws += 1
-        counter = torch.arange(per_sample, dtype=torch.int64, device=keys.device)
-        mixed = _mix32(((keys ^ draw).unsqueeze(1) + _mul32(counter, _GOLDEN).unsqueeze(0)) & _MASK)
-        return _mix32(mixed ^ keys.unsqueeze(1)).reshape(shape)
+        # The element's counter spread by the golden ratio, then one finaliser round over (sample key, draw, element):
+        # the keys are already mixed, and the finaliser avalanches every input bit.
+        spread = _mul32(torch.arange(per_sample, dtype=torch.int64, device=keys.device), _GOLDEN)
+        return _mix32(((keys ^ draw).unsqueeze(1) + spread.unsqueeze(0)) & _MASK).reshape(shape)
 
     def rand(self, shape: Sequence[int], *, device: torch.device | str | None = None,
              dtype: torch.dtype = torch.float32) -> torch.Tensor:
