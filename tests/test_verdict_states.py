@@ -177,3 +177,12 @@ def test_a_resumed_monitor_carries_the_diverged_state_and_the_classes():
     resumed.update(torch.tensor(0.4), batch_size=10)
     report = resumed.epoch_end(adv_test_loss=math.inf)
     assert report.regime == DIVERGED and report.diverged_epoch == 2 and report.chance_loss == pytest.approx(math.log(4))
+
+
+def test_plain_batchnorm_is_told_apart_from_sync_batchnorm():
+    from advhooks._distributed import BATCHNORM_NOTE, unsynced_batchnorm
+
+    plain = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    assert unsynced_batchnorm(plain) and not unsynced_batchnorm(nn.SyncBatchNorm.convert_sync_batchnorm(plain))
+    assert not unsynced_batchnorm(_model())
+    assert "SyncBatchNorm" in BATCHNORM_NOTE.format(n=2, how="torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)")
