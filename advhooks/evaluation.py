@@ -83,8 +83,8 @@ def evaluate_adversarial_loss(
         split: share the work between the processes (every process must call it, with the same ``data``):
             the chosen samples are the same whatever the number of processes (drawn by index), process
             ``r`` of ``N`` evaluates every ``N``-th of them from the ``r``-th, and the sums are added across
-            processes, so every process returns the same estimate (equal to one process's, to summation order, for
-            an attack without random start; with one, each process draws its own starts). Needs a ``Dataset``.
+            processes, so every process returns the same estimate, equal to one process's to summation order
+            (random starts included: see ``seed``). Needs a ``Dataset``.
         reducer: sums a tensor across processes for ``split`` (e.g. ``lambda t: accelerator.reduce(t, "sum")``);
             default ``torch.distributed.all_reduce`` when a process group is initialised.
         seed: the attack's random starts are drawn per sample from ``(seed, sample index, ε)``

@@ -76,10 +76,14 @@ def real_samples(accelerator: Any, out: StepOutput) -> StepOutput | None:
     samples from the start of the data set (``even_batches``), so that every process gets a full batch; the real
     ones are the first ``gradient_state.remainder`` in process order (what ``gather_for_metrics`` keeps). Fed
     whole, those repeated samples would enter the monitor's epoch mean twice.
+
+    The last batch is the one fetched at the end of the loader *and* closing its accumulation window
+    (``sync_gradients``): the HF ``Trainer`` fetches a whole window ahead, so every micro-batch of the last window
+    sees ``end_of_dataloader``, but only the last one syncs (``accelerator.accumulate`` syncs there too).
     """
     state = getattr(accelerator, "gradient_state", None)
-    if (state is None or not state.end_of_dataloader or state.remainder is None or state.remainder <= 0
-            or accelerator.num_processes == 1 or out.adv_losses is None):
+    if (state is None or not (state.end_of_dataloader and state.sync_gradients) or state.remainder is None
+            or state.remainder <= 0 or accelerator.num_processes == 1 or out.adv_losses is None):
         return out
     n = out.batch_size
     real = min(max(state.remainder - accelerator.process_index * n, 0), n)
@@ -128,7 +132,8 @@ class AcceleratedAdversarialTraining:
         self.stop_on_flag = stop_on_flag
         self.log_prefix = log_prefix
         if monitor is not None:
-            monitor.reducer = lambda t: accelerator.reduce(t, reduction="sum")
+            # (to the accelerator's device: NCCL takes no CPU tensor, and the monitor's sums may be plain floats)
+            monitor.reducer = lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum")
             if accelerator.num_processes > 1 and unsynced_batchnorm(model) and accelerator.is_main_process:
                 monitor.logger.warning(BATCHNORM_NOTE.format(
                     n=accelerator.num_processes, how="model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) "

@@ -114,9 +114,14 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         return os.path.abspath(os.path.join(folder, THETA_HAT_FILE))
 
+    def on_step_end(self, args, state, control, **kwargs):
+        # A checkpoint is due this step: the Trainer takes state() on the main process alone, and before on_save, so
+        # every process's open-epoch sums are gathered here, on every process (the flag is the same on all).
+        if control.should_save:
+            self.monitor.share_open_sums()
+        return control
+
     def on_save(self, args, state, control, **kwargs):
-        # (every process: the Trainer then takes state() on the main process alone, with every process's open sums)
-        self.monitor.share_open_sums()
         weights = self.monitor.state_dict().get("theta_hat_weights")
         if weights is not None and state.is_world_process_zero:
             write_weights(self._theta_hat_file(args, state), weights)

@@ -359,9 +359,13 @@ def _monitor_diverged(tmp: Path) -> None:
 def _monitor_not_learning(tmp: Path) -> None:
     bench = CleanBenchmark(0.2, 0.1, 0.1, 0.9, 0.95, test_loss_stderr=0.01, n_test=400, n_train=1000,
                            dataset={"num_classes": 10})
+    collapsed = nn.Linear(4, 10)  # the same output for every input: R̂ and the clean loss are ln 10
+    nn.init.zeros_(collapsed.weight), nn.init.zeros_(collapsed.bias)
+    data = torch.utils.data.TensorDataset(torch.rand(32, 4), torch.randint(0, 10, (32,)))
     monitor = PhaseMonitor(bench, warmup_epochs=0)
+    monitor.evaluate_with(collapsed, data, data, attack=PGD(0.1, steps=2, bounds=None))
     monitor.update(torch.tensor(math.log(10)), batch_size=10)
-    report = monitor.epoch_end(adv_test_loss=2.4)
+    report = monitor.epoch_end()
     assert report.regime == "not learning" and "ln 10" in report.explanation and not report.should_stop
 
 

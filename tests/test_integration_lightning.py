@@ -177,3 +177,16 @@ def test_a_diverged_run_reads_diverged_and_stops_like_check_finite(tmp_path):
     last = callback.reports[-1]
     assert len(callback.reports) == 3 and last.regime == "diverged" and last.diverged_epoch == 3
     assert callback.monitor.rhat["epoch"] < 3  # θ̂ is never the NaN epoch
+
+
+def test_a_mid_epoch_checkpoint_holds_every_process_open_sums(tmp_path):
+    # Lightning takes the callbacks' states on every process and writes the main one's: the callback gathers the
+    # open-epoch sums of every process into it (one process here: a table of one row).
+    torch.manual_seed(0)
+    callback = PhaseMonitorCallback(0.5, eps=8 / 255)
+    every_two = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    trainer = _trainer(tmp_path, 1, [callback, every_two])
+    trainer.fit(LitNet(), _loader())
+    (mid,) = [p for p in (tmp_path / "ckpt").glob("*.ckpt") if "step=2" in p.name]
+    saved = next(v for k, v in torch.load(mid, weights_only=False)["callbacks"].items() if "PhaseMonitorCallback" in k)
+    assert saved["open_count"] == 64 and saved["open_by_rank"] == [[pytest.approx(saved["open_loss_sum"]), 64.0, 0.0]]

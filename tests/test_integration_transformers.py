@@ -276,3 +276,18 @@ def test_a_diverged_run_reads_diverged_on_the_trainer_too(tmp_path):
     trainer.train()
     assert [r.regime for r in callback.reports][1:] == ["diverged", "diverged"]
     assert callback.reports[-1].diverged_epoch == 2 and callback.monitor.rhat["epoch"] == 1
+
+
+def test_a_mid_epoch_checkpoint_holds_every_process_open_sums(tmp_path):
+    import json
+
+    # 96 samples in batches of 32: a checkpoint after step 2 is taken with one batch of the epoch still to come. The
+    # Trainer takes the callbacks' state before on_save: the sums are gathered at on_step_end (every process).
+    torch.manual_seed(0)
+    trainer = AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path, num_train_epochs=1, save_strategy="steps",
+                                                              save_steps=2), train_dataset=_digits_like(),
+                                 attack=PGD(8 / 255, steps=1), callbacks=[PhaseMonitorCallback(0.5, eps=8 / 255)])
+    trainer.train()
+    state = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
+    saved = state["stateful_callbacks"]["PhaseMonitorCallback"]["attributes"]["monitor_state"]
+    assert saved["open_count"] == 64 and saved["open_by_rank"] == [[pytest.approx(saved["open_loss_sum"]), 64.0, 0.0]]

@@ -115,13 +115,15 @@ def test_no_finite_band_is_no_verdict_not_near_eps_star():
     assert judge(0.5, 0.9, 1.5, True, True, diverged=3, not_learning="at chance")[0] == DIVERGED
 
 
-def _record(eps: float, mean: float, **extra) -> dict:
+def _record(eps: float, mean: float, clean: float = 0.1, **extra) -> dict:
+    """A run record at ``eps`` whose R̂ is ``mean`` and whose clean loss at θ̂ is ``clean``."""
     bench = _benchmark()
     monitor = PhaseMonitor(bench, eps=eps, warmup_epochs=0)
     monitor.update(torch.tensor(mean), batch_size=10)
     monitor.epoch_end(adv_test_loss=mean)
     record = monitor.record()
-    record["rhat"].update(kind="fixed weights", stderr=0.001, n=100, population=100)
+    record["rhat"].update(kind="fixed weights", stderr=0.001, n=100, population=100, clean_mean=clean,
+                          clean_stderr=0.001)
     return {**record, **extra}
 
 
@@ -133,18 +135,22 @@ def test_the_records_estimator_refuses_running_means_and_leaves_out_unhealthy_ru
     with pytest.raises(ValueError, match="running mean R-hat.*evaluate_with"):
         estimate_from_records([*healthy, running], bench)
     diverged = _record(0.02, 0.18, diverged_epoch=7)
-    collapsed = _record(0.025, math.log(4) + 0.01)  # at chance between ε that learn: a collapse, not ε
-    too_strong = _record(0.05, math.log(4) + 0.01)  # at chance above every ε that learns: R̂ measured, kept
-    est = estimate_from_records([*healthy, diverged, collapsed, too_strong], bench, include_clean=False)
+    chance = math.log(4) + 0.01
+    collapsed = _record(0.025, chance, clean=chance)  # at chance between ε that learn: a collapse, not ε
+    too_strong = _record(0.05, chance, clean=chance)  # at chance above every ε that learns: R̂ measured, kept
+    broken = _record(0.04, chance)  # R̂ at chance but the clean loss low: it learned, a strong attack breaks it
+    est = estimate_from_records([*healthy, diverged, collapsed, too_strong, broken], bench, include_clean=False)
     failed = {p["eps"]: p["failed"] for p in est.points if p.get("failed")}
     assert failed == {0.02: failed[0.02], 0.025: failed[0.025]}
     assert failed[0.02].startswith("diverged") and failed[0.025].startswith("not learning")
     assert sum("left out" in w for w in est.warnings) == 2 and any("kept as a point above" in w for w in est.warnings)
     assert [p.get("state", "")[:12] for p in est.points if p["eps"] == 0.05] == ["not learning"]
+    assert [p.get("state") for p in est.points if p["eps"] == 0.04] == [None]
     assert est.value == pytest.approx(0.02)  # the crossing of the healthy points
 
 
-def test_a_check_of_an_estimate_never_confirms_a_run_that_is_not_learning():
+def test_each_state_without_an_eps_verdict_tells_the_check_of_an_estimate_it_says_nothing():
+    # (tests/test_estimate.py runs the check into a diverged run: it does not confirm)
     from advhooks.kit.estimate.verify import MEANING
 
     assert all(state in MEANING and "says nothing" in MEANING[state] for state in (NO_VERDICT, DIVERGED,
@@ -168,15 +174,20 @@ def test_sample_noise_is_keyed_by_the_sample_and_uniform():
 
 
 def test_a_resumed_monitor_carries_the_diverged_state_and_the_classes():
-    monitor = _monitor()
+    def bench() -> CleanBenchmark:  # a benchmark that does not know its classes: K comes from the logits fed
+        return CleanBenchmark(R_STAR, 0.1, 0.1, 0.9, 0.95, test_loss_stderr=0.01, n_test=400, n_train=1000)
+
+    monitor = PhaseMonitor(bench(), eps=0.05, warmup_epochs=0)
+    step = AdversarialStep(_model(), PGD(0.05, steps=1))
     for given in (0.5, math.nan):
-        monitor.update(torch.tensor(0.4), batch_size=10)
+        monitor.update(step(*_data(8, seed=3)[:]))
         monitor.epoch_end(adv_test_loss=given)
-    resumed = _monitor()
+    resumed = PhaseMonitor(bench(), eps=0.05, warmup_epochs=0)
     resumed.load_state_dict(monitor.state_dict())
-    resumed.update(torch.tensor(0.4), batch_size=10)
-    report = resumed.epoch_end(adv_test_loss=math.inf)
-    assert report.regime == DIVERGED and report.diverged_epoch == 2 and report.chance_loss == pytest.approx(math.log(4))
+    resumed.update(torch.tensor(0.4), batch_size=10)  # a bare loss: no logits to learn K from
+    report = resumed.epoch_end(adv_test_loss=0.45)
+    assert report.diverged_epoch == 2 and report.regime != DIVERGED  # the latest epoch is finite again
+    assert report.chance_loss == pytest.approx(math.log(4))  # K came back with the state
 
 
 def test_plain_batchnorm_is_told_apart_from_sync_batchnorm():

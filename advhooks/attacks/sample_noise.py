@@ -3,8 +3,8 @@
 An evaluation of fixed weights (the paper's R̂, the adversarial test loss that selects θ̂, the probe) must give
 the same number whatever training did to the global generator and however the samples are split between
 processes. :class:`SampleNoise` draws each sample's numbers from a counter-based hash of
-``(seed, sample index, ε, draw, element)``: batched integer arithmetic on the sample's device, no host read,
-so the attack loop stays as fast and as capture-friendly as with ``torch.rand``.
+``(seed, sample index, ε, draw, element)``: batched integer arithmetic on the sample's device, no host read. (A
+``cuda_graph=True`` attack given one runs its eager loop: the captured loop draws its own starts.)
 
 Pass one as an attack's ``generator=``; :func:`~advhooks.attacks.norms.random_in_ball_` then takes its
 uniform and Gaussian numbers from it. Each draw (a restart's start) advances its counter.
@@ -41,7 +41,10 @@ def _mix32(x: torch.Tensor | int) -> torch.Tensor | int:
 
 
 def _fold(value: int) -> int:
-    """A Python integer of any size folded to 32 bits by the same finaliser (host side, once per key)."""
+    """A Python integer of any size (a negative one as its 64-bit two's complement) folded to 32 bits by the same
+    finaliser (host side, once per key)."""
+    if value < 0:
+        value &= (1 << 64) - 1
     out = 0
     while True:
         out = _mix32(((out ^ (value & _MASK)) + _GOLDEN) & _MASK)
@@ -85,19 +88,21 @@ class SampleNoise:
         if not shape or shape[0] != len(self):
             raise ValueError(f"SampleNoise holds {len(self)} samples, asked for shape {shape}")
         per_sample = math.prod(shape[1:])
-        keys = self._keys.to(device)
+        keys = self._keys = self._keys.to(device)  # (moved once, then kept where the samples are)
         draw = _mix32((self._draws * _GOLDEN) & _MASK)
         self._draws += 1
-        # The element's counter spread by the golden ratio, then one finaliser round over (sample key, draw, element):
-        # the keys are already mixed, and the finaliser avalanches every input bit.
+        # The element's counter spread by the golden ratio, xor-ed (not added: two samples then share no shifted run of
+        # numbers) into the sample's key, then one finaliser round, which avalanches every input bit.
         spread = _mul32(torch.arange(per_sample, dtype=torch.int64, device=keys.device), _GOLDEN)
-        return _mix32(((keys ^ draw).unsqueeze(1) + spread.unsqueeze(0)) & _MASK).reshape(shape)
+        return _mix32((keys ^ draw).unsqueeze(1) ^ spread.unsqueeze(0)).reshape(shape)
 
     def rand(self, shape: Sequence[int], *, device: torch.device | str | None = None,
              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Uniform numbers in the open interval (0, 1), one row of ``shape[1:]`` per sample."""
+        """Uniform numbers in the open interval (0, 1), one row of ``shape[1:]`` per sample (also after rounding to a
+        narrow ``dtype``: the largest value is the one just below 1)."""
         bits = self._bits(shape, device)
-        return ((bits >> 8).to(torch.float64) + 0.5).mul_(2.0 ** -24).to(dtype)
+        uniform = ((bits >> 8).to(torch.float64) + 0.5).mul_(2.0 ** -24).to(dtype)
+        return uniform.clamp_(max=1.0 - torch.finfo(dtype).eps / 2)  # (the spacing just below 1 is half eps)
 
     def randn(self, shape: Sequence[int], *, device: torch.device | str | None = None,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -52,7 +52,7 @@ class PhaseMonitor(MonitorSettings):
         self._sums, self._risk, self._probe = EpochSums(), EarlyStoppedRisk(), None
         self._comparison = BenchmarkComparison(self.benchmark, self.logger, self.strict)
         self._comparison.check_given(self.recipe, self.total_epochs)
-        self._health = RunHealth(self.benchmark)
+        self._health = RunHealth(self.benchmark, self._comparison)
         self.reset()
 
     def reset(self) -> None:
@@ -153,7 +153,7 @@ class PhaseMonitor(MonitorSettings):
         ratio, low, high = ratio_band(rhat, self._r_star, self.level)
         self.history.verdict_ratios.append(ratio)
         warmed_up = self.epoch >= self.warmup_epochs
-        first_bad, diverged, not_learning = self._health.states(self.history, rhat, self.level, self._comparison.named)
+        first_bad, diverged, not_learning = self._health.states(self.history, rhat, self._risk.clean_loss(), self.level)
         regime, reason = judge(low, high, self.threshold, warmed_up,
                                self.history.plateaued(self.patience, self.min_delta), diverged=diverged,
                                not_learning=not_learning)

@@ -191,28 +191,32 @@ def ratio_band(rhat: MeanEstimate | None, r_star: MeanEstimate, level: float) ->
     return ratio_interval(rhat, r_star, level)
 
 
-# A band of R̂ within 1 % of ln K counts as reaching it (a collapsed model's loss is ln K up to rounding, or a little
+# A band within 1 % of ln K counts as reaching it (a collapsed model's loss is ln K up to rounding, or a little
 # below it when it predicts the class frequencies of a nearly balanced set).
 CHANCE_TOLERANCE = 0.99
 
 
-def chance_level(rhat: MeanEstimate | None, level: float, num_classes: int | None) -> str | None:
-    """Why R̂ is at chance level (its band reaches ln K to 1 %, the cross-entropy of a uniform guess over K classes), or
-    ``None`` when it is not, or when there is no finite R̂ or no K to compare with.
+def chance_level(rhat: MeanEstimate | None, clean: MeanEstimate | None, level: float,
+                 num_classes: int | None) -> str | None:
+    """Why the run is not learning, or ``None``: R̂ *and* the clean training loss at θ̂'s weights (``clean``) both
+    reach ln K (to 1 %, within their bands), the cross-entropy of a uniform guess over K classes. A model whose
+    adversarial loss alone is that high still learns (ε may be far above ε*: that is a regime); one whose clean loss
+    is there too has collapsed. ``None`` also without a finite R̂, a clean loss or K.
 
     Example:
-        >>> chance_level(MeanEstimate(2.31, 0.01, 100, 100), 0.8, 10)[:35]
-        'R-hat 2.3100 reaches ln 10 = 2.3026'
-        >>> chance_level(MeanEstimate(0.4, 0.01, 100, 100), 0.8, 10) is None
+        >>> at_chance, learned = MeanEstimate(2.31, 0.01, 100, 100), MeanEstimate(0.4, 0.01, 100, 100)
+        >>> chance_level(at_chance, at_chance, 0.8, 10)[:46]
+        'R-hat 2.3100 and the clean loss 2.3100 reach l'
+        >>> chance_level(at_chance, learned, 0.8, 10) is None  # a model that learned, broken by a strong attack
         True
     """
-    if rhat is None or not num_classes or num_classes < 2 or not math.isfinite(rhat.mean):
+    if rhat is None or clean is None or not num_classes or num_classes < 2:
         return None
     chance = math.log(num_classes)
-    if rhat.interval(level)[1] < CHANCE_TOLERANCE * chance:
+    if not all(math.isfinite(e.mean) and e.interval(level)[1] >= CHANCE_TOLERANCE * chance for e in (rhat, clean)):
         return None
-    return (f"R-hat {rhat.mean:.4f} reaches ln {num_classes} = {chance:.4f}, the loss of a uniform guess: the model is "
-            "not learning (a collapsed run, a learning rate too high, or an attack too strong for the model), which "
+    return (f"R-hat {rhat.mean:.4f} and the clean loss {clean.mean:.4f} reach ln {num_classes} = {chance:.4f}, the "
+            "loss of a uniform guess: the model is not learning (a collapsed run or a learning rate too high), which "
             "says nothing about eps*")
 
 

@@ -77,7 +77,9 @@ class EarlyStoppedRisk:
     """Tracks θ̂ from the adversarial test losses and holds R̂ of θ̂ (``rhat``) for the verdict.
 
     ``rhat`` is ``{"epoch", "mean", "stderr", "n", "population", "kind"}``: kind ``"running mean"`` (θ̂'s
-    running mean, until its fixed-weights R̂ is evaluated) or ``"fixed weights"`` (the paper's R̂).
+    running mean, until its fixed-weights R̂ is evaluated) or ``"fixed weights"`` (the paper's R̂, then also
+    ``"clean_mean"`` / ``"clean_stderr"``: the clean loss of θ̂ on the same samples, which tells a model that does not
+    learn from one that a strong attack breaks).
     """
 
     def __init__(self) -> None:
@@ -114,7 +116,8 @@ class EarlyStoppedRisk:
 
     def update(self, epoch: int, test_loss: float | None, earlier: Sequence[float | None], running_mean: float,
                *, due: bool, eps: float | None, reducer: Reducer | None = None) -> None:
-        """θ̂ moves to ``epoch`` when its adversarial test loss is the smallest so far (``earlier``: the others).
+        """θ̂ moves to ``epoch`` when its adversarial test loss is finite and the smallest so far (``earlier``: the
+        others; an epoch whose test loss or running mean is NaN or inf never becomes θ̂).
 
         Its weights are kept (``theta_hat_weights``: a copy on their device, no host sync, moved to the CPU once
         its R̂ is evaluated; what ``save_record(weights=True)`` writes) and R̂ at those fixed weights is
@@ -123,7 +126,8 @@ class EarlyStoppedRisk:
         θ̂'s running mean.
         """
         known = [t for t in earlier if t is not None and math.isfinite(t)]
-        if test_loss is not None and math.isfinite(test_loss) and not (known and test_loss >= min(known)):
+        finite = test_loss is not None and math.isfinite(test_loss) and math.isfinite(running_mean)
+        if finite and not (known and test_loss >= min(known)):
             self.rhat = {"epoch": epoch, "mean": running_mean, "stderr": 0.0, "n": None, "population": None,
                          "kind": "running mean"}
             if self.evaluates_rhat:
@@ -149,10 +153,12 @@ class EarlyStoppedRisk:
         try:
             ev.model.load_state_dict(weights)
             est = ev.adversarial_loss(ev.train_data, ev.train_subset, eps, reducer)
+            clean = ev.adversarial_loss(ev.train_data, ev.train_subset, 0.0, reducer)  # (one forward pass: "learning?")
         finally:
             ev.model.load_state_dict(current)
         self.seconds["rhat"] += time.perf_counter() - started
-        self.rhat.update(mean=est.mean, stderr=est.stderr, n=est.n, population=est.population, kind="fixed weights")
+        self.rhat.update(mean=est.mean, stderr=est.stderr, n=est.n, population=est.population, kind="fixed weights",
+                         clean_mean=clean.mean, clean_stderr=clean.stderr)
         self._pending = False
         # Kept for save_record(weights=True), off the accelerator: no second copy of the model there all run.
         self.theta_hat_weights = {k: v.to("cpu") for k, v in weights.items()}
@@ -181,6 +187,13 @@ class EarlyStoppedRisk:
                 device = next((p.device for p in self.evaluation.model.parameters()), None)
             self.theta_hat_weights = {k: torch.as_tensor(v).to(device) if device else torch.as_tensor(v)
                                       for k, v in weights.items()}
+
+    def clean_loss(self) -> MeanEstimate | None:
+        """The clean loss at θ̂'s fixed weights on R̂'s samples, once R̂ is evaluated."""
+        r = self.rhat
+        if r is None or r.get("clean_mean") is None:
+            return None
+        return MeanEstimate(r["clean_mean"], r.get("clean_stderr") or 0.0, r["n"] or 1, r["population"] or 1)
 
     def verdict(self, running_means: Sequence[float]) -> tuple[MeanEstimate | None, str]:
         """The R̂ the verdict uses and its kind (``"provisional"``: the best running mean, no θ̂ known)."""

@@ -123,19 +123,23 @@ def estimate_grid(
     return _cost(est, counter, start, len(train_set))
 
 
-def _record_health(record: Mapping[str, Any], level: float) -> str | None:
+def record_health(record: Mapping[str, Any], level: float) -> str | None:
     """Why a run record is not a healthy measurement of R̂(θ̂(ε), ε), or ``None``: no finite R̂, a NaN/inf epoch (the
-    run diverged: θ̂ is the weights from before, not what the recipe trains), R̂ at chance level (not learning)."""
+    run diverged: θ̂ is the weights from before, not what the recipe trains), R̂ and the clean loss at θ̂ at chance
+    level (not learning). The estimators and the check of an estimate (``--verify``) judge runs by it alike."""
     rhat = record.get("rhat")
     if not rhat or rhat.get("mean") is None or not math.isfinite(rhat["mean"]):
         return "no finite R-hat"
     if record.get("diverged_epoch") is not None:
         return f"diverged (NaN/inf loss from epoch {record['diverged_epoch']})"
-    estimate = MeanEstimate(float(rhat["mean"]), float(rhat.get("stderr") or 0.0), int(rhat.get("n") or 1),
-                            int(rhat.get("population") or 1))
+    n, population = int(rhat.get("n") or 1), int(rhat.get("population") or 1)
+    estimate = MeanEstimate(float(rhat["mean"]), float(rhat.get("stderr") or 0.0), n, population)
+    clean = None if rhat.get("clean_mean") is None else MeanEstimate(
+        float(rhat["clean_mean"]), float(rhat.get("clean_stderr") or 0.0), n, population)
     chance = record.get("chance_loss")
-    if chance and chance_level(estimate, level, round(math.exp(chance))) is not None:
-        return f"{NOT_LEARNING} (R-hat {estimate.mean:.4f} at the chance level ln K = {chance:.4f})"
+    if chance and chance_level(estimate, clean, level, round(math.exp(chance))) is not None:
+        return (f"{NOT_LEARNING} (R-hat {estimate.mean:.4f} and the clean loss {clean.mean:.4f} at the chance level "
+                f"ln K = {chance:.4f})")
     return None
 
 
@@ -197,7 +201,7 @@ def estimate_from_records(records: Sequence[Mapping[str, Any]], benchmark: Clean
     _check_records(records, benchmark, vary)
     norm = next((r.get("norm") for r in records if r.get("norm")), "linf")
     est = EpsStarEstimate("records", None, benchmark.clean_test_loss, norm, level=level)
-    health = [_record_health(rec, level) for rec in records]
+    health = [record_health(rec, level) for rec in records]
     # The clean run at ε = 0 learned with this recipe: the benchmark.
     healthy_eps = [0.0] + [float(rec["eps"]) for rec, h in zip(records, health, strict=True) if h is None]
     for rec, state in zip(records, health, strict=True):

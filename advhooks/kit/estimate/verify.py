@@ -15,18 +15,19 @@ from ...benchmark import CleanBenchmark, Recipe
 from ...monitor.report import ABOVE, CLEAN_LIKE, DIVERGED, FAR_ABOVE, NEAR, NO_VERDICT, NOT_LEARNING
 from ...schedules import format_eps
 from ..training import PassCounter
-from .grid import monitored_run
+from .grid import monitored_run, record_health
 from .result import EpsStarEstimate
 
+SAYS_NOTHING = "it says nothing about the estimate"
 # What each verdict of the run at the estimate says about the estimate.
 MEANING = {
     NEAR: "confirms the estimate",
     CLEAN_LIKE: "eps* lies above the estimate (the run at it still trains like clean training)",
     ABOVE: "eps* lies below the estimate (the run at it is already above eps*)",
     FAR_ABOVE: "eps* lies well below the estimate",
-    NO_VERDICT: "the run at it has no finite R-hat: it says nothing about the estimate",
-    DIVERGED: "the run at it diverged (NaN/inf loss): it says nothing about the estimate",
-    NOT_LEARNING: "the run at it did not learn (R-hat at chance level): it says nothing about the estimate",
+    NO_VERDICT: f"the run at it has no finite R-hat: {SAYS_NOTHING}",
+    DIVERGED: f"the run at it diverged (NaN/inf loss): {SAYS_NOTHING}",
+    NOT_LEARNING: f"the run at it did not learn (R-hat and the clean loss at chance level): {SAYS_NOTHING}",
 }
 
 
@@ -38,8 +39,9 @@ def verify_estimate(est: EpsStarEstimate, model_factory: Callable[[], nn.Module]
                     progress: Callable[[str], None] | None = None) -> EpsStarEstimate:
     """Train once from scratch at ``est.value`` with the benchmark's recipe under a PhaseMonitor (exactly a grid
     point) and write its verdict into ``est.verification``: ``{"eps", "regime", "ratio", "ratio_interval",
-    "rhat", "early_stopped_epoch", "confirms", "meaning", "seconds"}``. ``near eps*`` (ρ's band contains 1)
-    confirms the estimate; ``clean-like`` says ε* lies above it, ``above eps*`` below it (then a warning says so).
+    "rhat", "early_stopped_epoch", "confirms", "health", "meaning", "seconds"}``. ``near eps*`` (ρ's band contains 1)
+    from a healthy run (``health`` ``None``: :func:`~advhooks.kit.estimate.grid.record_health`) confirms the estimate;
+    ``clean-like`` says ε* lies above it, ``above eps*`` below it (then a warning says so).
     An estimate without a value is left as it is. Returns ``est``.
     """
     if est.value is None or est.value <= 0:
@@ -52,13 +54,17 @@ def verify_estimate(est: EpsStarEstimate, model_factory: Callable[[], nn.Module]
                                      normalization=normalization, train_subset=train_subset,
                                      train_eval_set=train_eval_set, device=torch.device(device), counter=counter,
                                      progress=progress)
-    report = history[-1]["report"]
-    rhat = monitor.record()["rhat"] or {}
+    report, record = history[-1]["report"], monitor.record()
+    rhat = record["rhat"] or {}
+    # The run is judged as the estimators judge a run record (a NaN epoch anywhere, not only the last, sets it apart).
+    health = record_health(record, monitor.level)
+    meaning = MEANING.get(report.regime, "") if health is None else f"the run at it is {health}: {SAYS_NOTHING}"
+    confirms = report.regime == NEAR and health is None
     est.verification = {
         "eps": est.value, "regime": report.regime, "ratio": report.ratio, "ratio_interval": list(report.ratio_interval),
-        "rhat": rhat.get("mean"), "early_stopped_epoch": rhat.get("epoch"), "confirms": report.regime == NEAR,
-        "meaning": MEANING.get(report.regime, ""), "seconds": time.perf_counter() - started}
-    if report.regime != NEAR:
+        "rhat": rhat.get("mean"), "early_stopped_epoch": rhat.get("epoch"), "confirms": confirms, "health": health,
+        "meaning": meaning, "seconds": time.perf_counter() - started}
+    if not confirms:
         est.warnings.append(f"the run from scratch at the estimate {format_eps(est.value)} reads {report.regime} "
-                            f"(rho {report.ratio:.3f}): {MEANING.get(report.regime, '')}")
+                            f"(rho {report.ratio:.3f}): {meaning}")
     return est
