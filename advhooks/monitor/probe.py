@@ -63,13 +63,13 @@ class EpsStarProbe:
         """Every ``every`` epochs, and at the first."""
         return (epoch - 1) % self.every == 0
 
-    def run(self, r_star: float, bound: float | None, reducer: Reducer | None = None,
-            seed: int = 0) -> tuple[dict[str, float], float | None]:
+    def run(self, r_star: float, bound: float | None,
+            reducer: Reducer | None = None) -> tuple[dict[str, float], float | None]:
         """``{f"{ε′:.6g}": mean loss}`` over the subset for each rung, and the lower bound ``bound`` raised by it.
 
         On several processes each probes its own subset and the sums are added (``reducer``, else
         ``torch.distributed``), so every process returns the same losses and bound. Random starts are drawn per
-        sample from ``(seed, position in the subset, ε′)``: the same weights give the same probe whatever
+        sample from ``(0, position in the subset, ε′)``: the same weights give the same probe whatever
         training drew from the global generator.
         """
         sums = torch.zeros((len(self.ladder), 2), dtype=torch.float64, device=self.inputs.device)
@@ -77,7 +77,7 @@ class EpsStarProbe:
         for row, eps in enumerate(self.ladder):
             for i in range(0, self.inputs.shape[0], self.batch_size):
                 x, y = self.inputs[i : i + self.batch_size], self.targets[i : i + self.batch_size]
-                starts = SampleNoise(range(i, i + x.shape[0]), seed=seed, eps=eps)
+                starts = SampleNoise(range(i, i + x.shape[0]), seed=0, eps=eps)
                 adv = self.attack(self.model, x, y, eps=eps, generator=starts)
                 with torch.no_grad(), eval_mode(self.model):
                     sums[row, 0] += cross_entropy(logits_of(self.model(adv)), y).double().sum()

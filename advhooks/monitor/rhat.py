@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ from ..attacks import PGD, Attack, unwrap_parallel
 from ..evaluation import FixedSubset, evaluate_adversarial_loss
 from ..uncertainty import MeanEstimate
 
-__all__ = ["EarlyStoppedRisk", "Evaluation"]
+__all__ = ["EarlyStoppedRisk", "Evaluation", "rhat_estimates"]
 
 
 @dataclass
@@ -66,6 +66,16 @@ class Evaluation:
                                                 batch_size=self.batch_size, device=self.device,
                                                 split=_splittable(data), reducer=reducer, seed=self.seed)
         return estimate
+
+
+def rhat_estimates(rhat: Mapping[str, Any]) -> tuple[MeanEstimate, MeanEstimate | None]:
+    """R̂ and, once evaluated at θ̂'s fixed weights, the clean loss there, from θ̂'s record (``rhat`` of the monitor
+    or of a run record: plain values)."""
+    n, population = int(rhat.get("n") or 1), int(rhat.get("population") or 1)
+    clean = rhat.get("clean_mean")
+    return (MeanEstimate(float(rhat["mean"]), float(rhat.get("stderr") or 0.0), n, population),
+            None if clean is None else MeanEstimate(float(clean), float(rhat.get("clean_stderr") or 0.0), n,
+                                                    population))
 
 
 def _splittable(data: Any) -> bool:
@@ -190,15 +200,11 @@ class EarlyStoppedRisk:
 
     def clean_loss(self) -> MeanEstimate | None:
         """The clean loss at θ̂'s fixed weights on R̂'s samples, once R̂ is evaluated."""
-        r = self.rhat
-        if r is None or r.get("clean_mean") is None:
-            return None
-        return MeanEstimate(r["clean_mean"], r.get("clean_stderr") or 0.0, r["n"] or 1, r["population"] or 1)
+        return None if self.rhat is None else rhat_estimates(self.rhat)[1]
 
     def verdict(self, running_means: Sequence[float]) -> tuple[MeanEstimate | None, str]:
         """The R̂ the verdict uses and its kind (``"provisional"``: the best running mean, no θ̂ known)."""
         if self.rhat is not None:
-            r = self.rhat
-            return MeanEstimate(r["mean"], r["stderr"], r["n"] or 1, r["population"] or 1), r["kind"]
+            return rhat_estimates(self.rhat)[0], self.rhat["kind"]
         finite = [v for v in running_means if math.isfinite(v)]
         return (MeanEstimate(min(finite), 0.0, 1, 1) if finite else None), "provisional"

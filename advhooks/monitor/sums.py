@@ -59,10 +59,8 @@ class EpochSums:
 
     def any_updates(self, reducer: Callable[[torch.Tensor], torch.Tensor] | None) -> bool:
         """Whether any process's open epoch has seen a batch (a sum across processes: every process calls it)."""
-        seen = [self.values[name] for name in ("count", "nonfinite")]
-        device = next((v.device for v in seen if isinstance(v, torch.Tensor)), torch.device("cpu"))
-        packed = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in seen])
-        return float(sum_across_processes(packed, reducer).sum()) > 0
+        seen = _packed([self.values[name] for name in ("count", "nonfinite")])
+        return float(sum_across_processes(seen, reducer).sum()) > 0
 
     def add(self, loss: torch.Tensor, n: int) -> None:
         """One batch's mean loss (a one-value tensor) and its size; a NaN/inf loss is counted apart."""
@@ -80,18 +78,15 @@ class EpochSums:
     def share(self, reducer: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
         """Gather every rank's open sums onto every rank (a sum across processes: each must call it), so that a
         state saved from one rank alone (one checkpoint file) restores every rank's share of the open epoch."""
-        mine = [self.values[name] for name in SUMS]
-        device = next((v.device for v in mine if isinstance(v, torch.Tensor)), torch.device("cpu"))
-        table = torch.zeros((world_size(), len(SUMS)), dtype=torch.float64, device=device)
-        table[rank()] = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in mine])
+        mine = _packed([self.values[name] for name in SUMS])
+        table = torch.zeros((world_size(), len(SUMS)), dtype=torch.float64, device=mine.device)
+        table[rank()] = mine
         self.by_rank = sum_across_processes(table, reducer).tolist()
 
     def totals(self, reducer: Callable[[torch.Tensor], torch.Tensor] | None, sync_timeout: float) -> dict[str, float]:
         """The sums over all ranks, read on the host (``reducer``, else ``torch.distributed`` when initialised),
         and ``largest_batch``: the sum over ranks of each rank's largest batch, the global batch size."""
-        sums = [self.values[name] for name in SUMS] + [float(self.largest_batch)]
-        device = next((v.device for v in sums if isinstance(v, torch.Tensor)), torch.device("cpu"))
-        packed = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in sums])
+        packed = _packed([self.values[name] for name in SUMS] + [float(self.largest_batch)])
         if reducer is not None or is_distributed():
             _wait_for_all_ranks(sync_timeout)
             packed = sum_across_processes(packed, reducer)
@@ -134,6 +129,12 @@ class EpochSums:
         mid-epoch state, saved without :meth:`share`)."""
         open_samples = float(state.get("open_count") or 0) + float(state.get("open_nonfinite") or 0)
         return world_size() > 1 and state.get("open_by_rank") is None and open_samples > 0
+
+
+def _packed(values: list[torch.Tensor | float]) -> torch.Tensor:
+    """Sums (device tensors or plain floats) as one float64 tensor, on the device of the first tensor among them."""
+    device = next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    return torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
 
 
 def _wait_for_all_ranks(sync_timeout: float) -> None:

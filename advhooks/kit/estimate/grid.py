@@ -20,8 +20,9 @@ from ...attacks.domain import Normalization
 from ...benchmark import CleanBenchmark, Recipe, benchmark_reference
 from ...monitor import RUN_RECORD_SCHEMA, PhaseMonitor
 from ...monitor.report import NOT_LEARNING, chance_level
+from ...monitor.rhat import rhat_estimates
 from ...schedules import format_eps
-from ...uncertainty import DEFAULT_LEVEL, MeanEstimate
+from ...uncertainty import DEFAULT_LEVEL
 from ..training import PassCounter, train_adversarially
 from .crossing import fill_crossing
 from .result import _RUN_LOG, EpsStarEstimate, _cost, check_eps_grid, make_attack
@@ -132,10 +133,7 @@ def record_health(record: Mapping[str, Any], level: float) -> str | None:
         return "no finite R-hat"
     if record.get("diverged_epoch") is not None:
         return f"diverged (NaN/inf loss from epoch {record['diverged_epoch']})"
-    n, population = int(rhat.get("n") or 1), int(rhat.get("population") or 1)
-    estimate = MeanEstimate(float(rhat["mean"]), float(rhat.get("stderr") or 0.0), n, population)
-    clean = None if rhat.get("clean_mean") is None else MeanEstimate(
-        float(rhat["clean_mean"]), float(rhat.get("clean_stderr") or 0.0), n, population)
+    estimate, clean = rhat_estimates(rhat)
     chance = record.get("chance_loss")
     if chance and chance_level(estimate, clean, level, round(math.exp(chance))) is not None:
         return (f"{NOT_LEARNING} (R-hat {estimate.mean:.4f} and the clean loss {clean.mean:.4f} at the chance level "
