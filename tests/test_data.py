@@ -36,6 +36,25 @@ def test_digits_is_embedded_scaled_and_split_by_seed():
     assert not torch.equal(other.tensors[1], train.tensors[1])
 
 
+def test_mnist1d_is_generated_offline_into_the_unit_range():
+    pytest.importorskip("mnist1d", reason="MNIST-1D needs the bench extra: pip install 'advhooks[bench]'")
+    from advhooks.kit.data import DATASETS
+    from advhooks.kit.presets import get_preset
+
+    train, test = load_dataset("mnist1d")
+    x, y = train.tensors
+    assert (len(train), len(test)) == (4000, 1000) and x.shape[1:] == (1, 40) and sorted(y.unique().tolist()) == list(
+        range(10))
+    assert x.min() == 0 and x.max() == 1 and 0 <= test.tensors[0].min() and test.tensors[0].max() <= 1
+    info = DATASETS["mnist1d"]  # the spread the presets' models normalise by is the data's
+    assert x.mean().item() == pytest.approx(info.mean[0], abs=1e-3) and x.std().item() == pytest.approx(info.std[0],
+                                                                                                        abs=1e-3)
+    again, _ = load_dataset("mnist1d")
+    assert torch.equal(again.tensors[0], x)  # always the same set
+    for name in ("mnist1d-mlp", "mnist1d-cnn"):
+        assert get_preset(name).model(8)(x[:3]).shape == (3, 10)
+
+
 def _write_idx(path, array, gz=False):
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
     data = header + array.astype(np.uint8).tobytes()

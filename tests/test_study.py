@@ -65,17 +65,21 @@ def test_study_settings_refuse_what_cannot_run():
 
 
 def test_the_band_of_the_mean_over_seeds():
-    # One seed: its own band.
-    assert study_summary._combined_band([0.03], [(0.02, 0.05)], 0.8) == pytest.approx((0.02, 0.05))
-    # Seeds that disagree more than their bands say: the spread sets the band (Student's t, k - 1 = 2).
+    # One seed: its own band, around its value.
+    mean, band = study_summary._combined_band([0.03], [(0.02, 0.05)], 0.8)
+    assert mean == pytest.approx(0.03) and band == pytest.approx((0.02, 0.05))
+    # Seeds that disagree more than their bands say: the spread of ln eps* sets the band (Student's t, k - 1 = 2),
+    # around the geometric mean.
     values = [0.02, 0.03, 0.04]
-    half = stats.t.ppf(0.9, 2) * np.std(values, ddof=1) / math.sqrt(3)
-    band = study_summary._combined_band(values, [(v - 1e-4, v + 1e-4) for v in values], 0.8)
-    assert band == pytest.approx((0.03 - half, 0.03 + half))
+    logs = np.log(values)
+    half = stats.t.ppf(0.9, 2) * np.std(logs, ddof=1) / math.sqrt(3)
+    mean, band = study_summary._combined_band(values, [(v - 1e-4, v + 1e-4) for v in values], 0.8)
+    centre = math.exp(logs.mean())
+    assert mean == pytest.approx(centre) and band == pytest.approx((centre * math.exp(-half), centre * math.exp(half)))
     # Seeds that agree: their own bands are the floor, not narrowed by sqrt(k) (R*(0)'s test-set error is shared).
-    agree = [0.03, 0.03 + 1e-6, 0.03 - 1e-6]
-    low, high = study_summary._combined_band(agree, [(v - 0.01, v + 0.02) for v in agree], 0.8)
-    assert low == pytest.approx(0.03 - 0.01) and high == pytest.approx(0.03 + 0.02)
+    agree = [0.03, 0.03 * math.exp(1e-6), 0.03 * math.exp(-1e-6)]
+    _, (low, high) = study_summary._combined_band(agree, [(v / 1.5, v * 2) for v in agree], 0.8)
+    assert low == pytest.approx(0.03 / 1.5) and high == pytest.approx(0.03 * 2)
 
 
 def _row(width, fraction, value, band):
@@ -225,7 +229,7 @@ def test_the_grid_check_on_every_seed_gives_bands_over_seeds_and_its_own_compari
         assert row["grid_per_seed"] == [g["value"] for g in grids]
         values = [g["value"] for g in grids if g["value"] is not None]
         if values:
-            assert row["grid"] == pytest.approx(np.mean(values))
+            assert row["grid"] == pytest.approx(math.exp(np.mean(np.log(values))))  # the geometric mean
     grid_pairs = [c for c in out["comparisons"] if c["estimator"] == "grid"]
     assert [(c["from"], c["to"]) for c in grid_pairs] == [("width 8, fraction 1", "width 8, fraction 0.5")]
     text = format_study(out)

@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "DigitsCNN", "MnistCNN", "Normalize", "PreActBlock", "PreActResNet18", "WideResNet"]
+__all__ = ["MLP", "DigitsCNN", "MnistCNN", "Normalize", "PreActBlock", "PreActResNet18", "SignalCNN", "WideResNet"]
 
 
 class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel, as a module so the model takes pixel-space inputs.
+    """``(x - mean) / std`` per channel (dimension 1 of images ``(N, C, H, W)`` or signals ``(N, C, L)``), as a
+    module so the model takes pixel-space inputs.
 
     Args:
         mean: per-channel means.
@@ -26,15 +27,16 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
-        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
         if not (std_t > 0).all():
             raise ValueError(f"std must be > 0 in every channel, got {std!r}")
         self.register_buffer("mean", mean_t, persistent=False)
         self.register_buffer("std", std_t, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
 
 
 class MnistCNN(nn.Module):
@@ -173,6 +175,34 @@ class DigitsCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(x))
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+class SignalCNN(nn.Module):
+    """A small 1-D CNN for single-channel signals (the MNIST-1D preset): three convolutions (the last two with
+    stride 2), then one linear layer.
+
+    Args:
+        channels: channels of every convolution.
+        length: the signal's length.
+        num_classes: output classes.
+
+    Example:
+        >>> SignalCNN(channels=8)(torch.rand(2, 1, 40)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, channels: int = 32, length: int = 40, num_classes: int = 10) -> None:
+        super().__init__()
+        if channels < 1 or length < 4:
+            raise ValueError(f"channels must be >= 1 and length >= 4, got {channels}, {length}")
+        self.conv1 = nn.Conv1d(1, channels, 5, padding=2)
+        self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.fc = nn.Linear(channels * (((length + 1) // 2 + 1) // 2), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv3(F.relu(self.conv2(F.relu(self.conv1(x))))))
         return self.fc(x.flatten(1))
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..benchmark import Recipe
 from .data import DATASETS, DatasetInfo
-from .models import MLP, DigitsCNN, MnistCNN, PreActResNet18, WideResNet
+from .models import MLP, DigitsCNN, MnistCNN, Normalize, PreActResNet18, SignalCNN, WideResNet
 
 __all__ = ["PRESETS", "Preset", "get_preset"]
 
@@ -47,6 +47,12 @@ PRESETS: dict[str, Preset] = {
                description="MLP(64) on the bundled 8×8 digits; the embedded default"),
         Preset("digits-cnn", "digits", lambda i, w: DigitsCNN(channels=w or 16), Recipe(epochs=40),
                description="small CNN on the bundled 8×8 digits"),
+        Preset("mnist1d-mlp", "mnist1d", lambda i, w: nn.Sequential(Normalize(i.mean, i.std), MLP(40, hidden=w or 256)),
+               Recipe(epochs=60),
+               description="MLP(256) on MNIST-1D (generated offline; the bench extra): overfits heavily"),
+        Preset("mnist1d-cnn", "mnist1d",
+               lambda i, w: nn.Sequential(Normalize(i.mean, i.std), SignalCNN(channels=w or 32)), Recipe(epochs=60),
+               description="small 1-D CNN on MNIST-1D (generated offline; the bench extra)"),
         Preset("mnist-cnn", "mnist", lambda i, w: MnistCNN(hidden=w or 128),
                Recipe(epochs=30, batch_size=128, lr=0.01),
                description="the paper's MNIST CNN (2 conv + 2 FC, hidden width 128)"),

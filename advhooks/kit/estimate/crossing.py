@@ -3,7 +3,6 @@ fine-tune (each gives measured points ``{"eps", "run", "loss", "stderr"}``; this
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +12,11 @@ from ...benchmark import CleanBenchmark
 from ...schedules import format_eps
 from ...uncertainty import bootstrap_means, normal_draws, propagate
 from .result import EpsStarEstimate
+from .spread import benchmark_draws, point_errors
+
+# A band wider than this factor (high / low) makes the estimate poorly determined: the paper's fine-tune is accurate
+# to ×1.4 / ÷1.9 (a span of 2.7), and a band much wider says less than the method can.
+POORLY_DETERMINED = 3.0
 
 
 def r_star_draws(benchmark: CleanBenchmark, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -66,25 +70,20 @@ def extrapolated_crossing(eps: list[float], losses: list[float], target: float) 
     return value
 
 
-def curve_of(points: Sequence[dict[str, Any]], benchmark: CleanBenchmark,
-             include_clean: bool = True) -> tuple[list[float], list[float], list[float]]:
-    """The curve (ε, mean R̂, its s.e.) of measured points: runs at one ε averaged, the s.e. combining their
-    sampling errors and their spread; with ``include_clean`` the benchmark's own point (0, R̂(θ̂(0), 0)) first."""
+def curve_of(points: Sequence[dict[str, Any]], benchmark: CleanBenchmark, include_clean: bool = True,
+             method: str = "grid") -> tuple[list[float], list[float], list[float]]:
+    """The curve (ε, mean R̂, its error) of measured points: runs at one ε averaged, the error combining their
+    sampling errors and the run-to-run spread (:mod:`.spread`); with ``include_clean`` the benchmark's own point
+    (0, R̂(θ̂(0), 0)) first, itself one clean run."""
     per_eps: dict[float, list[tuple[float, float]]] = {}
     for p in points:
         if p.get("loss") is not None:
             per_eps.setdefault(float(p["eps"]), []).append((float(p["loss"]), float(p.get("stderr") or 0.0)))
-    xs, ys, ses = [], [], []
     if include_clean and benchmark.clean_train_loss is not None and 0.0 not in per_eps:
-        xs, ys, ses = [0.0], [benchmark.clean_train_loss], [0.0]
-    for e in sorted(per_eps):
-        values = np.array([v for v, _ in per_eps[e]])
-        sampling = np.array([se for _, se in per_eps[e]])
-        spread = values.var(ddof=1) if values.size > 1 else 0.0
-        xs.append(e)
-        ys.append(float(values.mean()))
-        ses.append(float(math.sqrt((np.mean(sampling ** 2) + spread) / values.size)))
-    return xs, ys, ses
+        per_eps[0.0] = [(float(benchmark.clean_train_loss), 0.0)]
+    xs = sorted(per_eps)
+    ys, errors = point_errors([per_eps[e] for e in xs], method)
+    return xs, ys, errors
 
 
 def fill_crossing(est: EpsStarEstimate, benchmark: CleanBenchmark, *, include_clean: bool = True,
@@ -97,7 +96,7 @@ def fill_crossing(est: EpsStarEstimate, benchmark: CleanBenchmark, *, include_cl
     instead of left without a value.
     """
     r_star = benchmark.clean_test_loss
-    xs, ys, ses = curve_of(est.points, benchmark, include_clean)
+    xs, ys, ses = curve_of(est.points, benchmark, include_clean, est.method)
     if not any(e > 0 for e in xs):
         est.warnings.append("no usable point at eps > 0 (every run failed?): no curve to cross R*(0)")
         return
@@ -113,12 +112,14 @@ def fill_crossing(est: EpsStarEstimate, benchmark: CleanBenchmark, *, include_cl
         est.warnings.append("eps* is interpolated between the clean point (eps 0) and a single adversarial run: the "
                             "straight line between them is a guess; add runs around eps*")
     rng = np.random.default_rng(seed)
-    samples = np.column_stack([r_star_draws(benchmark, draws, rng), normal_draws(ys, ses, draws, rng)])
+    samples = np.column_stack([benchmark_draws(r_star_draws(benchmark, draws, rng), rng),
+                               normal_draws(ys, ses, draws, rng)])
     crossing = extrapolated_crossing if extrapolate else censored_crossing
     est.interval = propagate(lambda row: crossing(xs, list(row[1:]), row[0]), samples, level=est.level)
     if not extrapolate and est.interval is not None and est.value is not None and est.interval[1] >= xs[-1]:
         est.warnings.append(f"the band reaches the largest eps {format_eps(xs[-1])}: eps* may lie beyond it; "
                             "add a larger eps to bound it")
+    _judge_determination(est)
     est.per_run = _per_run_crossings(est.points, xs, ys, r_star)
     if len(est.per_run) > 1:
         est.spread = float(np.std(est.per_run, ddof=1))
@@ -127,6 +128,22 @@ def fill_crossing(est: EpsStarEstimate, benchmark: CleanBenchmark, *, include_cl
         est.warnings.append(warning)
     if est.value is not None and est.interval is None:
         est.warnings.append("the band is undefined: in most draws the loss curve does not cross R*(0) inside the grid")
+
+
+def _judge_determination(est: EpsStarEstimate) -> None:
+    """Mark an estimate whose band spans more than ``POORLY_DETERMINED`` (or cannot be drawn) as poorly determined,
+    with the sentence that says why."""
+    if est.value is None:
+        return
+    if est.interval is None or est.interval[0] <= 0:
+        span = "cannot be drawn"
+    elif est.interval[1] / est.interval[0] > POORLY_DETERMINED:
+        span = f"spans a factor {est.interval[1] / est.interval[0]:.1f}"
+    else:
+        return
+    est.poorly_determined = True
+    est.warnings.append(f"poorly determined: R-hat(eps) is flat near R*(0) for its noise, so the band {span}; "
+                        f"eps* = {format_eps(est.value)} is one reading of that curve (more runs per eps narrow it)")
 
 
 def _per_run_crossings(points: list[dict[str, Any]], xs: list[float], ys: list[float], r_star: float) -> list[float]:

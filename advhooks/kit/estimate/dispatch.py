@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from ...attacks.domain import Normalization
 from ...benchmark import CleanBenchmark, Recipe
 from ...uncertainty import DEFAULT_LEVEL
+from .agreement import disagreement
 from .clean_probe import (
     DEFAULT_LADDER,
     default_grid_eps,
@@ -103,7 +104,9 @@ def estimate_eps_star(
         points = grid or default_grid_eps(probe)
         result = estimate_grid(model_factory, train_set, test_set, benchmark, points, attack=attack or "pgd",
                                recipe=recipe.with_given(epochs=epochs), records_dir=records_dir, **shared, **common)
-    return _with_probe(result, probe)
+    result = _with_probe(result, probe)
+    result.disagreement = disagreement(result)
+    return result
 
 
 def _with_probe(result: EpsStarEstimate, probe: EpsStarEstimate | None) -> EpsStarEstimate:

@@ -48,7 +48,12 @@ class EpsStarEstimate:
         train_set_passes: (forward + backward samples) / (2 · n_train), in epochs of clean training.
         warnings: what the reader should know.
         interval / level: the band ``[low, high]`` around ``value`` and its coverage (default 0.8): R*(0)'s
-            bootstrap, R̂'s sampling error and the spread over runs, carried through the estimator.
+            bootstrap and another clean run's spread, R̂'s sampling error and the run-to-run spread
+            (:mod:`~advhooks.kit.estimate.spread`), carried through the estimator.
+        poorly_determined: R̂(ε) is so flat near R*(0) that the band spans more than a factor
+            ``POORLY_DETERMINED`` (or cannot be drawn): the value is one reading of a flat curve, not a tight number.
+        disagreement: set when the clean probe's figures or the check from scratch disagree with the band
+            (:func:`~advhooks.kit.estimate.agreement.disagreement`): what each says and which side it points to.
     """
 
     method: str
@@ -73,6 +78,8 @@ class EpsStarEstimate:
     warnings: list[str] = field(default_factory=list)
     interval: tuple[float, float] | None = None
     level: float = DEFAULT_LEVEL
+    poorly_determined: bool = False
+    disagreement: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (JSON-ready)."""
@@ -94,6 +101,8 @@ class EpsStarEstimate:
                 else f"[{u(self.interval[0])}, {u(self.interval[1])}] ({self.level:.0%} band)")
         value = ("eps* >= (lower bound)", u(self.value)) if self.method == "clean-probe" else ("eps*", u(self.value))
         rows = [("method", self.method), value, ("band", band), ("R*(0)", f"{self.clean_test_loss:.4f}")]
+        if self.poorly_determined:
+            rows.append(("determined", "POORLY: R-hat is flat near R*(0); read the band, not the value"))
         if self.spread is not None:
             rows.append(("spread over runs (sd)", u(self.spread)))
         if self.per_run and len(self.per_run) > 1:
@@ -113,6 +122,8 @@ class EpsStarEstimate:
             low, high = v["ratio_interval"]
             rows.append(("check: run from scratch", f"at {u(v['eps'])}: rho {v['ratio']:.3f} [{low:.3f}, {high:.3f}], "
                                                     f"{v['regime']}: {v['meaning']} ({v['seconds']:.1f} s)"))
+        if self.disagreement:
+            rows.append(("DISAGREEMENT", self.disagreement))
         rows += [("warning", w) for w in self.warnings]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

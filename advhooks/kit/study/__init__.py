@@ -16,10 +16,10 @@ combines). :func:`summarise` turns the units into one row per configuration:
 
 - R*(0): the mean over seeds; its s.e. combines the test set's sampling error (common to every seed: one test
   set) with the seeds' spread (``sqrt(mean se² + var/k)``).
-- ε*: the mean of the seeds' estimates; the band's half-widths are the larger of t·sd/√k (Student's t with
-  k − 1 degrees of freedom: the spread over seeds holds every source of noise) and the seeds' own mean
-  half-widths (a floor when there are few seeds; not divided by √k, because R*(0)'s test-set error, part of
-  every seed's band, is shared by all of them).
+- ε*: the geometric mean of the seeds' estimates, with a band on the log scale (ε* and its band stay positive):
+  its half-widths in ln ε* are the larger of t·sd/√k (Student's t with k − 1 degrees of freedom: the spread over
+  seeds holds every source of noise) and the seeds' own mean half-widths (a floor when there are few seeds; not
+  divided by √k, because R*(0)'s test-set error, part of every seed's band, is shared by all of them).
 - the customary ε's ratio to ε* with the band carried through.
 
 :func:`compare` says, for configurations that differ in one factor only, whether their bands overlap.

@@ -38,16 +38,18 @@ class StudyRow:
 
 
 def _combined_band(values: list[float], bands: list[tuple[float, float] | None], level: float):
-    """The band of the mean over seeds: the larger of the seeds' spread (t·sd/√k) and their own mean band."""
-    k, mean = len(values), float(np.mean(values))
+    """The geometric mean over seeds and its band, on the log scale (ε* is positive, and so is its band): the larger
+    of the seeds' spread (t·sd(ln ε*)/√k) and their own bands' mean half-widths in ln ε*. ``(mean, band)``."""
+    logs = np.log(values)
+    k, mean = len(values), float(np.mean(logs))
     t = float(stats.t.ppf((1 + level) / 2, k - 1)) if k > 1 else 0.0
-    spread = t * float(np.std(values, ddof=1)) / math.sqrt(k) if k > 1 else 0.0
-    known = [b for b in bands if b is not None]
-    low = float(np.mean([v - b[0] for v, b in zip(values, bands, strict=True) if b])) if known else 0.0
-    high = float(np.mean([b[1] - v for v, b in zip(values, bands, strict=True) if b])) if known else 0.0
+    spread = t * float(np.std(logs, ddof=1)) / math.sqrt(k) if k > 1 else 0.0
+    known = [(v, b) for v, b in zip(logs, bands, strict=True) if b is not None and b[0] > 0]
+    low = float(np.mean([v - math.log(b[0]) for v, b in known])) if known else 0.0
+    high = float(np.mean([math.log(b[1]) - v for v, b in known])) if known else 0.0
     if k == 1 and not known:
-        return None
-    return mean - max(spread, low), mean + max(spread, high)
+        return math.exp(mean), None
+    return math.exp(mean), (math.exp(mean - max(spread, low)), math.exp(mean + max(spread, high)))
 
 
 def row_of(settings: StudySettings, width: int | None, fraction: float, units: list[dict],
@@ -63,8 +65,7 @@ def row_of(settings: StudySettings, width: int | None, fraction: float, units: l
                    float(math.sqrt(np.mean(se ** 2) + (r.var(ddof=1) / r.size if r.size > 1 else 0.0))),
                    float(np.mean([b["generalization_gap"] for b in benches])), None, None, values, fgsm=probe)
     if usable:
-        row.eps_star = float(np.mean([v for v, _ in usable]))
-        row.interval = _combined_band([v for v, _ in usable], [b for _, b in usable], settings.level)
+        row.eps_star, row.interval = _combined_band([v for v, _ in usable], [b for _, b in usable], settings.level)
     if len(usable) < len(units):
         row.warnings.append(f"{len(units) - len(usable)} of {len(units)} seeds gave no estimate")
     if settings.customary_eps and row.eps_star:
@@ -76,8 +77,7 @@ def row_of(settings: StudySettings, width: int | None, fraction: float, units: l
     row.grid_per_seed = [g["value"] for g in grids]
     checked = [(g["value"], tuple(g["interval"]) if g["interval"] else None) for g in grids if g["value"] is not None]
     if checked:
-        row.grid = float(np.mean([v for v, _ in checked]))
-        row.grid_interval = _combined_band([v for v, _ in checked], [b for _, b in checked], settings.level)
+        row.grid, row.grid_interval = _combined_band([v for v, _ in checked], [b for _, b in checked], settings.level)
     for unit in units:
         row.warnings += [f"seed {unit['seed']}: {w}" for w in unit["estimate"]["warnings"]]
     return row

@@ -1,0 +1,284 @@
+"""ε* bands and the fine-tune on two benchmarks, each checked with constants the other chose: the bundled 8×8 digits
+and MNIST-1D (generated offline by the ``mnist1d`` package: ``pip install -e '.[bench]'``).
+
+Configurations: the digits MLP at widths 16, 64, 256 on the full and half training set (6), MNIST-1D's MLP at
+widths 64, 256 and its 1-D CNN at 16, 32 channels (4). Each over ``--seeds`` seeds: a clean benchmark (the
+preset's recipe), the fine-tune estimate and the grid (6 points from scratch, θ̂ by adversarial test loss), each
+with its 80 % band. Prints per configuration:
+
+- fine-tune / grid: the ratio of their geometric means over seeds (goal: within ×1.4 / ÷1.9, the paper's
+  Table 4 accuracy), and whether the configuration's bands overlap (goal: every configuration);
+- seed coverage, for the grid and the fine-tune: how often one seed's band covers another seed's estimate, over
+  the ordered pairs of seeds (goal: 70–90 %);
+- how many estimates are poorly determined (a band wider than a factor ``POORLY_DETERMINED``);
+- the fine-tune's time against a 4-point grid's (the grid's time × 4 / its points; goal <= 10 %).
+
+Then leave one dataset out, both ways: the run-to-run spread constants (``RUN_SPREAD``, ``BENCHMARK_SPREAD``,
+measured from the seeds' spread: :func:`measure_spread`) and the fine-tune's length (the one of ``--lengths``
+whose fine-tune / grid is nearest 1) chosen on one dataset, and the figures above measured on the other.
+
+    python benchmarks/eps_star_transfer.py [--seeds 3] [--units DIR] [--lengths 5,10,20] [--json out.json]
+
+About 45 minutes on 2 CPU cores; ``--units DIR`` (default ``benchmarks/.units``) keeps every unit and every
+fine-tune of another length as a file there, so an interrupted run resumes and a rerun only recombines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import statistics
+from itertools import permutations
+from pathlib import Path
+
+import numpy as np
+
+from advhooks.benchmark import CleanBenchmark, write_json_atomic
+from advhooks.kit.data import load_dataset, train_fraction
+from advhooks.kit.estimate import EpsStarEstimate, estimate_eps_star, spread
+from advhooks.kit.estimate.crossing import POORLY_DETERMINED, fill_crossing
+from advhooks.kit.estimate.finetune import EPOCHS
+from advhooks.kit.presets import get_preset
+from advhooks.kit.study import StudySettings, Unit, run_study
+
+# dataset -> (preset, widths, training fractions)
+SETTINGS = {
+    "digits": [("digits-mlp", (16, 64, 256), (1.0, 0.5))],
+    "mnist1d": [("mnist1d-mlp", (64, 256), (1.0,)), ("mnist1d-cnn", (16, 32), (1.0,))],
+}
+RATIO_GOAL = (1 / 1.9, 1.4)
+
+
+def run_units(dataset: str, seeds: int, folder: Path) -> list[dict]:
+    """Every unit of ``dataset`` (run, or read back from ``folder``), with where its clean benchmark is."""
+    units = []
+    for name, widths, fractions in SETTINGS[dataset]:
+        preset = get_preset(name)
+        train, test = load_dataset(preset.dataset)
+        settings = StudySettings(widths=widths, fractions=fractions, seeds=tuple(range(seeds)), method="finetune",
+                                 check_grid="all", recipe=preset.recipe, customary_eps=8 / 255)
+        result = run_study(settings, preset.model, train, test, units_dir=folder / name, setting={"preset": name},
+                           progress=lambda text: print(text, flush=True) if text.startswith("run-") else None)
+        for unit in settings.units():
+            stored = result["units"][f"{unit.name}.json"]
+            units.append({**stored, "preset": name, "config": f"{name} w{unit.width} f{unit.fraction:g}",
+                          "bench_path": folder / name / f"grid-{unit.name.removeprefix('run-')}" / "clean.safetensors",
+                          "data": (train_fraction(train, unit.fraction, settings.split_seed), test),
+                          "model": (lambda p=preset, w=unit.width: p.model(w))})
+    return units
+
+
+def finetune_of(unit: dict, epochs: int, folder: Path) -> dict:
+    """The unit's fine-tune estimate at ``epochs`` (its own at the default length; others run once and kept)."""
+    if epochs == EPOCHS:
+        return unit["estimate"]
+    name = Unit("run", unit["width"], unit["fraction"], unit["seed"]).name
+    path = folder / unit["preset"] / f"finetune{epochs}-{name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    train, test = unit["data"]
+    est = estimate_eps_star("finetune", CleanBenchmark.load(unit["bench_path"]), model_factory=unit["model"],
+                            train_set=train, test_set=test, epochs=epochs, seed=unit["seed"]).to_dict()
+    write_json_atomic(path, est)
+    return est
+
+
+@contextlib.contextmanager
+def spread_constants(run_spread: dict[str, float], benchmark_spread: float):
+    """The run-to-run spread constants of :mod:`advhooks.kit.estimate.spread` set to others for a while."""
+    saved = dict(spread.RUN_SPREAD), spread.BENCHMARK_SPREAD
+    spread.RUN_SPREAD.update(run_spread)
+    spread.BENCHMARK_SPREAD = benchmark_spread
+    try:
+        yield
+    finally:
+        spread.RUN_SPREAD.clear()
+        spread.RUN_SPREAD.update(saved[0])
+        spread.BENCHMARK_SPREAD = saved[1]
+
+
+def rebanded(stored: dict, bench: CleanBenchmark, seed: int) -> EpsStarEstimate:
+    """A stored estimate's value and band recomputed from its points under the spread constants now in force."""
+    est = EpsStarEstimate(stored["method"], None, bench.clean_test_loss, stored.get("norm", "linf"),
+                          points=stored["points"], level=stored.get("level", 0.8))
+    fill_crossing(est, bench, extrapolate=stored["method"] == "finetune", seed=seed)
+    est.seconds = stored["seconds"]
+    return est
+
+
+def _log_residual_var(points: list[tuple[float, float, float]]) -> tuple[float, int]:
+    """Variance of ln R̂ about a quadratic in ln ε, less the points' own sampling variance, and its dof."""
+    pts = [(e, v, se) for e, v, se in points if e > 0 and v > 0]
+    if len(pts) < 5:
+        return 0.0, 0
+    x = np.log([e for e, _, _ in pts])
+    y = np.log([v for _, v, _ in pts])
+    coef = np.polyfit(x, y, 2)
+    dof = len(pts) - 3
+    resid = float(np.sum((y - np.polyval(coef, x)) ** 2)) / dof
+    sampling = float(np.mean([(se / v) ** 2 for _, v, se in pts]))
+    return max(resid - sampling, 0.0), dof
+
+
+def measure_spread(units: list[dict], epochs: int, folder: Path) -> tuple[dict[str, float], float]:
+    """The run-to-run spread constants a dataset shows: per configuration, the variance of ln R̂ between its seeds
+    about one smooth curve in ln ε (the grid's points, the fine-tune's) and of ln R*(0) between its seeds, pooled
+    over configurations by degrees of freedom."""
+    pooled = {"grid": [0.0, 0], "finetune": [0.0, 0], "bench": [0.0, 0]}
+    for config in dict.fromkeys(u["config"] for u in units):
+        mine = [u for u in units if u["config"] == config]
+        for key, ests in (("grid", [u["grid"] for u in mine]), ("finetune", [finetune_of(u, epochs, folder)
+                                                                              for u in mine])):
+            pts = [(p["eps"], p["loss"], p.get("stderr") or 0.0) for e in ests for p in e["points"]
+                   if p.get("loss") is not None]
+            var, dof = _log_residual_var(pts)
+            pooled[key][0] += var * dof
+            pooled[key][1] += dof
+        logs = np.log([u["benchmark"]["clean_test_loss"] for u in mine])
+        if len(logs) > 1:
+            pooled["bench"][0] += float(np.var(logs, ddof=1)) * (len(logs) - 1)
+            pooled["bench"][1] += len(logs) - 1
+    sd = {k: math.sqrt(total / dof) if dof else 0.0 for k, (total, dof) in pooled.items()}
+    return {"grid": sd["grid"], "records": sd["grid"], "finetune": sd["finetune"]}, sd["bench"]
+
+
+def _geomean(values: list[float]) -> float | None:
+    return math.exp(statistics.fmean(math.log(v) for v in values)) if values else None
+
+
+def _covers(band, value) -> bool:
+    return band is not None and value is not None and band[0] <= value <= band[1]
+
+
+def per_configuration(units: list[dict], epochs: int, folder: Path) -> list[dict]:
+    """Per configuration, under the spread constants in force and the fine-tune at ``epochs``."""
+    out = []
+    for config in dict.fromkeys(u["config"] for u in units):
+        mine = [u for u in units if u["config"] == config]
+        grids, fts = [], []
+        for u in mine:
+            bench = CleanBenchmark.load(u["bench_path"])
+            grids.append(rebanded(u["grid"], bench, u["seed"]))
+            fts.append(rebanded(finetune_of(u, epochs, folder), bench, u["seed"]))
+        row = {"config": config, "seeds": len(mine)}
+        for name, ests in (("grid", grids), ("finetune", fts)):
+            values = [e.value for e in ests if e.value]
+            pairs = list(permutations(range(len(ests)), 2))
+            row[name] = {"values": [e.value for e in ests], "bands": [e.interval for e in ests],
+                         "geomean": _geomean(values),
+                         "covered": sum(_covers(ests[i].interval, ests[j].value) for i, j in pairs),
+                         "pairs": len(pairs), "poorly_determined": sum(e.poorly_determined for e in ests)}
+        g, f = row["grid"]["geomean"], row["finetune"]["geomean"]
+        row["ratio"] = f / g if f and g else None
+        row["seed_bands_overlap"] = sum(a.interval is not None and b.interval is not None and
+                                        a.interval[0] <= b.interval[1] and b.interval[0] <= a.interval[1]
+                                        for a, b in zip(grids, fts, strict=True))
+        row["band_overlap"] = _config_bands_overlap(grids, fts)
+        row["time_vs_4_point_grid"] = [f.seconds / (u["grid"]["seconds"] * 4 / len(u["grid"]["points"]))
+                                       for f, u in zip(fts, mine, strict=True)]
+        out.append(row)
+    return out
+
+
+def _config_bands_overlap(grids: list[EpsStarEstimate], fts: list[EpsStarEstimate]) -> bool | None:
+    """Whether the grid's and the fine-tune's configuration bands (the study's: geometric mean over seeds, log
+    scale) overlap."""
+    from advhooks.kit.study.summary import _combined_band
+
+    bands = []
+    for ests in (grids, fts):
+        usable = [(e.value, e.interval) for e in ests if e.value]
+        if not usable:
+            return None
+        bands.append(_combined_band([v for v, _ in usable], [b for _, b in usable], 0.8)[1])
+    a, b = bands
+    return None if a is None or b is None else a[0] <= b[1] and b[0] <= a[1]
+
+
+def summary(rows: list[dict]) -> dict:
+    """The figures over configurations that the goals are stated on."""
+    ratios = [r["ratio"] for r in rows if r["ratio"]]
+    return {
+        "configurations": len(rows),
+        "ratio_range": (min(ratios), max(ratios)) if ratios else None,
+        "within_goal": sum(RATIO_GOAL[0] <= x <= RATIO_GOAL[1] for x in ratios),
+        "bands_overlap": sum(bool(r["band_overlap"]) for r in rows),
+        "coverage_grid": sum(r["grid"]["covered"] for r in rows) / max(1, sum(r["grid"]["pairs"] for r in rows)),
+        "coverage_finetune": (sum(r["finetune"]["covered"] for r in rows)
+                              / max(1, sum(r["finetune"]["pairs"] for r in rows))),
+        "poorly_determined": sum(r["grid"]["poorly_determined"] + r["finetune"]["poorly_determined"] for r in rows),
+        "estimates": 2 * sum(r["seeds"] for r in rows),
+        "time_vs_4_point_grid_median": statistics.median(t for r in rows for t in r["time_vs_4_point_grid"]),
+        "time_vs_4_point_grid_max": max(t for r in rows for t in r["time_vs_4_point_grid"]),
+    }
+
+
+def table(rows: list[dict]) -> str:
+    def x255(v):
+        return "-" if v is None else f"{255 * v:.3g}"
+
+    lines = [f"{'configuration':<24} {'grid x255':>9} {'ft x255':>8} {'ft/grid':>7} {'bands':>7} "
+             f"{'grid cover':>10} {'ft cover':>8} {'poor g/ft':>9} {'ft time/4pt grid':>16}"]
+    for r in rows:
+        g, f = r["grid"], r["finetune"]
+        lines.append(f"{r['config']:<24} {x255(g['geomean']):>9} {x255(f['geomean']):>8} "
+                     f"{'-' if r['ratio'] is None else format(r['ratio'], '.2f'):>7} "
+                     f"{'overlap' if r['band_overlap'] else 'apart':>7} {g['covered']:>5} of {g['pairs']:<2} "
+                     f"{f['covered']:>3} of {f['pairs']:<2} {g['poorly_determined']:>5}/{f['poorly_determined']:<3} "
+                     f"{100 * statistics.median(r['time_vs_4_point_grid']):>15.1f}%")
+    s = summary(rows)
+    lo, hi = s["ratio_range"] or (math.nan, math.nan)
+    lines.append(f"fine-tune / grid {lo:.2f}-{hi:.2f} ({s['within_goal']} of {s['configurations']} within x1.4 / "
+                 f"/1.9); bands overlap on {s['bands_overlap']} of {s['configurations']}; seed coverage: grid "
+                 f"{100 * s['coverage_grid']:.0f} %, fine-tune {100 * s['coverage_finetune']:.0f} % (goal 70-90); "
+                 f"poorly determined {s['poorly_determined']} of {s['estimates']} (factor > {POORLY_DETERMINED:g}); "
+                 f"fine-tune time / 4-point grid median {100 * s['time_vs_4_point_grid_median']:.1f} %, "
+                 f"max {100 * s['time_vs_4_point_grid_max']:.1f} %")
+    return "\n".join(lines)
+
+
+def choose_length(units: list[dict], lengths: list[int], folder: Path) -> int:
+    """The fine-tune length whose fine-tune / grid (geometric means per configuration) is nearest 1, in the
+    median of |ln ratio| over configurations."""
+    def miss(epochs: int) -> float:
+        rows = per_configuration(units, epochs, folder)
+        return statistics.median(abs(math.log(r["ratio"])) for r in rows if r["ratio"])
+    return min(lengths, key=miss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--units", default=str(Path(__file__).with_name(".units")))
+    parser.add_argument("--lengths", default="5,10,20", help="fine-tune lengths (epochs) to choose among")
+    parser.add_argument("--json", help="write every figure here")
+    args = parser.parse_args()
+    folder = Path(args.units)
+    lengths = [int(v) for v in args.lengths.split(",")]
+    units = {name: run_units(name, args.seeds, folder) for name in SETTINGS}
+    out = {"defaults": {"run_spread": dict(spread.RUN_SPREAD), "benchmark_spread": spread.BENCHMARK_SPREAD,
+                        "epochs": EPOCHS}}
+    print(f"\n== the library's constants (RUN_SPREAD {spread.RUN_SPREAD}, BENCHMARK_SPREAD "
+          f"{spread.BENCHMARK_SPREAD}, fine-tune {EPOCHS} epochs)")
+    for name, mine in units.items():
+        rows = per_configuration(mine, EPOCHS, folder)
+        print(f"-- {name}\n{table(rows)}")
+        out[name] = {"rows": rows, "summary": summary(rows)}
+    for chose, checked in (("digits", "mnist1d"), ("mnist1d", "digits")):
+        epochs = choose_length(units[chose], lengths, folder)
+        run_spread, bench_spread = measure_spread(units[chose], epochs, folder)
+        print(f"\n== chosen on {chose}, measured on {checked}: fine-tune {epochs} epochs; RUN_SPREAD grid "
+              f"{run_spread['grid']:.3f}, fine-tune {run_spread['finetune']:.3f}; BENCHMARK_SPREAD {bench_spread:.3f}")
+        with spread_constants(run_spread, bench_spread):
+            rows = per_configuration(units[checked], epochs, folder)
+        print(table(rows))
+        out[f"{chose}->{checked}"] = {"epochs": epochs, "run_spread": run_spread, "benchmark_spread": bench_spread,
+                                      "rows": rows, "summary": summary(rows)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
