@@ -165,6 +165,20 @@ def test_cli_estimate_with_json_and_plot(bench, tmp_path):
     assert probe.exit_code == 0 and "clean-probe lower bound" in probe.output
 
 
+def test_cli_says_when_the_probe_disagrees_with_the_fine_tune(bench, tmp_path):
+    """Without --eps the clean probe starts the ladder and gives its two figures: the CLI prints the disagreement
+    exactly when the first-order value lies outside the fine-tune's band or the lower bound above it."""
+    path = bench.save(tmp_path / "clean.safetensors")
+    result = runner.invoke(app, ["estimate-eps-star", "--benchmark", str(path), "--method", "finetune", "--epochs", "2",
+                                 "--json", str(tmp_path / "e.json"), "-q"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "e.json").read_text())
+    low, high = data["interval"]
+    disagrees = not low <= data["first_order"] <= high or data["lower_bound"] > high
+    assert (data["disagreement"] is not None) == disagrees
+    assert ("DISAGREEMENT" in result.output) == disagrees
+
+
 def test_cli_fingerprint_mismatch_warns_or_fails(bench, tmp_path):
     path = bench.save(tmp_path / "clean.safetensors")
     args = ["estimate-eps-star", "--benchmark", str(path), "--preset", "digits-mlp", "--width", "16",

@@ -10,8 +10,7 @@ import torch
 
 from advhooks.benchmark import CleanBenchmark
 from advhooks.kit.estimate import EpsStarEstimate
-from advhooks.kit.estimate.crossing import extrapolate_crossing, fill_crossing
-from advhooks.kit.estimate.finetune import bracket_crossing
+from advhooks.kit.estimate.crossing import bracket_crossing, extrapolate_crossing, fill_crossing
 
 CLEAN, R_STAR = 0.03, 0.08  # R̂(θ̂(0), 0) and the true R*(0)
 

@@ -3,7 +3,7 @@ fine-tune (each gives measured points ``{"eps", "run", "loss", "stderr"}``; this
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,8 @@ from .spread import benchmark_draws, point_errors
 # A band wider than this factor (high / low) makes the estimate poorly determined: the paper's fine-tune is accurate
 # to ×1.4 / ÷1.9 (a span of 2.7), and a band much wider says less than the method can.
 POORLY_DETERMINED = 3.0
+# How the fine-tune's strengths, and the grid's beyond its points, grow (or shrink) until R̂ is on both sides of R*(0).
+GROWTH = 1.5
 
 
 def r_star_draws(benchmark: CleanBenchmark, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -172,3 +174,30 @@ def _unbracketed(xs: list[float], ys: list[float], r_star: float) -> tuple[tuple
         return (xs[-1], None), (f"the grid does not bracket the crossing: every loss is at or below R*(0) = "
                                 f"{r_star:.4f}, so eps* > {format_eps(xs[-1])}; add larger eps")
     return None, "the losses are not increasing in eps where they cross R*(0); no interpolation"
+
+
+def bracket_crossing(ladder: Sequence[float], measure: Callable[[float], float | None], target: float, *,
+                     growth: float = GROWTH, max_points: int = 6) -> dict[float, float | None]:
+    """Adaptive strengths (the fine-tune's ladder, the grid's extension): measure ``ladder``, then extend it
+    geometrically (× ``growth`` beyond the largest while every value is at or below ``target``, ÷ ``growth`` below
+    the smallest while every value is above it) until the values lie on both sides of ``target``; stops at
+    ``max_points`` or at a point where ``measure`` returns ``None`` (every run failed). Returns ε → value, in the
+    order measured.
+
+    Example:
+        >>> sorted(bracket_crossing([1.0], lambda e: 0.1 * e, 0.25, growth=2.0).items())
+        [(1.0, 0.1), (2.0, 0.2), (4.0, 0.4)]
+    """
+    measured = {e: measure(e) for e in ladder}
+    while len(measured) < max_points:
+        losses = [v for v in measured.values() if v is not None]
+        if any(v is None for v in measured.values()) or not losses:
+            break
+        if all(v <= target for v in losses):
+            nxt = max(measured) * growth
+        elif all(v > target for v in losses):
+            nxt = min(measured) / growth
+        else:
+            break
+        measured[nxt] = measure(nxt)
+    return measured

@@ -17,12 +17,11 @@ from ...evaluation import FixedSubset, evaluate_adversarial_loss
 from ...schedules import format_eps
 from ...uncertainty import DEFAULT_LEVEL
 from ..training import PassCounter, train_adversarially
-from .crossing import fill_crossing
+from .crossing import GROWTH, bracket_crossing, fill_crossing
 from .grid import seeded_run
 from .result import EpsStarEstimate, _cost, check_eps_grid, make_attack
 
-# How the strengths grow (or shrink) from the first until R̂ is on both sides of R*(0), and the most points.
-GROWTH = 1.5
+# The most strengths (they grow or shrink by crossing.GROWTH until R̂ is on both sides of R*(0)).
 MAX_POINTS = 6
 # Each fine-tune: EPOCHS at the clean run's learning rate with ATTACK, then COOLDOWN at a tenth of it (why: the
 # module's docstring of estimate_finetune, and docs/paper.md's calibration against the grid).
@@ -126,32 +125,6 @@ def estimate_finetune(
         slope = _initial_slope(est)
         est.consistency = slope / mean_grad_dual_norm if math.isfinite(slope) else None
     return _cost(est, counter, start, len(train_set))
-
-
-def bracket_crossing(ladder: Sequence[float], measure: Callable[[float], float | None], target: float, *,
-                     growth: float = GROWTH, max_points: int = MAX_POINTS) -> dict[float, float | None]:
-    """The fine-tune's adaptive strengths: measure ``ladder``, then extend it geometrically (× ``growth`` beyond the
-    largest while every value is at or below ``target``, ÷ ``growth`` below the smallest while every value is
-    above it) until the values lie on both sides of ``target``; stops at ``max_points`` or at a point where
-    ``measure`` returns ``None`` (every run failed). Returns ε → value, in the order measured.
-
-    Example:
-        >>> sorted(bracket_crossing([1.0], lambda e: 0.1 * e, 0.25, growth=2.0).items())
-        [(1.0, 0.1), (2.0, 0.2), (4.0, 0.4)]
-    """
-    measured = {e: measure(e) for e in ladder}
-    while len(measured) < max_points:
-        losses = [v for v in measured.values() if v is not None]
-        if any(v is None for v in measured.values()) or not losses:
-            break
-        if all(v <= target for v in losses):
-            nxt = max(measured) * growth
-        elif all(v > target for v in losses):
-            nxt = min(measured) / growth
-        else:
-            break
-        measured[nxt] = measure(nxt)
-    return measured
 
 
 def _initial_slope(est: EpsStarEstimate) -> float:

@@ -24,7 +24,7 @@ from ...monitor.rhat import rhat_estimates
 from ...schedules import format_eps
 from ...uncertainty import DEFAULT_LEVEL
 from ..training import PassCounter, train_adversarially
-from .crossing import fill_crossing
+from .crossing import bracket_crossing, fill_crossing
 from .result import _RUN_LOG, EpsStarEstimate, _cost, check_eps_grid, make_attack
 
 
@@ -85,6 +85,7 @@ def estimate_grid(
     train_eval_set: Dataset | None = None,
     level: float = DEFAULT_LEVEL,
     records_dir: str | os.PathLike | None = None,
+    extend: int = 2,
     progress: Callable[[str], None] | None = None,
 ) -> EpsStarEstimate:
     """ε* from adversarial training from scratch at each ε (the paper's section 5.2), with a band.
@@ -97,9 +98,13 @@ def estimate_grid(
     θ̂'s weights beside it), and :func:`estimate_from_records` combines them: the same path as
     ``estimate-eps-star --method records``.
 
+    When every point's R̂ is on one side of R*(0), up to ``extend`` more strengths follow, × 1.5 beyond the
+    largest (or ÷ 1.5 below the smallest), until the points bracket the crossing, as the fine-tune's ladder does.
+
     Args:
         train_eval_set: the training set without augmentation, for R̂ (default ``train_set``).
         level: the band's coverage.
+        extend: the most strengths added beyond ``eps`` (0: exactly ``eps``).
         Others: as their names say; ``include_clean`` adds the benchmark's own point (0, R̂(θ̂(0), 0)).
     """
     grid = check_eps_grid(eps)
@@ -107,20 +112,33 @@ def estimate_grid(
     recipe = recipe or Recipe.from_record(benchmark.training)
     start, counter = time.perf_counter(), PassCounter()
     records = []
-    for run in range(runs):
-        for e in grid:
+
+    def measure(e: float) -> float | None:
+        """Every run at ``e``; the mean R̂ of the healthy ones (``None``: none is)."""
+        healthy = []
+        for run in range(runs):
             monitor, _ = monitored_run(model_factory, train_set, test_set, benchmark, e, run=run, seed=seed,
                                        recipe=recipe, attack=attack, norm=norm, steps=steps,
                                        normalization=normalization, train_subset=train_subset,
                                        train_eval_set=train_eval_set, device=device, counter=counter,
                                        progress=progress)
             records.append(monitor.record())
+            if record_health(records[-1], level) is None:
+                healthy.append(records[-1]["rhat"]["mean"])
             if records_dir is not None:  # with θ̂'s weights beside it, for `advhooks connectivity --checkpoint`
                 monitor.save_record(Path(records_dir) / f"eps{e * 255:.4g}-run{run}.json", weights=e > 0)
+        return sum(healthy) / len(healthy) if healthy else None
+
+    if extend < 0:
+        raise ValueError(f"extend must be >= 0, got {extend}")
+    measured = bracket_crossing(grid, measure, benchmark.clean_test_loss, max_points=len(grid) + extend)
     est = estimate_from_records(records, benchmark, include_clean=include_clean, level=level, seed=seed)
     est.method = "grid"
     est.settings = dict(eps=grid, attack=attack, steps=steps, epochs=recipe.epochs, lr=recipe.lr,
-                        batch_size=recipe.batch_size, runs=runs, seed=seed, train_subset=train_subset)
+                        batch_size=recipe.batch_size, runs=runs, seed=seed, train_subset=train_subset, extend=extend)
+    if len(measured) > len(grid):
+        added = ", ".join(format_eps(e) for e in list(measured)[len(grid):])
+        est.warnings.append(f"the grid's points did not bracket the crossing: added eps {added}")
     return _cost(est, counter, start, len(train_set))
 
 
