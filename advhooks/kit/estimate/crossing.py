@@ -29,12 +29,22 @@ def r_star_draws(benchmark: CleanBenchmark, draws: int, rng: np.random.Generator
 
 
 def interpolate_crossing(eps: list[float], losses: list[float], target: float):
-    """ε where the piecewise-linear L(ε) first crosses ``target`` from below, and the bracketing pair."""
-    points = list(zip(eps, losses, strict=True))
-    for (e0, l0), (e1, l1) in zip(points, points[1:], strict=False):
-        if l0 <= target < l1:
-            return e0 + (target - l0) * (e1 - e0) / (l1 - l0), (e0, e1)
-    return None, None
+    """ε* of the piecewise-linear L(ε) through the points: sup{ε : L(ε) <= ``target``}, the definition's supremum
+    (where L crosses ``target`` from below for the last time), and the bracketing pair; ``(None, None)`` when
+    the last point is still at or below ``target`` (ε* lies beyond) or every point is above it.
+
+    Example:
+        >>> interpolate_crossing([1.0, 2.0, 3.0, 4.0], [0.5, 1.5, 0.5, 1.5], 1.0)  # not the first crossing, 1.5
+        (3.5, (3.0, 4.0))
+    """
+    if not losses or losses[-1] <= target:
+        return None, None
+    below = [i for i, v in enumerate(losses) if v <= target]
+    if not below:
+        return None, None
+    i = below[-1]
+    (e0, l0), (e1, l1) = (eps[i], losses[i]), (eps[i + 1], losses[i + 1])
+    return e0 + (target - l0) * (e1 - e0) / (l1 - l0), (e0, e1)
 
 
 def extrapolate_crossing(eps: list[float], losses: list[float], target: float) -> float | None:
@@ -47,27 +57,23 @@ def extrapolate_crossing(eps: list[float], losses: list[float], target: float) -
 
 
 def censored_crossing(eps: list[float], losses: list[float], target: float) -> float | None:
-    """The crossing of one Monte-Carlo draw; a draw whose curve stays below ``target`` counts as the grid's end.
+    """The crossing of one Monte-Carlo draw; a draw whose curve ends at or below ``target`` counts as the grid's end.
 
     Dropping such draws would bias the band low (they are the draws where ε* is largest), so they are kept
-    at the largest ε, and the band then says it reaches the grid's edge. Draws above ``target`` from the
-    first point on count as the first ε.
+    at the largest ε, and the band then says it reaches the grid's edge. Draws above ``target`` at every point
+    count as the first ε.
     """
     value, _ = interpolate_crossing(eps, losses, target)
     if value is not None:
         return value
-    if all(v <= target for v in losses):
-        return eps[-1]
-    if all(v > target for v in losses):
-        return eps[0]
-    return None
+    return eps[-1] if losses[-1] <= target else eps[0]
 
 
 def extrapolated_crossing(eps: list[float], losses: list[float], target: float) -> float | None:
     """The crossing of one Monte-Carlo draw of a curve that may end below ``target`` (a fine-tune ladder stopped at
     its cap): interpolated where it crosses, else extrapolated as the estimate itself was."""
     value, _ = interpolate_crossing(eps, losses, target)
-    if value is None and all(v <= target for v in losses):
+    if value is None and losses and losses[-1] <= target:
         return extrapolate_crossing(eps, losses, target)
     return value
 
@@ -103,12 +109,13 @@ def fill_crossing(est: EpsStarEstimate, benchmark: CleanBenchmark, *, include_cl
         est.warnings.append("no usable point at eps > 0 (every run failed?): no curve to cross R*(0)")
         return
     est.value, est.bracket = interpolate_crossing(xs, ys, r_star)
-    if est.value is None and extrapolate and ys and all(v <= r_star for v in ys):
+    if est.value is None and extrapolate and ys and ys[-1] <= r_star:
         est.value = extrapolate_crossing(xs, ys, r_star)
         if est.value is not None:
             est.bracket, est.extrapolated = (xs[-1], None), True
             est.warnings.append(f"extrapolated: R-hat is still below R*(0) at the largest eps {format_eps(xs[-1])}; "
                                 f"the line through the last two points reaches it at {format_eps(est.value)}")
+    _say_earlier_crossings(est, xs, ys, r_star)
     adversarial = sorted({e for e in xs if e > 0})
     if est.value is not None and est.bracket[0] == 0.0 and len(adversarial) < 2:
         est.warnings.append("eps* is interpolated between the clean point (eps 0) and a single adversarial run: the "
@@ -130,6 +137,20 @@ def fill_crossing(est: EpsStarEstimate, benchmark: CleanBenchmark, *, include_cl
         est.warnings.append(warning)
     if est.value is not None and est.interval is None:
         est.warnings.append("the band is undefined: in most draws the loss curve does not cross R*(0) inside the grid")
+
+
+def _say_earlier_crossings(est: EpsStarEstimate, xs: list[float], ys: list[float], r_star: float) -> None:
+    """A warning when R̂ is above R*(0) at a smaller ε than the crossing taken and falls back below it (θ̂ stopped
+    in another phase of training there, or noise): ε* is the supremum, and the band carries the ambiguity."""
+    if est.value is None or est.bracket is None or est.bracket[0] is None:
+        return
+    earlier = [(e, v) for e, v in zip(xs, ys, strict=True) if e < est.bracket[0] and v > r_star]
+    if earlier:
+        e, v = earlier[0]
+        est.warnings.append(f"R-hat is above R*(0) already at eps {format_eps(e)} ({v:.4f} > {r_star:.4f}) and falls "
+                            f"back below it: eps* is the largest eps where R-hat <= R*(0) (the definition's "
+                            "supremum); the points between are training noise or another phase of training, and "
+                            "the band holds them")
 
 
 def _judge_determination(est: EpsStarEstimate) -> None:
@@ -170,17 +191,15 @@ def _unbracketed(xs: list[float], ys: list[float], r_star: float) -> tuple[tuple
     if all(v > r_star for v in ys):
         return (None, xs[0]), (f"the grid does not bracket the crossing: every loss is above R*(0) = {r_star:.4f}, "
                                f"so eps* < {format_eps(xs[0])}; add smaller eps")
-    if all(v <= r_star for v in ys):
-        return (xs[-1], None), (f"the grid does not bracket the crossing: every loss is at or below R*(0) = "
-                                f"{r_star:.4f}, so eps* > {format_eps(xs[-1])}; add larger eps")
-    return None, "the losses are not increasing in eps where they cross R*(0); no interpolation"
+    return (xs[-1], None), (f"the grid does not bracket the crossing: the loss at the largest eps is at or below "
+                            f"R*(0) = {r_star:.4f}, so eps* > {format_eps(xs[-1])}; add larger eps")
 
 
 def bracket_crossing(ladder: Sequence[float], measure: Callable[[float], float | None], target: float, *,
                      growth: float = GROWTH, max_points: int = 6) -> dict[float, float | None]:
     """Adaptive strengths (the fine-tune's ladder, the grid's extension): measure ``ladder``, then extend it
-    geometrically (× ``growth`` beyond the largest while every value is at or below ``target``, ÷ ``growth`` below
-    the smallest while every value is above it) until the values lie on both sides of ``target``; stops at
+    geometrically (× ``growth`` beyond the largest while its value is at or below ``target``, ÷ ``growth`` below
+    the smallest while every value is above it) until the crossing is bracketed; stops at
     ``max_points`` or at a point where ``measure`` returns ``None`` (every run failed). Returns ε → value, in the
     order measured.
 
@@ -193,7 +212,8 @@ def bracket_crossing(ladder: Sequence[float], measure: Callable[[float], float |
         losses = [v for v in measured.values() if v is not None]
         if any(v is None for v in measured.values()) or not losses:
             break
-        if all(v <= target for v in losses):
+        top = measured[max(measured)]
+        if top is not None and top <= target:  # ε* = sup{ε : R̂ <= R*(0)} lies beyond the largest
             nxt = max(measured) * growth
         elif all(v > target for v in losses):
             nxt = min(measured) / growth
