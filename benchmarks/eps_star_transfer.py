@@ -178,6 +178,8 @@ def per_configuration(units: list[dict], epochs: int, folder: Path) -> list[dict
         row["band_overlap"] = _config_bands_overlap(grids, fts)
         row["time_vs_4_point_grid"] = [f.seconds / (u["grid"]["seconds"] * 4 / len(u["grid"]["points"]))
                                        for f, u in zip(fts, mine, strict=True)]
+        row["rhat_share_of_grid"] = [sum(p.get("rhat_seconds") or 0.0 for p in u["grid"]["points"])
+                                     / u["grid"]["seconds"] for u in mine]
         out.append(row)
     return out
 
@@ -212,6 +214,7 @@ def summary(rows: list[dict]) -> dict:
         "estimates": 2 * sum(r["seeds"] for r in rows),
         "time_vs_4_point_grid_median": statistics.median(t for r in rows for t in r["time_vs_4_point_grid"]),
         "time_vs_4_point_grid_max": max(t for r in rows for t in r["time_vs_4_point_grid"]),
+        "rhat_share_of_grid_median": statistics.median(t for r in rows for t in r["rhat_share_of_grid"]),
     }
 
 
@@ -235,7 +238,8 @@ def table(rows: list[dict]) -> str:
                  f"{100 * s['coverage_grid']:.0f} %, fine-tune {100 * s['coverage_finetune']:.0f} % (goal 70-90); "
                  f"poorly determined {s['poorly_determined']} of {s['estimates']} (factor > {POORLY_DETERMINED:g}); "
                  f"fine-tune time / 4-point grid median {100 * s['time_vs_4_point_grid_median']:.1f} %, "
-                 f"max {100 * s['time_vs_4_point_grid_max']:.1f} %")
+                 f"max {100 * s['time_vs_4_point_grid_max']:.1f} %; the monitor's fixed-weights R-hat evaluation: "
+                 f"{100 * s['rhat_share_of_grid_median']:.2f} % of the grid's time (median)")
     return "\n".join(lines)
 
 

@@ -36,7 +36,7 @@ def main() -> None:
         ("fused paths", "fused_path.py", quick),
         ("monitor overhead", "monitor_overhead.py", ["--repeats", "1"] if args.quick else []),
         ("time to robustness", "time_to_robustness.py", ["--seeds", "1" if args.quick else "3"]),
-        ("eps* estimation", "eps_star_digits.py", ["--seeds", "1" if args.quick else "3"]),
+        ("eps* estimation", "eps_star_transfer.py", ["--seeds", "2", "--lengths", "10"] if args.quick else []),
     ]
     report = {"torch": torch.__version__, "machine": platform.machine(), "cuda": torch.cuda.is_available(),
               "results": {}}

@@ -6,7 +6,7 @@ fixed weights (:func:`advhooks.evaluation.evaluate_adversarial_loss`). Estimator
 - :func:`estimate_grid` — the paper's section 5.2 ground truth: monitored adversarial training from scratch
   at each ε of a grid, θ̂(ε) early-stopped at the smallest adversarial test loss; the runs' records are
   combined by :func:`estimate_from_records` (also ``estimate-eps-star --method records``), which interpolates
-  where R̂(θ̂(ε), ε) crosses R*(0).
+  the largest ε where R̂(θ̂(ε), ε) ≤ R*(0) (the definition's supremum: the last crossing, not the first).
 - :func:`estimate_finetune` — the paper's section 6: from the clean weights θ̂(0), short adversarial
   fine-tuning (FGM, 10 epochs at the clean run's learning rate and one at a tenth of it) at strengths that
   grow ×1.5 from the clean probe's bound until R̂ of the fine-tuned weights passes R*(0); ε* is where that
@@ -17,7 +17,9 @@ fixed weights (:func:`advhooks.evaluation.evaluate_adversarial_loss`). Estimator
   first-order estimate (envelope theorem; the dual norm is ‖·‖₁ for L∞, ‖·‖₂ for L2).
 
 Each returns an :class:`EpsStarEstimate` with ``interval`` and ``level`` (R*(0)'s bootstrap, R̂'s sampling
-error and the spread over runs carried through by Monte Carlo) that serialises to JSON with its points,
+error and the run-to-run spread of :mod:`.spread`, carried through by Monte Carlo; ``poorly_determined`` when
+the band spans more than a factor 3; ``disagreement`` when the clean probe or the check from scratch contradicts
+it, :mod:`.agreement`) that serialises to JSON with its points,
 cost and warnings. :func:`estimate_eps_star` picks the method (what the CLI runs). The fine-tune's slope at
 small ε is compared with mean‖∇ₓℓ‖_* (they agree to first order) as a consistency figure.
 
@@ -28,6 +30,7 @@ point.
 """
 
 from ..training import adversarial_loss
+from . import spread
 from .clean_probe import (
     DEFAULT_LADDER,
     default_grid_eps,
@@ -58,5 +61,6 @@ __all__ = [
     "make_attack",
     "mean_input_grad_dual_norm",
     "r_star_draws",
+    "spread",
     "verify_estimate",
 ]

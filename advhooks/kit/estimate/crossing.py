@@ -1,5 +1,6 @@
-"""Where the curve R̂(ε) crosses R*(0), with its band: one definition for the grid, the run records and the
-fine-tune (each gives measured points ``{"eps", "run", "loss", "stderr"}``; this turns them into ε*)."""
+"""Where the curve R̂(ε) crosses R*(0) for the last time (ε* = sup{ε : R̂(θ̂(ε), ε) ≤ R*(0)}), with its band: one
+definition for the grid, the run records and the fine-tune (each gives measured points ``{"eps", "run", "loss",
+"stderr"}``; this turns them into ε*), and the adaptive strengths that bracket it."""
 
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def curve_of(points: Sequence[dict[str, Any]], benchmark: CleanBenchmark, includ
 
 def fill_crossing(est: EpsStarEstimate, benchmark: CleanBenchmark, *, include_clean: bool = True,
                   extrapolate: bool = False, draws: int = 2000, seed: int = 0) -> None:
-    """ε* of ``est.points``: where the piecewise-linear curve (:func:`curve_of`) crosses R*(0), its bracket, its band
+    """ε* of ``est.points``: the largest ε where the piecewise-linear curve (:func:`curve_of`) is at or below R*(0)
+    (:func:`interpolate_crossing`), its bracket, its band
     (R*(0) drawn from the benchmark's bootstrap, every point from its error, the crossings' quantiles at
     ``est.level``), each run's own crossing and what the reader should know, all written into ``est``.
 
@@ -158,8 +160,10 @@ def _judge_determination(est: EpsStarEstimate) -> None:
     with the sentence that says why."""
     if est.value is None:
         return
-    if est.interval is None or est.interval[0] <= 0:
+    if est.interval is None:
         span = "cannot be drawn"
+    elif est.interval[0] <= 0:
+        span = "reaches 0"
     elif est.interval[1] / est.interval[0] > POORLY_DETERMINED:
         span = f"spans a factor {est.interval[1] / est.interval[0]:.1f}"
     else:
