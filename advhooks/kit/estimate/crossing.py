@@ -123,7 +123,7 @@ def fill_crossing(est: EpsStarEstimate, benchmark: CleanBenchmark, *, include_cl
         est.warnings.append("eps* is interpolated between the clean point (eps 0) and a single adversarial run: the "
                             "straight line between them is a guess; add runs around eps*")
     rng = np.random.default_rng(seed)
-    samples = np.column_stack([benchmark_draws(r_star_draws(benchmark, draws, rng), rng),
+    samples = np.column_stack([benchmark_draws(r_star_draws(benchmark, draws, rng), benchmark.test_loss_stderr, rng),
                                normal_draws(ys, ses, draws, rng)])
     crossing = extrapolated_crossing if extrapolate else censored_crossing
     est.interval = propagate(lambda row: crossing(xs, list(row[1:]), row[0]), samples, level=est.level)
