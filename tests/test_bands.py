@@ -38,17 +38,25 @@ def _record(bench, eps, loss, stderr, run=0, norm="linf", recipe=None):
 
 
 def test_the_80_percent_band_covers_a_known_crossing_about_80_percent_of_the_time():
-    # Truth: R̂(ε) = 0.1 + 10 ε crosses R*(0) = 0.2 at ε* = 0.01. Each draw observes R*(0) (s.e. 0.01) and
-    # the loss at four ε (s.e. 0.01 each) with noise of exactly that size, and builds the 80 % band.
-    grid, true_eps_star, covered = [0.004, 0.008, 0.012, 0.016], 0.01, 0
+    # Truth: R̂(ε) = 0.1 + 10 ε crosses R*(0) = 0.2 at ε* = 0.01. Each draw observes R*(0) (s.e. 0.01, plus another
+    # clean run's spread) and one run at each of five ε: its sampling error (s.e. 0.01) and the run-to-run spread
+    # the records estimator assumes (RUN_SPREAD, relative), with noise of exactly that size; the 80 % band covers.
+    from advhooks.kit.estimate import spread
+
+    grid, true_eps_star, covered = [0.004, 0.008, 0.012, 0.016, 0.02], 0.01, 0
     rng = np.random.default_rng(123)
+    run_sd = spread.RUN_SPREAD["records"]
     for draw in range(200):
-        bench = _benchmark(r_star=0.2 + rng.normal(0, 0.01), stderr=0.01, seed=draw)
-        records = [_record(bench, e, 0.1 + 10 * e + rng.normal(0, 0.01), 0.01) for e in grid]
+        bench = _benchmark(r_star=0.2 + rng.normal(0, 0.01 * math.sqrt(1 + spread.BENCHMARK_SPREAD ** 2)),
+                           stderr=0.01, seed=draw)
+        records = [_record(bench, e, (0.1 + 10 * e) * (1 + run_sd * rng.standard_normal()) + rng.normal(0, 0.01),
+                           0.01) for e in grid]
         est = E.estimate_from_records(records, bench, include_clean=False, draws=400, seed=draw)
-        assert est.interval is not None and est.interval[0] <= est.value <= est.interval[1]
+        assert est.interval is not None
+        # (a draw whose largest point fell to R*(0) has eps* beyond the grid: no value, and a band that says so)
+        assert est.value is None or est.interval[0] <= est.value <= est.interval[1]
         covered += est.interval[0] <= true_eps_star <= est.interval[1]
-    assert 0.70 <= covered / 200 <= 0.90, covered
+    assert 0.70 <= covered / 200 <= 0.92, covered
 
 
 def test_records_of_another_benchmark_norm_or_recipe_are_refused():
