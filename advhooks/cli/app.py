@@ -9,8 +9,8 @@ from ..errors import one_line_errors
 
 # The presets' names for the help texts (the CLI does not import torch to print --help);
 # tests/test_cli.py keeps this list equal to advhooks.kit.presets.PRESETS.
-PRESET_NAMES = ("digits-mlp", "digits-cnn", "mnist-cnn", "mnist-mlp", "cifar10-preactresnet18", "cifar10-wrn34",
-                "cifar100-preactresnet18", "svhn-preactresnet18")
+PRESET_NAMES = ("digits-mlp", "digits-cnn", "mnist1d-mlp", "mnist1d-cnn", "mnist-cnn", "mnist-mlp",
+                "cifar10-preactresnet18", "cifar10-wrn34", "cifar100-preactresnet18", "svhn-preactresnet18")
 PRESET_HELP = "A named setting: " + ", ".join(PRESET_NAMES) + "."
 DEVICE_HELP = "Device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ..."
 NORMALIZE_HELP = ("Your --data yields inputs already normalised as (pixel - mean) / std: give MEAN,STD per channel "
