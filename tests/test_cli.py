@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -59,7 +60,8 @@ def test_preset_names_in_the_help_are_the_presets():
 
     assert set(PRESET_NAMES) == set(PRESETS)
     help_text = CliRunner().invoke(app, ["benchmark-clean", "--help"], terminal_width=200).output
-    assert all(name in " ".join(help_text.split()) for name in PRESETS)
+    unwrapped = re.sub(r"-\s+", "-", " ".join(help_text.split()))  # the help wraps long lines after a hyphen
+    assert all(name in unwrapped for name in PRESETS)
     assert "<bool>" not in help_text and "…" not in help_text
 
 
