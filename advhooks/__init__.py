@@ -20,6 +20,7 @@ from ._version import __version__
 _EXPORTS = {
     **dict.fromkeys(("APGD", "FGM", "FGSM", "PGD", "Attack", "AttackConfig", "fgm_perturb", "perturb", "pgd_perturb"),
                     ".attacks"),
+    "AWP": ".awp",
     "CleanBenchmark": ".benchmark",
     "FreeAdversarialStep": ".free",
     **dict.fromkeys(("at_loss", "mart_loss", "trades_loss"), ".losses"),
@@ -31,7 +32,7 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "APGD", "FGM", "FGSM", "PGD", "AdversarialStep", "Attack", "AttackConfig", "CleanBenchmark",
+    "APGD", "AWP", "FGM", "FGSM", "PGD", "AdversarialStep", "Attack", "AttackConfig", "CleanBenchmark",
     "CleanBenchmarkRecorder", "FreeAdversarialStep", "LinearWarmup", "PhaseMonitor", "PhaseReport", "StepOutput",
     "__version__", "at_loss", "fgm_perturb", "linear_warmup", "mart_loss", "parse_eps", "parse_eps_list",
     "perturb", "pgd_perturb", "robust_accuracy", "trades_loss",
@@ -52,6 +53,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .attacks import APGD, FGM, FGSM, PGD, Attack, AttackConfig, fgm_perturb, perturb, pgd_perturb
+    from .awp import AWP
     from .benchmark import CleanBenchmark
     from .free import FreeAdversarialStep
     from .losses import at_loss, mart_loss, trades_loss

@@ -19,6 +19,7 @@ from ._validation import check_finite_nonnegative, check_unit_interval
 from .attacks import Attack, attack_mode, per_sample
 from .attacks.criteria import Criterion, kl_to_reference, upcast
 from .attacks.norms import random_in_ball_
+from .awp import AWP
 from .losses import get_objective, mart_loss, trades_loss
 
 __all__ = ["AdversarialStep", "StepOutput"]
@@ -74,6 +75,8 @@ class AdversarialStep:
         input_key: for dict batches, the key of the tensor to perturb (``"pixel_values"``,
             ``"inputs_embeds"``); other keys but ``label_key`` go to the model as keyword arguments.
         label_key: for dict batches, the key of the labels when ``targets`` is not given.
+        awp: an :class:`~advhooks.awp.AWP` (adversarial weight perturbation): after the attack the weights are
+            pushed up this objective's loss, and taken back after the optimizer's step.
 
     Example:
         >>> from advhooks import PGD
@@ -97,6 +100,7 @@ class AdversarialStep:
         grad_align: float = 0.0,
         input_key: str | None = None,
         label_key: str = "labels",
+        awp: AWP | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -126,6 +130,11 @@ class AdversarialStep:
         self.input_key = input_key
         self.label_key = label_key
         self.step = 0
+        self.awp = awp
+        if awp is not None:
+            if not isinstance(awp, AWP):
+                raise TypeError(f"awp must be an advhooks.AWP, got {type(awp).__name__}")
+            awp.attach(model)
 
     def __call__(self, inputs: torch.Tensor | Mapping[str, Any], targets: torch.Tensor | None = None, *,
                  advance: bool = True) -> StepOutput:
@@ -138,6 +147,8 @@ class AdversarialStep:
                 batches, which use the current ε and leave the schedule where it is.
         """
         x, y, kwargs = self._unpack(inputs, targets)
+        if self.awp is not None:
+            self.awp.before_attack()
         eps = self.attack.eps_at(self.step)
         if advance:
             self.step += 1
@@ -152,24 +163,9 @@ class AdversarialStep:
             adv = self.attack(self.model, x, y, eps=eps, criterion=self.attack_criterion, input_key=self.input_key,
                               model_kwargs=kwargs)
 
-        clean_logits = None
-        if self.objective.uses_clean_logits or self.clean_fraction > 0:
-            clean_logits = call_model(self.model, x, self.input_key, kwargs)
-        adv_logits = call_model(self.model, adv, self.input_key, kwargs)
-        adv_losses = self.criterion(adv_logits, y)
-
-        if name == "trades":
-            loss = trades_loss(clean_logits, adv_logits, y, beta=self.beta, criterion=self.criterion)
-        elif name == "mart":
-            loss = mart_loss(clean_logits, adv_logits, y, beta=self.beta)
-        else:
-            loss = adv_losses.mean()
-        clean_loss = None
-        if clean_logits is not None:
-            clean_losses = self.criterion(clean_logits, y).mean()
-            if self.clean_fraction > 0:
-                loss = (1.0 - self.clean_fraction) * loss + self.clean_fraction * clean_losses
-            clean_loss = clean_losses.detach()
+        if self.awp is not None:
+            self.awp.perturb(lambda forward: self._objective(forward, x, adv, y, kwargs)[0])
+        loss, adv_losses, adv_logits, clean_logits, clean_loss = self._objective(self.model, x, adv, y, kwargs)
         if self.grad_align > 0:
             loss = loss + self.grad_align * self._grad_misalignment(x, y, eps, kwargs)
 
@@ -184,6 +180,29 @@ class AdversarialStep:
             clean_loss=clean_loss,
             clean_logits=clean_logits,
         )
+
+    def _objective(self, model, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, kwargs: dict):
+        """The objective's loss at ``model`` (the model, or AWP's functional copy of it): ``(loss, adversarial
+        per-sample losses, adversarial logits, clean logits or None, detached clean loss or None)``."""
+        clean_logits = None
+        if self.objective.uses_clean_logits or self.clean_fraction > 0:
+            clean_logits = call_model(model, x, self.input_key, kwargs)
+        adv_logits = call_model(model, adv, self.input_key, kwargs)
+        adv_losses = self.criterion(adv_logits, y)
+        name = self.objective.name
+        if name == "trades":
+            loss = trades_loss(clean_logits, adv_logits, y, beta=self.beta, criterion=self.criterion)
+        elif name == "mart":
+            loss = mart_loss(clean_logits, adv_logits, y, beta=self.beta)
+        else:
+            loss = adv_losses.mean()
+        clean_loss = None
+        if clean_logits is not None:
+            clean_losses = self.criterion(clean_logits, y).mean()
+            if self.clean_fraction > 0:
+                loss = (1.0 - self.clean_fraction) * loss + self.clean_fraction * clean_losses
+            clean_loss = clean_losses.detach()
+        return loss, adv_losses, adv_logits, clean_logits, clean_loss
 
     def _grad_misalignment(self, x: torch.Tensor, y: torch.Tensor, eps: float, kwargs: dict) -> torch.Tensor:
         """GradAlign's mean 1 − cos(∇ₓℓ(x), ∇ₓℓ(x + η)), differentiable in the parameters."""

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from advhooks import APGD, FGM, PGD, AdversarialStep, linear_warmup, pgd_perturb
+from advhooks import APGD, AWP, FGM, PGD, AdversarialStep, linear_warmup, pgd_perturb
 from advhooks.attacks import AttackConfig
 from advhooks.attacks.fab import fab_targeted_perturb
 from advhooks.attacks.graphs import GraphedAttack
@@ -38,6 +38,17 @@ from advhooks.robustness import SuiteAttack, robust_accuracy
 from .conftest import SmallCNN
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
+
+
+def _sgd() -> torch.optim.SGD:
+    return torch.optim.SGD(SmallCNN().parameters(), lr=0.1)
+
+
+def _awp_step_without_grad():
+    model = SmallCNN()
+    step = AdversarialStep(model, PGD(0.1, steps=1), awp=AWP(torch.optim.SGD(model.parameters(), lr=0.1)))
+    with torch.no_grad():
+        step(_x(), _y())
 
 
 def _x(n: int = 4) -> torch.Tensor:
@@ -123,6 +134,10 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
                           r"beta applies to 'trades' and 'mart'"),
     "clean-fraction-out-of-range": (lambda t: AdversarialStep(SmallCNN(), PGD(0.1), clean_fraction=1.5),
                                     ValueError, r"clean_fraction"),
+    "awp-gamma-not-positive": (lambda t: AWP(_sgd(), gamma=0.0), ValueError, r"gamma must be a finite number > 0"),
+    "awp-gamma-nan": (lambda t: AWP(_sgd(), gamma=math.nan), ValueError, r"gamma must be a finite number > 0"),
+    "awp-not-an-optimizer": (lambda t: AWP(object()), TypeError, r"AWP needs a torch.optim.Optimizer"),
+    "awp-under-no-grad": (lambda t: _awp_step_without_grad(), ValueError, r"AWP needs gradients"),
     "inputs-integer": (lambda t: _attack(x=torch.zeros(4, 1, 8, 8, dtype=torch.long)), TypeError,
                        r"inputs must be a floating-point tensor"),
     "inputs-empty-batch": (lambda t: _attack(x=_x(0), y=_y(0)), ValueError, r"non-empty batch"),

@@ -1,0 +1,183 @@
+"""AWP in a loop the user owns: one step equals the reference algorithm (a proxy copy, one SGD step on the negated
+loss, the per-layer diff scaled to the weight norm, added, trained through, taken off), and the weights come back
+after a skipped step, across gradient accumulation, for evaluation and for a state dict."""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advhooks import AWP, FGM, PGD, AdversarialStep
+from advhooks.losses import mart_loss, trades_loss
+
+GAMMA = 0.01
+
+
+class BNNet(nn.Module):
+    """Conv + BatchNorm + linear: weights AWP perturbs (conv, linear) and ones it leaves (BN, biases)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def _batch(seed: int = 0, n: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _objective(name: str, model: nn.Module, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if name == "trades":
+        return trades_loss(model(x), model(adv), y, beta=6.0)
+    if name == "mart":
+        return mart_loss(model(x), model(adv), y, beta=6.0)
+    return F.cross_entropy(model(adv), y)
+
+
+def _reference_step(name, model, opt, x, adv, y, gamma=GAMMA):
+    """The reference AWP step, re-implemented: proxy = copy, SGD(lr 0.01) on −loss, diff per weight (dim > 1),
+    scaled to ‖w‖, added × γ, training step, taken off."""
+    proxy = copy.deepcopy(model)
+    proxy.load_state_dict(model.state_dict())
+    proxy.train()
+    proxy_opt = torch.optim.SGD(proxy.parameters(), lr=0.01)
+    loss = -_objective(name, proxy, x, adv, y)
+    proxy_opt.zero_grad()
+    loss.backward()
+    proxy_opt.step()
+    diff = OrderedDict()
+    for (k, old), (_, new) in zip(model.state_dict().items(), proxy.state_dict().items(), strict=True):
+        if old.dim() > 1 and "weight" in k:
+            diff[k] = old.norm() / ((new - old).norm() + 1e-20) * (new - old)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, d in diff.items():
+            params[k].add_(gamma * d)
+    opt.zero_grad()
+    _objective(name, model, x, adv, y).backward()
+    opt.step()
+    with torch.no_grad():
+        for k, d in diff.items():
+            params[k].sub_(gamma * d)
+
+
+def _pair():
+    torch.manual_seed(0)
+    ours = BNNet().train()
+    ref = copy.deepcopy(ours)
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=5e-4)
+    return ours, torch.optim.SGD(ours.parameters(), **kw), ref, torch.optim.SGD(ref.parameters(), **kw)
+
+
+@pytest.mark.parametrize("objective", ["at", "trades", "mart"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_two_steps_equal_the_reference_algorithm(objective, norm):
+    ours, opt, ref, ref_opt = _pair()
+    attack = PGD(8 / 255 if norm == "linf" else 0.5, norm=norm, steps=3, random_start=objective == "trades")
+    step = AdversarialStep(ours, attack, objective=objective, awp=AWP(opt, gamma=GAMMA))
+    for seed in (0, 1):
+        x, y = _batch(seed)
+        torch.manual_seed(seed)
+        out = step(x, y)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        _reference_step(objective, ref, ref_opt, x, out.adv_inputs, y)
+    assert not step.awp.applied
+    for (name, a), (_, b) in zip(ours.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6, rtol=0), name  # weights and BatchNorm buffers
+    for a, b in zip(opt.param_groups[0]["params"], ref_opt.param_groups[0]["params"], strict=True):
+        assert torch.allclose(opt.state[a]["momentum_buffer"], ref_opt.state[b]["momentum_buffer"], atol=1e-6)
+
+
+def test_the_perturbation_is_per_layer_relative_and_leaves_biases_and_batchnorm():
+    model = BNNet().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = AdversarialStep(model, FGM(8 / 255, random_start=True), awp=AWP(opt, gamma=0.02))
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    step(*_batch())
+    after = dict(model.named_parameters())  # (a state_dict() would take the perturbation off first)
+    for name in ("conv.weight", "fc.weight"):
+        moved = (after[name] - before[name]).norm() / before[name].norm()
+        assert moved.item() == pytest.approx(0.02, rel=1e-4)
+    for name in ("conv.bias", "fc.bias", "bn.weight", "bn.bias"):
+        assert torch.equal(after[name], before[name]), name
+
+
+def test_the_awp_gradient_leaves_batchnorm_statistics_and_grads_alone():
+    model = BNNet().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    awp = AWP(opt, gamma=GAMMA)
+    step = AdversarialStep(model, FGM(8 / 255, random_start=True), awp=awp)
+    x, y = _batch()
+    stats = (model.bn.running_mean.clone(), model.bn.num_batches_tracked.clone())
+    awp.before_attack()
+    awp.perturb(lambda forward: F.cross_entropy(forward(x), y))
+    assert torch.equal(model.bn.running_mean, stats[0]) and torch.equal(model.bn.num_batches_tracked, stats[1])
+    assert all(p.grad is None for p in model.parameters())
+    awp.remove()
+    del step
+
+
+def test_a_skipped_step_evaluation_and_state_dict_see_the_unperturbed_weights():
+    model = BNNet().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = AdversarialStep(model, FGM(8 / 255, random_start=True), awp=AWP(opt, gamma=GAMMA))
+    start = {k: v.clone() for k, v in model.named_parameters()}
+    out = step(*_batch())
+    out.loss.backward()  # ... and the step is skipped (a GradScaler that found inf)
+    assert step.awp.applied
+    saved = model.state_dict()  # read between the backward and the step: the unperturbed weights
+    assert all(torch.allclose(saved[k], v, atol=1e-7) for k, v in start.items())  # (w + v) - v, as the reference
+    opt.zero_grad()
+    out = step(*_batch(1))  # the stale perturbation is dropped, a fresh one computed
+    out.loss.backward()
+    model.eval()
+    model(_batch()[0])  # evaluation in between takes it off
+    assert not step.awp.applied and all(torch.allclose(p, start[k], atol=1e-7) for k, p in model.named_parameters())
+
+
+def test_gradient_accumulation_uses_one_perturbation_per_optimizer_step():
+    model = BNNet().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    awp = AWP(opt, gamma=GAMMA)
+    step = AdversarialStep(model, FGM(8 / 255, random_start=True), awp=awp)
+    computed = []
+    original = awp._compute
+    awp._compute = lambda loss_of: computed.append(1) or original(loss_of)
+    start = {k: v.clone() for k, v in model.named_parameters()}
+    seen_by_attack = []
+    model.register_forward_hook(lambda m, i, o: seen_by_attack.append(m.fc.weight.clone()) if not m.training else None)
+    opt.zero_grad()
+    for seed in (0, 1, 2):  # three micro-batches, one step
+        step(*_batch(seed)).loss.backward()
+    assert len(computed) == 1
+    # every attack saw the unperturbed weights (to rounding: (w + v) - v)
+    assert seen_by_attack and all(torch.allclose(w, start["fc.weight"], atol=1e-7) for w in seen_by_attack)
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    opt.step()
+    assert not awp.applied
+    for k, p in model.named_parameters():
+        assert torch.allclose(p, start[k] - 0.1 * grads[k], atol=1e-7), k
+
+
+def test_warmup_steps_train_without_awp():
+    model = BNNet().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = AdversarialStep(model, FGM(8 / 255, random_start=True), awp=AWP(opt, gamma=GAMMA, warmup_steps=1))
+    step(*_batch()).loss.backward()
+    assert not step.awp.applied
+    opt.step()
+    opt.zero_grad()
+    step(*_batch(1))
+    assert step.awp.applied
