@@ -181,3 +181,62 @@ def test_warmup_steps_train_without_awp():
     opt.zero_grad()
     step(*_batch(1))
     assert step.awp.applied
+
+
+class PlainNet(nn.Module):
+    """No BatchNorm: its batch statistics would differ between one process's 16 samples and two processes' 8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.conv(x)).flatten(1))
+
+
+def _train_awp(model: nn.Module, wrapped: nn.Module, rank: int, world: int) -> None:
+    """Three AWP steps of AT on a global batch of 16 (deterministic PGD), this rank's share of each."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    step = AdversarialStep(wrapped, PGD(8 / 255, steps=3, random_start=False), awp=AWP(opt, gamma=GAMMA))
+    per = 16 // world
+    for seed in range(3):
+        x, y = _batch(seed)
+        out = step(x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per])
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+
+
+def _awp_worker(rank: int, world: int, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from ._gloo import init_gloo, leave
+
+    init_gloo(rank, world, out_dir)
+    torch.manual_seed(0)
+    model = PlainNet()
+    _train_awp(model, DDP(model), rank, world)
+    if dist.get_rank() == 0:
+        torch.save(model.state_dict(), os.path.join(out_dir, "two.pt"))
+    leave()
+
+
+def test_two_processes_equal_one_to_summation_order(tmp_path):
+    """Each process perturbs by the gradient averaged over both (one all_reduce of AWP's own), so two processes
+    with 8 samples each train exactly as one process with all 16."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    mp.spawn(_awp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    one = PlainNet()
+    _train_awp(one, one, 0, 1)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    for name, value in one.state_dict().items():
+        torch.testing.assert_close(two[name], value, rtol=1e-5, atol=1e-6, msg=name)
