@@ -98,7 +98,7 @@ def test_the_disagreement_says_what_disagrees_and_where_the_evidence_points():
     assert disagreement(_estimate(first_order=11 / 255, lower_bound=4 / 255)) is None
     alone = disagreement(_estimate(first_order=20 / 255))
     assert "the first-order value 20/255" in alone and "lies above the band" in alone
-    assert alone.endswith("eps* above the band")
+    assert "it points to eps* above the band (only the first-order value says so" in alone
     # the run from scratch is a direct measurement: it outweighs the first-order value
     checked = disagreement(_estimate(first_order=20 / 255, verification=_check("above eps*")))
     assert "reads above eps*" in checked and checked.endswith("eps* below the band")

@@ -48,5 +48,7 @@ def disagreement(est: EpsStarEstimate) -> str | None:
     said = "; ".join(sentence for _, sentence, _ in claims)
     if len(sides) > 1:
         return f"the evidence disagrees with {where} and is split: {said}"
-    side = sides.pop()
-    return f"the evidence disagrees with {where}: {said}; it points to eps* {side} the band"
+    side = next(iter(sides))
+    weak = "" if direct else (" (only the first-order value says so, a linearisation that overestimates where "
+                              "R-hat curves upward; --verify checks it with one run from scratch)")
+    return f"the evidence disagrees with {where}: {said}; it points to eps* {side} the band{weak}"
