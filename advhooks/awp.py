@@ -11,15 +11,18 @@ What keeps the model as the user's loop would have it:
 
 - the gradient of the perturbation is taken with :func:`torch.func.functional_call` on copies of the buffers, so
   BatchNorm's running statistics are not touched, nothing is written to ``.grad``, and under DDP the wrapper's
-  gradient all-reduce does not run (with several processes the perturbation's gradient is averaged by one
-  ``all_reduce`` of its own, so every process perturbs alike, as one process on the whole batch would);
+  gradient all-reduce does not run (for a DDP model the perturbation's gradient is averaged over its process
+  group by one ``all_reduce`` of its own, so every process perturbs alike, as one process on the whole batch
+  would);
 - gradient accumulation: one perturbation per optimizer step, computed on the window's first batch, taken off
   while each later batch is attacked and put back for its training forward;
 - a step that does not happen (``GradScaler`` skipping an inf step): a window whose gradients were zeroed to
   ``None`` without a step starts afresh, the stale perturbation taken off first;
-- evaluation in between, or a ``state_dict()`` taken between the backward and the step: the perturbation is
-  taken off before any forward in eval mode and before the state dict is read (the step then updates the
-  unperturbed weights by the same amount);
+- evaluation, or a ``state_dict()``, between the backward and the step: the perturbation is taken off before
+  any forward in eval mode and before the state dict is read (the step then updates the unperturbed weights by
+  the same amount; between the training forward and its backward the weights must not change, so evaluate after
+  the backward); ``load_state_dict`` drops it; an evaluation call of the step (``advance=False``) neither
+  computes nor applies one;
 - a warm-up (``warmup_steps`` optimizer steps without AWP), as the reference's.
 """
 
@@ -32,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.func import functional_call
+from torch.nn.parallel import DistributedDataParallel
 
 from .attacks.model_state import unwrap_parallel
 
@@ -77,6 +81,8 @@ class AWP:
         self.steps = 0  # optimizer steps seen
         self.applied = False
         self._module: nn.Module | None = None
+        self._group = None  # the DDP wrapper's process group: the perturbation's gradient is averaged over it
+        self._in_step = False
         self._names: list[str] = []
         self._perturbation: list[torch.Tensor] | None = None
         inner.register_step_post_hook(lambda *_: self._after_step())
@@ -87,11 +93,14 @@ class AWP:
             raise ValueError("this AWP already perturbs a model: make one AWP per AdversarialStep")
         module = unwrap_parallel(model)
         self._module = module
+        if isinstance(model, DistributedDataParallel):
+            self._group = model.process_group
         self._names = [n for n, p in module.named_parameters() if p.dim() > 1 and "weight" in n and p.requires_grad]
         if not self._names:
             raise ValueError("AWP found no multi-dimensional weight to perturb in the model")
         module.register_forward_pre_hook(self._before_forward)
         module.register_state_dict_pre_hook(lambda *_: self.remove())
+        module.register_load_state_dict_pre_hook(lambda *_: self._forget())
 
     def before_attack(self) -> None:
         """Take the perturbation off for the attack; drop it when its window ended without a step."""
@@ -111,6 +120,11 @@ class AWP:
         if self._perturbation is None:
             self._perturbation = self._compute(loss_of)
         self._apply()
+
+    def training_forward(self) -> _InStep:
+        """Context of :class:`~advhooks.AdversarialStep`'s training forward: the perturbation stays on even for a
+        model trained in eval mode (frozen BatchNorm)."""
+        return _InStep(self)
 
     def remove(self) -> None:
         """Take the perturbation off the weights (nothing when it is not on)."""
@@ -137,10 +151,11 @@ class AWP:
         loss = loss_of(lambda *args, **kwargs: functional_call(module, state, args, kwargs))
         weights = self._weights()
         grads = torch.autograd.grad(loss, weights)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world = dist.get_world_size(self._group) if self._group is not None else 1
+        if world > 1:  # DDP: every process perturbs by the gradient over the whole batch
             flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat)
-            flat /= dist.get_world_size()
+            dist.all_reduce(flat, group=self._group)
+            flat /= world
             grads = [chunk.view_as(g) for chunk, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)]
         with torch.no_grad():
             return [self.gamma * w.norm() / (g.norm() + _EPS) * g for w, g in zip(weights, grads, strict=True)]
@@ -150,6 +165,22 @@ class AWP:
         self.remove()
         self._perturbation = None
 
+    def _forget(self) -> None:
+        """Before weights are loaded: take the perturbation off, and drop it (it belongs to the old weights)."""
+        self.remove()
+        self._perturbation = None
+
     def _before_forward(self, module: nn.Module, args: object) -> None:
-        if not module.training:
+        if not module.training and not self._in_step:
             self.remove()
+
+
+class _InStep:
+    def __init__(self, awp: AWP) -> None:
+        self.awp = awp
+
+    def __enter__(self) -> None:
+        self.awp._in_step = True
+
+    def __exit__(self, *exc: object) -> None:
+        self.awp._in_step = False

@@ -147,8 +147,9 @@ class AdversarialStep:
                 batches, which use the current ε and leave the schedule where it is.
         """
         x, y, kwargs = self._unpack(inputs, targets)
+        awp = self.awp if advance else None  # an evaluation batch is neither perturbed nor perturbs
         if self.awp is not None:
-            self.awp.before_attack()
+            self.awp.before_attack() if advance else self.awp.remove()
         eps = self.attack.eps_at(self.step)
         if advance:
             self.step += 1
@@ -163,9 +164,12 @@ class AdversarialStep:
             adv = self.attack(self.model, x, y, eps=eps, criterion=self.attack_criterion, input_key=self.input_key,
                               model_kwargs=kwargs)
 
-        if self.awp is not None:
-            self.awp.perturb(lambda forward: self._objective(forward, x, adv, y, kwargs)[0])
-        loss, adv_losses, adv_logits, clean_logits, clean_loss = self._objective(self.model, x, adv, y, kwargs)
+        if awp is not None:
+            awp.perturb(lambda forward: self._objective(forward, x, adv, y, kwargs)[0])
+            with awp.training_forward():
+                loss, adv_losses, adv_logits, clean_logits, clean_loss = self._objective(self.model, x, adv, y, kwargs)
+        else:
+            loss, adv_losses, adv_logits, clean_logits, clean_loss = self._objective(self.model, x, adv, y, kwargs)
         if self.grad_align > 0:
             loss = loss + self.grad_align * self._grad_misalignment(x, y, eps, kwargs)
 

@@ -139,8 +139,10 @@ def test_a_skipped_step_evaluation_and_state_dict_see_the_unperturbed_weights():
     assert step.awp.applied
     saved = model.state_dict()  # read between the backward and the step: the unperturbed weights
     assert all(torch.allclose(saved[k], v, atol=1e-7) for k, v in start.items())  # (w + v) - v, as the reference
+    stale = step.awp._perturbation
     opt.zero_grad()
     out = step(*_batch(1))  # the stale perturbation is dropped, a fresh one computed
+    assert step.awp._perturbation is not stale
     out.loss.backward()
     model.eval()
     model(_batch()[0])  # evaluation in between takes it off
@@ -240,3 +242,29 @@ def test_two_processes_equal_one_to_summation_order(tmp_path):
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     for name, value in one.state_dict().items():
         torch.testing.assert_close(two[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_evaluation_calls_loading_weights_and_a_frozen_batchnorm_model():
+    model = BNNet().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    awp = AWP(opt, gamma=GAMMA)
+    step = AdversarialStep(model, FGM(8 / 255, random_start=True), awp=awp)
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with torch.no_grad():  # an evaluation batch: no perturbation computed or applied, no error
+        step(*_batch(), advance=False)
+    assert not awp.applied and awp._perturbation is None
+    checkpoint = copy.deepcopy(model.state_dict())
+    out = step(*_batch())
+    out.loss.backward()  # (the step is skipped)
+    model.load_state_dict(checkpoint)  # loading drops the perturbation: the loaded weights stay as loaded
+    step(*_batch(1))
+    awp.remove()
+    assert all(torch.allclose(p, start[k], atol=1e-7) for k, p in model.named_parameters())
+    model.eval()  # trained with frozen BatchNorm: the training forward still runs at the perturbed weights
+    opt.zero_grad()
+    out = step(*_batch(2))
+    assert awp.applied
+    awp.remove()
+    with torch.no_grad():  # the same adversarial inputs at the unperturbed weights
+        plain = F.cross_entropy(model(out.adv_inputs), _batch(2)[1])
+    assert not torch.isclose(out.loss.detach(), plain)

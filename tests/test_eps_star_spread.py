@@ -33,6 +33,8 @@ def test_isotonic_fit_and_the_departure_it_shows():
     assert spread.monotone_departure([0.1, 0.2, 0.4]) == 0.0
     # one pair out of order by a factor r: |ln r| / sqrt(2), the sd of one of two runs that differ by ln r
     assert spread.monotone_departure([0.1, 0.2, 0.1, 0.3]) == pytest.approx(math.log(2) / math.sqrt(2))
+    # a tie between separate blocks is not a pooled degree of freedom
+    assert spread.monotone_departure([0.1, 0.1, 0.2, 0.1, 0.3]) == pytest.approx(math.log(2) / math.sqrt(2))
 
 
 @pytest.mark.parametrize("method", ["grid", "finetune"])
@@ -98,10 +100,13 @@ def test_the_disagreement_says_what_disagrees_and_where_the_evidence_points():
     assert disagreement(_estimate(first_order=11 / 255, lower_bound=4 / 255)) is None
     alone = disagreement(_estimate(first_order=20 / 255))
     assert "the first-order value 20/255" in alone and "lies above the band" in alone
-    assert "it points to eps* above the band (only the first-order value says so" in alone
+    assert "it points to a larger eps* than the estimate (only the first-order value says so" in alone
+    below = disagreement(_estimate(first_order=5 / 255))  # an overestimating figure below the band: no caveat
+    assert below.endswith("it points to a smaller eps* than the estimate")
     # the run from scratch is a direct measurement: it outweighs the first-order value
     checked = disagreement(_estimate(first_order=20 / 255, verification=_check("above eps*")))
-    assert "reads above eps*" in checked and checked.endswith("eps* below the band")
+    assert "reads above eps* (rho's band excludes 1)" in checked
+    assert checked.endswith("a smaller eps* than the estimate")
     split = disagreement(_estimate(lower_bound=14 / 255, verification=_check("above eps*")))
     assert "is split" in split
     # a check whose run diverged says nothing; near eps* agrees
@@ -116,3 +121,10 @@ def test_the_study_band_over_seeds_stays_positive():
     mean, band = _combined_band([25.3 / 255, 9.9 / 255], [(14.6 / 255, 29.0 / 255), (8.27 / 255, 11.1 / 255)], 0.8)
     assert mean == pytest.approx(math.sqrt(25.3 * 9.9) / 255)
     assert 0 < band[0] < 9.9 / 255 and band[1] > 25.3 / 255
+
+
+def test_a_seed_whose_band_reaches_zero_widens_the_study_band_to_zero():
+    """A poorly determined seed (band down to 0) is not dropped: the band over seeds reaches 0 too."""
+    _, band = _combined_band([5 / 255, 6 / 255, 5.1 / 255], [(0.0, 20 / 255), (0.0, 20 / 255), (4.9 / 255, 5.3 / 255)],
+                             0.8)
+    assert band[0] == 0.0 and band[1] > 20 / 255 * 0.5

@@ -20,16 +20,21 @@ def _claims(est: EpsStarEstimate, low: float, high: float) -> list[tuple[str, st
         side = UP if est.first_order > high else DOWN
         claims.append((side, f"the first-order value {format_eps(est.first_order)} lies {side} the band", False))
     check = est.verification
-    if check and check.get("health") is None:
+    if check and check.get("health") is None:  # its rho band excludes 1 at the estimate: the estimate is off
+        where = f"the run from scratch at {format_eps(check['eps'])} reads {check['regime']} (rho's band excludes 1)"
         if check["regime"] == CLEAN_LIKE:
-            claims.append((UP, f"the run from scratch at {format_eps(check['eps'])} reads {CLEAN_LIKE}", True))
+            claims.append((UP, where, True))
         elif check["regime"] in (ABOVE, FAR_ABOVE):
-            claims.append((DOWN, f"the run from scratch at {format_eps(check['eps'])} reads {check['regime']}", True))
+            claims.append((DOWN, where, True))
     return claims
 
 
 def disagreement(est: EpsStarEstimate) -> str | None:
     """One sentence when the evidence disagrees with the estimate's band, else ``None``.
+
+    The clean probe's figures disagree when they lie outside the band; the run from scratch at the estimate
+    (``--verify``) when its ρ band excludes 1 there (``clean-like``: ε* is larger than the estimate, ``above eps*``:
+    smaller).
 
     The run from scratch (``--verify``) and the clean probe's lower bound are direct measurements; the
     first-order value is a linearisation that overestimates where R̂(ε) curves upward. The evidence points to the
@@ -49,6 +54,8 @@ def disagreement(est: EpsStarEstimate) -> str | None:
     if len(sides) > 1:
         return f"the evidence disagrees with {where} and is split: {said}"
     side = next(iter(sides))
-    weak = "" if direct else (" (only the first-order value says so, a linearisation that overestimates where "
-                              "R-hat curves upward; --verify checks it with one run from scratch)")
-    return f"the evidence disagrees with {where}: {said}; it points to eps* {side} the band{weak}"
+    weak = "" if direct or side != UP else (" (only the first-order value says so, a linearisation that "
+                                            "overestimates where R-hat curves upward; --verify checks it with one "
+                                            "run from scratch)")
+    return f"the evidence disagrees with {where}: {said}; it points to a {'larger' if side == UP else 'smaller'} " \
+           f"eps* than the estimate{weak}"

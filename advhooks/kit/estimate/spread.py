@@ -38,6 +38,18 @@ RUN_SPREAD = {"grid": 0.12, "records": 0.12, "finetune": 0.0}
 BENCHMARK_SPREAD = 0.49
 
 
+def _pooled_blocks(values: Sequence[float]) -> list[list[float]]:
+    """Pool adjacent violators (equal weights): the blocks ``[sum, count]`` of the non-decreasing fit."""
+    blocks: list[list[float]] = []
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return blocks
+
+
 def isotonic(values: Sequence[float]) -> list[float]:
     """The non-decreasing least-squares fit of ``values`` (pool adjacent violators, equal weights).
 
@@ -45,14 +57,7 @@ def isotonic(values: Sequence[float]) -> list[float]:
         >>> isotonic([1.0, 3.0, 2.0, 4.0])
         [1.0, 2.5, 2.5, 4.0]
     """
-    blocks: list[list[float]] = []  # [sum, count]
-    for v in values:
-        blocks.append([float(v), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            total, count = blocks.pop()
-            blocks[-1][0] += total
-            blocks[-1][1] += count
-    return [total / count for total, count in blocks for _ in range(int(count))]
+    return [total / count for total, count in _pooled_blocks(values) for _ in range(int(count))]
 
 
 def monotone_departure(values: Sequence[float]) -> float:
@@ -67,10 +72,11 @@ def monotone_departure(values: Sequence[float]) -> float:
         0.589
     """
     logs = [math.log(max(v, 1e-12)) for v in values]
-    fit = isotonic(logs)
-    pooled = len(logs) - len(set(fit))
+    blocks = _pooled_blocks(logs)
+    pooled = len(logs) - len(blocks)
     if pooled <= 0:
         return 0.0
+    fit = [total / count for total, count in blocks for _ in range(int(count))]
     return math.sqrt(sum((a - b) ** 2 for a, b in zip(logs, fit, strict=True)) / pooled)
 
 

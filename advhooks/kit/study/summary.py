@@ -44,8 +44,9 @@ def _combined_band(values: list[float], bands: list[tuple[float, float] | None],
     k, mean = len(values), float(np.mean(logs))
     t = float(stats.t.ppf((1 + level) / 2, k - 1)) if k > 1 else 0.0
     spread = t * float(np.std(logs, ddof=1)) / math.sqrt(k) if k > 1 else 0.0
-    known = [(v, b) for v, b in zip(logs, bands, strict=True) if b is not None and b[0] > 0]
-    low = float(np.mean([v - math.log(b[0]) for v, b in known])) if known else 0.0
+    known = [(v, b) for v, b in zip(logs, bands, strict=True) if b is not None]
+    # a seed's band that reaches 0 is unbounded below on the log scale: the combined band then reaches 0 too
+    low = float(np.mean([v - math.log(b[0]) if b[0] > 0 else math.inf for v, b in known])) if known else 0.0
     high = float(np.mean([math.log(b[1]) - v for v, b in known])) if known else 0.0
     if k == 1 and not known:
         return math.exp(mean), None
