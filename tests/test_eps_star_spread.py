@@ -128,3 +128,27 @@ def test_a_seed_whose_band_reaches_zero_widens_the_study_band_to_zero():
     _, band = _combined_band([5 / 255, 6 / 255, 5.1 / 255], [(0.0, 20 / 255), (0.0, 20 / 255), (4.9 / 255, 5.3 / 255)],
                              0.8)
     assert band[0] == 0.0 and band[1] > 20 / 255 * 0.5
+
+
+def test_eps_star_is_the_supremum_and_an_earlier_crossing_is_named():
+    """R̂ above R*(0) at 2, back below at 3 (θ̂ stopped in another phase of training), above again at 4: ε* is
+    the last crossing, between 3 and 4, and a warning names the earlier one."""
+    rng = np.random.default_rng(1)
+    bench = _benchmark(0.1, rng)
+    r = bench.clean_test_loss
+    est = EpsStarEstimate("grid", None, r, "linf")
+    est.points = [{"eps": e, "run": 0, "loss": v, "stderr": 0.001}
+                  for e, v in ((1.0, 0.8 * r), (2.0, 1.2 * r), (3.0, 0.9 * r), (4.0, 1.3 * r))]
+    fill_crossing(est, bench, include_clean=False, draws=400)
+    assert est.bracket == (3.0, 4.0) and est.value == pytest.approx(3.25)
+    assert any(w.startswith("R-hat is above R*(0) already at eps") for w in est.warnings)
+
+
+def test_the_ladder_grows_while_its_largest_point_is_below_and_only_downward_when_asked():
+    from advhooks.kit.estimate.crossing import bracket_crossing
+
+    dip = {1.0: 0.5, 2.0: 1.5, 4.0: 0.8, 8.0: 2.0}  # above at 2, below again at 4: eps* lies beyond 4
+    assert list(bracket_crossing([1.0, 2.0, 4.0], dip.get, 1.0, growth=2.0)) == [1.0, 2.0, 4.0, 8.0]
+    above = {1.0: 2.0, 0.5: 0.5}
+    assert list(bracket_crossing([1.0], above.get, 1.0, growth=2.0)) == [1.0, 0.5]
+    assert list(bracket_crossing([1.0], above.get, 1.0, growth=2.0, below=False)) == [1.0]  # the clean point brackets

@@ -200,12 +200,13 @@ def _unbracketed(xs: list[float], ys: list[float], r_star: float) -> tuple[tuple
 
 
 def bracket_crossing(ladder: Sequence[float], measure: Callable[[float], float | None], target: float, *,
-                     growth: float = GROWTH, max_points: int = 6) -> dict[float, float | None]:
+                     growth: float = GROWTH, max_points: int = 6, below: bool = True) -> dict[float, float | None]:
     """Adaptive strengths (the fine-tune's ladder, the grid's extension): measure ``ladder``, then extend it
     geometrically (× ``growth`` beyond the largest while its value is at or below ``target``, ÷ ``growth`` below
     the smallest while every value is above it) until the crossing is bracketed; stops at
-    ``max_points`` or at a point where ``measure`` returns ``None`` (every run failed). Returns ε → value, in the
-    order measured.
+    ``max_points`` or at a point where ``measure`` returns ``None`` (every run failed). ``below=False``: never below
+    the smallest (a curve that starts at the clean point, under R*(0), is bracketed from below already). Returns
+    ε → value, in the order measured.
 
     Example:
         >>> sorted(bracket_crossing([1.0], lambda e: 0.1 * e, 0.25, growth=2.0).items())
@@ -219,7 +220,7 @@ def bracket_crossing(ladder: Sequence[float], measure: Callable[[float], float |
         top = measured[max(measured)]
         if top is not None and top <= target:  # ε* = sup{ε : R̂ <= R*(0)} lies beyond the largest
             nxt = max(measured) * growth
-        elif all(v > target for v in losses):
+        elif below and all(v > target for v in losses):
             nxt = min(measured) / growth
         else:
             break

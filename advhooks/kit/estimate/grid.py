@@ -98,8 +98,9 @@ def estimate_grid(
     θ̂'s weights beside it), and :func:`estimate_from_records` combines them: the same path as
     ``estimate-eps-star --method records``.
 
-    When every point's R̂ is on one side of R*(0), up to ``extend`` more strengths follow, × 1.5 beyond the
-    largest (or ÷ 1.5 below the smallest), until the points bracket the crossing, as the fine-tune's ladder does.
+    When the largest point's R̂ is still at or below R*(0), up to ``extend`` more strengths follow, × 1.5 beyond
+    it, until one is above (as the fine-tune's ladder does); without ``include_clean``, also ÷ 1.5 below the
+    smallest while every point is above R*(0).
 
     Args:
         train_eval_set: the training set without augmentation, for R̂ (default ``train_set``).
@@ -131,7 +132,8 @@ def estimate_grid(
 
     if extend < 0:
         raise ValueError(f"extend must be >= 0, got {extend}")
-    measured = bracket_crossing(grid, measure, benchmark.clean_test_loss, max_points=len(grid) + extend)
+    measured = bracket_crossing(grid, measure, benchmark.clean_test_loss, max_points=len(grid) + extend,
+                                below=not include_clean)
     est = estimate_from_records(records, benchmark, include_clean=include_clean, level=level, seed=seed)
     est.method = "grid"
     est.settings = dict(eps=grid, attack=attack, steps=steps, epochs=recipe.epochs, lr=recipe.lr,
