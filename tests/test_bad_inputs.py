@@ -163,6 +163,8 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
     "monitor-threshold-not-above-1": (lambda t: PhaseMonitor(0.2, threshold=1.0), ValueError,
                                       r"threshold must be > 1"),
     "monitor-benchmark-wrong-type": (lambda t: PhaseMonitor([0.2]), TypeError, r"benchmark must be a CleanBenchmark"),
+    "monitor-eps-star-without-band": (lambda t: PhaseMonitor(0.2, eps_star={"value": 0.03, "interval": None}),
+                                      ValueError, r"eps_star must be an eps\* estimate with a value and a band"),
     "monitor-epoch-end-without-update": (lambda t: PhaseMonitor(0.2).epoch_end(), ValueError,
                                          r"before any update"),
     "monitor-bare-loss-without-batch-size": (lambda t: PhaseMonitor(0.2).update(torch.tensor(0.5)), ValueError,

@@ -88,6 +88,24 @@ def test_flag_fires_once_with_logging_and_callback(caplog):
     assert len(warnings) == 1 and "smaller eps" in warnings[0].getMessage()
 
 
+def test_the_flag_says_how_many_times_a_given_eps_star_the_run_is(caplog, tmp_path):
+    """An eps* estimate handed to the monitor (its JSON file, as estimate-eps-star --json writes it, or a tuple):
+    the flag names eps / eps* with the band's range; one without a band is refused."""
+    from advhooks.kit.estimate import EpsStarEstimate
+
+    est = EpsStarEstimate("finetune", 8 / 255, R_STAR, "linf", interval=(6 / 255, 10 / 255))
+    (tmp_path / "eps_star.json").write_text(est.to_json())
+    for given in (tmp_path / "eps_star.json", (8 / 255, (6 / 255, 10 / 255)), est):
+        monitor = PhaseMonitor(R_STAR, eps=32 / 255, warmup_epochs=4, patience=2, eps_star=given)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="advhooks.monitor"):
+            _feed(monitor, [[1.0]] + [[0.6]] * 8)
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert "is 4.0x the eps* estimate 8/255" in warning and "(3.2x to 5.3x)" in warning, warning
+    with pytest.raises(ValueError, match="eps_star must be an eps\\* estimate with a value and a band"):
+        PhaseMonitor(R_STAR, eps_star=EpsStarEstimate("finetune", 8 / 255, R_STAR, "linf"))
+
+
 def test_update_accepts_step_outputs():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))

@@ -16,6 +16,7 @@ from .._validation import check_finite_nonnegative, check_positive, check_positi
 from ..attacks import Attack
 from ..benchmark import CleanBenchmark, Recipe
 from ..uncertainty import DEFAULT_LEVEL, MeanEstimate
+from .advice import eps_star_band
 from .report import PhaseReport
 
 __all__ = ["MonitorSettings", "default_warmup"]
@@ -54,6 +55,8 @@ class MonitorSettings:
         attack: the attack A_ε of the paper's R̂: what :meth:`PhaseMonitor.evaluate_with` evaluates the adversarial test
             loss and R̂ with (PGD-10 is customary, whatever the training attack), and what the run record
             names. Give it ``normalization=`` when the data is normalised outside the model.
+        eps_star: an ε* estimate of this setting (an ``EpsStarEstimate``, its JSON or file, or
+            ``(value, (low, high))``): the ε ≫ ε* flag then says how many times ε* the run's ε is, with the band.
     """
 
     benchmark: CleanBenchmark | str | os.PathLike | float
@@ -72,10 +75,12 @@ class MonitorSettings:
     recipe: Recipe | Mapping[str, Any] | None = field(default=None, repr=False)
     attack: Attack | None = field(default=None, repr=False)
     strict: bool = False
+    eps_star: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.benchmark, self._r_star = _reference(self.benchmark)
         self.clean_test_loss = self._r_star.mean
+        self.eps_star = eps_star_band(self.eps_star)
         _check_settings(self)
         if is_main_process():
             _warn_at_start(self)
