@@ -260,3 +260,30 @@ def test_the_recipe_check_names_each_difference(caplog):
     with caplog.at_level(logging.WARNING, logger="advhooks.monitor"):
         PhaseMonitor(bench, total_epochs=60, recipe={"batch_size": 64})
     assert not caplog.records
+
+
+def _row(width, fraction, n_train, eps_star, spread=1.05):
+    return {"width": width, "fraction": fraction, "n_train": n_train, "eps_star": eps_star / 255,
+            "interval": [eps_star / 255 / spread, eps_star / 255 * spread]}
+
+
+def test_the_flag_reads_a_study_s_width_and_data_trends(caplog, tmp_path):
+    """eps* = 4/255 · (width / 16)^0.5 reaches 32/255 at width 1024; half the data raises eps* here (the paper's
+    'more data, smaller eps*'); a flat, noisy trend is said not to resolve anything."""
+    import json
+
+    rows = [_row(w, 1.0, 1000, 4 * (w / 16) ** 0.5) for w in (16, 64, 256)]
+    rows += [_row(w, 0.5, 500, 1.3 * 4 * (w / 16) ** 0.5) for w in (16, 64, 256)]
+    (tmp_path / "study.json").write_text(json.dumps({"rows": rows}))
+    monitor = PhaseMonitor(R_STAR, eps=32 / 255, warmup_epochs=4, patience=2, study=tmp_path / "study.json")
+    said = monitor.advice.sentence(32 / 255)
+    width = said[said.index("at width ") + 9:].split(" ")
+    assert float(width[0]) < 1024 < float(width[2]) and float(width[2]) / float(width[0]) < 1.6, said
+    assert "eps* shrinks with more data" in said, said
+    with caplog.at_level(logging.WARNING, logger="advhooks.monitor"):
+        _feed(monitor, [[1.0]] + [[0.6]] * 8)
+    assert "reaches eps* = 32/255" in caplog.records[-1].getMessage()
+    flat = [_row(16, 1.0, 1000, 8, 1.6), _row(64, 1.0, 1000, 7, 1.6), _row(256, 1.0, 1000, 8.5, 1.6)]
+    assert "width trend does not resolve" in PhaseMonitor(R_STAR, study={"rows": flat}).advice.sentence(32 / 255)
+    with pytest.raises(ValueError, match="study must be an advhooks study"):
+        PhaseMonitor(R_STAR, study={"units": {}})

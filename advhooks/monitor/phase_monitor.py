@@ -176,7 +176,7 @@ class PhaseMonitor(MonitorSettings):
             diverged_epoch=first_bad, chance_loss=self._health.chance_loss,
         )
         if is_main_process():
-            log_report(self.logger, report, reason, self.verbose, warned=self._health.warned, eps_star=self.eps_star)
+            log_report(self.logger, report, reason, self.verbose, warned=self._health.warned, advice=self.advice)
             if report.flagged and self.on_flag is not None:
                 self.on_flag(report)
         return report

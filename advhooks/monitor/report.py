@@ -10,7 +10,7 @@ from typing import Any
 
 from ..schedules import format_eps
 from ..uncertainty import DEFAULT_LEVEL, MeanEstimate, ratio_interval
-from .advice import eps_sentence
+from .advice import FlagAdvice
 
 __all__ = ["ABOVE", "ADVICE", "CLEAN_LIKE", "DIVERGED", "EPS_REGIMES", "FAR_ABOVE", "NEAR", "NOT_LEARNING",
            "NO_VERDICT", "REGIMES", "PhaseReport", "caveats", "chance_level", "comparable", "decide_regime", "judge",
@@ -270,11 +270,11 @@ def caveats(kind: str, evaluates_rhat: bool, epoch: int, warmup_epochs: int, reg
 
 
 def log_report(logger: logging.Logger, report: PhaseReport, reason: str, verbose: bool = False,
-               warned: set[str] | None = None, eps_star: tuple[float, float, float] | None = None) -> None:
+               warned: set[str] | None = None, advice: FlagAdvice | None = None) -> None:
     """One line per epoch (INFO; with ``verbose`` shown whatever the logger's level, which stays as it is), and
     warnings for NaN/inf batches, for the ε ≫ ε* flag, and the first time a settled report is ``diverged`` or
-    ``not learning`` (the states in ``warned`` are not warned about again; the new one is added). With ``eps_star``
-    (value, low, high) the flag also says how many times ε* the run's ε is."""
+    ``not learning`` (the states in ``warned`` are not warned about again; the new one is added). With ``advice``
+    the flag also says what the monitor's ``eps_star`` and ``study`` say about the run's ε."""
     eps_txt = "?" if report.eps is None else format_eps(report.eps)
     low, high = report.ratio_interval
     where = "" if report.early_stopped_epoch is None else f", theta-hat = epoch {report.early_stopped_epoch}"
@@ -290,7 +290,8 @@ def log_report(logger: logging.Logger, report: PhaseReport, reason: str, verbose
         logger.warning("epoch %d: %d samples had a NaN/inf adversarial loss (left out of the mean)",
                        report.epoch, report.nonfinite_samples)
     if report.flagged:
-        logger.warning("eps = %s looks >> eps*: %s. %s%s", eps_txt, reason, eps_sentence(report.eps, eps_star), ADVICE)
+        said = advice.sentence(report.eps) if advice is not None else ""
+        logger.warning("eps = %s looks >> eps*: %s. %s%s", eps_txt, reason, said, ADVICE)
     if (warned is not None and report.regime in (DIVERGED, NOT_LEARNING) and report.regime not in warned
             and not report.provisional):
         warned.add(report.regime)

@@ -16,7 +16,7 @@ from .._validation import check_finite_nonnegative, check_positive, check_positi
 from ..attacks import Attack
 from ..benchmark import CleanBenchmark, Recipe
 from ..uncertainty import DEFAULT_LEVEL, MeanEstimate
-from .advice import eps_star_band
+from .advice import FlagAdvice
 from .report import PhaseReport
 
 __all__ = ["MonitorSettings", "default_warmup"]
@@ -57,6 +57,9 @@ class MonitorSettings:
             names. Give it ``normalization=`` when the data is normalised outside the model.
         eps_star: an ε* estimate of this setting (an ``EpsStarEstimate``, its JSON or file, or
             ``(value, (low, high))``): the ε ≫ ε* flag then says how many times ε* the run's ε is, with the band.
+        study: a study of this setting (``advhooks study --json``'s file, or its result): the flag then says at
+            which width the study's trend puts ε* at the run's ε, and which way more data moves ε* (each with
+            its band, or that the trend does not resolve it).
     """
 
     benchmark: CleanBenchmark | str | os.PathLike | float
@@ -76,12 +79,13 @@ class MonitorSettings:
     attack: Attack | None = field(default=None, repr=False)
     strict: bool = False
     eps_star: Any = field(default=None, repr=False)
+    study: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.benchmark, self._r_star = _reference(self.benchmark)
         self.clean_test_loss = self._r_star.mean
-        self.eps_star = eps_star_band(self.eps_star)
         _check_settings(self)
+        self.advice = FlagAdvice(self.eps_star, self.study, self.level)
         if is_main_process():
             _warn_at_start(self)
 
