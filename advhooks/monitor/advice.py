@@ -106,9 +106,14 @@ def trend_sentence(eps: float | None, rows: list[dict] | None, level: float = 0.
         if low_b <= 0 <= high_b:
             said.append(f"the study's {axis} trend does not resolve how eps* moves with it")
         elif axis == "width" and low_b > 0:
-            needed = _band([math.exp((math.log(eps) - a) / b) for a, b in draws], level)
-            said.append(f"the study's width trend (eps* grows as width^{_mid(draws[:, 1]):.2f}) reaches eps* = "
-                        f"{format_eps(eps)} at width {needed[0]:.3g} to {needed[1]:.3g} ({level:.0%} band)")
+            slope = draws[:, 1]
+            with np.errstate(divide="ignore", over="ignore"):  # a draw with no rise never reaches eps: infinite
+                log_width = np.where(slope > 0, (math.log(eps) - draws[:, 0]) / np.where(slope > 0, slope, 1.0),
+                                     np.inf)
+                low_w, high_w = np.exp(_band(log_width, level))
+            upto = f"{high_w:.3g}" if np.isfinite(high_w) else "beyond any width (no upper end)"
+            said.append(f"the study's width trend (eps* grows as width^{_mid(slope):.2f}) reaches eps* = "
+                        f"{format_eps(eps)} at width {low_w:.3g} to {upto} ({level:.0%} band)")
         else:
             sign = "grows" if low_b > 0 else "shrinks"
             consequence = "" if low_b > 0 else ": more data will not bring eps* up to this eps"
