@@ -99,9 +99,12 @@ def test_the_flag_says_how_many_times_a_given_eps_star_the_run_is(caplog, tmp_pa
         monitor = PhaseMonitor(R_STAR, eps=32 / 255, warmup_epochs=4, patience=2, eps_star=given)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="advhooks.monitor"):
-            _feed(monitor, [[1.0]] + [[0.6]] * 8)
+            reports = _feed(monitor, [[1.0]] + [[0.6]] * 8)
         (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert "is 4.0x the eps* estimate 8/255" in warning and "(3.2x to 5.3x)" in warning, warning
+        (flagged,) = [r for r in reports if r.flagged]  # the report carries it too, only where the flag fires
+        assert flagged.advice in warning and "smaller eps" in flagged.advice
+        assert all(r.advice == "" for r in reports if not r.flagged)
     with pytest.raises(ValueError, match="eps_star must be an eps\\* estimate with a value and a band"):
         PhaseMonitor(R_STAR, eps_star=EpsStarEstimate("finetune", 8 / 255, R_STAR, "linf"))
 

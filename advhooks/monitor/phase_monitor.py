@@ -20,7 +20,7 @@ from .health import RunHealth
 from .history import EpochHistory
 from .probe import EpsStarProbe
 from .record import run_record, write_record
-from .report import FAR_ABOVE, PhaseReport, caveats, judge, log_report, ratio_band
+from .report import ADVICE, FAR_ABOVE, PhaseReport, caveats, judge, log_report, ratio_band
 from .rhat import EarlyStoppedRisk, Evaluation
 from .settings import MonitorSettings
 from .sums import EpochSums, batch_loss
@@ -158,8 +158,7 @@ class PhaseMonitor(MonitorSettings):
                                self.history.plateaued(self.patience, self.min_delta), diverged=diverged,
                                not_learning=not_learning)
         flagged = regime == FAR_ABOVE and self.flag_epoch is None
-        if flagged:
-            self.flag_epoch = self.epoch
+        self.flag_epoch = self.epoch if flagged else self.flag_epoch
         notes = caveats(kind, self._risk.evaluates_rhat, self.epoch, self.warmup_epochs, regime, nonfinite,
                         self.eps_star_lower_bound)
         best, best_epoch = self.history.best_running_ratio()
@@ -174,9 +173,10 @@ class PhaseMonitor(MonitorSettings):
             provisional=kind == "provisional" or not warmed_up, level=self.level,
             comparable=not self._comparison.unlike, unlike="; ".join(self._comparison.unlike),
             diverged_epoch=first_bad, chance_loss=self._health.chance_loss,
+            advice=self.advice.sentence(self.last_eps) + ADVICE if flagged else "",
         )
         if is_main_process():
-            log_report(self.logger, report, reason, self.verbose, warned=self._health.warned, advice=self.advice)
+            log_report(self.logger, report, reason, self.verbose, warned=self._health.warned)
             if report.flagged and self.on_flag is not None:
                 self.on_flag(report)
         return report

@@ -10,7 +10,6 @@ from typing import Any
 
 from ..schedules import format_eps
 from ..uncertainty import DEFAULT_LEVEL, MeanEstimate, ratio_interval
-from .advice import FlagAdvice
 
 __all__ = ["ABOVE", "ADVICE", "CLEAN_LIKE", "DIVERGED", "EPS_REGIMES", "FAR_ABOVE", "NEAR", "NOT_LEARNING",
            "NO_VERDICT", "REGIMES", "PhaseReport", "caveats", "chance_level", "comparable", "decide_regime", "judge",
@@ -66,6 +65,8 @@ class PhaseReport:
         samples: samples whose loss entered the epoch mean (all ranks).
         nonfinite_samples: samples of batches whose loss was NaN or inf (all ranks), left out of the mean.
         explanation: one or two sentences for people.
+        advice: on the report where the ε ≫ ε* flag fires: what the user can act on, with numbers where there are
+            some (ε against the monitor's ``eps_star``, the trends of its ``study``, the measured remedies).
         level: the band's coverage.
         comparable: ``False`` when the run's model or training set differs from the benchmark's, so that ρ
             compares unlike things; ``unlike`` then names the differences.
@@ -96,6 +97,7 @@ class PhaseReport:
     level: float = DEFAULT_LEVEL
     comparable: bool = True
     unlike: str = ""
+    advice: str = ""
     diverged_epoch: int | None = None
     chance_loss: float | None = None
 
@@ -270,11 +272,11 @@ def caveats(kind: str, evaluates_rhat: bool, epoch: int, warmup_epochs: int, reg
 
 
 def log_report(logger: logging.Logger, report: PhaseReport, reason: str, verbose: bool = False,
-               warned: set[str] | None = None, advice: FlagAdvice | None = None) -> None:
+               warned: set[str] | None = None) -> None:
     """One line per epoch (INFO; with ``verbose`` shown whatever the logger's level, which stays as it is), and
     warnings for NaN/inf batches, for the ε ≫ ε* flag, and the first time a settled report is ``diverged`` or
-    ``not learning`` (the states in ``warned`` are not warned about again; the new one is added). With ``advice``
-    the flag also says what the monitor's ``eps_star`` and ``study`` say about the run's ε."""
+    ``not learning`` (the states in ``warned`` are not warned about again; the new one is added). The flag's
+    warning carries the flagged report's ``advice``."""
     eps_txt = "?" if report.eps is None else format_eps(report.eps)
     low, high = report.ratio_interval
     where = "" if report.early_stopped_epoch is None else f", theta-hat = epoch {report.early_stopped_epoch}"
@@ -290,8 +292,7 @@ def log_report(logger: logging.Logger, report: PhaseReport, reason: str, verbose
         logger.warning("epoch %d: %d samples had a NaN/inf adversarial loss (left out of the mean)",
                        report.epoch, report.nonfinite_samples)
     if report.flagged:
-        said = advice.sentence(report.eps) if advice is not None else ""
-        logger.warning("eps = %s looks >> eps*: %s. %s%s", eps_txt, reason, said, ADVICE)
+        logger.warning("eps = %s looks >> eps*: %s. %s", eps_txt, reason, report.advice or ADVICE)
     if (warned is not None and report.regime in (DIVERGED, NOT_LEARNING) and report.regime not in warned
             and not report.provisional):
         warned.add(report.regime)
