@@ -18,7 +18,7 @@ Prints one table per dataset and ε.
 
     python benchmarks/remedies.py [--seeds 3] [--epochs 30] [--suite standard] [--json out.json] [--plot rho.png]
 
-About 16 minutes on 2 CPU cores with the defaults.
+About 15 minutes on 2 CPU cores with the defaults.
 """
 
 from __future__ import annotations
