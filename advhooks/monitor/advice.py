@@ -21,17 +21,23 @@ __all__ = ["EpsStarBand", "FlagAdvice", "eps_sentence", "eps_star_band", "study_
 EpsStarBand = tuple[float, float, float]  # (value, low, high)
 
 
+def _read_json(given: Any, what: str) -> Any:
+    """``given`` itself, or the JSON of the file it names."""
+    if not isinstance(given, (str, os.PathLike)):
+        return given
+    try:
+        return json.loads(Path(given).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} file {given}: not JSON ({err})") from None
+
+
 def eps_star_band(given: Any) -> EpsStarBand | None:
     """``(value, low, high)`` of an ε* estimate: an ``EpsStarEstimate``, its JSON (a mapping with ``value`` and
     ``interval``, or the path of a file holding it, as ``estimate-eps-star --json`` writes), or
     ``(value, (low, high))``; ``None`` stays ``None``. An estimate without a value or a band is refused."""
     if given is None:
         return None
-    if isinstance(given, (str, os.PathLike)):
-        try:
-            given = json.loads(Path(given).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"eps_star file {given}: not JSON ({err})") from None
+    given = _read_json(given, "eps_star")
     if isinstance(given, Mapping):
         value, interval = given.get("value"), given.get("interval")
     elif isinstance(given, tuple) and len(given) == 2:
@@ -61,11 +67,7 @@ def study_rows(given: Any) -> list[dict] | None:
     """The rows of a study (``advhooks study --json``'s file, or its result mapping); ``None`` stays ``None``."""
     if given is None:
         return None
-    if isinstance(given, (str, os.PathLike)):
-        try:
-            given = json.loads(Path(given).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"study file {given}: not JSON ({err})") from None
+    given = _read_json(given, "study")
     rows = given.get("rows") if isinstance(given, Mapping) else None
     if not rows:
         raise ValueError("study must be an advhooks study (its --json file or result) with its rows: run every unit")
