@@ -41,6 +41,7 @@ from .attacks.apgd import targeted_dlr_loss
 from .attacks.domain import Bounds, Normalization
 from .attacks.fab import fab_targeted_perturb
 from .attacks.square import square_perturb
+from .masking import masking_warnings, randomised, zero_gradient_count
 
 __all__ = ["SUITES", "RobustnessReport", "SuiteAttack", "attack_batch", "robust_accuracy"]
 
@@ -86,7 +87,9 @@ SUITES: dict[str, tuple[SuiteAttack, ...]] = {
 
 @dataclass
 class RobustnessReport:
-    """The suite's result: clean accuracy, robust accuracy after each attack (in order) and overall, times."""
+    """The suite's result: clean accuracy, robust accuracy after each attack (in order) and overall, times, the
+    share of samples with a zero input gradient and the signs of gradient masking seen (:mod:`advhooks.masking`:
+    each a sentence, also logged as a warning)."""
 
     suite: str
     eps: float
@@ -96,6 +99,8 @@ class RobustnessReport:
     robust_accuracy: float
     after: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    zero_gradient_share: float = 0.0
+    masking: list[str] = field(default_factory=list)
 
     @property
     def broken_by(self) -> dict[str, float]:
@@ -115,6 +120,7 @@ class RobustnessReport:
                                           f"{self.seconds.get(name, 0.0):.1f} s)")
                  for name, acc in self.after.items()]
         rows.append((f"robust accuracy ({self.suite} suite)", f"{100 * self.robust_accuracy:.2f} %"))
+        rows += [("warning", sentence) for sentence in self.masking]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -242,7 +248,7 @@ def robust_accuracy(model: nn.Module, data: Dataset | Iterable, eps: float, *, n
         data = DataLoader(Subset(data, range(min(n, len(data)))) if n else data, batch_size=batch_size)
     seconds: dict[str, float] = {}
     counts = {"clean": 0, **{a.name: 0 for a in attacks}}
-    total = 0
+    total, zero_grads, is_randomised = 0, 0, None
     for x, y in data:
         if n is not None and total >= n:
             break
@@ -250,6 +256,9 @@ def robust_accuracy(model: nn.Module, data: Dataset | Iterable, eps: float, *, n
             x, y = x.to(device), y.to(device)
         _, masks = attack_batch(model, x, y, eps, norm=norm, suite=suite, bounds=bounds,
                                 normalization=normalization, seed=seed, seconds=seconds)
+        if is_randomised is None:  # (after the suite, which refuses inputs it cannot attack before any forward)
+            is_randomised = randomised(model, x)
+        zero_grads += zero_gradient_count(model, x, y, normalization)  # one more pass: the masking checks
         for name, mask in masks.items():
             counts[name] += int(mask.sum())
         total += y.shape[0]
@@ -258,7 +267,10 @@ def robust_accuracy(model: nn.Module, data: Dataset | Iterable, eps: float, *, n
     if total == 0:
         raise ValueError("no samples to evaluate")
     last = attacks[-1].name
-    return RobustnessReport(suite=suite if isinstance(suite, str) else "custom", eps=float(eps), norm=norm, n=total,
-                            clean_accuracy=counts["clean"] / total,
-                            robust_accuracy=counts[last] / total,
-                            after={a.name: counts[a.name] / total for a in attacks}, seconds=seconds)
+    report = RobustnessReport(suite=suite if isinstance(suite, str) else "custom", eps=float(eps), norm=norm,
+                              n=total, clean_accuracy=counts["clean"] / total, robust_accuracy=counts[last] / total,
+                              after={a.name: counts[a.name] / total for a in attacks}, seconds=seconds,
+                              zero_gradient_share=zero_grads / total)
+    report.masking = masking_warnings(report.zero_gradient_share, report.broken_by,
+                                      {a.name: a.kind for a in attacks}, bool(is_randomised), report.suite)
+    return report
