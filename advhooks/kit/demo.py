@@ -79,7 +79,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
         torch.manual_seed(seed)
         model = preset.model()
         monitor = PhaseMonitor(bench, eps=eps, total_epochs=epochs, attack=PGD(eps, steps=10),
-                               recipe=recipe)
+                               recipe=recipe, eps_star=finetune if finetune.interval else None)
         monitor.evaluate_with(model, train, test, seed=seed)
         loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
