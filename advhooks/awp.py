@@ -29,7 +29,8 @@ What keeps the model as the user's loop would have it:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -121,10 +122,15 @@ class AWP:
             self._perturbation = self._compute(loss_of)
         self._apply()
 
-    def training_forward(self) -> _InStep:
+    @contextmanager
+    def training_forward(self) -> Iterator[None]:
         """Context of :class:`~advhooks.AdversarialStep`'s training forward: the perturbation stays on even for a
         model trained in eval mode (frozen BatchNorm)."""
-        return _InStep(self)
+        self._in_step = True
+        try:
+            yield
+        finally:
+            self._in_step = False
 
     def remove(self) -> None:
         """Take the perturbation off the weights (nothing when it is not on)."""
@@ -174,13 +180,3 @@ class AWP:
         if not module.training and not self._in_step:
             self.remove()
 
-
-class _InStep:
-    def __init__(self, awp: AWP) -> None:
-        self.awp = awp
-
-    def __enter__(self) -> None:
-        self.awp._in_step = True
-
-    def __exit__(self, *exc: object) -> None:
-        self.awp._in_step = False

@@ -114,12 +114,12 @@ def trend_sentence(eps: float | None, rows: list[dict] | None, level: float = 0.
                                      np.inf)
                 low_w, high_w = np.exp(_band(log_width, level))
             upto = f"{high_w:.3g}" if np.isfinite(high_w) else "beyond any width (no upper end)"
-            said.append(f"the study's width trend (eps* grows as width^{_mid(slope):.2f}) reaches eps* = "
+            said.append(f"the study's width trend (eps* grows as width^{np.median(slope):.2f}) reaches eps* = "
                         f"{format_eps(eps)} at width {low_w:.3g} to {upto} ({level:.0%} band)")
         else:
             sign = "grows" if low_b > 0 else "shrinks"
             consequence = "" if low_b > 0 else ": more data will not bring eps* up to this eps"
-            said.append(f"the study's {axis} trend: eps* {sign} with more data (exponent {_mid(draws[:, 1]):.2f})"
+            said.append(f"the study's {axis} trend: eps* {sign} with more data (exponent {np.median(draws[:, 1]):.2f})"
                         f"{consequence}")
     return ("; ".join(said) + ". ") if said else ""
 
@@ -128,9 +128,6 @@ def _band(values, level: float) -> tuple[float, float]:
     lo, hi = np.quantile(np.asarray(values, dtype=float), [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
-
-def _mid(values) -> float:
-    return float(np.median(values))
 
 
 class FlagAdvice:

@@ -50,6 +50,11 @@ def _pooled_blocks(values: Sequence[float]) -> list[list[float]]:
     return blocks
 
 
+def _fitted(blocks: list[list[float]]) -> list[float]:
+    """Each value's fitted level: its block's mean."""
+    return [total / count for total, count in blocks for _ in range(int(count))]
+
+
 def isotonic(values: Sequence[float]) -> list[float]:
     """The non-decreasing least-squares fit of ``values`` (pool adjacent violators, equal weights).
 
@@ -57,7 +62,7 @@ def isotonic(values: Sequence[float]) -> list[float]:
         >>> isotonic([1.0, 3.0, 2.0, 4.0])
         [1.0, 2.5, 2.5, 4.0]
     """
-    return [total / count for total, count in _pooled_blocks(values) for _ in range(int(count))]
+    return _fitted(_pooled_blocks(values))
 
 
 def monotone_departure(values: Sequence[float]) -> float:
@@ -76,8 +81,7 @@ def monotone_departure(values: Sequence[float]) -> float:
     pooled = len(logs) - len(blocks)
     if pooled <= 0:
         return 0.0
-    fit = [total / count for total, count in blocks for _ in range(int(count))]
-    return math.sqrt(sum((a - b) ** 2 for a, b in zip(logs, fit, strict=True)) / pooled)
+    return math.sqrt(sum((a - b) ** 2 for a, b in zip(logs, _fitted(blocks), strict=True)) / pooled)
 
 
 def point_errors(runs_at_eps: Sequence[Sequence[tuple[float, float]]], method: str) -> tuple[list[float], list[float]]:
