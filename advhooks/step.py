@@ -42,6 +42,8 @@ class StepOutput:
         clean_logits: logits on the clean inputs (with graph), when a clean forward ran.
         adv_losses: the per-sample criterion on the adversarial inputs, detached (``adv_loss`` is their mean): what
             an adapter needs to leave out samples a framework repeated to pad a batch.
+        passes: forward and backward passes per sample this step costs, the loop's backward included (PGD-10 with
+            ``at``: 22); what the monitor measures its own evaluation's cost against. ``None``: not known.
     """
 
     loss: torch.Tensor
@@ -53,6 +55,7 @@ class StepOutput:
     clean_loss: torch.Tensor | None = None
     clean_logits: torch.Tensor | None = None
     adv_losses: torch.Tensor | None = None
+    passes: int | None = None
 
 
 class AdversarialStep:
@@ -183,6 +186,7 @@ class AdversarialStep:
             eps=eps,
             clean_loss=clean_loss,
             clean_logits=clean_logits,
+            passes=step_passes(self),
         )
 
     def _objective(self, model, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, kwargs: dict):
@@ -251,3 +255,12 @@ class AdversarialStep:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"state['step'] must be an integer >= 0, got {step!r}")
         self.step = int(step)
+
+
+def step_passes(step: AdversarialStep) -> int:
+    """Forward and backward passes per sample of one :class:`AdversarialStep` call and the loop's backward: two per
+    attack step, a forward and its backward per objective forward (two with clean logits), as many again for
+    AWP's weight gradient, four for GradAlign, and TRADES' reference forward."""
+    forwards = 2 if step.objective.uses_clean_logits or step.clean_fraction > 0 else 1
+    return (2 * int(step.attack.steps) + 2 * forwards * (2 if step.awp is not None else 1)
+            + (4 if step.grad_align > 0 else 0) + (1 if step.objective.name == "trades" else 0))

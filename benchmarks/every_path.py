@@ -2,8 +2,9 @@
 give the same verdict?
 
 The setting is the digits-mlp clean benchmark's own recipe (60 epochs, global batch 64, SGD with momentum 0.9,
-lr 0.05 with the paper's step decay), PGD-10 L∞ training, and the PhaseMonitor on with its own evaluation (θ̂ by
-the PGD-10 adversarial test loss, R̂ at θ̂'s fixed weights), against ONE shared benchmark recorded with
+lr 0.05 with the paper's step decay), PGD-10 L∞ training, and the PhaseMonitor on with its own evaluation at its
+defaults (θ̂ by the PGD-3 adversarial test loss, R̂ at θ̂'s fixed weights by PGD-10, within the 5 % budget), against
+ONE shared benchmark recorded with
 ``advhooks benchmark-clean --preset digits-mlp`` (or the --benchmark given). Each path is its example script,
 run as a subprocess, one at a time, at each ε:
 

@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=10, help="training steps between checkpoints")
     p.add_argument("--keep", type=int, default=2, help="complete checkpoints to keep")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-budget", type=float, default=0.05, help="the monitor's evaluation budget, a share of the "
+                   "training passes (inf: evaluate every epoch)")
     return p.parse_args(argv)
 
 
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     # The monitor evaluates θ̂ and R̂ itself; until R̂ of θ̂ is evaluated (after the warm-up) θ̂'s weights are part
     # of every checkpoint, so a resume in between evaluates the same weights as an uninterrupted run.
     adv = AcceleratedAdversarialTraining(accelerator, model, PGD(args.eps, steps=args.steps), monitor=monitor,
-                                         eval_data=(train, test))
+                                         eval_data=(train, test), eval_options={"budget": args.eval_budget})
 
     epoch, skip, global_step = 0, 0, 0
     resume = latest_checkpoint(folder)

@@ -56,6 +56,7 @@ from advhooks._distributed import BATCHNORM_NOTE, unsynced_batchnorm
 from advhooks.attacks import Attack
 from advhooks.monitor import PhaseMonitor, PhaseReport
 from advhooks.monitor.record import write_weights
+from advhooks.monitor.rhat import evaluation_options
 from advhooks.step import AdversarialStep, StepOutput
 
 __all__ = ["AcceleratedAdversarialTraining", "finish", "real_samples", "report_metrics"]
@@ -108,6 +109,7 @@ class AcceleratedAdversarialTraining:
             on them itself (``monitor.evaluate_with(model, train_data, test_data, device=accelerator.device)``,
             its default subsets and attack). Leave it out when you called ``evaluate_with`` yourself or pass
             ``adv_test_loss`` to :meth:`epoch_end`.
+        eval_options: keyword options of ``evaluate_with`` for ``eval_data`` (``budget``, ``test_subset`` ...).
         stop_on_flag: set the accelerator's trigger when the ε ≫ ε* flag fires (opt-in).
         log_prefix: prefix of the tracker metric names.
         register_for_checkpointing: also register the step and the monitor with Accelerate's own
@@ -118,7 +120,7 @@ class AcceleratedAdversarialTraining:
                  criterion: Any = None, beta: float | None = None, clean_fraction: float = 0.0,
                  input_key: str | None = None, label_key: str = "labels", monitor: PhaseMonitor | None = None,
                  eval_data: tuple[Any, Any] | None = None, stop_on_flag: bool = False, log_prefix: str = "advhooks/",
-                 register_for_checkpointing: bool = False) -> None:
+                 register_for_checkpointing: bool = False, eval_options: Mapping[str, Any] | None = None) -> None:
         if not hasattr(accelerator, "autocast") or not hasattr(accelerator, "reduce"):
             raise TypeError(f"accelerator must be an accelerate.Accelerator, got {type(accelerator).__name__}")
         if (stop_on_flag or eval_data is not None) and monitor is None:
@@ -139,7 +141,8 @@ class AcceleratedAdversarialTraining:
                     n=accelerator.num_processes, how="model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) "
                                                     "before accelerator.prepare"))
         if eval_data is not None:
-            monitor.evaluate_with(model, *eval_data, device=accelerator.device)
+            options = {"device": accelerator.device, **evaluation_options(eval_options)}
+            monitor.evaluate_with(model, *eval_data, **options)
         if register_for_checkpointing:
             accelerator.register_for_checkpointing(self.step, *([_SharedState(monitor)] if monitor is not None else []))
 

@@ -29,6 +29,7 @@ that returns ``step_output`` the same way works with the callback too. The callb
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 try:
@@ -39,6 +40,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from advhooks._distributed import BATCHNORM_NOTE, unsynced_batchnorm
 from advhooks.attacks import Attack
 from advhooks.monitor import PhaseMonitor, PhaseReport
+from advhooks.monitor.rhat import evaluation_options
 from advhooks.recorder import CleanBenchmarkRecorder
 from advhooks.step import AdversarialStep, StepOutput
 
@@ -60,16 +62,18 @@ class PhaseMonitorCallback(pl.Callback):
             the data sets of the trainer's training and (first) validation loaders (without a validation
             loader the verdict stays provisional).
         evaluate: ``False``: no evaluation of the callback's own (the verdict is provisional).
+        eval_options: keyword options of ``PhaseMonitor.evaluate_with`` (``budget``, ``test_subset``, ``attack`` ...).
         **settings: the monitor's settings (``eps``, ``threshold``, ``warmup_epochs``, ``total_epochs``,
             ``on_flag``, ``strict``, ``attack`` ...), passed to :class:`~advhooks.monitor.PhaseMonitor` as they
             are, with its defaults; ``total_epochs`` defaults to the trainer's ``max_epochs``.
     """
 
     def __init__(self, benchmark: Any, *, stop_on_flag: bool = False, output_key: str = "step_output",
-                 eval_data: tuple[Any, Any] | None = None, evaluate: bool = True, **settings: Any) -> None:
+                 eval_data: tuple[Any, Any] | None = None, evaluate: bool = True,
+                 eval_options: Mapping[str, Any] | None = None, **settings: Any) -> None:
         self.benchmark = str(benchmark) if isinstance(benchmark, os.PathLike) else benchmark
         self.settings, self.stop_on_flag, self.output_key = settings, stop_on_flag, output_key
-        self.eval_data, self.evaluate = eval_data, evaluate
+        self.eval_data, self.evaluate, self.eval_options = eval_data, evaluate, evaluation_options(eval_options)
         self.monitor = PhaseMonitor(self.benchmark, **settings)
         self.reports: list[PhaseReport] = []
 
@@ -97,7 +101,7 @@ class PhaseMonitorCallback(pl.Callback):
         train, test = self.eval_data or (_dataset_of(trainer.train_dataloader), _dataset_of(trainer.val_dataloaders))
         if train is not None:
             kept = self.monitor.state_dict()
-            self.monitor.evaluate_with(pl_module, train, test, device=pl_module.device)
+            self.monitor.evaluate_with(pl_module, train, test, **{"device": pl_module.device, **self.eval_options})
             self.monitor.load_state_dict(kept)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ from advhooks.attacks import Attack, unwrap_parallel
 from advhooks.benchmark import Recipe
 from advhooks.monitor import PhaseMonitor
 from advhooks.monitor.record import write_weights
+from advhooks.monitor.rhat import evaluation_options
 from advhooks.recorder import CleanBenchmarkRecorder
 from advhooks.step import AdversarialStep, StepOutput
 
@@ -72,6 +74,8 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
             Trainer's ``train_dataset`` and ``eval_dataset`` (without an evaluation set the verdict stays
             provisional). Read with the trainer's ``input_key`` and ``label_key``.
         evaluate: ``False``: no evaluation of the callback's own (the verdict is provisional).
+        eval_options: keyword options of ``PhaseMonitor.evaluate_with`` (``budget``, ``test_subset`` ...; plain values
+            are kept in the Trainer's checkpoint).
         monitor_state: a monitor ``state_dict()`` to start from (used when resuming).
         **settings: the monitor's settings (``eps``, ``threshold``, ``warmup_epochs``, ``total_epochs``,
             ``strict``, ``attack`` ...), passed to :class:`~advhooks.monitor.PhaseMonitor` as they are, with
@@ -81,9 +85,10 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
 
     def __init__(self, benchmark: str | os.PathLike | float, *, stop_on_flag: bool = False,
                  eval_data: tuple[Any, Any] | None = None, evaluate: bool = True, monitor_state: dict | None = None,
-                 **settings: Any) -> None:
+                 eval_options: Mapping[str, Any] | None = None, **settings: Any) -> None:
         self.benchmark = str(benchmark) if isinstance(benchmark, os.PathLike) else benchmark
         self.settings, self.stop_on_flag, self.evaluate = settings, stop_on_flag, evaluate
+        self.eval_options = evaluation_options(eval_options)
         self.eval_data = eval_data
         self.monitor = PhaseMonitor(self.benchmark, **settings)
         self.trainer: Trainer | None = None
@@ -136,8 +141,9 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
     def state(self) -> dict:
         """The Trainer's stateful-callback hook: the plain-valued arguments and the monitor's state."""
         plain = {k: v for k, v in self.settings.items() if isinstance(v, (int, float, str, bool, type(None)))}
+        options = {k: v for k, v in self.eval_options.items() if isinstance(v, (int, float, str, bool, type(None)))}
         return {"args": {"benchmark": self.benchmark, "stop_on_flag": self.stop_on_flag, "evaluate": self.evaluate,
-                         **plain},
+                         "eval_options": options, **plain},
                 "attributes": {"monitor_state": self.monitor_state}}
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -171,7 +177,8 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
             return
         keys = (step.input_key or "pixel_values", step.label_key)
         pairs = [None if d is None else _PairsOfDicts(d, *keys) for d in (train, test)]
-        self.monitor.evaluate_with(model, pairs[0], pairs[1], device=next(model.parameters()).device)
+        self.monitor.evaluate_with(model, pairs[0], pairs[1],
+                                   **{"device": next(model.parameters()).device, **self.eval_options})
 
     def update(self, output: StepOutput) -> None:
         """Add one batch (called by :class:`AdversarialTrainerMixin`)."""

@@ -177,8 +177,17 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
     "monitor-strict-model-mismatch": (
         lambda t: PhaseMonitor(_bench(t), strict=True).evaluate_with(SmallCNN(), _pairs(8), _pairs(8)), ValueError,
         r"differ in model or data, so R-hat / R\*\(0\) would compare unlike things \(strict=True\)"),
+    "monitor-budget-not-positive": (lambda t: PhaseMonitor(0.2).evaluate_with(SmallCNN(), _pairs(8), budget=0),
+                                    ValueError, r"budget must be a share of the training passes > 0"),
+    "monitor-selection-steps-zero": (
+        lambda t: PhaseMonitor(0.2).evaluate_with(SmallCNN(), _pairs(8), selection_steps=0), ValueError,
+        r"selection_steps must be an integer >= 1"),
     "monitor-strict-not-a-bool": (lambda t: PhaseMonitor(0.2, strict="yes"), TypeError,
                                   r"strict must be True or False"),
+    "adapter-eval-options-unknown": (
+        lambda t: _accelerated(monitor=PhaseMonitor(0.2), eval_data=(_pairs(8), _pairs(8)),
+                               eval_options={"budjet": 0.1}), ValueError,
+        r"eval_options: unknown \['budjet'\]; evaluate_with takes"),
     "accelerate-eval-data-without-monitor": (lambda t: _accelerated(eval_data=(_pairs(8), _pairs(8))), ValueError,
                                              r"eval_data needs a monitor"),
     "benchmark-missing-file": (lambda t: CleanBenchmark.load(t / "none.safetensors"), FileNotFoundError,

@@ -27,7 +27,7 @@ psutil = pytest.importorskip("psutil", reason="needs psutil (a dependency of acc
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "resumable_training.py"
 PAUSED = Path(__file__).resolve().parent / "scripts" / "paused_resumable.py"  # waits after one checkpoint
-ARGS = ["--epochs", "4", "--checkpoint-every", "8"]
+ARGS = ["--epochs", "4", "--checkpoint-every", "8", "--eval-budget", "inf"]  # (θ̂ from epoch 1: a pending R̂ to resume)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 

@@ -6,6 +6,7 @@ and on the open epoch's sums after a mid-epoch resume from one process's state."
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -29,23 +30,25 @@ def _data(n: int, seed: int) -> TensorDataset:
     return TensorDataset(torch.rand(n, 1, 8, 8, generator=gen), torch.randint(0, 10, (n,), generator=gen))
 
 
-def _run(world: int, rank: int = 0) -> list[dict]:
-    """Three epochs of a fixed model whose weights change between epochs (θ̂ moves, then stays)."""
+def _run(world: int, rank: int = 0, budget: float = math.inf) -> list[dict]:
+    """Three epochs of a fixed model whose weights change between epochs (θ̂ moves, then stays); a global batch of 8
+    split between the processes (what the budget is a share of)."""
     torch.manual_seed(0)
     model = SmallCNN()
     wrapped = DDP(model) if world > 1 else model
     # PGD with its random start: each sample's start comes from (seed, index, ε), not from the global generator.
     monitor = PhaseMonitor(0.5, eps=8 / 255, warmup_epochs=0, total_epochs=3, attack=PGD(8 / 255, steps=3))
-    monitor.evaluate_with(wrapped, _data(203, seed=1), _data(101, seed=2), train_subset=150, batch_size=16)
+    monitor.evaluate_with(wrapped, _data(203, seed=1), _data(101, seed=2), train_subset=150, batch_size=16,
+                          budget=budget)
     reports = []
     for epoch, scale in enumerate((1.0, 0.5, 3.0)):
         torch.rand(37 + 100 * rank + epoch)  # "training" draws another amount of randomness on each process
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(scale)
-        monitor.update(torch.tensor(0.7 + 0.1 * epoch), batch_size=8)
+        monitor.update(torch.tensor(0.7 + 0.1 * epoch), batch_size=8 // world)
         report = monitor.epoch_end()
-        reports.append({k: getattr(report, k) for k in FIELDS} | {"n": monitor.rhat["n"]})
+        reports.append({k: getattr(report, k) for k in FIELDS} | {"n": monitor.rhat and monitor.rhat["n"]})
     return reports
 
 
@@ -69,6 +72,10 @@ def _run_as_rank(rank: int, world: int) -> list[dict]:
     return _run(world, rank)
 
 
+def _run_on_a_budget_as_rank(rank: int, world: int) -> list[dict]:
+    return _run(world, rank, budget=42.0)
+
+
 def test_two_processes_evaluate_theta_hat_and_rhat_like_one(tmp_path):
     single = _run(1)
     assert [r["early_stopped_epoch"] for r in single] == [1, 2, 2]  # θ̂ moves once, then stays
@@ -79,6 +86,23 @@ def test_two_processes_evaluate_theta_hat_and_rhat_like_one(tmp_path):
         assert one["early_stopped_epoch"] == two["early_stopped_epoch"] and one["n"] == two["n"]
         for key in ("adv_test_loss", "rhat", "rhat_stderr"):
             assert two[key] == pytest.approx(one[key], rel=1e-6), key
+
+
+def test_two_processes_skip_and_evaluate_the_same_epochs_on_a_budget(tmp_path):
+    # An epoch trains 8 samples × 8 passes (PGD-3 and the update), 42× that is 2,688 passes. A test loss costs
+    # 101 × 7, R̂ 150 × 8; the last epoch's test loss and R̂ and the first R̂ are owed from the start (3,107). Epoch 1
+    # cannot afford a test loss with the R̂ it may need; epoch 2 can, and makes the owed first R̂; the last epoch
+    # evaluates whatever. The counts are sums over the processes, so both decide alike.
+    single = _run(1, budget=42.0)
+    assert [r["rhat_kind"] for r in single] == ["provisional", "fixed weights", "fixed weights"]
+    assert [r["early_stopped_epoch"] for r in single] == [None, 2, 2] and single[0]["adv_test_loss"] is None
+    ranks = _on_two_processes(tmp_path, _run_on_a_budget_as_rank)
+    assert ranks[0] == ranks[1]
+    for one, two in zip(single[1:], ranks[0][1:], strict=True):
+        assert one["early_stopped_epoch"] == two["early_stopped_epoch"] and one["rhat_kind"] == two["rhat_kind"]
+        for key in ("adv_test_loss", "rhat"):
+            assert two[key] == pytest.approx(one[key], rel=1e-6), key
+    assert ranks[0][0]["adv_test_loss"] is None
 
 
 def test_the_evaluation_is_a_function_of_the_weights_not_of_the_random_generator():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +13,8 @@ L = pytest.importorskip("lightning", reason="needs lightning: pip install 'advho
 
 from advhooks import PGD  # noqa: E402
 from advhooks.integrations.lightning import AdversarialTrainingMixin, PhaseMonitorCallback  # noqa: E402
+
+EVERY_EPOCH = {"budget": math.inf}  # the monitor evaluates every epoch (these runs are a few batches long)
 
 
 class LitNet(AdversarialTrainingMixin, L.LightningModule):
@@ -144,13 +148,13 @@ def test_a_checkpoint_taken_while_rhat_is_pending_carries_theta_hats_weights(tmp
     test = TensorDataset(torch.rand(48, 1, 8, 8, generator=g), torch.randint(0, 10, (48,), generator=g))
     settings = dict(eps=8 / 255, warmup_epochs=3, total_epochs=3)  # R-hat due only at epoch 3
     torch.manual_seed(0)
-    first = PhaseMonitorCallback(0.5, eval_data=(_loader().dataset, test), **settings)
+    first = PhaseMonitorCallback(0.5, eval_data=(_loader().dataset, test), eval_options=EVERY_EPOCH, **settings)
     trainer = _trainer(tmp_path / "a", 2, [first])
     trainer.fit(LitNet(), _loader())
     saved = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
     (state,) = [v for k, v in saved["callbacks"].items() if "PhaseMonitorCallback" in k]
     assert set(state["theta_hat_weights"]) == set(LitNet().state_dict())  # theta-hat's weights, not yet evaluated
-    resumed = PhaseMonitorCallback(0.5, eval_data=(_loader().dataset, test), **settings)
+    resumed = PhaseMonitorCallback(0.5, eval_data=(_loader().dataset, test), eval_options=EVERY_EPOCH, **settings)
     trainer = _trainer(tmp_path / "b", 3, [resumed])
     trainer.fit(LitNet(), _loader(), ckpt_path=str(next((tmp_path / "a").rglob("*.ckpt"))))
     assert resumed.reports[-1].rhat_kind == "fixed weights" and resumed.monitor.epoch == 3
@@ -171,7 +175,8 @@ class _PoisonAt(L.Callback):
 def test_a_diverged_run_reads_diverged_and_stops_like_check_finite(tmp_path):
     torch.manual_seed(0)
     data = _loader().dataset
-    callback = PhaseMonitorCallback(0.5, eps=8 / 255, warmup_epochs=0, stop_on_flag=True, eval_data=(data, data))
+    callback = PhaseMonitorCallback(0.5, eps=8 / 255, warmup_epochs=0, stop_on_flag=True, eval_data=(data, data),
+                                    eval_options=EVERY_EPOCH)
     trainer = _trainer(tmp_path, 6, [_PoisonAt(2), callback], enable_checkpointing=False)
     trainer.fit(LitNet(), _loader())
     last = callback.reports[-1]
@@ -189,4 +194,5 @@ def test_a_mid_epoch_checkpoint_holds_every_process_open_sums(tmp_path):
     trainer.fit(LitNet(), _loader())
     (mid,) = [p for p in (tmp_path / "ckpt").glob("*.ckpt") if "step=2" in p.name]
     saved = next(v for k, v in torch.load(mid, weights_only=False)["callbacks"].items() if "PhaseMonitorCallback" in k)
-    assert saved["open_count"] == 64 and saved["open_by_rank"] == [[pytest.approx(saved["open_loss_sum"]), 64.0, 0.0]]
+    assert saved["open_count"] == 64 and saved["open_by_rank"] == [
+        [pytest.approx(saved["open_loss_sum"]), 64.0, 0.0, saved["open_passes"]]]

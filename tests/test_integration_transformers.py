@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -16,6 +18,8 @@ from transformers import (  # noqa: E402
 
 from advhooks import PGD  # noqa: E402
 from advhooks.integrations.transformers import AdversarialTrainer, PhaseMonitorCallback  # noqa: E402
+
+EVERY_EPOCH = {"budget": math.inf}  # the monitor evaluates every epoch (these runs are a few batches long)
 
 
 class DictDataset(torch.utils.data.Dataset):
@@ -228,7 +232,7 @@ def test_a_resume_while_rhat_is_pending_evaluates_theta_hats_weights(tmp_path):
         args = _args(tmp_path / out, num_train_epochs=3, save_strategy="epoch",
                      restore_callback_states_from_checkpoint=True)
         # The warm-up lasts the whole run: theta-hat's R-hat is still pending at the epoch-2 checkpoint.
-        monitor = PhaseMonitorCallback(0.5, eps=8 / 255, warmup_epochs=3, total_epochs=3)
+        monitor = PhaseMonitorCallback(0.5, eps=8 / 255, warmup_epochs=3, total_epochs=3, eval_options=EVERY_EPOCH)
         return AdversarialTrainer(model=_tiny_vit(), args=args, train_dataset=_digits_like(96),
                                   eval_dataset=_digits_like(48, seed=1), attack=PGD(8 / 255, steps=1),
                                   callbacks=[monitor, *extra])
@@ -269,7 +273,7 @@ def test_a_diverged_run_reads_diverged_on_the_trainer_too(tmp_path):
                     next(model.parameters()).fill_(float("nan"))
 
     torch.manual_seed(0)
-    callback = PhaseMonitorCallback(0.5, eps=8 / 255, warmup_epochs=0)
+    callback = PhaseMonitorCallback(0.5, eps=8 / 255, warmup_epochs=0, eval_options=EVERY_EPOCH)
     trainer = AdversarialTrainer(model=_tiny_vit(), args=_args(tmp_path), train_dataset=_digits_like(),
                                  eval_dataset=_digits_like(48, seed=1), attack=PGD(8 / 255, steps=2),
                                  callbacks=[PoisonAtEpoch2(), callback])
@@ -290,4 +294,5 @@ def test_a_mid_epoch_checkpoint_holds_every_process_open_sums(tmp_path):
     trainer.train()
     state = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
     saved = state["stateful_callbacks"]["PhaseMonitorCallback"]["attributes"]["monitor_state"]
-    assert saved["open_count"] == 64 and saved["open_by_rank"] == [[pytest.approx(saved["open_loss_sum"]), 64.0, 0.0]]
+    assert saved["open_count"] == 64 and saved["open_by_rank"] == [
+        [pytest.approx(saved["open_loss_sum"]), 64.0, 0.0, saved["open_passes"]]]

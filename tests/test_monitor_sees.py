@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 import torch
@@ -106,7 +107,7 @@ def _train_and_watch(monitor: PhaseMonitor, model: nn.Module, epochs: range, sto
 def _watched(model: nn.Module) -> PhaseMonitor:
     monitor = PhaseMonitor(_bench(model), eps=0.1, total_epochs=5, warmup_epochs=4,
                            attack=PGD(0.1, steps=2, random_start=False))
-    monitor.evaluate_with(model, _data(120, 1), _data(60, 2), train_subset=48)
+    monitor.evaluate_with(model, _data(120, 1), _data(60, 2), train_subset=48, budget=math.inf)  # every epoch
     return monitor
 
 

@@ -99,7 +99,7 @@ def test_a_collapsed_run_at_chance_level_is_not_learning_not_above_eps_star(capl
             p.zero_()
     monitor = _monitor()
     monitor.update(torch.tensor(math.log(4)), batch_size=64)
-    monitor.evaluate_with(model, _data(64, seed=1), _data(32, seed=2), train_subset=None)
+    monitor.evaluate_with(model, _data(64, seed=1), _data(32, seed=2), train_subset=None, budget=math.inf)
     with caplog.at_level("WARNING", logger="advhooks"):
         report = monitor.epoch_end()
     assert report.regime == NOT_LEARNING and not report.should_stop and report.ratio > 1.5

@@ -15,6 +15,8 @@ from torch import nn
 
 from .._distributed import is_main_process
 from ..attacks import Attack
+from ..plotting import plot_run
+from .budget import DEFAULT_BUDGET, SELECTION_STEPS
 from .comparison import BenchmarkComparison
 from .health import RunHealth
 from .history import EpochHistory
@@ -79,19 +81,22 @@ class PhaseMonitor(MonitorSettings):
     def update(self, output: Any, batch_size: int | None = None) -> None:
         """Add one batch: a :class:`~advhooks.StepOutput`, or a mean loss tensor and its batch size. No host sync: the
         sums stay on the device until :meth:`epoch_end`; a NaN/inf batch is counted apart, out of the mean."""
-        loss, n, eps = batch_loss(output, batch_size)
+        loss, n, eps, passes = batch_loss(output, batch_size, self.attack)
         if eps is not None:
             self.last_eps = eps
         self._health.see(output)
-        self._sums.add(loss, n)
+        self._sums.add(loss, n, passes)
 
     def evaluate_with(self, model: nn.Module, train_data: Any, test_data: Any = None, *,
-                      attack: Attack | None = None, train_subset: int | None = 512, test_subset: int | None = None,
-                      seed: int = 0, batch_size: int = 256, device: Any = None) -> None:
-        """Let the monitor evaluate θ̂ and the paper's R̂ itself: each epoch the adversarial test loss on
-        ``test_data`` (unless the loop passes ``epoch_end(adv_test_loss=...)``); when it is the smallest so far,
+                      attack: Attack | None = None, train_subset: int | None = 512, test_subset: int | None = 1000,
+                      seed: int = 0, batch_size: int = 256, device: Any = None, budget: float = DEFAULT_BUDGET,
+                      selection_steps: int = SELECTION_STEPS) -> None:
+        """Let the monitor evaluate θ̂ and the paper's R̂ itself: the adversarial test loss on a fixed ``test_subset``
+        of ``test_data`` (unless the loop passes ``epoch_end(adv_test_loss=...)``); when it is the smallest so far,
         the current weights are θ̂, and R̂(θ̂, ε) is evaluated at those fixed weights on a fixed random
-        ``train_subset`` of ``train_data`` (its sampling error enters the band; ``None``: the whole set).
+        ``train_subset`` of ``train_data`` (its sampling error enters the band; ``None``: the whole set). Both while
+        they cost at most ``budget`` of the training passes (:mod:`~advhooks.monitor.budget`; the last planned epoch
+        always), R̂ first; θ̂'s test loss uses ``selection_steps`` attack steps.
 
         Args:
             model / train_data / test_data: the model being trained; datasets without augmentation (``test_data``
@@ -100,10 +105,11 @@ class PhaseMonitor(MonitorSettings):
                 epoch's ε with bounds (0, 1) and no normalisation (pass one for normalised inputs).
             train_subset / test_subset / seed: subset sizes (``None``: the whole set), drawn once with ``seed``,
                 which also keys each sample's random start (the same R̂ on any number of processes).
-            batch_size / device: for the evaluation passes.
+            batch_size / device / budget / selection_steps: for the evaluation passes (``budget``: a share of the
+                training passes, ``math.inf``: every epoch).
         """
         evaluation = Evaluation.build(model, train_data, test_data, attack or self.attack, train_subset, test_subset,
-                                      seed, batch_size, device)
+                                      seed, batch_size, device, selection_steps, budget)
         self._comparison.check_evaluated(model, train_data)  # (strict: raises before the evaluation is used)
         self._risk.evaluation = evaluation
 
@@ -136,11 +142,11 @@ class PhaseMonitor(MonitorSettings):
         self._sums.reset()
         self._comparison.check_fed_batch(totals["largest_batch"])
         mean = total / count if count > 0 else math.nan
-        test_loss = self._risk.test_loss(adv_test_loss, self.last_eps, self.reducer)
+        due = self.epoch + 1 >= min(self.warmup_epochs, self.total_epochs or self.warmup_epochs)  # R̂ of θ̂'s weights
+        test_loss = self._risk.close_epoch(self.epoch + 1, self.total_epochs, adv_test_loss, self.history.test_losses,
+                                           mean, passes=totals["passes"], due=due, eps=self.last_eps,
+                                           reducer=self.reducer)
         self.history.append(mean, self.clean_test_loss, test_loss)
-        due = self.epoch >= min(self.warmup_epochs, self.total_epochs or self.warmup_epochs)  # R̂ of θ̂'s weights
-        self._risk.update(self.epoch, test_loss, self.history.test_losses[:-1], mean, due=due, eps=self.last_eps,
-                          reducer=self.reducer)
         probe = None
         if self._probe is not None and self._probe.due(self.epoch):
             probe, self.eps_star_lower_bound = self._probe.run(self.clean_test_loss, self.eps_star_lower_bound,
@@ -183,9 +189,7 @@ class PhaseMonitor(MonitorSettings):
 
     def evaluate_rhat(self) -> bool:
         """Evaluate R̂ at θ̂'s kept weights now if pending (every process calls it); returns whether it evaluated."""
-        pending = self._risk.pending
-        self._risk.settle(due=True, eps=self.last_eps, reducer=self.reducer)
-        return pending
+        return self._risk.settle(due=True, eps=self.last_eps, reducer=self.reducer)
 
     def record(self) -> dict[str, Any]:
         """The run as plain JSON values (:func:`~advhooks.monitor.record.run_record`), for ``--method records``; it
@@ -203,8 +207,6 @@ class PhaseMonitor(MonitorSettings):
 
     def plot(self, path: str | os.PathLike) -> Path:
         """Draw the run (:meth:`record`): running mean, adversarial test loss and R̂ of θ̂ against R*(0), with bands."""
-        from ..plotting import plot_run
-
         return plot_run(self.record(), self.clean_test_loss, self._r_star.interval(self.level), path)
 
     def state_dict(self) -> dict[str, Any]:

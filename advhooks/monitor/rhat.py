@@ -3,6 +3,7 @@ and its adversarial training loss at those fixed weights, evaluated on a fixed t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -18,8 +19,9 @@ from .._validation import check_loss, check_positive_int
 from ..attacks import PGD, Attack, unwrap_parallel
 from ..evaluation import FixedSubset, evaluate_adversarial_loss
 from ..uncertainty import MeanEstimate
+from .budget import DEFAULT_BUDGET, SELECTION_STEPS, EvaluationBudget, check_budget, evaluation_passes
 
-__all__ = ["EarlyStoppedRisk", "Evaluation", "rhat_estimates"]
+__all__ = ["EarlyStoppedRisk", "Evaluation", "evaluation_options", "rhat_estimates"]
 
 
 @dataclass
@@ -35,11 +37,13 @@ class Evaluation:
     batch_size: int
     device: Any
     seed: int = 0
+    selection_steps: int = SELECTION_STEPS
+    budget: float = DEFAULT_BUDGET  # the share of the training passes the evaluations may cost
 
     @classmethod
     def build(cls, model: nn.Module, train_data: Any, test_data: Any, attack: Attack | None,
               train_subset: int | None, test_subset: int | None, seed: int, batch_size: int,
-              device: Any) -> Evaluation:
+              device: Any, selection_steps: int = SELECTION_STEPS, budget: float = DEFAULT_BUDGET) -> Evaluation:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         model = unwrap_parallel(model)  # every rank holds the same weights: no DDP forward, no gradient hooks
@@ -51,21 +55,57 @@ class Evaluation:
         subsets = [None if size is None else FixedSubset(check_positive_int("subset size", size), seed)
                    for size in (train_subset, test_subset)]
         return cls(model, train_data, test_data, attack, subsets[0], subsets[1],
-                   check_positive_int("batch_size", batch_size), device, int(seed))
+                   check_positive_int("batch_size", batch_size), device, int(seed),
+                   check_positive_int("selection_steps", selection_steps), check_budget(budget))
 
     def attack_at(self, eps: float | None) -> Attack:
         """The evaluation attack: the one given, else PGD-10 in L∞ at the epoch's ε."""
         return self.attack if self.attack is not None else PGD(eps or 0.0, steps=10)
 
+    def selection_attack_at(self, eps: float | None) -> Attack:
+        """The attack of the adversarial test loss that chooses θ̂: the evaluation attack with at most
+        ``selection_steps`` steps, and the default step size for that many."""
+        attack = self.attack_at(eps)
+        if attack.steps <= self.selection_steps:
+            return attack
+        return Attack(dataclasses.replace(attack.config, steps=self.selection_steps, step_size=None))
+
+    def passes(self, eps: float | None) -> dict[str, int]:
+        """Planned passes of one test-loss evaluation (``"test"``) and one R̂ evaluation with its clean loss
+        (``"rhat"``); 0 where the number of samples is not known before evaluating (an iterable)."""
+        return {"test": _samples(self.test_data, self.test_subset) * evaluation_passes(
+                    self.selection_attack_at(eps).steps),
+                "rhat": _samples(self.train_data, self.train_subset) * evaluation_passes(self.attack_at(eps).steps, 1)}
+
     def adversarial_loss(self, data: Any, subset: FixedSubset | None, eps: float | None,
-                         reducer: Reducer | None) -> MeanEstimate:
+                         reducer: Reducer | None, attack: Attack | None = None) -> MeanEstimate:
         """The mean adversarial loss of the model's current weights on the fixed subset of ``data``, the work
         shared between the processes: the same samples, each with its own random start drawn from
-        ``(seed, index, ε)``, so the same estimate whatever their number and whatever training drew."""
-        estimate, _ = evaluate_adversarial_loss(self.model, data, self.attack_at(eps), eps=eps, subset=subset,
-                                                batch_size=self.batch_size, device=self.device,
-                                                split=_splittable(data), reducer=reducer, seed=self.seed)
+        ``(seed, index, ε)``, so the same estimate whatever their number and whatever training drew; the global
+        random generators are left as they were, so that training draws the same with or without the monitor."""
+        cuda = [d for d in {p.device for p in self.model.parameters()} if d.type == "cuda"]
+        with torch.random.fork_rng(devices=cuda):  # (a loader draws its seed: training's random stream stays its own)
+            estimate, _ = evaluate_adversarial_loss(self.model, data, attack or self.attack_at(eps), eps=eps,
+                                                    subset=subset, batch_size=self.batch_size, device=self.device,
+                                                    split=_splittable(data), reducer=reducer, seed=self.seed)
         return estimate
+
+
+def evaluation_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """An adapter's ``eval_options``: keyword options of :meth:`PhaseMonitor.evaluate_with` (``None``: none), checked
+    by name here so that a misspelt one fails when the adapter is built, not at the first epoch."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"eval_options must be a mapping of evaluate_with's options, got {type(options).__name__}")
+    unknown = set(options) - EVALUATE_OPTIONS
+    if unknown:
+        raise ValueError(f"eval_options: unknown {sorted(unknown)}; evaluate_with takes {sorted(EVALUATE_OPTIONS)}")
+    return dict(options)
+
+
+EVALUATE_OPTIONS = frozenset({"attack", "train_subset", "test_subset", "seed", "batch_size", "device", "budget",
+                              "selection_steps"})
 
 
 def rhat_estimates(rhat: Mapping[str, Any]) -> tuple[MeanEstimate, MeanEstimate | None]:
@@ -76,6 +116,16 @@ def rhat_estimates(rhat: Mapping[str, Any]) -> tuple[MeanEstimate, MeanEstimate 
     return (MeanEstimate(float(rhat["mean"]), float(rhat.get("stderr") or 0.0), n, population),
             None if clean is None else MeanEstimate(float(clean), float(rhat.get("clean_stderr") or 0.0), n,
                                                     population))
+
+
+def _samples(data: Any, subset: FixedSubset | None) -> int:
+    """How many samples an evaluation of ``data`` (a Dataset or a loader of one) reads; 0 when unknown."""
+    dataset = data if isinstance(data, Dataset) else getattr(data, "dataset", None)
+    try:
+        population = len(dataset)
+    except TypeError:
+        return 0
+    return population if subset is None else min(subset.size, population)
 
 
 def _splittable(data: Any) -> bool:
@@ -94,6 +144,7 @@ class EarlyStoppedRisk:
 
     def __init__(self) -> None:
         self.evaluation: Evaluation | None = None
+        self.budget = EvaluationBudget()
         self.reset()
 
     def reset(self) -> None:
@@ -101,15 +152,55 @@ class EarlyStoppedRisk:
         self.theta_hat_weights: dict[str, torch.Tensor] | None = None  # a copy of θ̂'s state dict, on its device
         self._pending = False  # θ̂'s fixed-weights R̂ is not evaluated yet
         self.seconds = {"test": 0.0, "rhat": 0.0}  # wall time of the monitor's own evaluations
+        self.budget.trained = self.budget.spent = 0.0
+        self.budget.first_rhat_owed = True
+        self._costs = {"test": 0, "rhat": 0}  # passes of one evaluation of each: planned, else the last measured
+
+    def close_epoch(self, number: int, total_epochs: int | None, given: float | None, earlier: Sequence[float | None],
+                    running_mean: float, *, passes: float, due: bool, eps: float | None,
+                    reducer: Reducer | None) -> float | None:
+        """The monitor's evaluations at the end of epoch ``number`` (its training ``passes`` counted): a pending R̂ of an
+        earlier θ̂ first (the verdict reads it), then the test loss and θ̂'s move (:meth:`update`); each while the budget
+        affords it, and all of them at the last planned epoch or with no plan. Returns the test loss (``None``: not
+        known this epoch)."""
+        final = total_epochs is None or number >= total_epochs
+        self._open_epoch(passes, eps, planned_end=total_epochs is not None)
+        self.settle(due=due, eps=eps, reducer=reducer, forced=final)
+        test_loss = self.test_loss(given, eps, reducer, final=final, due=due)
+        self.update(number, test_loss, earlier, running_mean, due=due, eps=eps, reducer=reducer, final=final)
+        return test_loss
+
+    def _open_epoch(self, trained_passes: float, eps: float | None, planned_end: bool) -> None:
+        """Count the epoch's training passes and reserve what the last planned epoch's evaluations will cost."""
+        self.budget.trained += trained_passes
+        if self.evaluation is not None:
+            self.budget.share = self.evaluation.budget
+            planned = self.evaluation.passes(eps)
+            self._costs = {k: planned[k] or self._costs[k] for k in planned}
+        owed = self._costs["test"] * self._evaluates_test + self._costs["rhat"] * self.evaluates_rhat
+        self.budget.owed = (owed + self._costs["rhat"] * self.evaluates_rhat * self.budget.first_rhat_owed
+                            if planned_end else 0.0)
+
+    @property
+    def _evaluates_test(self) -> bool:
+        return self.evaluation is not None and self.evaluation.test_data is not None
+
+    def _spend(self, kind: str, estimate: MeanEstimate, per_sample: int, started: float) -> None:
+        self.seconds[kind] += time.perf_counter() - started
+        self._costs[kind] = self._costs[kind] or int(estimate.n) * per_sample
+        self.budget.spent += int(estimate.n) * per_sample
 
     @property
     def evaluates_rhat(self) -> bool:
         """Whether R̂ at θ̂'s fixed weights can be evaluated (a model and training data were given)."""
         return self.evaluation is not None and self.evaluation.train_data is not None
 
-    def test_loss(self, given: float | None, eps: float | None, reducer: Reducer | None = None) -> float | None:
+    def test_loss(self, given: float | None, eps: float | None, reducer: Reducer | None = None,
+                  final: bool = True, due: bool = False) -> float | None:
         """The epoch's adversarial test loss: the loop's (its mean over the processes, so that every process decides
-        θ̂ alike), else evaluated when test data was given."""
+        θ̂ alike), else evaluated under the selection attack when test data was given and the budget affords it
+        (always at the ``final`` epoch; once R̂ is ``due``, only when it also affords the R̂ of a θ̂ it moves, so
+        that the verdict never reads a new θ̂'s running mean); ``None``: not known this epoch."""
         if given is not None:
             given = check_loss("adv_test_loss", given)  # NaN or inf: the run diverged, recorded, not raised
             if reducer is None and world_size() == 1:
@@ -117,23 +208,25 @@ class EarlyStoppedRisk:
             total, count = sum_across_processes(torch.tensor([given, 1.0], dtype=torch.float64), reducer).tolist()
             return total / count
         ev = self.evaluation
-        if ev is None or ev.test_data is None:
+        cost = self._costs["test"] + (self._costs["rhat"] if due and self.evaluates_rhat else 0)
+        if not self._evaluates_test or not (final or self.budget.affords(cost)):
             return None
         started = time.perf_counter()
-        mean = ev.adversarial_loss(ev.test_data, ev.test_subset, eps, reducer).mean
-        self.seconds["test"] += time.perf_counter() - started
-        return mean
+        attack = ev.selection_attack_at(eps)
+        estimate = ev.adversarial_loss(ev.test_data, ev.test_subset, eps, reducer, attack)
+        self._spend("test", estimate, evaluation_passes(attack.steps), started)
+        return estimate.mean
 
     def update(self, epoch: int, test_loss: float | None, earlier: Sequence[float | None], running_mean: float,
-               *, due: bool, eps: float | None, reducer: Reducer | None = None) -> None:
+               *, due: bool, eps: float | None, reducer: Reducer | None = None, final: bool = True) -> None:
         """θ̂ moves to ``epoch`` when its adversarial test loss is finite and the smallest so far (``earlier``: the
         others; an epoch whose test loss or running mean is NaN or inf never becomes θ̂).
 
         Its weights are kept (``theta_hat_weights``: a copy on their device, no host sync, moved to the CPU once
         its R̂ is evaluated; what ``save_record(weights=True)`` writes) and R̂ at those fixed weights is
         evaluated when ``due`` (after the warm-up, at the last planned epoch, or for a record: early epochs
-        improve nearly every time and the verdict is provisional then anyway). Until then the verdict uses
-        θ̂'s running mean.
+        improve nearly every time and the verdict is provisional then anyway) and the budget affords it (always at
+        the ``final`` epoch). Until then the verdict uses θ̂'s running mean.
         """
         known = [t for t in earlier if t is not None and math.isfinite(t)]
         finite = test_loss is not None and math.isfinite(test_loss) and math.isfinite(running_mean)
@@ -143,7 +236,7 @@ class EarlyStoppedRisk:
             if self.evaluates_rhat:
                 self.theta_hat_weights = {k: v.detach().clone() for k, v in self.evaluation.model.state_dict().items()}
                 self._pending = True
-        self.settle(due=due, eps=eps, reducer=reducer)
+        self.settle(due=due, eps=eps, reducer=reducer, forced=final)
 
     def kept_weights(self) -> dict[str, torch.Tensor]:
         """θ̂'s weights, or a ValueError when there are none (the monitor keeps them only when it evaluates)."""
@@ -153,11 +246,14 @@ class EarlyStoppedRisk:
                              "start or a resume (load_state_dict restores the record, not the weights)")
         return self.theta_hat_weights
 
-    def settle(self, *, due: bool, eps: float | None, reducer: Reducer | None = None) -> None:
-        """Evaluate the pending R̂ of θ̂'s kept weights when it is ``due``."""
+    def settle(self, *, due: bool, eps: float | None, reducer: Reducer | None = None, forced: bool = True) -> bool:
+        """Evaluate the pending R̂ of θ̂'s kept weights when it is ``due`` and ``forced`` or the budget affords it;
+        returns whether it evaluated."""
         ev, weights = self.evaluation, self.theta_hat_weights
         if not self._pending or weights is None or ev is None or not due:
-            return
+            return False
+        if not (forced or self.budget.first_rhat_owed or self.budget.affords(self._costs["rhat"])):
+            return False
         started = time.perf_counter()
         current = {k: v.detach().clone() for k, v in ev.model.state_dict().items()}
         try:
@@ -166,12 +262,13 @@ class EarlyStoppedRisk:
             clean = ev.adversarial_loss(ev.train_data, ev.train_subset, 0.0, reducer)  # (one forward pass: "learning?")
         finally:
             ev.model.load_state_dict(current)
-        self.seconds["rhat"] += time.perf_counter() - started
+        self._spend("rhat", est, evaluation_passes(ev.attack_at(eps).steps, 1), started)
         self.rhat.update(mean=est.mean, stderr=est.stderr, n=est.n, population=est.population, kind="fixed weights",
                          clean_mean=clean.mean, clean_stderr=clean.stderr)
-        self._pending = False
+        self._pending, self.budget.first_rhat_owed = False, False
         # Kept for save_record(weights=True), off the accelerator: no second copy of the model there all run.
         self.theta_hat_weights = {k: v.to("cpu") for k, v in weights.items()}
+        return True
 
     @property
     def pending(self) -> bool:
@@ -181,7 +278,7 @@ class EarlyStoppedRisk:
     def state_dict(self) -> dict[str, Any]:
         """θ̂'s record and, while its R̂ is pending, its weights (CPU tensors: what a resume needs to evaluate
         it); once R̂ is evaluated only plain values."""
-        state: dict[str, Any] = {"rhat": None if self.rhat is None else dict(self.rhat)}
+        state: dict[str, Any] = {"rhat": None if self.rhat is None else dict(self.rhat), **self.budget.state_dict()}
         if self._pending and self.theta_hat_weights is not None:
             state["theta_hat_weights"] = {k: v.detach().to("cpu") for k, v in self.theta_hat_weights.items()}
         return state
@@ -189,6 +286,7 @@ class EarlyStoppedRisk:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (θ̂'s weights go back to the model's device when it is known)."""
         self.rhat = None if state.get("rhat") is None else dict(state["rhat"])
+        self.budget.load_state_dict(state)
         weights = state.get("theta_hat_weights")
         self._pending = weights is not None
         if weights is not None:

@@ -18,11 +18,12 @@ from .._distributed import is_distributed, rank, sum_across_processes, world_siz
 __all__ = ["EpochSums", "batch_loss", "classes_of"]
 
 # Declared once: reset to 0, summed across ranks, saved and restored.
-SUMS = ("loss_sum", "count", "nonfinite")
+SUMS = ("loss_sum", "count", "nonfinite", "passes")  # passes: training passes, Σ batch × StepOutput.passes
 
 
-def batch_loss(output: Any, batch_size: int | None) -> tuple[torch.Tensor, int, float | None]:
-    """``(mean loss, batch size, ε)`` of one batch: a :class:`~advhooks.StepOutput`, or a loss and its size."""
+def batch_loss(output: Any, batch_size: int | None, attack: Any = None) -> tuple[torch.Tensor, int, float | None, int]:
+    """``(mean loss, batch size, ε, training passes per sample)`` of one batch: a :class:`~advhooks.StepOutput`, or a
+    loss and its size (passes then taken as a step of ``attack``, the monitor's, and the update: 22 for PGD-10)."""
     eps = None
     if hasattr(output, "adv_loss") and hasattr(output, "batch_size"):
         loss, n = output.adv_loss, output.batch_size
@@ -34,7 +35,9 @@ def batch_loss(output: Any, batch_size: int | None) -> tuple[torch.Tensor, int, 
         loss, n = output, batch_size
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {n!r}")
-    return (loss if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))), n, eps
+    passes = getattr(output, "passes", None)
+    passes = 2 * (attack.steps if attack is not None else 10) + 2 if passes is None else passes
+    return (loss if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))), n, eps, passes
 
 
 def classes_of(output: Any) -> int | None:
@@ -47,7 +50,8 @@ def classes_of(output: Any) -> int | None:
 
 
 class EpochSums:
-    """Sums of the epoch's finite losses (× batch size), their sample count, and the samples of NaN/inf batches."""
+    """Sums of the epoch's finite losses (× batch size), their sample count, the samples of NaN/inf batches, and the
+    training passes of all of them (what the monitor's evaluation budget is a share of)."""
 
     def __init__(self) -> None:
         self.reset()
@@ -62,14 +66,15 @@ class EpochSums:
         seen = _packed([self.values[name] for name in ("count", "nonfinite")])
         return float(sum_across_processes(seen, reducer).sum()) > 0
 
-    def add(self, loss: torch.Tensor, n: int) -> None:
-        """One batch's mean loss (a one-value tensor) and its size; a NaN/inf loss is counted apart."""
+    def add(self, loss: torch.Tensor, n: int, passes: float = 0.0) -> None:
+        """One batch's mean loss (a one-value tensor), its size and its training passes per sample; a NaN/inf loss is
+        counted apart."""
         loss = loss.detach().to(torch.float64)
         if loss.numel() != 1:
             raise ValueError(f"update() needs the batch's mean loss (one value), got shape {tuple(loss.shape)}")
         finite = torch.isfinite(loss)
         added = {"loss_sum": torch.where(finite, loss * n, 0.0), "count": finite.to(torch.float64) * n,
-                 "nonfinite": (~finite).to(torch.float64) * n}
+                 "nonfinite": (~finite).to(torch.float64) * n, "passes": float(n * passes)}
         for name in SUMS:
             self.values[name] = self.values[name] + added[name]
         self.largest_batch = max(self.largest_batch, n)
@@ -114,14 +119,14 @@ class EpochSums:
         self.reset()
         by_rank = state.get("open_by_rank")
         if by_rank is not None:
-            rows = [[float(v) for v in row] for row in by_rank]
+            rows = [[float(v) for v in row] + [0.0] * (len(SUMS) - len(row)) for row in by_rank]  # (older: no passes)
             if len(rows) == world_size():
                 row, self.by_rank = rows[rank()], rows  # (still every rank's sums until the next batch)
             else:
                 row = [sum(col) for col in zip(*rows, strict=True)] if rank() == 0 else [0.0] * len(SUMS)
             self.values = dict(zip(SUMS, row, strict=True))
         elif not is_distributed() or int(state.get("rank", 0)) == rank():
-            self.values = {name: float(state[f"open_{name}"]) for name in SUMS}
+            self.values = {name: float(state.get(f"open_{name}", 0.0)) for name in SUMS}
 
     @staticmethod
     def lost_on_resume(state: Mapping[str, Any]) -> bool:
