@@ -135,3 +135,27 @@ def test_the_standard_suite_refuses_non_image_inputs_before_any_attack_runs():
     assert not calls
     assert robust_accuracy(model, TensorDataset(torch.rand(5, 4), torch.zeros(5, dtype=torch.long)), 0.1,
                            suite="apgd").n == 5
+
+
+def _second_target_only() -> torch.nn.Module:
+    """Four classes on two inputs: class 0 wins at (0.5, 0.5); class 1, the most likely other one, is a constant
+    no perturbation reaches; class 2 overtakes class 0 once the first input grows by 0.1."""
+    net = torch.nn.Linear(2, 4)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 0.0], [0.0, 0.0]]))
+        net.bias.copy_(torch.tensor([1.0, 0.9, -2.0, 0.0]))
+    return net.eval()
+
+
+@pytest.mark.parametrize("kind", ["apgd-t", "fab-t"])
+@pytest.mark.parametrize("rows", [1, 2048])  # one target per run (the old sequential order) or all of them together
+def test_a_target_after_the_first_breaks_what_the_first_cannot(kind, rows, monkeypatch):
+    import advhooks.robustness as robustness
+
+    monkeypatch.setattr(robustness, "TARGET_ROWS", rows)
+    x, y = torch.full((3, 2), 0.5), torch.zeros(3, dtype=torch.long)
+    model = _second_target_only()
+    adv, masks = attack_batch(model, x, y, 0.15, suite=[robustness.SuiteAttack(kind, kind, 20, targets=3)],
+                              bounds=None)
+    assert not masks[kind].any()  # all three broken, by the second target
+    assert (model(adv).argmax(1) == 2).all() and float((adv - x).abs().max()) <= 0.15 + 1e-6
