@@ -191,6 +191,23 @@ def _label_check(device: torch.device) -> dict:
     return {"refused": False, "message": "an out-of-range label was not refused"}
 
 
+def _graph_cache(device: torch.device) -> dict:
+    """An ε schedule over 100 steps with cuda_graph=True: the captures stay at most MAX_CAPTURES."""
+    from advhooks import linear_warmup
+    from advhooks.attacks.graphs import MAX_CAPTURES
+
+    if device.type != "cuda":
+        return {"captures": "not run (needs CUDA)", "bound": MAX_CAPTURES}
+    model = MnistCNN().to(device)
+    x, y = torch.rand(32, 1, 28, 28, device=device), torch.randint(0, 10, (32,), device=device)
+    attack = PGD(linear_warmup(EPS, 100), steps=3, cuda_graph=True, out_of_bounds="clamp")
+    most = 0
+    for step in range(100):
+        attack(model, x, y, step=step)
+        most = max(most, len(attack._graphs))
+    return {"captures": most, "bound": MAX_CAPTURES, "ok": most <= MAX_CAPTURES}
+
+
 def _markdown(results: dict) -> str:
     keys = ["pgd/10U", "ta/pgd", "bf16/pgd", "cl/pgd", "compile/pgd", "graph/pgd", "ta/graph", "step/(10U+C)"]
     lines = [f"GPU check on {results['device_name']} (torch {results['torch']}), medians [min-max] of paired rounds",
@@ -225,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
                or platform.machine(), "speed": []}
     # The checks first: they take seconds, and a timeout in the timings must not cost them.
-    for name, check in (("host_syncs", _host_syncs), ("label_check", _label_check)):
+    for name, check in (("host_syncs", _host_syncs), ("label_check", _label_check), ("graph_cache", _graph_cache)):
         try:
             results[name] = check(device)
         except Exception as err:  # noqa: BLE001 - recorded, and the exit status says so

@@ -95,3 +95,21 @@ def test_an_attack_takes_criterion_and_not_the_old_name_objective(batch):
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("advhooks.attacks.objectives")
 
+
+
+def test_the_cuda_graph_cache_keeps_the_most_recent_captures_under_an_eps_schedule(caplog):
+    # The cache of GraphedAttack itself (a capture needs a GPU: benchmarks/gpu_check.py runs the real one): 100
+    # distinct ε values, as a schedule gives, keep at most MAX_CAPTURES, the most recently used, and warn once.
+    from advhooks.attacks.graphs import MAX_CAPTURES, GraphedAttack
+
+    graphs, made = GraphedAttack(), []
+    with caplog.at_level("WARNING", logger="advhooks"):
+        for step in range(100):
+            eps = 8 / 255 * min(1.0, step / 50)
+            key = ("model", (128, 3, 32, 32), eps)
+            assert graphs.cached(key, lambda k=key: made.append(k) or k) == key
+            assert graphs.cached(("model", (256, 3, 32, 32), 8 / 255), lambda: made.append("8/255") or "8/255")
+    assert len(graphs) <= MAX_CAPTURES
+    assert made.count("8/255") == 1  # used at every step: never evicted, never recaptured
+    assert len(made) == 52  # the schedule's 51 distinct ε (constant from step 50) and the constant one
+    assert sum("captured" in r.getMessage() for r in caplog.records) == 1

@@ -4,7 +4,9 @@ For small models eager PyTorch is launch-bound: each of the k iterations launche
 Python. Capturing the loop once per batch shape (static input, target and δ buffers; the random start
 drawn inside the graph from the CUDA generator) and replaying it launches them all at once. The model's
 parameters and buffers are read where they live, so the graph follows the optimiser's in-place updates;
-a new batch shape (or dtype, ε, ...) is captured anew, and the captures are cached on the attack.
+a new batch shape (or dtype, ε, ...) is captured anew, and the captures are cached on the attack, the
+:data:`MAX_CAPTURES` most recently used: an ε schedule that changes ε at every step recaptures at every step
+(it gains nothing from the graph, and a warning says so once) but holds no more than that many graphs.
 
 What the graph path does not do, and says so: CPU inputs, ``restarts > 1``, ``model_kwargs`` and an
 explicit ``generator``. The input checks (NaN, bounds, label range) still cost one host read per call,
@@ -14,6 +16,9 @@ updating them in place) needs a new attack object.
 
 from __future__ import annotations
 
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +33,12 @@ from .functional import apply_delta, ascent, delta_box
 from .model_state import attack_mode, autocast_loss_scale
 from .norms import random_in_ball_
 
-__all__ = ["GraphedAttack"]
+__all__ = ["MAX_CAPTURES", "GraphedAttack"]
+
+MAX_CAPTURES = 8
+"""CUDA-graph captures kept per attack (each holds its graph's memory and static buffers)."""
+
+log = logging.getLogger("advhooks.attacks")
 
 _WARMUP_ITERATIONS = 3  # CUDA graphs want the kernels' lazy setup done on a side stream before capture
 
@@ -47,10 +57,28 @@ class GraphedAttack:
     :class:`AttackConfig`, so a changed setting is a new config and a new capture)."""
 
     def __init__(self) -> None:
-        self._captures: dict[tuple, _Capture] = {}
+        self._captures: OrderedDict[tuple, Any] = OrderedDict()
+        self.evicted = 0  # captures dropped for newer ones
 
     def __len__(self) -> int:
         return len(self._captures)
+
+    def cached(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """The capture under ``key``, made by ``make`` when missing; the least recently used one is dropped beyond
+        :data:`MAX_CAPTURES`."""
+        capture = self._captures.get(key)
+        if capture is not None:
+            self._captures.move_to_end(key)
+            return capture
+        capture = self._captures[key] = make()
+        while len(self._captures) > MAX_CAPTURES:
+            self._captures.popitem(last=False)
+            self.evicted += 1
+            if self.evicted == MAX_CAPTURES:
+                log.warning("cuda_graph=True has captured %d graphs for new settings (an eps schedule, changing batch "
+                            "shapes): each new one is captured anew, which costs more than it saves; use "
+                            "cuda_graph=True with a constant eps and batch shape", 2 * MAX_CAPTURES)
+        return capture
 
     def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, config: AttackConfig, *,
                  eps: float | None = None, step: int = 0, criterion: Criterion | None = None,
@@ -64,10 +92,8 @@ class GraphedAttack:
         placed = domain.place(inputs)
         key = (id(model), tuple(inputs.shape), inputs.dtype, inputs.device, tuple(targets.shape), targets.dtype,
                eps, id(criterion), input_key, id(config))
-        capture = self._captures.get(key)
-        if capture is None:
-            capture = self._captures[key] = self._capture(model, inputs, targets, config, eps, criterion, placed,
-                                                          input_key)
+        capture = self.cached(key, lambda: self._capture(model, inputs, targets, config, eps, criterion, placed,
+                                                         input_key))
         if config.out_of_bounds == "clamp":
             if domain.is_bounded:
                 inputs = torch.clamp(inputs, placed.input_low, placed.input_high)
