@@ -53,6 +53,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from advhooks._distributed import BATCHNORM_NOTE, unsynced_batchnorm
+from advhooks._files import write_json_atomic
 from advhooks.attacks import Attack
 from advhooks.monitor import PhaseMonitor, PhaseReport
 from advhooks.monitor.record import write_weights
@@ -192,10 +193,7 @@ class AcceleratedAdversarialTraining:
                 write_weights(location / WEIGHTS_FILE, weights)
             else:  # (a folder saved into before must not hand back weights that are no longer pending)
                 (location / WEIGHTS_FILE).unlink(missing_ok=True)
-        path = location / STATE_FILE.format(rank=rank)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, path)
+        write_json_atomic(location / STATE_FILE.format(rank=rank), state)
         return location
 
     def load_state(self, input_dir: str | os.PathLike, **kwargs: Any) -> None:

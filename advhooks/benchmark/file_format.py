@@ -10,7 +10,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .._files import atomic_write, write_json_atomic
 from .._version import __version__
 
 __all__ = ["SCHEMA_VERSION", "BenchmarkFormatError", "check_header", "read_header", "read_tensors", "write_file",
@@ -43,17 +43,7 @@ def write_file(path: Path, record: Mapping[str, Any], weights: Mapping[str, torc
     if not tensors:  # safetensors needs at least a header; keep the file well-formed
         tensors["stats.empty"] = torch.zeros(0)
     metadata = {"format": "pt", _RECORD_KEY: json.dumps(dict(record), sort_keys=True)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
 
@@ -64,21 +54,6 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], torc
     except Exception as err:  # safetensors raises its own error types on corrupt data
         raise BenchmarkFormatError(f"{path}: cannot read tensors: {err}") from None
     return {k[len(WEIGHTS):]: v for k, v in tensors.items() if k.startswith(WEIGHTS)}, tensors.get(TEST_LOSSES)
-
-
-def write_json_atomic(path: str | os.PathLike, value: Any) -> Path:
-    """Write ``value`` as JSON through a temporary file renamed into place (parent folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(value, fh, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 _REQUIRED_VALUES = ("clean_test_loss", "clean_test_accuracy", "n_test")

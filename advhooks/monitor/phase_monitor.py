@@ -143,9 +143,9 @@ class PhaseMonitor(MonitorSettings):
         self._comparison.check_fed_batch(totals["largest_batch"])
         mean = total / count if count > 0 else math.nan
         due = self.epoch + 1 >= min(self.warmup_epochs, self.total_epochs or self.warmup_epochs)  # R̂ of θ̂'s weights
-        test_loss = self._risk.close_epoch(self.epoch + 1, self.total_epochs, adv_test_loss, self.history.test_losses,
-                                           mean, passes=totals["passes"], due=due, eps=self.last_eps,
-                                           reducer=self.reducer)
+        test_loss = self._risk.evaluate_epoch(self.epoch + 1, self.total_epochs, adv_test_loss,
+                                              self.history.test_losses, mean, passes=totals["passes"], due=due,
+                                              eps=self.last_eps, reducer=self.reducer)
         self.history.append(mean, self.clean_test_loss, test_loss)
         probe = None
         if self._probe is not None and self._probe.due(self.epoch):

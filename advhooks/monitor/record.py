@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .._files import atomic_write, write_json_atomic
 from ..attacks import Attack
-from ..benchmark import benchmark_reference, model_fingerprint, write_json_atomic
+from ..benchmark import benchmark_reference, model_fingerprint
 
 if TYPE_CHECKING:
     from .phase_monitor import PhaseMonitor
@@ -65,9 +66,5 @@ def write_weights(path: str | os.PathLike, weights: dict[str, torch.Tensor]) -> 
     copied to the CPU on its own, so shared storage (tied weights) is written once per name."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}, str(tmp))
-    os.replace(tmp, path)
-    return path
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp))

@@ -156,18 +156,19 @@ class EarlyStoppedRisk:
         self.budget.first_rhat_owed = True
         self._costs = {"test": 0, "rhat": 0}  # passes of one evaluation of each: planned, else the last measured
 
-    def close_epoch(self, number: int, total_epochs: int | None, given: float | None, earlier: Sequence[float | None],
-                    running_mean: float, *, passes: float, due: bool, eps: float | None,
-                    reducer: Reducer | None) -> float | None:
+    def evaluate_epoch(self, number: int, total_epochs: int | None, given: float | None,
+                       earlier: Sequence[float | None], running_mean: float, *, passes: float, due: bool,
+                       eps: float | None, reducer: Reducer | None) -> float | None:
         """The monitor's evaluations at the end of epoch ``number`` (its training ``passes`` counted): a pending R̂ of an
-        earlier θ̂ first (the verdict reads it), then the test loss and θ̂'s move (:meth:`update`); each while the budget
-        affords it, and all of them at the last planned epoch or with no plan. Returns the test loss (``None``: not
-        known this epoch)."""
+        earlier θ̂ first (the verdict reads it), then the test loss, θ̂'s move (:meth:`keep_theta_hat`) and its R̂; each
+        while the budget affords it, and all of them at the last planned epoch or with no plan. Returns the test loss
+        (``None``: not known this epoch)."""
         final = total_epochs is None or number >= total_epochs
         self._open_epoch(passes, eps, planned_end=total_epochs is not None)
         self.settle(due=due, eps=eps, reducer=reducer, forced=final)
         test_loss = self.test_loss(given, eps, reducer, final=final, due=due)
-        self.update(number, test_loss, earlier, running_mean, due=due, eps=eps, reducer=reducer, final=final)
+        self.keep_theta_hat(number, test_loss, earlier, running_mean)
+        self.settle(due=due, eps=eps, reducer=reducer, forced=final)
         return test_loss
 
     def _open_epoch(self, trained_passes: float, eps: float | None, planned_end: bool) -> None:
@@ -217,26 +218,27 @@ class EarlyStoppedRisk:
         self._spend("test", estimate, evaluation_passes(attack.steps), started)
         return estimate.mean
 
-    def update(self, epoch: int, test_loss: float | None, earlier: Sequence[float | None], running_mean: float,
-               *, due: bool, eps: float | None, reducer: Reducer | None = None, final: bool = True) -> None:
+    def keep_theta_hat(self, epoch: int, test_loss: float | None, earlier: Sequence[float | None],
+                       running_mean: float) -> bool:
         """θ̂ moves to ``epoch`` when its adversarial test loss is finite and the smallest so far (``earlier``: the
-        others; an epoch whose test loss or running mean is NaN or inf never becomes θ̂).
+        others; an epoch whose test loss or running mean is NaN or inf never becomes θ̂); returns whether it moved.
 
-        Its weights are kept (``theta_hat_weights``: a copy on their device, no host sync, moved to the CPU once
-        its R̂ is evaluated; what ``save_record(weights=True)`` writes) and R̂ at those fixed weights is
-        evaluated when ``due`` (after the warm-up, at the last planned epoch, or for a record: early epochs
-        improve nearly every time and the verdict is provisional then anyway) and the budget affords it (always at
-        the ``final`` epoch). Until then the verdict uses θ̂'s running mean.
+        Its weights are copied (``theta_hat_weights``: on their device, no host sync, moved to the CPU once its R̂ is
+        evaluated; what ``save_record(weights=True)`` writes) and its R̂ becomes pending: :meth:`settle` evaluates
+        it at those fixed weights when it is due (after the warm-up, at the last planned epoch, or for a record:
+        early epochs improve nearly every time and the verdict is provisional then anyway). Until then the verdict
+        uses θ̂'s running mean. Nothing is evaluated here.
         """
         known = [t for t in earlier if t is not None and math.isfinite(t)]
         finite = test_loss is not None and math.isfinite(test_loss) and math.isfinite(running_mean)
-        if finite and not (known and test_loss >= min(known)):
-            self.rhat = {"epoch": epoch, "mean": running_mean, "stderr": 0.0, "n": None, "population": None,
-                         "kind": "running mean"}
-            if self.evaluates_rhat:
-                self.theta_hat_weights = {k: v.detach().clone() for k, v in self.evaluation.model.state_dict().items()}
-                self._pending = True
-        self.settle(due=due, eps=eps, reducer=reducer, forced=final)
+        if not finite or (known and test_loss >= min(known)):
+            return False
+        self.rhat = {"epoch": epoch, "mean": running_mean, "stderr": 0.0, "n": None, "population": None,
+                     "kind": "running mean"}
+        if self.evaluates_rhat:
+            self.theta_hat_weights = {k: v.detach().clone() for k, v in self.evaluation.model.state_dict().items()}
+            self._pending = True
+        return True
 
     def kept_weights(self) -> dict[str, torch.Tensor]:
         """θ̂'s weights, or a ValueError when there are none (the monitor keeps them only when it evaluates)."""
