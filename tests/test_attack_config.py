@@ -113,3 +113,32 @@ def test_the_cuda_graph_cache_keeps_the_most_recent_captures_under_an_eps_schedu
     assert made.count("8/255") == 1  # used at every step: never evicted, never recaptured
     assert len(made) == 52  # the schedule's 51 distinct ε (constant from step 50) and the constant one
     assert sum("captured" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_field_added_to_attack_config_is_a_setting_of_every_attack_and_function(monkeypatch):
+    # The attack classes and the functional forms declare no setting of their own: a field added to AttackConfig
+    # (here by a subclass standing in for the edited class) is an argument of each without another edit.
+    import inspect
+
+    import advhooks.attacks.config as config_module
+    from advhooks.attacks import APGD, FGM, PGD, fgm_perturb, pgd_perturb
+    from advhooks.attacks.functional import FGM_FUNCTION, PGD_FUNCTION
+
+    extended = dataclasses.make_dataclass(
+        "ExtendedConfig", [("momentum_decay", float, dataclasses.field(default=0.5))],
+        bases=(config_module.AttackConfig,), frozen=True)
+    monkeypatch.setattr(config_module, "AttackConfig", extended)
+    for attack in (PGD(0.1, momentum_decay=0.9), FGM(0.1, momentum_decay=0.9), APGD(0.1, momentum_decay=0.9)):
+        assert attack.config.momentum_decay == 0.9
+    assert PGD(0.1).config.momentum_decay == 0.5
+    for kind in (PGD.KIND, FGM.KIND, APGD.KIND, PGD_FUNCTION, FGM_FUNCTION):
+        assert kind.arguments()["momentum_decay"] == 0.5
+        assert "momentum_decay" in kind.signature([]).parameters
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.rand(2, 1, 2, 2), torch.tensor([0, 1])
+    for fn in (pgd_perturb, fgm_perturb):
+        assert fn(net, x, y, eps=0.1, momentum_decay=0.9).shape == x.shape
+    with pytest.raises(TypeError, match="unexpected keyword argument 'momentum_decy'"):
+        PGD(0.1, momentum_decy=0.9)
+    assert "steps" not in inspect.signature(FGM).parameters
+    assert "cuda_graph" not in inspect.signature(pgd_perturb).parameters

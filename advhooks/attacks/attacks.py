@@ -8,6 +8,7 @@ replay when ``cuda_graph=True``. Settings read and write through to the config
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,9 +17,8 @@ from torch import nn
 
 from ..schedules import EpsLike
 from .apgd import dlr_loss
-from .config import AttackConfig
+from .config import AttackConfig, AttackKind
 from .criteria import Criterion, cross_entropy
-from .domain import Bounds, Normalization
 from .functional import Watch, perturb
 from .graphs import GraphedAttack
 from .sample_noise import SampleNoise
@@ -128,7 +128,8 @@ class Attack:
 class PGD(Attack):
     """Projected gradient descent, L∞ or L2 (Madry et al. 2018).
 
-    The arguments are :class:`AttackConfig`'s, with ``step_size`` defaulting to ``2.5 * eps / steps``.
+    The arguments are :class:`AttackConfig`'s (``eps`` positional, the rest by keyword; ``step_rule="pgd"``):
+    ``step_size`` defaults to ``2.5 * eps / steps``.
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -138,23 +139,17 @@ class PGD(Attack):
         torch.Size([8, 1, 2, 2])
     """
 
-    def __init__(self, eps: EpsLike, norm: str = "linf", steps: int = 10, step_size: float | None = None,
-                 random_start: bool = True, restarts: int = 1, targeted: bool = False,
-                 criterion: Criterion | None = None, bounds: Bounds = (0.0, 1.0),
-                 normalization: Normalization = None, out_of_bounds: str = "raise", bn: str = "eval",
-                 compile: bool = False, precision: str | None = None, cuda_graph: bool = False) -> None:
-        super().__init__(AttackConfig(
-            eps, norm=norm, steps=steps, step_size=step_size, step_rule="pgd", random_start=random_start,
-            restarts=restarts, targeted=targeted, criterion=criterion, bounds=bounds,
-            normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile, precision=precision,
-            cuda_graph=cuda_graph))
+    KIND = AttackKind("PGD", fixed={"step_rule": "pgd"})
+
+    def __init__(self, eps: EpsLike, **settings: Any) -> None:
+        super().__init__(self.KIND.config(eps=eps, **settings))
 
 
 class FGM(Attack):
     """Fast gradient method: one step to the boundary of the ball; FGSM when ``norm="linf"``.
 
     With ``random_start=True`` it is FGSM-RS (Wong et al. 2020): step ``1.25 * eps`` from a uniform
-    start, projected back. Arguments as in :class:`PGD` (without ``steps``, ``restarts`` and ``cuda_graph``).
+    start, projected back. Arguments as in :class:`PGD`, but for ``steps`` (one) and ``random_start`` (off).
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -164,15 +159,10 @@ class FGM(Attack):
         True
     """
 
-    def __init__(self, eps: EpsLike, norm: str = "linf", step_size: float | None = None,
-                 random_start: bool = False, targeted: bool = False, criterion: Criterion | None = None,
-                 bounds: Bounds = (0.0, 1.0), normalization: Normalization = None,
-                 out_of_bounds: str = "raise", bn: str = "eval", compile: bool = False,
-                 precision: str | None = None) -> None:
-        super().__init__(AttackConfig(
-            eps, norm=norm, steps=1, step_size=step_size, step_rule="fgm", random_start=random_start,
-            targeted=targeted, criterion=criterion, bounds=bounds,
-            normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile, precision=precision))
+    KIND = AttackKind("FGM", fixed={"steps": 1, "step_rule": "fgm"}, defaults={"random_start": False})
+
+    def __init__(self, eps: EpsLike, **settings: Any) -> None:
+        super().__init__(self.KIND.config(eps=eps, **settings))
 
 
 class APGD(Attack):
@@ -194,21 +184,16 @@ class APGD(Attack):
 
     CRITERIA = {"ce": cross_entropy, "dlr": dlr_loss}
 
-    def __init__(self, eps: EpsLike, norm: str = "linf", steps: int = 100, criterion: str | Criterion = "ce",
-                 random_start: bool = True, restarts: int = 1, targeted: bool = False, bounds: Bounds = (0.0, 1.0),
-                 normalization: Normalization = None, out_of_bounds: str = "raise", bn: str = "eval",
-                 compile: bool = False, precision: str | None = None, cuda_graph: bool = False,
-                 eot: int = 1) -> None:
+    KIND = AttackKind("APGD", fixed={"step_rule": "apgd"}, defaults={"steps": 100, "criterion": "ce"})
+
+    def __init__(self, eps: EpsLike, **settings: Any) -> None:
+        criterion = settings.pop("criterion", "ce")
         if isinstance(criterion, str):
             if criterion not in self.CRITERIA:
                 raise ValueError(f"criterion must be one of {', '.join(map(repr, self.CRITERIA))} or a per-sample "
                                  f"criterion, got {criterion!r}")
             criterion = self.CRITERIA[criterion]
-        super().__init__(AttackConfig(
-            eps, norm=norm, steps=steps, step_rule="apgd", random_start=random_start, restarts=restarts,
-            targeted=targeted, criterion=criterion, bounds=bounds, normalization=normalization,
-            out_of_bounds=out_of_bounds, bn=bn, compile=compile, precision=precision, cuda_graph=cuda_graph,
-            eot=eot))
+        super().__init__(self.KIND.config(eps=eps, criterion=criterion, **settings))
 
     @property
     def criterion_name(self) -> str:
@@ -219,3 +204,8 @@ class APGD(Attack):
 def FGSM(eps: EpsLike, **kwargs: Any) -> FGM:  # noqa: N802 - reads as the attack's name
     """FGSM: :class:`FGM` with ``norm="linf"``."""
     return FGM(eps, norm="linf", **kwargs)
+
+
+for _cls in (PGD, FGM, APGD):  # what help() and inspect show: the settings derived from AttackConfig
+    _cls.__init__.__signature__ = _cls.KIND.signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)])

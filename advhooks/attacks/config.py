@@ -1,13 +1,17 @@
 """Every setting of an attack, declared and validated once: :class:`AttackConfig`.
 
 The pure functions (:func:`~advhooks.attacks.perturb`, ``pgd_perturb``, ``fgm_perturb``), the attack classes
-(:class:`~advhooks.attacks.PGD`, :class:`~advhooks.attacks.FGM`) and the CUDA-graph path all read their
-settings from one frozen ``AttackConfig``; a class only stores one.
+(:class:`~advhooks.attacks.PGD`, :class:`~advhooks.attacks.FGM`, :class:`~advhooks.attacks.APGD`) and the
+CUDA-graph path all read their settings from one frozen ``AttackConfig``; a class only stores one. Their keyword
+arguments are derived from its fields (:class:`AttackKind`): a kind fixes some settings and changes some defaults,
+and takes every other field as it is, so a field added to ``AttackConfig`` is an argument of each at once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import inspect
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -19,7 +23,7 @@ from .domain import Bounds, InputDomain, Normalization
 from .model_state import BN_MODES
 from .norms import NORMS
 
-__all__ = ["OUT_OF_BOUNDS", "PRECISIONS", "STEP_RULES", "AttackConfig"]
+__all__ = ["OUT_OF_BOUNDS", "PRECISIONS", "STEP_RULES", "AttackConfig", "AttackKind"]
 
 # The attack's own autocast dtype; None keeps the caller's context (fp32, or the caller's autocast).
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -145,3 +149,49 @@ class AttackConfig:
     def settings(self) -> dict[str, Any]:
         """The constructor's arguments, as given after validation (for ``repr`` and records)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+
+@dataclass(frozen=True)
+class AttackKind:
+    """One kind of attack as its keyword arguments see it: the :class:`AttackConfig` settings it ``fixes`` (not
+    arguments) and the ``defaults`` it changes; every other field of ``AttackConfig`` is an argument with the
+    field's own default.
+
+    Example:
+        >>> fgm = AttackKind("FGM", fixed={"steps": 1, "step_rule": "fgm"}, defaults={"random_start": False})
+        >>> config = fgm.config(eps=0.1, norm="l2")
+        >>> config.steps, config.random_start, "steps" in fgm.arguments()
+        (1, False, False)
+    """
+
+    name: str
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def arguments(self) -> dict[str, Any]:
+        """Each argument's name and default (``inspect.Parameter.empty`` for ``eps``), in ``AttackConfig``'s order."""
+        out = {}
+        for f in fields(AttackConfig):
+            if f.init and f.name not in self.fixed:
+                default = f.default if f.default is not MISSING else inspect.Parameter.empty
+                out[f.name] = self.defaults.get(f.name, default)
+        return out
+
+    def config(self, **given: Any) -> AttackConfig:
+        """The validated config of these arguments (an unknown or fixed name is a ``TypeError``, as in a call)."""
+        allowed = self.arguments()
+        unknown = [name for name in given if name not in allowed]
+        if unknown:
+            raise TypeError(f"{self.name}() got an unexpected keyword argument {unknown[0]!r} (its settings: "
+                            f"{', '.join(allowed)})")
+        return AttackConfig(**{**self.defaults, **given, **self.fixed})
+
+    def signature(self, leading: list[inspect.Parameter]) -> inspect.Signature:
+        """A call's signature: ``leading`` parameters, then the arguments (``eps`` first, the rest keyword-only)."""
+        params = list(leading)
+        for name, default in self.arguments().items():
+            kind = inspect.Parameter.KEYWORD_ONLY
+            if name == "eps" and not any(p.kind == inspect.Parameter.KEYWORD_ONLY for p in params):
+                kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+            params.append(inspect.Parameter(name, kind, default=default))
+        return inspect.Signature(params)

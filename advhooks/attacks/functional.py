@@ -10,6 +10,7 @@ loop can be compiled or captured as a CUDA graph.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from typing import Any
@@ -21,9 +22,9 @@ from .._outputs import call_model
 from ..schedules import check_eps_value
 from .apgd import apgd_ascend_
 from .checks import InputChecks, check_call, check_model_matches
-from .config import AttackConfig
+from .config import AttackConfig, AttackKind
 from .criteria import Criterion
-from .domain import Bounds, InputDomain, Normalization
+from .domain import InputDomain
 from .model_state import attack_mode, autocast_loss_scale, unwrap_parallel
 from .norms import project_, random_in_ball_, steepest_direction_
 from .sample_noise import SampleNoise
@@ -43,32 +44,18 @@ def _compiled_call_model(module, inputs, input_key, kwargs):
     return _compiled_call(module, inputs, input_key, kwargs)
 
 
-def pgd_perturb(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    eps: float,
-    norm: str = "linf",
-    steps: int = 10,
-    step_size: float | None = None,
-    random_start: bool = True,
-    restarts: int = 1,
-    targeted: bool = False,
-    criterion: Criterion | None = None,
-    bounds: Bounds | InputDomain = (0.0, 1.0),
-    normalization: Normalization = None,
-    out_of_bounds: str = "raise",
-    bn: str = "eval",
-    input_key: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    generator: torch.Generator | SampleNoise | None = None,
-    compile: bool = False,
-    precision: str | None = None,
-) -> torch.Tensor:
+PGD_FUNCTION = AttackKind("pgd_perturb", fixed={"step_rule": "pgd", "cuda_graph": False})
+FGM_FUNCTION = AttackKind("fgm_perturb", fixed={"steps": 1, "step_rule": "fgm", "cuda_graph": False},
+                          defaults={"random_start": False})
+
+
+def pgd_perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, input_key: str | None = None,
+                model_kwargs: Mapping[str, Any] | None = None, generator: torch.Generator | SampleNoise | None = None,
+                **settings: Any) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018): adversarial inputs in the ε-ball of ``norm``.
 
-    The settings are :class:`AttackConfig`'s (see there for each); the call's own arguments:
+    ``settings`` are :class:`AttackConfig`'s (see there for each; ``eps`` a number, required); the call's own
+    arguments:
 
     Args:
         model: the classifier; DDP wrappers are looked through. Left exactly as found.
@@ -95,36 +82,13 @@ def pgd_perturb(
         >>> bool((adv - x).abs().max() <= 0.1 + 1e-6)
         True
     """
-    config = AttackConfig(check_eps_value(eps), norm=norm, steps=steps, step_size=step_size, step_rule="pgd",
-                          random_start=random_start, restarts=restarts, targeted=targeted,
-                          criterion=criterion, bounds=bounds,
-                          normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile,
-                          precision=precision)
-    return perturb(model, inputs, targets, config, input_key=input_key, model_kwargs=model_kwargs,
-                   generator=generator)
+    return perturb(model, inputs, targets, _config(PGD_FUNCTION, settings), input_key=input_key,
+                   model_kwargs=model_kwargs, generator=generator)
 
 
-def fgm_perturb(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    eps: float,
-    norm: str = "linf",
-    step_size: float | None = None,
-    random_start: bool = False,
-    targeted: bool = False,
-    criterion: Criterion | None = None,
-    bounds: Bounds | InputDomain = (0.0, 1.0),
-    normalization: Normalization = None,
-    out_of_bounds: str = "raise",
-    bn: str = "eval",
-    input_key: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    generator: torch.Generator | SampleNoise | None = None,
-    compile: bool = False,
-    precision: str | None = None,
-) -> torch.Tensor:
+def fgm_perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, input_key: str | None = None,
+                model_kwargs: Mapping[str, Any] | None = None, generator: torch.Generator | SampleNoise | None = None,
+                **settings: Any) -> torch.Tensor:
     """Fast gradient method: one step to the ball's boundary (FGSM for ``norm="linf"``).
 
     With ``random_start`` it is FGSM-RS of Wong et al. (2020): a uniform start, then one step of
@@ -137,13 +101,14 @@ def fgm_perturb(
         >>> bool(torch.allclose((adv - x).abs(), torch.full_like(x, 0.1)))
         True
     """
-    config = AttackConfig(check_eps_value(eps), norm=norm, steps=1, step_size=step_size, step_rule="fgm",
-                          random_start=random_start, targeted=targeted,
-                          criterion=criterion, bounds=bounds,
-                          normalization=normalization, out_of_bounds=out_of_bounds, bn=bn, compile=compile,
-                          precision=precision)
-    return perturb(model, inputs, targets, config, input_key=input_key, model_kwargs=model_kwargs,
-                   generator=generator)
+    return perturb(model, inputs, targets, _config(FGM_FUNCTION, settings), input_key=input_key,
+                   model_kwargs=model_kwargs, generator=generator)
+
+
+def _config(kind: AttackKind, settings: dict[str, Any]) -> AttackConfig:
+    if "eps" not in settings:
+        raise TypeError(f"{kind.name}() missing the keyword argument 'eps'")
+    return kind.config(**{**settings, "eps": check_eps_value(settings["eps"])})
 
 
 def perturb(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, config: AttackConfig, *,
@@ -308,3 +273,11 @@ def ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, targets: to
     return delta.detach()
 
 
+for _fn, _kind in ((pgd_perturb, PGD_FUNCTION), (fgm_perturb, FGM_FUNCTION)):  # help() shows AttackConfig's settings
+    _leading = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("model", "inputs", "targets")]
+    _calls = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None)
+              for n in ("input_key", "model_kwargs", "generator")]
+    _signature = _kind.signature(_leading)
+    _params = list(_signature.parameters.values())
+    _fn.__signature__ = _signature.replace(parameters=[
+        *_params[:3], *[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in _params[3:]], *_calls])
