@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .attacks.criteria import Criterion
 from .benchmark import CleanBenchmark, dataset_fingerprint, evaluate_clean
+from .best_epoch import BestEpoch
 
 __all__ = ["CleanBenchmarkRecorder"]
 
@@ -64,10 +64,19 @@ class CleanBenchmarkRecorder:
         self.batch_size = batch_size
         self.device = device
         self.epoch = 0
-        self.best_epoch: int | None = None
-        self.best_loss = math.inf
+        self.best = BestEpoch()  # the epoch with the smallest clean test loss
         self.history: list[float] = []
         self._best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The epoch with the smallest clean test loss so far (``None`` before the first)."""
+        return self.best.epoch
+
+    @property
+    def best_loss(self) -> float:
+        """That epoch's clean test loss (inf before the first)."""
+        return self.best.value
 
     def _loader(self, data: Dataset | Iterable) -> Iterable:
         return DataLoader(data, batch_size=self.batch_size) if isinstance(data, Dataset) else data
@@ -81,8 +90,7 @@ class CleanBenchmarkRecorder:
         losses, _ = evaluate_clean(model, self._loader(self.test_data), self.criterion, self.device)
         loss = float(losses.mean())
         self.history.append(loss)
-        if loss < self.best_loss:
-            self.best_loss, self.best_epoch = loss, self.epoch
+        if self.best.update(self.epoch, loss):
             self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         return loss
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,6 +15,7 @@ from .._outputs import logits_of
 from ..attacks import Attack
 from ..attacks.criteria import Criterion, cross_entropy, per_sample
 from ..benchmark import CleanBenchmark, Recipe, dataset_fingerprint, evaluate_clean
+from ..best_epoch import BestEpoch
 from ..evaluation import evaluate_adversarial_loss
 from ..monitor import PhaseMonitor
 from ..schedules import step_decay
@@ -174,7 +174,7 @@ def record_clean_benchmark(
     test_loader = DataLoader(test_set, batch_size=max(batch_size, 256))
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, epochs))
-    best_loss, best_epoch, best_state = math.inf, 0, None
+    best, best_state = BestEpoch(), None
     for epoch in range(1, epochs + 1):
         model.train()
         total = torch.zeros((), dtype=torch.float64, device=device)
@@ -199,13 +199,12 @@ def record_clean_benchmark(
         test_loss = float(test_losses.mean())
         if on_epoch:
             on_epoch(epoch, float(total) / max(count, 1), test_loss)
-        if test_loss < best_loss:
-            best_loss, best_epoch = test_loss, epoch
+        if best.update(epoch, test_loss):
             best_state = copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     eval_train = DataLoader(train_eval_set or train_set, batch_size=max(batch_size, 256))
     info = {**recipe.to_dict(), "seed": seed, **(training or {})}
-    bench = CleanBenchmark.measure(model, test_loader, eval_train, criterion, device, best_epoch=best_epoch,
+    bench = CleanBenchmark.measure(model, test_loader, eval_train, criterion, device, best_epoch=best.epoch,
                                    training=info)
     bench.dataset = dataset_fingerprint(train_eval_set or train_set, test_set)
     return bench

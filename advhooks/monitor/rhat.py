@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, IterableDataset
 from .._distributed import Reducer, sum_across_processes, world_size
 from .._validation import check_loss, check_positive_int
 from ..attacks import PGD, Attack, unwrap_parallel
+from ..best_epoch import BestEpoch
 from ..evaluation import FixedSubset, evaluate_adversarial_loss
 from ..uncertainty import MeanEstimate
 from .budget import DEFAULT_BUDGET, SELECTION_STEPS, EvaluationBudget, check_budget, evaluation_passes
@@ -229,9 +230,7 @@ class EarlyStoppedRisk:
         early epochs improve nearly every time and the verdict is provisional then anyway). Until then the verdict
         uses θ̂'s running mean. Nothing is evaluated here.
         """
-        known = [t for t in earlier if t is not None and math.isfinite(t)]
-        finite = test_loss is not None and math.isfinite(test_loss) and math.isfinite(running_mean)
-        if not finite or (known and test_loss >= min(known)):
+        if not math.isfinite(running_mean) or not BestEpoch.of(earlier).update(epoch, test_loss):
             return False
         self.rhat = {"epoch": epoch, "mean": running_mean, "stderr": 0.0, "n": None, "population": None,
                      "kind": "running mean"}
