@@ -20,7 +20,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # (mkstemp makes it 0600: the file gets the mode an open() would give)
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())

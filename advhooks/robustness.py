@@ -146,7 +146,7 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
         idx = robust.nonzero().squeeze(1)  # one host read per attack and batch, outside every loop
         if idx.numel():
             broken, found = _run(model, x[idx], y[idx], clean_logits[idx], spec, eps, norm, bounds, normalization,
-                                 seed)
+                                 seed, x.shape[0])
             robust[idx] = ~broken
             adv[idx] = torch.where(broken.reshape((-1,) + (1,) * (x.ndim - 1)), found, x[idx])
         masks[spec.name] = robust.clone()
@@ -171,14 +171,16 @@ def _warn_if_deterministic(model: nn.Module, x: torch.Tensor, logits: torch.Tens
 
 
 TARGET_ROWS = 2048
-"""The most rows (samples × targets) one run of APGD-T or FAB-T attacks at once (bounds the memory)."""
+"""The most rows (samples × targets) one run of APGD-T or FAB-T attacks at once, and never more than the batch
+given (so a batch size chosen to fit the memory still fits)."""
 
 
-def _run(model, x, y, clean_logits, spec, eps, norm, bounds, normalization, seed):
-    """Which samples ``spec`` breaks (at any evaluated point), and the first breaking input of each.
+def _run(model, x, y, clean_logits, spec, eps, norm, bounds, normalization, seed, rows):
+    """Which samples ``spec`` breaks (at any evaluated point), and the first breaking input of each (``rows``: the
+    caller's batch size, which a batch of targets does not exceed beyond :data:`TARGET_ROWS`).
 
     The targeted kinds try the most likely other class first, alone (it breaks most of what any target breaks),
-    then the next targets together: each sample once per target in one batch of up to :data:`TARGET_ROWS` rows,
+    then the next targets together: each sample once per target in one batch of up to the caller's batch size,
     on the samples still robust. Fewer, larger passes: on a CPU or a small model the per-step overhead of nine
     sequential runs was most of their time. A sample counts as broken by any target; its point is the first
     target's (in order of likelihood) that broke it.
@@ -192,12 +194,12 @@ def _run(model, x, y, clean_logits, spec, eps, norm, bounds, normalization, seed
         idx = (~broken).nonzero().squeeze(1)  # one host read per group of targets: the next ones try the rest
         if idx.numel() == 0:
             break
-        group = ranks[:1] if ranks[0] == 1 else ranks[:max(1, TARGET_ROWS // idx.numel())]
+        group = ranks[:1] if ranks[0] == 1 else ranks[:max(1, min(TARGET_ROWS, rows) // idx.numel())]
         ranks = ranks[len(group):]
         n, t = idx.numel(), len(group)
-        rows = x[idx].repeat((t,) + (1,) * (x.ndim - 1))  # target-major: all samples for group[0], then group[1] ...
+        batch = x[idx].repeat((t,) + (1,) * (x.ndim - 1))  # target-major: all samples for group[0], then group[1] ...
         targets = order[idx][:, group].T.reshape(-1)
-        hit, point = _attempt(model, rows, y[idx].repeat(t), targets, spec, eps, norm, bounds, normalization, seed)
+        hit, point = _attempt(model, batch, y[idx].repeat(t), targets, spec, eps, norm, bounds, normalization, seed)
         hit, point = hit.reshape(t, n), point.reshape(t, n, *x.shape[1:])
         first = hit.to(torch.uint8).argmax(0)  # the first target that broke each sample (0 where none did)
         chosen = point[first, torch.arange(n, device=x.device)]

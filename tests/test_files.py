@@ -173,3 +173,17 @@ def test_a_writer_killed_mid_write_leaves_the_previous_file_intact(tmp_path):
     assert bench.clean_test_loss == 1.0 and torch.equal(bench.state_dict["w"], torch.full((1000,), 1.0))
     leftovers = list(tmp_path.glob(".bench.safetensors.*.tmp"))
     assert len(leftovers) == 1  # the partial write stayed in its temporary file
+
+
+def test_a_file_written_atomically_has_the_mode_an_open_would_give(tmp_path):
+    import os
+
+    from advhooks._files import write_json_atomic
+
+    umask = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "record.json", {"a": 1})
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert not list(tmp_path.glob(".record.json.*"))

@@ -54,12 +54,16 @@ def test_a_steps_passes_are_the_passes_it_and_the_loops_backward_run(attack, obj
 
 
 def test_the_budget_affords_what_keeps_the_spending_and_the_debt_within_its_share():
-    budget = EvaluationBudget(share=0.05, trained=10_000.0, spent=200.0, owed=100.0)
-    assert budget.affords(200.0) and not budget.affords(201.0)
+    budget = EvaluationBudget(share=0.05, trained=10_000.0, spent=200.0)
+    assert budget.affords(200.0, owed=100.0) and not budget.affords(201.0, owed=100.0)
     restored = EvaluationBudget(share=0.05)
     restored.load_state_dict(budget.state_dict())
     assert (restored.trained, restored.spent) == (10_000.0, 200.0)
-    assert evaluation_passes(10) == 21 and evaluation_passes(10, 1) == 22
+    legacy = EvaluationBudget(share=0.05)  # a state from before the budget: every epoch, as it was then
+    legacy.load_state_dict({"rhat": None})
+    assert legacy.affords(1e12, owed=1e12)
+    assert evaluation_passes(PGD(0.1, steps=10)) == 21 and evaluation_passes(PGD(0.1, steps=10), 1) == 22
+    assert evaluation_passes(PGD(0.1, steps=10, restarts=3)) == 63
 
 
 def _watched_run(budget: float, epochs: int = 8) -> tuple[PhaseMonitor, list]:
@@ -116,3 +120,22 @@ def test_theta_hat_is_chosen_with_fewer_steps_and_rhat_with_the_evaluation_attac
     assert selection.steps == 3 and selection.step_size is None and selection.eps == 0.1
     assert evaluation.attack_at(0.1).steps == 10
     assert evaluation.passes(0.1) == {"test": 16 * 7, "rhat": 16 * 22}
+
+
+def test_the_warm_ups_rhat_is_made_even_when_nothing_was_affordable_before():
+    # A share so small that no epoch before the warm-up's end affords a test loss: the warm-up's end still makes the
+    # test loss that picks θ̂ and its fixed-weights R̂ (reserved from the start), so the first verdict is not provisional.
+    monitor, reports = _watched_run(budget=0.01)
+    assert all(r.adv_test_loss is None for r in reports[:2])
+    assert reports[2].adv_test_loss is not None and reports[2].rhat_kind == "fixed weights"
+    assert all(r.rhat_kind == "fixed weights" for r in reports[2:])
+
+
+def test_a_test_loader_is_evaluated_whole():
+    # A subset is drawn from a Dataset; a loader (allowed on one process) is evaluated whole, default subset or not.
+    model = SmallCNN()
+    monitor = PhaseMonitor(0.5, eps=0.1, total_epochs=1, attack=PGD(0.1, steps=2))
+    monitor.evaluate_with(model, _data(32, 1), torch.utils.data.DataLoader(_data(24, 2), batch_size=8))
+    monitor.update(torch.tensor(0.7), batch_size=32)
+    report = monitor.epoch_end()
+    assert report.adv_test_loss is not None and report.rhat_kind == "fixed weights"

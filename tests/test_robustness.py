@@ -159,3 +159,22 @@ def test_a_target_after_the_first_breaks_what_the_first_cannot(kind, rows, monke
                               bounds=None)
     assert not masks[kind].any()  # all three broken, by the second target
     assert (model(adv).argmax(1) == 2).all() and float((adv - x).abs().max()) <= 0.15 + 1e-6
+
+
+def test_a_batch_of_targets_is_never_larger_than_the_batch_given(monkeypatch):
+    import advhooks.robustness as robustness
+
+    rows, attempt = [], robustness._attempt
+
+    def counting(model, x, *args):
+        rows.append(x.shape[0])
+        return attempt(model, x, *args)
+
+    monkeypatch.setattr(robustness, "_attempt", counting)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10)).eval()
+    x = torch.rand(16, 1, 2, 2)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    attack_batch(model, x, y, 1e-4, suite=[robustness.SuiteAttack("apgd-t", "apgd-t", 3, targets=9)])
+    assert rows[0] == 16 and max(rows) <= 16 and len(rows) > 2  # the first target, then groups of one

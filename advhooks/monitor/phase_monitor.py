@@ -103,7 +103,7 @@ class PhaseMonitor(MonitorSettings):
                 may be ``None`` when the loop passes the adversarial test loss).
             attack: the evaluation attack; default: the monitor's ``attack``, else PGD-10 in L∞ at the
                 epoch's ε with bounds (0, 1) and no normalisation (pass one for normalised inputs).
-            train_subset / test_subset / seed: subset sizes (``None``: the whole set), drawn once with ``seed``,
+            train_subset / test_subset / seed: subset sizes (``None`` or a loader: all), drawn once with ``seed``,
                 which also keys each sample's random start (the same R̂ on any number of processes).
             batch_size / device / budget / selection_steps: for the evaluation passes (``budget``: a share of the
                 training passes, ``math.inf``: every epoch).

@@ -53,8 +53,10 @@ class Evaluation:
                             "the same samples, drawn by index), not loaders: pass loader.dataset")
         if attack is not None and not isinstance(attack, Attack):
             raise TypeError(f"attack must be an advhooks attack, got {type(attack).__name__}")
+        # A subset is drawn from a Dataset by index; a loader is evaluated whole.
         subsets = [None if size is None else FixedSubset(check_positive_int("subset size", size), seed)
                    for size in (train_subset, test_subset)]
+        subsets = [s if _splittable(d) else None for s, d in zip(subsets, (train_data, test_data), strict=True)]
         return cls(model, train_data, test_data, attack, subsets[0], subsets[1],
                    check_positive_int("batch_size", batch_size), device, int(seed),
                    check_positive_int("selection_steps", selection_steps), check_budget(budget))
@@ -67,16 +69,17 @@ class Evaluation:
         """The attack of the adversarial test loss that chooses θ̂: the evaluation attack with at most
         ``selection_steps`` steps, and the default step size for that many."""
         attack = self.attack_at(eps)
-        if attack.steps <= self.selection_steps:
+        custom = type(attack).__call__ is not Attack.__call__  # (a subclass with its own call is used as it is)
+        if custom or (attack.steps <= self.selection_steps and attack.restarts == 1):
             return attack
-        return Attack(dataclasses.replace(attack.config, steps=self.selection_steps, step_size=None))
+        return Attack(dataclasses.replace(attack.config, steps=min(attack.steps, self.selection_steps),
+                                          step_size=None, restarts=1))
 
     def passes(self, eps: float | None) -> dict[str, int]:
         """Planned passes of one test-loss evaluation (``"test"``) and one R̂ evaluation with its clean loss
         (``"rhat"``); 0 where the number of samples is not known before evaluating (an iterable)."""
-        return {"test": _samples(self.test_data, self.test_subset) * evaluation_passes(
-                    self.selection_attack_at(eps).steps),
-                "rhat": _samples(self.train_data, self.train_subset) * evaluation_passes(self.attack_at(eps).steps, 1)}
+        return {"test": _samples(self.test_data, self.test_subset) * evaluation_passes(self.selection_attack_at(eps)),
+                "rhat": _samples(self.train_data, self.train_subset) * evaluation_passes(self.attack_at(eps), 1)}
 
     def adversarial_loss(self, data: Any, subset: FixedSubset | None, eps: float | None,
                          reducer: Reducer | None, attack: Attack | None = None) -> MeanEstimate:
@@ -156,6 +159,7 @@ class EarlyStoppedRisk:
         self.budget.trained = self.budget.spent = 0.0
         self.budget.first_rhat_owed = True
         self._costs = {"test": 0, "rhat": 0}  # passes of one evaluation of each: planned, else the last measured
+        self._planned_end = False
 
     def evaluate_epoch(self, number: int, total_epochs: int | None, given: float | None,
                        earlier: Sequence[float | None], running_mean: float, *, passes: float, due: bool,
@@ -173,15 +177,25 @@ class EarlyStoppedRisk:
         return test_loss
 
     def _open_epoch(self, trained_passes: float, eps: float | None, planned_end: bool) -> None:
-        """Count the epoch's training passes and reserve what the last planned epoch's evaluations will cost."""
+        """Count the epoch's training passes and the planned cost of each evaluation."""
         self.budget.trained += trained_passes
+        self._planned_end = planned_end
         if self.evaluation is not None:
             self.budget.share = self.evaluation.budget
             planned = self.evaluation.passes(eps)
             self._costs = {k: planned[k] or self._costs[k] for k in planned}
-        owed = self._costs["test"] * self._evaluates_test + self._costs["rhat"] * self.evaluates_rhat
-        self.budget.owed = (owed + self._costs["rhat"] * self.evaluates_rhat * self.budget.first_rhat_owed
-                            if planned_end else 0.0)
+
+    def _owed(self) -> float:
+        """What the reserved evaluations still to come will cost: the last planned epoch's test loss and R̂, and
+        while the warm-up's R̂ is owed, that R̂ (with the test loss that makes a θ̂ when there is none yet)."""
+        if not self._planned_end:
+            return 0.0
+        test, rhat = self._costs["test"] * self._evaluates_test, self._costs["rhat"] * self.evaluates_rhat
+        first = (rhat + test * (self.theta_hat_weights is None)) * (self.budget.first_rhat_owed and self.evaluates_rhat)
+        return test + rhat + first
+
+    def _affords(self, passes: float) -> bool:
+        return self.budget.affords(passes, self._owed())
 
     @property
     def _evaluates_test(self) -> bool:
@@ -210,13 +224,14 @@ class EarlyStoppedRisk:
             total, count = sum_across_processes(torch.tensor([given, 1.0], dtype=torch.float64), reducer).tolist()
             return total / count
         ev = self.evaluation
-        cost = self._costs["test"] + (self._costs["rhat"] if due and self.evaluates_rhat else 0)
-        if not self._evaluates_test or not (final or self.budget.affords(cost)):
+        first = due and self.evaluates_rhat and self.budget.first_rhat_owed  # (reserved: made whatever the budget)
+        cost = self._costs["test"] + (self._costs["rhat"] if due and self.evaluates_rhat and not first else 0)
+        if not self._evaluates_test or not (final or first or self._affords(cost)):
             return None
         started = time.perf_counter()
         attack = ev.selection_attack_at(eps)
         estimate = ev.adversarial_loss(ev.test_data, ev.test_subset, eps, reducer, attack)
-        self._spend("test", estimate, evaluation_passes(attack.steps), started)
+        self._spend("test", estimate, evaluation_passes(attack), started)
         return estimate.mean
 
     def keep_theta_hat(self, epoch: int, test_loss: float | None, earlier: Sequence[float | None],
@@ -253,7 +268,7 @@ class EarlyStoppedRisk:
         ev, weights = self.evaluation, self.theta_hat_weights
         if not self._pending or weights is None or ev is None or not due:
             return False
-        if not (forced or self.budget.first_rhat_owed or self.budget.affords(self._costs["rhat"])):
+        if not (forced or self.budget.first_rhat_owed or self._affords(self._costs["rhat"])):
             return False
         started = time.perf_counter()
         current = {k: v.detach().clone() for k, v in ev.model.state_dict().items()}
@@ -263,7 +278,7 @@ class EarlyStoppedRisk:
             clean = ev.adversarial_loss(ev.train_data, ev.train_subset, 0.0, reducer)  # (one forward pass: "learning?")
         finally:
             ev.model.load_state_dict(current)
-        self._spend("rhat", est, evaluation_passes(ev.attack_at(eps).steps, 1), started)
+        self._spend("rhat", est, evaluation_passes(ev.attack_at(eps), 1), started)
         self.rhat.update(mean=est.mean, stderr=est.stderr, n=est.n, population=est.population, kind="fixed weights",
                          clean_mean=clean.mean, clean_stderr=clean.stderr)
         self._pending, self.budget.first_rhat_owed = False, False
@@ -279,7 +294,8 @@ class EarlyStoppedRisk:
     def state_dict(self) -> dict[str, Any]:
         """θ̂'s record and, while its R̂ is pending, its weights (CPU tensors: what a resume needs to evaluate
         it); once R̂ is evaluated only plain values."""
-        state: dict[str, Any] = {"rhat": None if self.rhat is None else dict(self.rhat), **self.budget.state_dict()}
+        state: dict[str, Any] = {"rhat": None if self.rhat is None else dict(self.rhat), **self.budget.state_dict(),
+                                 "budget_costs": dict(self._costs)}
         if self._pending and self.theta_hat_weights is not None:
             state["theta_hat_weights"] = {k: v.detach().to("cpu") for k, v in self.theta_hat_weights.items()}
         return state
@@ -287,7 +303,8 @@ class EarlyStoppedRisk:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (θ̂'s weights go back to the model's device when it is known)."""
         self.rhat = None if state.get("rhat") is None else dict(state["rhat"])
-        self.budget.load_state_dict(state)
+        self.budget.load_state_dict(state, measured=self.rhat is not None and self.rhat.get("kind") == "fixed weights")
+        self._costs = {k: int((state.get("budget_costs") or {}).get(k) or 0) for k in ("test", "rhat")}
         weights = state.get("theta_hat_weights")
         self._pending = weights is not None
         if weights is not None:
