@@ -50,6 +50,16 @@ class Passes:
         return self.counts["monitor"] / self.counts["training"]
 
 
+def train_epoch(step: AdversarialStep, opt: torch.optim.Optimizer, loader: DataLoader, monitor: PhaseMonitor) -> None:
+    """One adversarial epoch of the loop a user writes, every batch fed to the monitor."""
+    for x, y in loader:
+        out = step(x, y)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        monitor.update(out)
+
+
 def watched_run(model: nn.Module, train, test, eps: float, epochs: int, batch_size: int, lr: float,
                 budget: float | None, seed: int = 0) -> dict:
     """A PGD-10 run watched by a monitor with the library's defaults (``budget=None``: the default budget); passes and
@@ -67,12 +77,7 @@ def watched_run(model: nn.Module, train, test, eps: float, epochs: int, batch_si
     for _ in range(epochs):
         t0 = time.perf_counter()
         model.train()
-        for x, y in loader:
-            out = step(x, y)
-            opt.zero_grad()
-            out.loss.backward()
-            opt.step()
-            monitor.update(out)
+        train_epoch(step, opt, loader, monitor)
         sched.step()
         t1 = time.perf_counter()
         passes.monitor = True
@@ -158,12 +163,7 @@ def probe_overhead(epochs: int = 60) -> tuple[float, float, float]:
         t_train = t_epoch_end = 0.0
         for _ in range(epochs):
             t0 = time.perf_counter()
-            for xb, yb in loader:
-                out = step(xb, yb)
-                opt.zero_grad()
-                out.loss.backward()
-                opt.step()
-                monitor.update(out)
+            train_epoch(step, opt, loader, monitor)
             t1 = time.perf_counter()
             report = monitor.epoch_end()
             t_train += t1 - t0
