@@ -93,11 +93,11 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
         self.monitor = PhaseMonitor(self.benchmark, **settings)
         self.trainer: Trainer | None = None
         self.reports: list = []
+        self.restored_state: dict | None = None  # what the Trainer sets from a checkpoint, loaded by the trainer
         if monitor_state is not None:
-            self.monitor_state = monitor_state
+            self.load_state_dict(monitor_state)
 
-    @property
-    def monitor_state(self) -> dict:
+    def state_dict(self) -> dict:
         """The monitor's state as JSON values (what the Trainer stores): θ̂'s pending weights are named by the file
         :meth:`on_save` writes into the checkpoint beside it (``theta_hat_file``), not held."""
         state = self.monitor.state_dict()
@@ -105,11 +105,12 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
             state["theta_hat_file"] = self._theta_hat_file(self.trainer.args, self.trainer.state)
         return state
 
-    @monitor_state.setter
-    def monitor_state(self, value: dict) -> None:
+    def load_state_dict(self, value: dict) -> None:
+        """Restore :meth:`state_dict`, reading θ̂'s pending weights from the file it names (a checkpoint rotated away:
+        θ̂'s R̂ waits for the next θ̂)."""
         value = dict(value)
         path = value.pop("theta_hat_file", None)
-        if path is not None and os.path.exists(path):  # (a checkpoint rotated away: θ̂'s R̂ waits for the next θ̂)
+        if path is not None and os.path.exists(path):
             value["theta_hat_weights"] = load_file(path)
         self.monitor.load_state_dict(value)
 
@@ -136,7 +137,7 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
         """Take the settings of the callback the user gave (the Trainer rebuilt this one from a checkpoint with
         only the plain values: the evaluation data, an ``attack=`` or an ``on_flag=`` would be lost)."""
         self.settings, self.eval_data = dict(given.settings), given.eval_data
-        self.evaluate, self.stop_on_flag = given.evaluate, given.stop_on_flag
+        self.evaluate, self.stop_on_flag, self.eval_options = given.evaluate, given.stop_on_flag, given.eval_options
 
     def state(self) -> dict:
         """The Trainer's stateful-callback hook: the plain-valued arguments and the monitor's state."""
@@ -144,7 +145,7 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
         options = {k: v for k, v in self.eval_options.items() if isinstance(v, (int, float, str, bool, type(None)))}
         return {"args": {"benchmark": self.benchmark, "stop_on_flag": self.stop_on_flag, "evaluate": self.evaluate,
                          "eval_options": options, **plain},
-                "attributes": {"monitor_state": self.monitor_state}}
+                "attributes": {"restored_state": self.state_dict()}}
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         # The Trainer knows the run's recipe (the global batch counts the processes and the accumulation) and
@@ -246,6 +247,11 @@ class AdversarialTrainerMixin:
         for old, new in zip(given, self._phase_callbacks(), strict=False):
             if new is not old:
                 new.keep_settings_of(old)
+            # The Trainer sets the saved state as an attribute (``monitor_state`` in checkpoints of advhooks 0.1.0).
+            saved = new.__dict__.pop("monitor_state", None) or new.restored_state
+            if saved is not None:
+                new.load_state_dict(saved)
+                new.restored_state = None
 
     def _phase_callbacks(self) -> list[PhaseMonitorCallback]:
         found = [cb for cb in self.callback_handler.callbacks if isinstance(cb, PhaseMonitorCallback)]

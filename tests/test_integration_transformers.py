@@ -293,6 +293,6 @@ def test_a_mid_epoch_checkpoint_holds_every_process_open_sums(tmp_path):
                                  attack=PGD(8 / 255, steps=1), callbacks=[PhaseMonitorCallback(0.5, eps=8 / 255)])
     trainer.train()
     state = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
-    saved = state["stateful_callbacks"]["PhaseMonitorCallback"]["attributes"]["monitor_state"]
+    saved = state["stateful_callbacks"]["PhaseMonitorCallback"]["attributes"]["restored_state"]
     assert saved["open_count"] == 64 and saved["open_by_rank"] == [
         [pytest.approx(saved["open_loss_sum"]), 64.0, 0.0, saved["open_passes"]]]

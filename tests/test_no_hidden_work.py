@@ -61,3 +61,28 @@ def test_an_apgd_attack_names_the_loss_it_maximises_now():
     assert attack.criterion_name == "dlr"
     attack.criterion = lambda logits, y: logits.sum(1)
     assert attack.criterion_name == "custom"
+
+
+def test_no_property_evaluates_copies_weights_or_touches_files():
+    # A property reads a value; the work of evaluating, copying weights or reading and writing files is done by
+    # a method whose name says so (state_dict, load_state_dict, evaluate_rhat, save_record ...).
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    hidden = {"load_file", "save_file", "open", "write_weights", "atomic_write", "write_json_atomic", "torch.load",
+              "evaluate_adversarial_loss", "adversarial_loss", "settle", "state_dict", "load_state_dict", "clone",
+              "deepcopy", "read_text", "write_text"}
+    found = []
+    for path in [*(root / "advhooks").rglob("*.py"), *(root / "integrations").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            if not any(isinstance(d, ast.Name) and d.id == "property" or isinstance(d, ast.Attribute)
+                       and d.attr == "setter" for d in node.decorator_list):
+                continue
+            for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+                name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+                if name in hidden:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} calls {name}")
+    assert found == []
