@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -219,7 +220,8 @@ def test_without_an_evaluation_set_the_verdict_stays_provisional(tmp_path):
     assert callback.reports[-1].rhat_kind == "provisional" and callback.reports[-1].provisional
 
 
-def test_a_resume_while_rhat_is_pending_evaluates_theta_hats_weights(tmp_path):
+@pytest.mark.parametrize("written_by", ["this version", "0.1.0"])
+def test_a_resume_while_rhat_is_pending_evaluates_theta_hats_weights(tmp_path, written_by):
     from transformers import TrainerCallback
 
     class StopAfterTwoEpochs(TrainerCallback):  # a run cut short right after its epoch-2 checkpoint
@@ -244,6 +246,13 @@ def test_a_resume_while_rhat_is_pending_evaluates_theta_hats_weights(tmp_path):
     cut.train()
     checkpoint = tmp_path / "cut" / "out" / "checkpoint-6"
     assert (checkpoint / "advhooks_theta_hat.safetensors").exists()
+    if written_by == "0.1.0":  # its checkpoints kept the monitor's state as monitor_state, and no eval_options
+        state_file = checkpoint / "trainer_state.json"
+        state = json.loads(state_file.read_text())
+        saved = state["stateful_callbacks"]["PhaseMonitorCallback"]
+        saved["attributes"] = {"monitor_state": saved["attributes"].pop("restored_state")}
+        saved["args"].pop("eval_options")
+        state_file.write_text(json.dumps(state))
     resumed = trainer("cut")
     resumed.train(resume_from_checkpoint=str(checkpoint))
     (callback,) = [cb for cb in resumed.callback_handler.callbacks if isinstance(cb, PhaseMonitorCallback)]
