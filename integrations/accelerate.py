@@ -56,8 +56,8 @@ from advhooks._distributed import BATCHNORM_NOTE, unsynced_batchnorm
 from advhooks._files import write_json_atomic
 from advhooks.attacks import Attack
 from advhooks.monitor import PhaseMonitor, PhaseReport
+from advhooks.monitor.phase_monitor import evaluation_options
 from advhooks.monitor.record import write_weights
-from advhooks.monitor.rhat import evaluation_options
 from advhooks.step import AdversarialStep, StepOutput
 
 __all__ = ["AcceleratedAdversarialTraining", "finish", "real_samples", "report_metrics"]

@@ -40,7 +40,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from advhooks._distributed import BATCHNORM_NOTE, unsynced_batchnorm
 from advhooks.attacks import Attack
 from advhooks.monitor import PhaseMonitor, PhaseReport
-from advhooks.monitor.rhat import evaluation_options
+from advhooks.monitor.phase_monitor import evaluation_options
 from advhooks.recorder import CleanBenchmarkRecorder
 from advhooks.step import AdversarialStep, StepOutput
 

@@ -45,8 +45,8 @@ from advhooks._distributed import BATCHNORM_NOTE, unsynced_batchnorm
 from advhooks.attacks import Attack, unwrap_parallel
 from advhooks.benchmark import Recipe
 from advhooks.monitor import PhaseMonitor
+from advhooks.monitor.phase_monitor import evaluation_options
 from advhooks.monitor.record import write_weights
-from advhooks.monitor.rhat import evaluation_options
 from advhooks.recorder import CleanBenchmarkRecorder
 from advhooks.step import AdversarialStep, StepOutput
 

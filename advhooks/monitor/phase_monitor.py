@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ from .rhat import EarlyStoppedRisk, Evaluation
 from .settings import MonitorSettings
 from .sums import EpochSums, batch_loss
 
-__all__ = ["PhaseMonitor"]
+__all__ = ["PhaseMonitor", "evaluation_options"]
 
 log = logging.getLogger("advhooks.monitor")
 
@@ -233,6 +234,21 @@ class PhaseMonitor(MonitorSettings):
         self.last_eps = _optional_float(state.get("last_eps"))
         self._health.load_state_dict(state)
         self._sums.load_state_dict(state, self.logger)
+
+
+def evaluation_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """An adapter's ``eval_options``: keyword options of :meth:`PhaseMonitor.evaluate_with` (``None``: none), checked
+    against its signature so that a misspelt one fails when the adapter is built, not at the first epoch."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"eval_options must be a mapping of evaluate_with's options, got {type(options).__name__}")
+    known = [p.name for p in inspect.signature(PhaseMonitor.evaluate_with).parameters.values()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = set(options) - set(known)
+    if unknown:
+        raise ValueError(f"eval_options: unknown {sorted(unknown)}; evaluate_with takes {sorted(known)}")
+    return dict(options)
 
 
 def _check_state(state: Any, clean_test_loss: float) -> None:

@@ -22,7 +22,7 @@ from ..evaluation import FixedSubset, evaluate_adversarial_loss
 from ..uncertainty import MeanEstimate
 from .budget import DEFAULT_BUDGET, SELECTION_STEPS, EvaluationBudget, check_budget, evaluation_passes
 
-__all__ = ["EarlyStoppedRisk", "Evaluation", "evaluation_options", "rhat_estimates"]
+__all__ = ["EarlyStoppedRisk", "Evaluation", "rhat_estimates"]
 
 
 @dataclass
@@ -93,23 +93,6 @@ class Evaluation:
                                                     subset=subset, batch_size=self.batch_size, device=self.device,
                                                     split=_splittable(data), reducer=reducer, seed=self.seed)
         return estimate
-
-
-def evaluation_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """An adapter's ``eval_options``: keyword options of :meth:`PhaseMonitor.evaluate_with` (``None``: none), checked
-    by name here so that a misspelt one fails when the adapter is built, not at the first epoch."""
-    if options is None:
-        return {}
-    if not isinstance(options, Mapping):
-        raise TypeError(f"eval_options must be a mapping of evaluate_with's options, got {type(options).__name__}")
-    unknown = set(options) - EVALUATE_OPTIONS
-    if unknown:
-        raise ValueError(f"eval_options: unknown {sorted(unknown)}; evaluate_with takes {sorted(EVALUATE_OPTIONS)}")
-    return dict(options)
-
-
-EVALUATE_OPTIONS = frozenset({"attack", "train_subset", "test_subset", "seed", "batch_size", "device", "budget",
-                              "selection_steps"})
 
 
 def rhat_estimates(rhat: Mapping[str, Any]) -> tuple[MeanEstimate, MeanEstimate | None]:
