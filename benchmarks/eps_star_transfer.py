@@ -39,9 +39,8 @@ import numpy as np
 
 from advhooks.benchmark import CleanBenchmark, write_json_atomic
 from advhooks.kit.data import load_dataset, train_fraction
-from advhooks.kit.estimate import EpsStarEstimate, estimate_eps_star, spread
+from advhooks.kit.estimate import EpsStarEstimate, EstimationData, FinetuneSettings, estimate_eps_star, spread
 from advhooks.kit.estimate.crossing import POORLY_DETERMINED, fill_crossing
-from advhooks.kit.estimate.finetune import EPOCHS
 from advhooks.kit.presets import get_preset
 from advhooks.kit.study import StudySettings, Unit, run_study
 
@@ -76,15 +75,15 @@ def run_units(dataset: str, seeds: int, folder: Path) -> list[dict]:
 
 def finetune_of(unit: dict, epochs: int, folder: Path) -> dict:
     """The unit's fine-tune estimate at ``epochs`` (its own at the default length; others run once and kept)."""
-    if epochs == EPOCHS:
+    if epochs == FinetuneSettings().epochs:
         return unit["estimate"]
     name = Unit("run", unit["width"], unit["fraction"], unit["seed"]).name
     path = folder / unit["preset"] / f"finetune{epochs}-{name}.json"
     if path.exists():
         return json.loads(path.read_text())
     train, test = unit["data"]
-    est = estimate_eps_star("finetune", CleanBenchmark.load(unit["bench_path"]), model_factory=unit["model"],
-                            train_set=train, test_set=test, epochs=epochs, seed=unit["seed"]).to_dict()
+    est = estimate_eps_star("finetune", CleanBenchmark.load(unit["bench_path"]), unit["model"],
+                            EstimationData(train, test), FinetuneSettings(epochs=epochs, seed=unit["seed"])).to_dict()
     write_json_atomic(path, est)
     return est
 
@@ -284,11 +283,11 @@ def main() -> None:
     lengths = [int(v) for v in args.lengths.split(",")]
     units = {name: run_units(name, args.seeds, folder) for name in SETTINGS}
     out = {"defaults": {"run_spread": dict(spread.RUN_SPREAD), "benchmark_spread": spread.BENCHMARK_SPREAD,
-                        "epochs": EPOCHS}}
+                        "epochs": FinetuneSettings().epochs}}
     print(f"\n== the library's constants (RUN_SPREAD {spread.RUN_SPREAD}, BENCHMARK_SPREAD "
-          f"{spread.BENCHMARK_SPREAD}, fine-tune {EPOCHS} epochs)")
+          f"{spread.BENCHMARK_SPREAD}, fine-tune {FinetuneSettings().epochs} epochs)")
     for name, mine in units.items():
-        rows = per_configuration(mine, EPOCHS, folder)
+        rows = per_configuration(mine, FinetuneSettings().epochs, folder)
         print(f"-- {name}\n{table(rows)}")
         for preset, _, _ in SETTINGS[name]:
             print(f"\nadvhooks study --preset {preset} ... --seeds {args.seeds} --check-grid-all:\n"

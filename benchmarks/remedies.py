@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Subset
 from advhooks import AWP, PGD, AdversarialStep, PhaseMonitor, linear_warmup, parse_eps, robust_accuracy
 from advhooks.benchmark import Recipe
 from advhooks.kit.data import load_dataset
-from advhooks.kit.estimate import estimate_eps_star
+from advhooks.kit.estimate import EstimationData, estimate_eps_star
 from advhooks.kit.presets import get_preset
 from advhooks.kit.training import adversarial_loss, record_clean_benchmark
 from advhooks.schedules import step_decay
@@ -183,8 +183,7 @@ def main() -> None:
                     training={"preset": preset.name, "width": WIDTH * factor, "part": part})
         base = benches[(1, "half", 0)]
         eps_star = parse_eps(args.eps_star) if args.eps_star else estimate_eps_star(
-            "finetune", base, model_factory=lambda p=preset: p.model(WIDTH), train_set=train_sets["half"],
-            test_set=test).value
+            "finetune", base, lambda p=preset: p.model(WIDTH), EstimationData(train_sets["half"], test)).value
         levels = [eps_star / 2, eps_star, 4 * eps_star]
         print(f"== {name}: eps* (fine-tune, baseline seed 0) {255 * eps_star:.3g}/255; eps at "
               f"{', '.join(f'{255 * e:.3g}' for e in levels)}/255", flush=True)

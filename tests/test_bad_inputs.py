@@ -225,18 +225,37 @@ API: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
                                    r"adv_test_loss must be a loss \(>= 0, or NaN/inf for a diverged run\)"),
     "finetune-ladder-that-cannot-grow": (lambda t: _finetune_with_growth(t, 1.0), ValueError,
                                          r"growth must be > 1, got 1"),
+    "estimate-settings-of-another-method": (lambda t: _grid_with_finetune_settings(t), TypeError,
+                                            r"method 'grid' takes GridSettings, got FinetuneSettings"),
+    "estimate-unknown-training-attack": (lambda t: _finetune_settings(attack="apgd"), ValueError,
+                                         r"attack must be PGD or FGM \(or 'pgd' / 'fgm'\), got 'apgd'"),
     "cifar-python-pickle-payload": (lambda t: load_cifar10(_cifar_payload(t)), UnsafePickleError,
                                     r"refusing to unpickle .*only numpy arrays are allowed"),
 }
 
 
+def _no_model() -> nn.Module:
+    raise AssertionError("the settings are refused before any model is made")
+
+
+def _finetune_settings(**given):
+    from advhooks.kit.estimate import FinetuneSettings
+
+    return FinetuneSettings(**given)
+
+
 def _finetune_with_growth(tmp: Path, growth: float) -> None:
-    from advhooks.kit.estimate import estimate_finetune
+    from advhooks.kit.estimate import EstimationData, estimate_finetune
 
-    def no_model() -> nn.Module:
-        raise AssertionError("the ladder's settings are refused before any model is made")
+    estimate_finetune(_no_model, EstimationData(_nan_set()), CleanBenchmark.load(_bench(tmp)), [0.01],
+                      _finetune_settings(growth=growth))
 
-    estimate_finetune(no_model, _nan_set(), CleanBenchmark.load(_bench(tmp)), [0.01], growth=growth)
+
+def _grid_with_finetune_settings(tmp: Path) -> None:
+    from advhooks.kit.estimate import EstimationData, FinetuneSettings, estimate_eps_star
+
+    estimate_eps_star("grid", CleanBenchmark.load(_bench(tmp)), _no_model, EstimationData(_nan_set(), _nan_set()),
+                      FinetuneSettings())
 
 
 def _records_of_another_benchmark(tmp: Path) -> None:

@@ -12,11 +12,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
-from advhooks import PhaseMonitor
+from advhooks import FGM, PGD, PhaseMonitor
 from advhooks.benchmark import CleanBenchmark, Recipe
 from advhooks.cli import app
 from advhooks.evaluation import evaluate_adversarial_loss
-from advhooks.kit.connectivity import bezier_coefficients, connectivity, path_barrier, path_ridge
+from advhooks.kit.connectivity import CurveSettings, bezier_coefficients, connectivity, path_barrier, path_ridge
 from advhooks.kit.data import load_digits
 from advhooks.kit.estimate import make_attack
 from advhooks.kit.presets import get_preset
@@ -30,7 +30,7 @@ def _train(eps: float, epochs: int, train_set) -> nn.Module:
     torch.manual_seed(0)
     model = get_preset("digits-mlp").model()
     loader = DataLoader(train_set, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
-    train_adversarially(model, loader, make_attack("pgd", eps, "linf"), eps, epochs, 0.05)
+    train_adversarially(model, loader, make_attack(PGD, eps, "linf"), eps, Recipe(epochs=epochs, lr=0.05))
     return model
 
 
@@ -66,8 +66,8 @@ def test_bezier_coefficients_are_the_bernstein_weights():
 def test_the_straight_line_barrier_grows_from_eps_well_below_eps_star_to_well_above(digits_runs):
     train, runs = digits_runs
     loader, evaluation = _loaders(train)
-    below = connectivity(runs[0.0], runs[1 / 255], loader, eval_loader=evaluation, epochs=5)
-    above = connectivity(runs[0.0], runs[64 / 255], loader, eval_loader=evaluation, epochs=5)
+    below = connectivity(runs[0.0], runs[1 / 255], loader, CurveSettings(epochs=5), eval_loader=evaluation)
+    above = connectivity(runs[0.0], runs[64 / 255], loader, CurveSettings(epochs=5), eval_loader=evaluation)
     assert below.line_barrier < 0.02, below.line_loss
     assert above.line_barrier > 0.2 and above.line_barrier > 10 * below.line_barrier, (below.line_loss,
                                                                                        above.line_loss)
@@ -86,7 +86,7 @@ def test_the_ends_of_both_paths_are_the_two_models_and_neither_model_changes(dig
     adv.eval()
     before = [copy.deepcopy(m.state_dict()) for m in (clean, adv)]
     loader, evaluation = _loaders(train)
-    result = connectivity(clean, adv, loader, eval_loader=evaluation, epochs=1, points=5)
+    result = connectivity(clean, adv, loader, CurveSettings(epochs=1, points=5), eval_loader=evaluation)
     for model, state in zip((clean, adv), before, strict=True):
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     assert clean.training and not adv.training  # modes untouched
@@ -107,7 +107,7 @@ def test_batchnorm_statistics_are_recomputed_at_every_point(trained_digits_cnn):
     other = copy.deepcopy(model)
     with torch.no_grad():
         other.fc.bias.add_(0.01)
-    result = connectivity(model, other, images, epochs=1, points=2)
+    result = connectivity(model, other, images, CurveSettings(epochs=1, points=2))
     fresh = copy.deepcopy(model)
     fresh.bn.reset_running_stats()
     fresh.bn.momentum = None
@@ -125,7 +125,8 @@ def test_batchnorm_statistics_are_recomputed_at_every_point(trained_digits_cnn):
 def test_the_contour_lies_in_the_plane_of_the_three_points(digits_runs):
     train, runs = digits_runs
     loader, evaluation = _loaders(train)
-    result = connectivity(runs[0.0], runs[64 / 255], loader, eval_loader=evaluation, epochs=3, resolution=5, points=5)
+    result = connectivity(runs[0.0], runs[64 / 255], loader, CurveSettings(epochs=3, resolution=5, points=5),
+                          eval_loader=evaluation)
     contour = result.contour
     assert len(contour["x"]) == len(contour["y"]) == 5 and all(len(row) == 5 for row in contour["loss"])
     assert contour["points"]["clean"] == pytest.approx([0.0, 0.0], abs=1e-4)
@@ -143,13 +144,13 @@ def test_connectivity_refuses_models_of_two_architectures_and_bad_settings():
     small, wide = get_preset("digits-mlp").model(), get_preset("digits-mlp").model(32)
     data = [(torch.rand(4, 64), torch.zeros(4, dtype=torch.long))]
     with pytest.raises(ValueError, match="not of one architecture"):
-        connectivity(small, wide, data, epochs=1)
+        connectivity(small, wide, data, CurveSettings(epochs=1))
     with pytest.raises(ValueError, match="resolution must be 0"):
-        connectivity(small, small, data, resolution=1)
+        connectivity(small, small, data, CurveSettings(resolution=1))
     with pytest.raises(ValueError, match="points must be"):
-        connectivity(small, small, data, points=1)
+        connectivity(small, small, data, CurveSettings(points=1))
     with pytest.raises(ValueError, match="the same weights"):
-        connectivity(small, small, data, epochs=1)
+        connectivity(small, small, data, CurveSettings(epochs=1))
 
 
 def test_save_record_with_weights_writes_the_early_stopped_weights_beside_the_record(tmp_path):
@@ -162,8 +163,7 @@ def test_save_record_with_weights_writes_the_early_stopped_weights_beside_the_re
         monitor.save_record(tmp_path / "none.json", weights=True)
     monitor.evaluate_with(model, train, test, train_subset=128)
     loader = DataLoader(train, batch_size=128, shuffle=True)
-    train_adversarially(model, loader, make_attack("pgd", 2 / 255, "linf", steps=2), 2 / 255, 2, 0.05,
-                        monitor=monitor)
+    train_adversarially(model, loader, PGD(2 / 255, steps=2), 2 / 255, Recipe(epochs=2, lr=0.05), monitor=monitor)
     path = monitor.save_record(tmp_path / "run.json", weights=True)
     record = json.loads(path.read_text())
     assert record["checkpoint"] == "run.safetensors" and (tmp_path / "run.safetensors").exists()
@@ -180,7 +180,8 @@ def test_the_connectivity_command_from_a_benchmark_and_a_checkpoint_or_run_recor
                                    training={"preset": "digits-mlp", "split_seed": 0, "lr": 0.05, "batch_size": 64})
     bench.save(tmp_path / "clean.safetensors")
     adv = bench.load_weights_into(get_preset("digits-mlp").model())
-    train_adversarially(adv, DataLoader(train, batch_size=64), make_attack("fgm", 16 / 255, "linf"), 16 / 255, 1, 0.05)
+    train_adversarially(adv, DataLoader(train, batch_size=64), make_attack(FGM, 16 / 255, "linf"), 16 / 255,
+                        Recipe(epochs=1, lr=0.05))
     from safetensors.torch import save_file
 
     save_file(adv.state_dict(), str(tmp_path / "adv.safetensors"))

@@ -70,9 +70,9 @@ def test_clean_probe_bounds_and_first_order(bench, digits):
 
 def test_finetune_brackets_the_crossing_and_is_reproducible(bench, digits):
     train, _ = digits
-    kwargs = dict(epochs=2, runs=2, seed=3, mean_grad_dual_norm=2.0)
-    a = E.estimate_finetune(PRESET.model, train, bench, [2 / 255], **kwargs)
-    b = E.estimate_finetune(PRESET.model, train, bench, [2 / 255], **kwargs)
+    settings = E.FinetuneSettings(epochs=2, runs=2, seed=3)
+    a = E.estimate_finetune(PRESET.model, E.EstimationData(train), bench, [2 / 255], settings, mean_grad_dual_norm=2.0)
+    b = E.estimate_finetune(PRESET.model, E.EstimationData(train), bench, [2 / 255], settings, mean_grad_dual_norm=2.0)
     assert a.value is not None and a.value == b.value and a.points == b.points and a.interval == b.interval
     means = {}
     for p in a.points:
@@ -95,7 +95,8 @@ def test_finetune_brackets_the_crossing_and_is_reproducible(bench, digits):
 
 def test_grid_interpolates_or_says_it_does_not_bracket(bench, digits):
     train, test = digits
-    est = E.estimate_grid(PRESET.model, train, test, bench, [1 / 255, 64 / 255], recipe=Recipe(epochs=3))
+    data = E.EstimationData(train, test)
+    est = E.estimate_grid(PRESET.model, data, bench, [1 / 255, 64 / 255], E.GridSettings(recipe=Recipe(epochs=3)))
     losses = [p["loss"] for p in est.points]
     assert all(p["epoch"] in (1, 2, 3) for p in est.points)
     if est.value is not None:
@@ -103,8 +104,8 @@ def test_grid_interpolates_or_says_it_does_not_bracket(bench, digits):
     else:
         assert est.warnings and "does not bracket" in est.warnings[0]
     assert losses[1] > losses[0]
-    high = E.estimate_grid(PRESET.model, train, test, bench, [128 / 255, 160 / 255], recipe=Recipe(epochs=1),
-                           include_clean=False)
+    high = E.estimate_grid(PRESET.model, data, bench, [128 / 255, 160 / 255],
+                           E.GridSettings(recipe=Recipe(epochs=1), include_clean=False))
     assert high.value is None and any("eps* < " in w for w in high.warnings) and high.bracket == (None, 128 / 255)
     # (1 epoch at 128/255 leaves the model at chance: those runs are said to be not learning, and kept as points
     # above every eps where a run learned, the clean run at 0)
@@ -113,7 +114,8 @@ def test_grid_interpolates_or_says_it_does_not_bracket(bench, digits):
 
 def test_non_finite_losses_mark_the_run_failed(bench, digits):
     train, test = digits
-    est = E.estimate_finetune(PRESET.model, train, bench, [1 / 255, 2 / 255], epochs=2, recipe=Recipe(lr=1e30))
+    est = E.estimate_finetune(PRESET.model, E.EstimationData(train), bench, [1 / 255, 2 / 255],
+                              E.FinetuneSettings(epochs=2, recipe=Recipe(lr=1e30)))
     assert all(p.get("failed") == "non-finite losses" for p in est.points) and len(est.points) == 2
     assert est.value is None and any("failed" in w for w in est.warnings)
     assert any("no usable point" in w for w in est.warnings)
@@ -121,8 +123,9 @@ def test_non_finite_losses_mark_the_run_failed(bench, digits):
 
 def test_verify_is_one_grid_run_at_the_estimate(bench, digits):
     train, test = digits
-    est = E.estimate_eps_star("finetune", bench, model_factory=PRESET.model, train_set=train, test_set=test,
-                              eps=[2 / 255], epochs=2, seed=1, verify=True)
+    data = E.EstimationData(train, test)
+    est = E.estimate_eps_star("finetune", bench, PRESET.model, data, E.FinetuneSettings(epochs=2, seed=1),
+                              eps=[2 / 255], verify=True)
     check = est.verification
     assert check["eps"] == est.value and check["regime"] in ("clean-like", "near eps*", "above eps*", "eps >> eps*")
     assert check["confirms"] == (check["regime"] == "near eps*") and check["seconds"] > 0
@@ -130,7 +133,7 @@ def test_verify_is_one_grid_run_at_the_estimate(bench, digits):
     assert low <= check["ratio"] <= high
     assert "check: run from scratch" in est.summary()
     # Exactly the grid's point at that strength: same seed, same recipe, same R-hat.
-    grid = E.estimate_grid(PRESET.model, train, test, bench, [est.value], seed=1)
+    grid = E.estimate_grid(PRESET.model, data, bench, [est.value], E.GridSettings(seed=1))
     assert grid.points[0]["loss"] == pytest.approx(check["rhat"])
     assert check["ratio"] == pytest.approx(check["rhat"] / bench.clean_test_loss)
 
@@ -139,13 +142,18 @@ def test_finetune_refuses_what_it_cannot_use(bench, digits, tmp_path):
     train, _ = digits
     path = bench.save(tmp_path / "b.safetensors")
     with pytest.raises(ValueError, match="has no weights"):
-        E.estimate_finetune(PRESET.model, train, CleanBenchmark.read(path), [0.01, 0.02])
+        E.estimate_finetune(PRESET.model, E.EstimationData(train), CleanBenchmark.read(path), [0.01, 0.02])
     with pytest.raises(ValueError, match="growth must be > 1"):
-        E.estimate_finetune(PRESET.model, train, bench, [0.01], growth=1.0)
+        E.FinetuneSettings(growth=1.0)
     with pytest.raises(ValueError, match="max_points"):
-        E.estimate_finetune(PRESET.model, train, bench, [0.01, 0.02, 0.03], max_points=2)
+        E.estimate_finetune(PRESET.model, E.EstimationData(train), bench, [0.01, 0.02, 0.03],
+                            E.FinetuneSettings(max_points=2))
     with pytest.raises(ValueError, match="verify checks a fine-tune"):
-        E.estimate_eps_star("grid", bench, model_factory=PRESET.model, train_set=train, test_set=train, verify=True)
+        E.estimate_eps_star("grid", bench, PRESET.model, E.EstimationData(train, train), verify=True)
+    with pytest.raises(TypeError, match="method 'grid' takes GridSettings"):
+        E.estimate_eps_star("grid", bench, PRESET.model, E.EstimationData(train, train), E.FinetuneSettings())
+    with pytest.raises(ValueError, match="the grid needs test_set"):
+        E.estimate_eps_star("grid", bench, PRESET.model, E.EstimationData(train))
 
 
 runner = CliRunner()
@@ -211,9 +219,9 @@ def test_finetune_tracks_the_grid_on_digits(digits):
     full = record_clean_benchmark(PRESET.model(), train, test, recipe=PRESET.recipe)
     probe = E.estimate_clean_probe(full.load_weights_into(PRESET.model()), train, full,
                                    [e / 255 for e in (0.5, 1, 2, 4, 8, 16, 32, 64)])
-    ft = E.estimate_finetune(PRESET.model, train, full, E.finetune_start(probe))
-    grid = E.estimate_grid(PRESET.model, train, test, full, [e / 255 for e in (4, 8, 12, 16, 24)],
-                           recipe=PRESET.recipe)
+    ft = E.estimate_finetune(PRESET.model, E.EstimationData(train), full, E.finetune_start(probe))
+    grid = E.estimate_grid(PRESET.model, E.EstimationData(train, test), full, [e / 255 for e in (4, 8, 12, 16, 24)],
+                           E.GridSettings(recipe=PRESET.recipe))
     assert grid.value is not None and ft.value is not None
     assert probe.lower_bound <= grid.value * 1.1
     assert abs(ft.value / grid.value - 1) < 0.35
@@ -224,7 +232,8 @@ def test_verify_never_confirms_a_run_that_diverged(bench, digits):
 
     train, test = digits
     est = E.EpsStarEstimate("finetune", 4 / 255, bench.clean_test_loss, "linf")
-    verify_estimate(est, PRESET.model, train, test, bench, recipe=Recipe(epochs=2, lr=1e30), steps=2)
+    verify_estimate(est, PRESET.model, E.EstimationData(train, test), bench,
+                    E.GridSettings(recipe=Recipe(epochs=2, lr=1e30), steps=2))
     check = est.verification
     assert check["regime"] == "diverged" and not check["confirms"] and "says nothing" in check["meaning"]
     assert any("reads diverged" in w for w in est.warnings)

@@ -80,6 +80,24 @@ def test_no_function_of_the_library_is_more_complex_than_12():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_no_public_function_of_the_library_takes_more_than_12_parameters():
+    """Settings travel as objects (AttackConfig, Recipe, the estimators' settings, CurveSettings), not as long
+    keyword lists; CLI commands (each option is a parameter) and private helpers aside."""
+    wide = {}
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "integrations").glob("*.py")]:
+        if path.is_relative_to(PACKAGE / "cli"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+                a = node.args
+                names = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)] + [
+                    p.arg for p in (a.vararg, a.kwarg) if p is not None]
+                count = len([n for n in names if n not in ("self", "cls")])
+                if count > 12:
+                    wide[f"{path.relative_to(ROOT)}:{node.name}"] = count
+    assert wide == {}
+
+
 def test_the_top_level_names_import_lazily_and_all_resolve():
     import subprocess
     import sys

@@ -19,10 +19,9 @@ def test_every_place_that_builds_a_recipe_starts_from_the_one_declaration():
     assert StudySettings(widths=(None,), fractions=(1.0,), seeds=(0,)).recipe == Recipe()
     assert get_preset("digits-mlp").recipe == Recipe()  # the embedded default's recipe is the default
     assert Recipe.from_record({}) == Recipe()  # what the estimators use for a benchmark that records nothing
-    loop = inspect.signature(train_adversarially).parameters
-    assert (loop["momentum"].default, loop["weight_decay"].default) == (Recipe().momentum, Recipe().weight_decay)
-    for function in (E.estimate_grid, E.estimate_finetune):  # default: the benchmark's own recipe
-        assert inspect.signature(function).parameters["recipe"].default is None
+    assert inspect.signature(train_adversarially).parameters["recipe"].default is inspect.Parameter.empty
+    for settings in (E.GridSettings, E.FinetuneSettings):  # default: the benchmark's own recipe
+        assert settings().recipe is None
     assert all(isinstance(p.recipe, Recipe) for p in PRESETS.values())
 
 

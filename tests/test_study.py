@@ -204,11 +204,12 @@ def test_the_study_command_with_a_users_model_and_data_factories(tmp_path, monke
 
 def test_a_unit_whose_estimate_cannot_be_made_says_why_instead_of_ending_the_study():
     from advhooks.benchmark import CleanBenchmark
+    from advhooks.kit.estimate import EstimationData
     from advhooks.kit.study.store import estimate_as_json
 
     train, test = load_digits()
     weightless = CleanBenchmark(0.1, 0.05, 0.05, 0.9, 0.95, 0.01, len(test), len(train))  # a record, no weights
-    out = estimate_as_json("clean-probe", weightless, model_factory=get_preset("digits-mlp").model, train_set=train)
+    out = estimate_as_json("clean-probe", weightless, get_preset("digits-mlp").model, EstimationData(train))
     assert out["value"] is None and out["interval"] is None
     assert out["warnings"][0].startswith("no clean-probe estimate: this benchmark was read without its weights")
     settings = StudySettings(widths=(8,), fractions=(1.0,), seeds=(0,))

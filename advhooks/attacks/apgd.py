@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .criteria import Criterion, upcast
-from .norms import project_, steepest_direction_
+from .norms import Region, project_, steepest_direction_
 
 __all__ = ["MOMENTUM", "RHO", "STOP_EVERY", "apgd_ascend_", "checkpoints", "dlr_loss", "targeted_dlr_loss"]
 
@@ -90,9 +90,8 @@ def _loss_and_grad(forward: Any, d: torch.Tensor, criterion: Criterion, targets:
     return loss.detach(), grad
 
 
-def apgd_ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, targets: torch.Tensor, *, norm: str,
-                 eps: float, steps: int, step_size: float, sign: float, loss_scale: float, low: torch.Tensor | None,
-                 high: torch.Tensor | None, on_first_logits: Any = None,
+def apgd_ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, targets: torch.Tensor, *, region: Region,
+                 steps: int, step_size: float, sign: float, loss_scale: float, on_first_logits: Any = None,
                  should_stop: Callable[[], bool] | None = None, eot: int = 1) -> torch.Tensor:
     """APGD's iterations from ``delta`` (the same arguments as PGD's ``ascend_``; ``step_size`` is the initial η).
 
@@ -102,6 +101,7 @@ def apgd_ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, target
     over ``eot`` forwards (a randomised model draws anew at each).
     """
     view = (delta.shape[0],) + (1,) * (delta.ndim - 1)
+    norm = region.norm
     first = [on_first_logits]
 
     def value_and_grad(d: torch.Tensor, need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -114,7 +114,7 @@ def apgd_ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, target
         return loss, grad
 
     def ascent_step(d: torch.Tensor, grad: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
-        return project_(d + eta * steepest_direction_(grad, norm), norm, eps, low, high)  # grad is spent here
+        return project_(d + eta * steepest_direction_(grad, norm), *region)  # grad is spent here
 
     eta = torch.full(view, float(step_size), dtype=delta.dtype, device=delta.device)
     loss, grad = value_and_grad(delta)
@@ -144,5 +144,5 @@ def apgd_ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, target
             increases.zero_()
             eta_at_mark, best_at_mark, last_mark = eta.clone(), best_loss.clone(), k
         z = ascent_step(x, grad, eta)
-        x, previous = project_(x + MOMENTUM * (z - x) + (1 - MOMENTUM) * (x - previous), norm, eps, low, high), x
+        x, previous = project_(x + MOMENTUM * (z - x) + (1 - MOMENTUM) * (x - previous), *region), x
     return best.detach()

@@ -26,7 +26,7 @@ from .config import AttackConfig, AttackKind
 from .criteria import Criterion
 from .domain import InputDomain
 from .model_state import attack_mode, autocast_loss_scale, unwrap_parallel
-from .norms import project_, random_in_ball_, steepest_direction_
+from .norms import Region, project_, random_in_ball_, steepest_direction_
 from .sample_noise import SampleNoise
 
 __all__ = ["Watch", "fgm_perturb", "perturb", "pgd_perturb"]
@@ -190,10 +190,9 @@ def _search(model, x, targets, config, eps, criterion, placed, checks, input_key
                 random_in_ball_(delta, config.norm, eps, generator)
                 if low is not None:
                     delta.clamp_(low, high)
-            delta = ascent(config)(delta, forward, criterion, targets, norm=config.norm, eps=eps,
+            delta = ascent(config)(delta, forward, criterion, targets, region=Region(config.norm, eps, low, high),
                                    steps=config.steps, step_size=config.step_size_for(eps), sign=sign,
-                                   loss_scale=loss_scale, low=low, high=high, on_first_logits=read_checks,
-                                   **_apgd_options(config, stop))
+                                   loss_scale=loss_scale, on_first_logits=read_checks, **_apgd_options(config, stop))
             if config.restarts == 1:
                 return delta
             best = _keep_worst(best, delta, forward, criterion, targets, sign)
@@ -248,10 +247,10 @@ def ascent(config: AttackConfig) -> Any:
     return apgd_ascend_ if config.step_rule == "apgd" else ascend_
 
 
-def ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, targets: torch.Tensor, *, norm: str, eps: float,
-            steps: int, step_size: float, sign: float, loss_scale: float, low: torch.Tensor | None,
-            high: torch.Tensor | None, on_first_logits: Any = None) -> torch.Tensor:
-    """PGD's iterations from ``delta`` (updated in place): ``steps`` steepest-ascent steps, each projected.
+def ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, targets: torch.Tensor, *, region: Region,
+            steps: int, step_size: float, sign: float, loss_scale: float, on_first_logits: Any = None) -> torch.Tensor:
+    """PGD's iterations from ``delta`` (updated in place): ``steps`` steepest-ascent steps, each projected onto
+    ``region``.
 
     The one loop every path runs (eager, compiled, captured as a CUDA graph): no host read, no branch on a
     tensor value. ``on_first_logits(logits)`` runs once, before the first loss (the eager path's input checks).
@@ -268,8 +267,8 @@ def ascend_(delta: torch.Tensor, forward: Any, criterion: Criterion, targets: to
         with torch.no_grad():
             if loss_scale != 1.0:  # an fp16 overflow must not poison δ
                 torch.nan_to_num_(grad, nan=0.0, posinf=1.0, neginf=-1.0)
-            delta.add_(steepest_direction_(grad, norm), alpha=sign * step_size)
-            project_(delta, norm, eps, low, high)
+            delta.add_(steepest_direction_(grad, region.norm), alpha=sign * step_size)
+            project_(delta, *region)
     return delta.detach()
 
 

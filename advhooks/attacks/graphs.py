@@ -31,7 +31,7 @@ from .config import AttackConfig
 from .criteria import Criterion
 from .functional import apply_delta, ascent, delta_box
 from .model_state import attack_mode, autocast_loss_scale
-from .norms import random_in_ball_
+from .norms import Region, random_in_ball_
 
 __all__ = ["MAX_CAPTURES", "GraphedAttack"]
 
@@ -133,10 +133,10 @@ class GraphedAttack:
                         adv = static_x + d if inv_std is None else static_x + d * inv_std
                         return call_model(module, adv, input_key)
 
-                    delta = ascent(config)(delta, forward, criterion, static_targets, norm=norm, eps=eps,
-                                           steps=config.steps, step_size=config.step_size_for(eps),
-                                           sign=-1.0 if config.targeted else 1.0,
-                                           loss_scale=autocast_loss_scale(device_type), low=low, high=high)
+                    delta = ascent(config)(delta, forward, criterion, static_targets,
+                                           region=Region(norm, eps, low, high), steps=config.steps,
+                                           step_size=config.step_size_for(eps), sign=-1.0 if config.targeted else 1.0,
+                                           loss_scale=autocast_loss_scale(device_type))
                     return apply_delta(static_x, delta, domain, placed)
 
             side = torch.cuda.Stream(device=inputs.device)

@@ -6,14 +6,26 @@ never read a tensor value on the host, so they are safe inside a captured or com
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .sample_noise import SampleNoise
 
-__all__ = ["NORMS", "dual_norm", "project_", "random_in_ball_", "steepest_direction_"]
+__all__ = ["NORMS", "Region", "dual_norm", "project_", "random_in_ball_", "steepest_direction_"]
 
 NORMS = ("linf", "l2")
 _TINY = 1e-12
+
+
+class Region(NamedTuple):
+    """Where δ may go: the ε-ball of ``norm`` within the box ``[low, high]`` (``None``: no box), as
+    ``project_(delta, *region)`` takes it."""
+
+    norm: str
+    eps: float
+    low: torch.Tensor | None
+    high: torch.Tensor | None
 
 
 def _per_sample_l2(t: torch.Tensor) -> torch.Tensor:

@@ -3,14 +3,14 @@
 Written from the paper's Algorithms 1–3. Each query changes δ inside one random square window per sample
 (per channel, a random sign times ε for L∞; for L2 a centred two-lobed pattern that moves mass out of a second
 window into the first, keeping ‖δ‖₂ = ε) and keeps the change where the margin loss went down. The window's
-side follows the paper's schedule of ``p``, the fraction of pixels changed: ``p_init`` halved at
+side follows the paper's schedule of ``p``, the fraction of pixels changed: :data:`P_INIT` halved at
 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000 queries (rescaled to the budget). L∞ starts
 from vertical stripes of ±ε, L2 from a 5×5 tiling of the pattern.
 
 Because it uses no gradient, a model whose gradients mislead (a quantising input layer, saturated logits)
 does not fool it: it is the check against gradient masking in the ``standard`` suite. Every sample draws its
 own windows and signs; only the samples not yet broken are queried: the batch shrinks to them every
-``check_every`` queries (one host read each), and in between a broken sample keeps its breaking point.
+:data:`CHECK_EVERY` queries (one host read each), and in between a broken sample keeps its breaking point.
 """
 
 from __future__ import annotations
@@ -29,13 +29,17 @@ from .domain import Bounds, InputDomain, Normalization
 from .norms import NORMS, project_
 from .prepared import Prepared, domain_of, prepared
 
-__all__ = ["P_HALVINGS", "margin_loss", "p_schedule", "square_perturb"]
+__all__ = ["CHECK_EVERY", "P_HALVINGS", "P_INIT", "margin_loss", "p_schedule", "square_perturb"]
 
 # The query counts (of 10,000) after which Square halves p, from the paper's schedule.
 P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+# The initial fraction of pixels in a window: the paper's 0.8, for L∞ and L2 (AutoAttack's standard version too).
+P_INIT = 0.8
+# Queries between two shrinks of the batch to its unbroken samples: one host read each.
+CHECK_EVERY = 10
 
 
-def p_schedule(query: int, n_queries: int, p_init: float = 0.8) -> float:
+def p_schedule(query: int, n_queries: int, p_init: float = P_INIT) -> float:
     """The fraction of pixels Square changes at ``query`` (0-based) of ``n_queries``.
 
     Example:
@@ -58,9 +62,9 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor, targeted: bool = Fal
 
 
 def square_perturb(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float, norm: str = "linf",
-                   n_queries: int = 5000, p_init: float = 0.8, targeted: bool = False,
+                   n_queries: int = 5000, targeted: bool = False,
                    bounds: Bounds | InputDomain = (0.0, 1.0), normalization: Normalization = None,
-                   generator: torch.Generator | None = None, check_every: int = 10, input_key: str | None = None,
+                   generator: torch.Generator | None = None, input_key: str | None = None,
                    model_kwargs: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Square attack on a batch of images ``(N, C, H, W)``; returns ``(adversarial inputs, broken)``.
 
@@ -70,11 +74,9 @@ def square_perturb(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
         labels: true labels, or target labels when ``targeted``.
         eps: the radius in pixel units; ``norm``: ``"linf"`` or ``"l2"``.
         n_queries: the query budget per sample (AutoAttack's standard version: 5000).
-        p_init: the initial fraction of pixels in a window (the paper's 0.8 for L∞ and L2).
         targeted: reach ``labels`` as the predicted class instead of leaving it.
         bounds / normalization: the input domain, as for the other attacks.
         generator: random generator for the windows and signs (on the inputs' device).
-        check_every: queries between two shrinks of the batch to its unbroken samples (one host read each).
 
     Returns:
         The points (each sample's lowest-margin point; the breaking point for a broken sample) and a bool mask
@@ -90,9 +92,6 @@ def square_perturb(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
     eps = check_eps_value(eps)
     norm = check_choice("norm", norm, NORMS)
     n_queries = check_positive_int("n_queries (Square's query budget)", n_queries)
-    check_every = check_positive_int("check_every", check_every)
-    if not 0.0 < float(p_init) <= 1.0:
-        raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
     if not isinstance(inputs, torch.Tensor) or inputs.ndim != 4:
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(f"Square needs image batches (N, C, H, W), got {shape}: its windows are squares of pixels; "
@@ -102,13 +101,13 @@ def square_perturb(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
         if eps == 0.0:
             margin = margin_loss(state.forward(torch.zeros_like(state.x)), labels, targeted)
             return inputs.clone(), margin < 0
-        delta = _search(state, labels, eps, norm, n_queries, float(p_init), targeted, generator, check_every)
+        delta = _search(state, labels, eps, norm, n_queries, targeted, generator)
         adv = state.inputs(delta)
         return adv, margin_loss(state.forward(delta), labels, targeted) < 0
 
 
-def _search(state: Prepared, labels: torch.Tensor, eps: float, norm: str, n_queries: int, p_init: float,
-            targeted: bool, generator: torch.Generator | None, check_every: int) -> torch.Tensor:
+def _search(state: Prepared, labels: torch.Tensor, eps: float, norm: str, n_queries: int, targeted: bool,
+            generator: torch.Generator | None) -> torch.Tensor:
     """Each sample's best δ after the queries (the search itself; see the module docs).
 
     Between two shrinks the loop works on compact copies of the unbroken rows (no gather per query); the
@@ -119,14 +118,14 @@ def _search(state: Prepared, labels: torch.Tensor, eps: float, norm: str, n_quer
     active = torch.arange(state.x.shape[0], device=state.x.device)
     rows = None
     for query in range(n_queries):
-        if query % check_every == 0:  # the only host read: shrink to the samples still unbroken
+        if query % CHECK_EVERY == 0:  # the only host read: shrink to the samples still unbroken
             if rows is not None:
                 delta[active], best[active] = rows.delta, rows.best
             active = active[best[active] >= 0]
             if active.numel() == 0:
                 return delta
             rows = _Rows(state, active, delta, best, labels)
-        size = _window_side(p_schedule(query, n_queries, p_init), state.x, norm)
+        size = _window_side(p_schedule(query, n_queries), state.x, norm)
         candidate = project_(_propose(rows.delta, size, eps, norm, generator), norm, eps, rows.low, rows.high)
         margin = margin_loss(call_model(state.module, rows.inputs(candidate), state.input_key, state.model_kwargs),
                              rows.labels, targeted)

@@ -13,6 +13,7 @@ from .clean_benchmark import CleanBenchmark, evaluate_clean
 from .file_format import SCHEMA_VERSION, BenchmarkFormatError, read_header, write_json_atomic
 from .recipe import (
     RECIPE_KEYS,
+    SCHEDULES,
     Recipe,
     benchmark_reference,
     check_benchmark_setup,
@@ -26,6 +27,7 @@ from .recipe import (
 __all__ = [
     "RECIPE_KEYS",
     "Recipe",
+    "SCHEDULES",
     "SCHEMA_VERSION",
     "BenchmarkFormatError",
     "CleanBenchmark",

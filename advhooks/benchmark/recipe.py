@@ -15,11 +15,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .._datasets import labels_of
+from ..schedules import step_decay
 
 if TYPE_CHECKING:
     from .clean_benchmark import CleanBenchmark
 
-__all__ = ["RECIPE_KEYS", "Recipe", "benchmark_reference", "check_benchmark_setup", "dataset_fingerprint",
+__all__ = ["RECIPE_KEYS", "SCHEDULES", "Recipe", "benchmark_reference", "check_benchmark_setup", "dataset_fingerprint",
            "differing_keys", "model_fingerprint", "recipe_differences", "unwrap_model"]
 
 
@@ -82,6 +83,10 @@ def dataset_fingerprint(train: Dataset | None, test: Dataset) -> dict[str, Any]:
     return out
 
 
+# The learning-rate schedules the kit trains as named: the paper's step decay, or none.
+SCHEDULES = ("step_decay", "constant")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How a model is trained: what a clean benchmark records and every adversarial run must share with it.
@@ -95,7 +100,7 @@ class Recipe:
         batch_size: the global batch size (per-process batch × processes).
         lr / momentum / weight_decay: SGD's settings.
         optimizer / schedule: their names (``"sgd"``; ``"step_decay"``: the learning rate / 10 at 1/2 and 3/4
-            of the epochs, the paper's).
+            of the epochs, the paper's; ``"constant"``: no decay).
         augmentation: whether the training data is augmented (the CIFAR presets: crop + flip).
 
     Example:
@@ -124,6 +129,12 @@ class Recipe:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+    def lr_factor(self, epoch: int) -> float:
+        """The learning rate's factor in ``epoch`` (from 0) when the kit trains this recipe: 1 for ``"constant"``,
+        else the paper's step decay (a schedule recorded by another loop, e.g. the HF Trainer's ``"linear"``, is
+        trained as step decay: the kit's trainers warn when they do)."""
+        return 1.0 if self.schedule == "constant" else step_decay(epoch, self.epochs)
 
     def with_given(self, **given: Any) -> Recipe:
         """This recipe with the values that are given (``None``: keep this recipe's)."""

@@ -44,7 +44,7 @@ def connectivity_command(
 
     from ..benchmark import CleanBenchmark, Recipe
     from ..kit.checkpoints import load_weights, read_checkpoint
-    from ..kit.connectivity import connectivity
+    from ..kit.connectivity import CurveSettings, connectivity
 
     check_options(bends=bends, epochs=epochs, points=points, lr=lr, batch_size=batch_size)
     prepare_output(json_out, "--json")
@@ -57,6 +57,7 @@ def connectivity_command(
     adv = load_weights(setup.model_factory(), state, source=source).to(device)
     recipe = Recipe.from_record(bench.training).with_given(batch_size=batch_size, lr=lr)  # the clean run's, else given
     bs = recipe.batch_size
+    settings = CurveSettings(bends=bends, epochs=epochs, lr=recipe.lr, points=points, resolution=resolution, seed=seed)
     loader = torch.utils.data.DataLoader(setup.train_set, batch_size=bs, shuffle=True,
                                          generator=torch.Generator().manual_seed(seed))
     bar = tqdm(total=epochs + resolution, disable=not progress_shown(quiet), file=sys.stderr, leave=False)
@@ -66,10 +67,9 @@ def connectivity_command(
         bar.update(1)
 
     try:
-        result = connectivity(clean, adv, loader, bends=bends, epochs=epochs,
-                              lr=recipe.lr, points=points, resolution=resolution,
+        result = connectivity(clean, adv, loader, settings,
                               eval_loader=torch.utils.data.DataLoader(setup.train_eval, batch_size=max(bs, 256)),
-                              device=device, seed=seed, progress=progress)
+                              device=device, progress=progress)
     finally:
         bar.close()
     result.settings.update(benchmark=str(benchmark), checkpoint=source)

@@ -81,6 +81,9 @@ def estimate_eps_star(
     if normalization is None and isinstance(bench.training.get("normalization"), dict):
         recorded = bench.training["normalization"]
         normalization = (list(recorded["mean"]), list(recorded["std"]))
+    settings = E.settings_for(method, bench, dict(norm=norm, attack=attack, steps=steps, runs=runs, epochs=epochs,
+                                                  lr=lr, batch_size=batch_size, seed=seed, level=level,
+                                                  normalization=normalization))
     loaded_records, setup = None, None
     if method == "records":
         loaded_records = _read_records(records)
@@ -95,12 +98,9 @@ def estimate_eps_star(
 
     try:
         result = E.estimate_eps_star(
-            method, bench, model_factory=setup.model_factory if setup else None,
-            train_set=setup.train_set if setup else None, test_set=setup.test_set if setup else None,
-            train_eval_set=setup.train_eval if setup else None, records=loaded_records, eps=grid, norm=norm.lower(),
-            attack=attack, steps=steps, runs=runs, epochs=epochs,
-            lr=lr, batch_size=batch_size, seed=seed, device=device, normalization=normalization, level=level,
-            verify=verify, progress=progress)
+            method, bench, setup.model_factory if setup else None,
+            E.EstimationData(setup.train_set, setup.test_set, setup.train_eval) if setup else None, settings,
+            eps=grid, records=loaded_records, verify=verify, device=device, progress=progress)
     finally:
         bar.close()
     show_result(result, json_out, plot, "estimate")

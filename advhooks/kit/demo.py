@@ -68,8 +68,9 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
 
     say("estimating eps* (clean probe, fine-tune)")
     probe = E.estimate_clean_probe(bench.load_weights_into(preset.model()), train, bench, list(E.DEFAULT_LADDER))
-    finetune = E.estimate_finetune(preset.model, train, bench, E.finetune_start(probe), seed=seed,
-                                   mean_grad_dual_norm=probe.mean_grad_dual_norm, **({"epochs": 4} if quick else {}))
+    finetune = E.estimate_finetune(preset.model, E.EstimationData(train), bench, E.finetune_start(probe),
+                                   E.FinetuneSettings(seed=seed, **({"epochs": 4} if quick else {})),
+                                   mean_grad_dual_norm=probe.mean_grad_dual_norm)
 
     runs, records = [], []
     test_loader = DataLoader(test, batch_size=256)
@@ -83,8 +84,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
         monitor.evaluate_with(model, train, test, seed=seed)
         loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
-        history = train_adversarially(model, loader, PGD(eps, steps=10), eps, epochs, recipe.lr, decay=True,
-                                      weight_decay=recipe.weight_decay, monitor=monitor)
+        history = train_adversarially(model, loader, PGD(eps, steps=10), eps, recipe, monitor=monitor)
         last = history[-1]["report"]
         monitor.evaluate_rhat()  # a no-op after the last planned epoch; a run cut short evaluates θ̂'s R̂ here
         records.append(monitor.record())

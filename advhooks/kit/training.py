@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -14,12 +15,13 @@ from torch.utils.data import DataLoader, Dataset
 from .._outputs import logits_of
 from ..attacks import Attack
 from ..attacks.criteria import Criterion, cross_entropy, per_sample
-from ..benchmark import CleanBenchmark, Recipe, dataset_fingerprint, evaluate_clean
+from ..benchmark import SCHEDULES, CleanBenchmark, Recipe, dataset_fingerprint, evaluate_clean
 from ..best_epoch import BestEpoch
 from ..evaluation import evaluate_adversarial_loss
 from ..monitor import PhaseMonitor
-from ..schedules import step_decay
 from ..step import AdversarialStep
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PassCounter", "adversarial_loss", "record_clean_benchmark", "train_adversarially"]
 
@@ -47,35 +49,43 @@ def adversarial_loss(model: nn.Module, loader: Iterable, attack: Attack | None, 
     return estimate.mean, accuracy
 
 
-def train_adversarially(model: nn.Module, train_loader: DataLoader, attack: Attack, eps: float, epochs: int,
-                        lr: float, *, decay: bool = True, test_loader: DataLoader | None = None,
-                        eval_attack: Attack | None = None,
+def train_adversarially(model: nn.Module, train_loader: DataLoader, attack: Attack, eps: float, recipe: Recipe, *,
+                        test_loader: DataLoader | None = None, eval_attack: Attack | None = None,
                         device: torch.device | str = "cpu", counter: PassCounter | None = None,
-                        momentum: float = Recipe.momentum, weight_decay: float = Recipe.weight_decay,
-                        monitor: PhaseMonitor | None = None,
-                        progress: Callable[[str], None] | None = None,
+                        monitor: PhaseMonitor | None = None, progress: Callable[[str], None] | None = None,
                         on_epoch: Callable[[dict[str, Any]], bool | None] | None = None) -> list[dict[str, Any]]:
     """The reference adversarial training loop used by the estimators and the demo.
 
-    SGD with momentum, optionally the paper's step decay; per epoch the running mean of the adversarial
-    training loss, and with ``test_loader`` the adversarial test loss and accuracy under ``eval_attack``.
-    With ``monitor`` every batch is fed to it and each epoch's :class:`PhaseReport` is in ``"report"``.
-    ``eps = 0`` trains cleanly.
+    SGD with the recipe's epochs, learning rate, momentum and weight decay, and its schedule (``"step_decay"``:
+    the learning rate / 10 at 1/2 and 3/4 of the epochs; ``"constant"``: none); per epoch the running mean of the
+    adversarial training loss, and with ``test_loader`` the adversarial test loss and accuracy under
+    ``eval_attack``. With ``monitor`` every batch is fed to it and each epoch's :class:`PhaseReport` is in
+    ``"report"``. ``eps = 0`` trains cleanly. The loader's batch size is the loader's (``recipe.batch_size`` is not
+    read here).
 
     Args:
-        model, train_loader, attack, eps, epochs, lr: what to train, on what, how hard, how long.
-        decay: divide the learning rate by 10 at 1/2 and 3/4 of ``epochs`` (the clean benchmark's schedule).
+        model, train_loader, attack, eps, recipe: what to train, on what, how hard, how.
         test_loader, eval_attack: per-epoch adversarial evaluation (optional).
-        device, momentum, weight_decay: as usual.
+        device: where to train.
         counter: counts per-sample forward/backward passes (see :class:`PassCounter`).
         monitor: a PhaseMonitor to feed.
         progress: called with a line of text after each epoch.
         on_epoch: called with each epoch's record; training stops early when it returns True.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> from advhooks.attacks import FGM
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> data = DataLoader(TensorDataset(torch.rand(8, 4), torch.randint(0, 2, (8,))), batch_size=4)
+        >>> len(train_adversarially(net, data, FGM(0.1), 0.1, Recipe(epochs=2, schedule="constant")))
+        2
     """
+    epochs = recipe.epochs
+    _say_how_the_schedule_is_trained(recipe)
     counter = counter or PassCounter()
     device = torch.device(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, epochs) if decay else 1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, recipe.lr_factor)
     step = AdversarialStep(model, attack)
     history = []
     for epoch in range(1, epochs + 1):
@@ -113,6 +123,13 @@ def train_adversarially(model: nn.Module, train_loader: DataLoader, attack: Atta
         if on_epoch is not None and on_epoch(record):
             break
     return history
+
+
+def _say_how_the_schedule_is_trained(recipe: Recipe) -> None:
+    """A warning when the recipe names a schedule the kit does not train as named (:meth:`Recipe.lr_factor`)."""
+    if recipe.schedule not in SCHEDULES:
+        log.warning("the recipe's schedule %r is trained as step_decay (the kit trains %s)", recipe.schedule,
+                    " or ".join(SCHEDULES))
 
 
 class _OneEpoch:
@@ -173,7 +190,8 @@ def record_clean_benchmark(
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
     test_loader = DataLoader(test_set, batch_size=max(batch_size, 256))
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: step_decay(e, epochs))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, recipe.lr_factor)
+    _say_how_the_schedule_is_trained(recipe)
     best, best_state = BestEpoch(), None
     for epoch in range(1, epochs + 1):
         model.train()

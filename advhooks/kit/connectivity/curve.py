@@ -265,25 +265,45 @@ def _contour(space: _WeightSpace, control: list[torch.Tensor], data: Batches, cr
     return {"x": grid_x, "y": grid_y, "loss": loss, "points": points, "curve": curve, "middle_is": middle}
 
 
-def connectivity(
-    clean_model: nn.Module,
-    adv_model: nn.Module,
-    loader: Batches,
-    *,
-    bends: int = 1,
-    epochs: int = 20,
-    lr: float = 0.05,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    points: int = 21,
-    resolution: int = 0,
-    margin: float = 0.25,
-    eval_loader: Batches | None = None,
-    criterion: Criterion | None = None,
-    device: torch.device | str | None = None,
-    seed: int = 0,
-    progress: Callable[[str], None] | None = None,
-) -> ConnectivityResult:
+@dataclass(frozen=True, kw_only=True)
+class CurveSettings:
+    """How the curve is trained and measured (validated when made).
+
+    Args:
+        bends: trained control points between the two ends (1: the paper's quadratic curve).
+        epochs / lr / momentum / weight_decay: SGD on the middle points (lr / 10 at 1/2 and 3/4 of ``epochs``).
+        points: positions evaluated along each path (t evenly spaced in [0, 1]).
+        resolution: the contour's resolution (``resolution × resolution`` evaluations); 0: no contour.
+        margin: how far the contour reaches beyond the three points, as a fraction of their larger spread (one
+            scale on both axes).
+        seed: draws of t while training the curve.
+    """
+
+    bends: int = 1
+    epochs: int = 20
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    points: int = 21
+    resolution: int = 0
+    margin: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive_int("bends", self.bends)
+        check_positive_int("epochs", self.epochs)
+        if not isinstance(self.points, int) or self.points < 2:
+            raise ValueError(f"points must be an integer >= 2, got {self.points!r}")
+        if not isinstance(self.resolution, int) or self.resolution < 0 or self.resolution == 1:
+            raise ValueError(f"resolution must be 0 (no contour) or an integer >= 2, got {self.resolution!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def connectivity(clean_model: nn.Module, adv_model: nn.Module, loader: Batches, settings: CurveSettings | None = None,
+                 *, eval_loader: Batches | None = None, criterion: Criterion | None = None,
+                 device: torch.device | str | None = None,
+                 progress: Callable[[str], None] | None = None) -> ConnectivityResult:
     """The clean training loss along the trained Bézier curve and the straight line between two models.
 
     Neither model is changed: the work happens on a copy of ``clean_model``. Both must have the same
@@ -293,27 +313,21 @@ def connectivity(
         clean_model / adv_model: the clean model θ̂(0) and the adversarially trained one, one architecture.
         loader: ``(inputs, targets)`` batches of the training set (re-iterated once per epoch) that train the
             middle points.
-        bends: trained control points between the two ends (1: the paper's quadratic curve).
-        epochs / lr / momentum / weight_decay: SGD on the middle points (lr / 10 at 1/2 and 3/4 of ``epochs``).
-        points: positions evaluated along each path (t evenly spaced in [0, 1]).
-        resolution: the contour's resolution (``resolution × resolution`` evaluations); 0: no contour.
-        margin: how far the contour reaches beyond the three points, as a fraction of their larger spread (one
-            scale on both axes).
+        settings: :class:`CurveSettings` (default: its defaults).
         eval_loader: the batches on which the clean training loss is measured and BatchNorm's statistics
             recomputed (default ``loader``; pass the training set without augmentation).
         criterion: per-sample loss (default cross-entropy).
         device: where to compute (default: the clean model's device).
-        seed: draws of t while training the curve.
         progress: called with a line of text as the work goes on.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> data = [(torch.rand(8, 4), torch.randint(0, 2, (8,)))]
+        >>> a, b = nn.Linear(4, 2), nn.Linear(4, 2)
+        >>> connectivity(a, b, data, CurveSettings(epochs=1, points=3)).t
+        [0.0, 0.5, 1.0]
     """
-    check_positive_int("bends", bends)
-    check_positive_int("epochs", epochs)
-    if not isinstance(points, int) or points < 2:
-        raise ValueError(f"points must be an integer >= 2, got {points!r}")
-    if not isinstance(resolution, int) or resolution < 0 or resolution == 1:
-        raise ValueError(f"resolution must be 0 (no contour) or an integer >= 2, got {resolution!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    s = settings or CurveSettings()
     started = time.perf_counter()
     device = torch.device(device) if device is not None else next(clean_model.parameters()).device
     crit = per_sample(criterion)
@@ -322,22 +336,20 @@ def connectivity(
     if float((end - start).norm()) == 0:
         raise ValueError("the two models have the same weights: there is no path between them to measure")
     evaluation = eval_loader if eval_loader is not None else loader
-    middles, history = _train_bends(space, (start, end), bends, loader, crit, epochs=epochs, lr=lr,
-                                    momentum=momentum, weight_decay=weight_decay,
-                                    generator=torch.Generator().manual_seed(seed), progress=progress)
+    middles, history = _train_bends(space, (start, end), s.bends, loader, crit, epochs=s.epochs, lr=s.lr,
+                                    momentum=s.momentum, weight_decay=s.weight_decay,
+                                    generator=torch.Generator().manual_seed(s.seed), progress=progress)
     control = [start, *middles, end]
-    ts = torch.linspace(0, 1, points).tolist()
+    ts = torch.linspace(0, 1, s.points).tolist()
     curve = [space.loss(_curve_point(t, control), evaluation, crit) for t in ts]
     line = [space.loss((1 - t) * start + t * end, evaluation, crit) for t in ts]
     result = ConnectivityResult(
         t=ts, curve_loss=curve, line_loss=line, curve_barrier=path_barrier(curve), line_barrier=path_barrier(line),
         curve_ridge=path_ridge(ts, curve), line_ridge=path_ridge(ts, line),
-        distance=float((end - start).norm()), bends=bends, curve_training=history,
-        settings=dict(bends=bends, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, points=points,
-                      resolution=resolution, margin=margin, seed=seed))
-    if resolution:
+        distance=float((end - start).norm()), bends=s.bends, curve_training=history, settings=asdict(s))
+    if s.resolution:
         try:
-            result.contour = _contour(space, control, evaluation, crit, resolution, margin, progress)
+            result.contour = _contour(space, control, evaluation, crit, s.resolution, s.margin, progress)
         except ValueError as err:  # the trained middle on the straight line: the paths are measured all the same
             result.warnings.append(f"no contour: {err}")
     result.seconds = time.perf_counter() - started

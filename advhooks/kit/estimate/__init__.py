@@ -25,8 +25,9 @@ small ε is compared with mean‖∇ₓℓ‖_* (they agree to first order) as a
 
 One estimator per module: :mod:`.grid` (with the run records), :mod:`.finetune`, :mod:`.clean_probe`;
 :mod:`.crossing` is the one definition of where a curve of R̂ crosses R*(0) and its band, :mod:`.verify` the
-check of an estimate, :mod:`.result` the result type and what the estimators share, :mod:`.dispatch` the entry
-point.
+check of an estimate, :mod:`.result` the result type and what the estimators share, :mod:`.settings`
+what an estimator is asked (the data and each method's settings, one frozen dataclass each, shared with the CLI),
+:mod:`.dispatch` the entry point.
 """
 
 from ..training import adversarial_loss
@@ -42,13 +43,29 @@ from .crossing import r_star_draws
 from .dispatch import METHODS, estimate_eps_star
 from .finetune import estimate_finetune
 from .grid import estimate_from_records, estimate_grid
-from .result import EpsStarEstimate, check_eps_grid, make_attack
+from .result import EpsStarEstimate, check_eps_grid
+from .settings import (
+    EstimationData,
+    FinetuneSettings,
+    GridSettings,
+    Measurement,
+    ProbeSettings,
+    TrainingSettings,
+    make_attack,
+    settings_for,
+)
 from .verify import verify_estimate
 
 __all__ = [
     "DEFAULT_LADDER",
     "METHODS",
     "EpsStarEstimate",
+    "EstimationData",
+    "FinetuneSettings",
+    "GridSettings",
+    "Measurement",
+    "ProbeSettings",
+    "TrainingSettings",
     "default_grid_eps",
     "finetune_start",
     "adversarial_loss",
@@ -61,6 +78,7 @@ __all__ = [
     "make_attack",
     "mean_input_grad_dual_norm",
     "r_star_draws",
+    "settings_for",
     "spread",
     "verify_estimate",
 ]

@@ -22,7 +22,8 @@ from ...schedules import format_eps
 from ...uncertainty import propagate
 from ..training import PassCounter, adversarial_loss
 from .crossing import r_star_draws
-from .result import EpsStarEstimate, _cost, check_eps_grid, make_attack
+from .result import EpsStarEstimate, _cost, check_eps_grid
+from .settings import ProbeSettings
 
 
 def mean_input_grad_dual_norm(model: nn.Module, dataset: Dataset, norm: str = "linf", *, batch_size: int = 256,
@@ -44,40 +45,38 @@ def mean_input_grad_dual_norm(model: nn.Module, dataset: Dataset, norm: str = "l
     return float(torch.cat(norms).mean())
 
 
-def estimate_clean_probe(
-    model: nn.Module,
-    train_set: Dataset,
-    benchmark: CleanBenchmark,
-    ladder: Sequence[float],
-    *,
-    norm: str = "linf",
-    attack: str = "pgd",
-    steps: int = 10,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    normalization: Normalization = None,
-    progress: Callable[[str], None] | None = None,
-) -> EpsStarEstimate:
+def estimate_clean_probe(model: nn.Module, train_set: Dataset, benchmark: CleanBenchmark, ladder: Sequence[float],
+                         settings: ProbeSettings | None = None, *, device: torch.device | str = "cpu",
+                         progress: Callable[[str], None] | None = None) -> EpsStarEstimate:
     """Free figures from the clean model θ̂(0): a lower bound on ε* and the first-order estimate.
 
-    The clean model's adversarial training loss at each rung of ``ladder``; the largest rung whose loss is
-    ≤ R*(0) bounds ε* from below (up to the attack's approximation). The first-order estimate is
-    Δ / mean‖∇ₓℓ‖_*, from the input gradients over the training set; it tends to overestimate because
-    the loss curves upward in ε.
+    The clean model's adversarial training loss at each rung of ``ladder`` (PGD-``settings.steps``); the largest
+    rung whose loss is ≤ R*(0) bounds ε* from below (up to the attack's approximation). The first-order estimate
+    is Δ / mean‖∇ₓℓ‖_*, from the input gradients over the training set; it tends to overestimate because the
+    loss curves upward in ε.
+
+    Args:
+        model: the clean model θ̂(0) (the benchmark's weights loaded).
+        train_set: the training set without augmentation.
+        benchmark: its clean benchmark.
+        ladder: the strengths.
+        settings: :class:`~advhooks.kit.estimate.settings.ProbeSettings` (default: its defaults).
+        device / progress: where to compute; called with a line of text as the work goes on.
     """
+    s = settings or ProbeSettings()
     grid = check_eps_grid(ladder, "ladder")
     if benchmark.generalization_gap is None:
         raise ValueError("the benchmark has no clean training loss (measure it with a train loader)")
     device = torch.device(device)
     start, counter = time.perf_counter(), PassCounter()
     r_star = benchmark.clean_test_loss
-    est = EpsStarEstimate("clean-probe", None, r_star, norm, settings=dict(ladder=grid, attack=attack, steps=steps))
+    est = EpsStarEstimate("clean-probe", None, r_star, s.norm, settings=dict(ladder=grid, attack="pgd", steps=s.steps))
     model = model.to(device)
     handle = model.register_forward_hook(counter.hook)
-    loader = DataLoader(train_set, batch_size=batch_size)
+    loader = DataLoader(train_set, batch_size=s.batch_size)
     try:
-        mean_norm = mean_input_grad_dual_norm(model, train_set, norm, batch_size=batch_size, device=device,
-                                              normalization=normalization)
+        mean_norm = mean_input_grad_dual_norm(model, train_set, s.norm, batch_size=s.batch_size, device=device,
+                                              normalization=s.normalization)
         counter.backward += len(train_set)
         est.mean_grad_dual_norm = mean_norm
         first_order = benchmark.generalization_gap / mean_norm if mean_norm > 0 else math.nan
@@ -89,7 +88,7 @@ def estimate_clean_probe(
                 f"{mean_norm:.4g} is not a positive number (a clean model whose test loss is not above its "
                 "training loss has no first-order eps*)")
         for e in grid:
-            atk = make_attack(attack, e, norm, steps, normalization) if e > 0 else None
+            atk = s.evaluation_attack(e) if e > 0 else None
             loss, acc = adversarial_loss(model, loader, atk, e, device)
             if atk is not None:
                 counter.backward += len(train_set) * atk.steps

@@ -9,58 +9,27 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from ...attacks.domain import Normalization
-from ...benchmark import CleanBenchmark, Recipe
+from ...benchmark import CleanBenchmark
 from ...evaluation import FixedSubset, evaluate_adversarial_loss
 from ...schedules import format_eps
-from ...uncertainty import DEFAULT_LEVEL
 from ..training import PassCounter, train_adversarially
-from .crossing import GROWTH, bracket_crossing, fill_crossing
+from .crossing import bracket_crossing, fill_crossing
 from .grid import seeded_run
-from .result import EpsStarEstimate, _cost, check_eps_grid, make_attack
-
-# The most strengths (they grow or shrink by crossing.GROWTH until R̂ is on both sides of R*(0)).
-MAX_POINTS = 6
-# Each fine-tune: EPOCHS at the clean run's learning rate with ATTACK, then COOLDOWN at a tenth of it (why: the
-# module's docstring of estimate_finetune, and docs/paper.md's calibration against the grid).
-EPOCHS = 10
-COOLDOWN = 1
-ATTACK = "fgm"
+from .result import EpsStarEstimate, _cost, check_eps_grid
+from .settings import EstimationData, FinetuneSettings, attack_name, make_attack
 
 
-def estimate_finetune(
-    model_factory: Callable[[], nn.Module],
-    train_set: Dataset,
-    benchmark: CleanBenchmark,
-    eps: Sequence[float],
-    *,
-    growth: float = GROWTH,
-    max_points: int = MAX_POINTS,
-    norm: str = "linf",
-    attack: str = ATTACK,
-    steps: int = 10,
-    epochs: int = EPOCHS,
-    cooldown: int = COOLDOWN,
-    recipe: Recipe | None = None,
-    runs: int = 1,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    normalization: Normalization = None,
-    mean_grad_dual_norm: float | None = None,
-    train_subset: int | None = 512,
-    train_eval_set: Dataset | None = None,
-    level: float = DEFAULT_LEVEL,
-    draws: int = 2000,
-    progress: Callable[[str], None] | None = None,
-) -> EpsStarEstimate:
+def estimate_finetune(model_factory: Callable[[], nn.Module], data: EstimationData, benchmark: CleanBenchmark,
+                      eps: Sequence[float], settings: FinetuneSettings | None = None, *,
+                      mean_grad_dual_norm: float | None = None, device: torch.device | str = "cpu",
+                      progress: Callable[[str], None] | None = None) -> EpsStarEstimate:
     """ε* by adversarial fine-tuning from the clean weights (the paper's section 6), with a band.
 
-    At each strength the clean model is fine-tuned with ``attack`` (default FGM, FGSM with a random start in L∞)
-    for ``epochs`` at the learning rate and batch size of ``recipe`` (default: the clean benchmark's,
-    :meth:`~advhooks.benchmark.Recipe.from_record`), then ``cooldown`` epochs at a tenth of that rate, and R̂(θ, ε)
-    of the fine-tuned weights is evaluated like every R̂ in advhooks
+    At each strength the clean model is fine-tuned with ``settings.attack`` (default FGM, FGSM with a random start
+    in L∞) for ``settings.epochs`` at the learning rate and batch size of ``settings.recipe`` (default: the clean
+    benchmark's, :meth:`~advhooks.benchmark.Recipe.from_record`), then ``settings.cooldown`` epochs at a tenth of
+    that rate, and R̂(θ, ε) of the fine-tuned weights is evaluated like every R̂ in advhooks
     (:func:`~advhooks.evaluation.evaluate_adversarial_loss`, PGD-``steps``, on a fixed training subset).
     The strengths start at ``eps`` (:func:`~advhooks.kit.estimate.estimate_eps_star` starts at the clean probe's
     bound) and grow by ``growth`` beyond the largest until one R̂ is above R*(0) (or shrink below the smallest
@@ -78,37 +47,46 @@ def estimate_finetune(
     the grid's early-stopped epoch, most on less data); at a tenth of the rate throughout the model hardly
     leaves the clean weights (0.68–0.92 after 10 epochs on widths 16 and 64). FGM and PGD-10 training gave
     the same R̂ at these small ε (within 1 % at a tenth of the rate), FGM at a fraction of the cost.
+
+    Args:
+        model_factory: makes the network the benchmark's weights are loaded into.
+        data: the training set (and the set R̂ is evaluated on); no test set is needed.
+        benchmark: the clean benchmark, loaded with its weights.
+        eps: the ladder's first strengths.
+        settings: :class:`~advhooks.kit.estimate.settings.FinetuneSettings` (default: its defaults).
+        mean_grad_dual_norm: mean‖∇ₓℓ(θ̂(0))‖_*, when known: the fine-tune's slope is compared with it.
+        device / progress: where to train; called with a line of text as the work goes on.
     """
+    s = settings or FinetuneSettings()
     ladder = check_eps_grid(eps)
-    if not growth > 1:
-        raise ValueError(f"growth must be > 1, got {growth}")
-    if max_points < len(ladder):
-        raise ValueError(f"max_points ({max_points}) must be at least the number of eps given ({len(ladder)})")
+    if s.max_points < len(ladder):
+        raise ValueError(f"max_points ({s.max_points}) must be at least the number of eps given ({len(ladder)})")
     if benchmark.state_dict is None:
         raise ValueError("the benchmark has no weights: load it with CleanBenchmark.load(path)")
     device = torch.device(device)
-    recipe = recipe or Recipe.from_record(benchmark.training)
+    recipe = s.recipe_of(benchmark)
     start, counter = time.perf_counter(), PassCounter()
-    est = EpsStarEstimate("finetune", None, benchmark.clean_test_loss, norm, level=level, settings=dict(
-        eps=ladder, growth=growth, max_points=max_points, attack=attack, steps=steps, epochs=epochs,
-        cooldown=cooldown, lr=recipe.lr, batch_size=recipe.batch_size, runs=runs, seed=seed,
-        train_subset=train_subset))
-    subset = None if train_subset is None else FixedSubset(train_subset, seed)
+    est = EpsStarEstimate("finetune", None, benchmark.clean_test_loss, s.norm, level=s.level, settings=dict(
+        eps=ladder, growth=s.growth, max_points=s.max_points, attack=attack_name(s.attack), steps=s.steps,
+        epochs=s.epochs, cooldown=s.cooldown, lr=recipe.lr, batch_size=recipe.batch_size, runs=s.runs, seed=s.seed,
+        train_subset=s.train_subset))
+    subset = None if s.train_subset is None else FixedSubset(s.train_subset, s.seed)
+    # The fine-tune, then its cooldown at a tenth of the rate; no decay within either.
+    phases = [recipe.with_given(epochs=length, lr=lr, schedule="constant")
+              for length, lr in ((s.epochs, recipe.lr), (s.cooldown, recipe.lr / 10)) if length]
     clean_model = lambda: benchmark.load_weights_into(model_factory())  # noqa: E731 - each run starts clean
 
     def measure(e: float) -> float | None:
         """Fine-tune every run at ``e``; their mean R̂ (``None`` when every run failed)."""
         losses = []
-        for run in range(runs):
-            with seeded_run(run, seed, clean_model, train_set, recipe.batch_size, device, counter) as (model, loader):
-                atk = make_attack(attack, e, norm, steps, normalization)
-                for length, lr in ((epochs, recipe.lr), (cooldown, recipe.lr / 10)):
-                    if length:
-                        train_adversarially(model, loader, atk, e, length, lr, decay=False, device=device,
-                                            counter=counter, momentum=recipe.momentum,
-                                            weight_decay=recipe.weight_decay, progress=progress)
-                rhat, _ = evaluate_adversarial_loss(model, train_eval_set or train_set,
-                                                    make_attack("pgd", e, norm, steps, normalization), subset=subset,
+        for run in range(s.runs):
+            with seeded_run(run, s.seed, clean_model, data.train_set, recipe.batch_size, device, counter) as (
+                    model, loader):
+                atk = make_attack(s.attack, e, s.norm, s.steps, s.normalization)
+                for phase in phases:
+                    train_adversarially(model, loader, atk, e, phase, device=device, counter=counter,
+                                        progress=progress)
+                rhat, _ = evaluate_adversarial_loss(model, data.train_eval, s.evaluation_attack(e), subset=subset,
                                                     device=device)
             if math.isfinite(rhat.mean):
                 est.points.append({"eps": e, "run": run, "loss": rhat.mean, "stderr": rhat.stderr})
@@ -118,13 +96,13 @@ def estimate_finetune(
                 est.warnings.append(f"run {run} at eps {format_eps(e)} failed: non-finite losses")
         return sum(losses) / len(losses) if losses else None
 
-    bracket_crossing(ladder, measure, benchmark.clean_test_loss, growth=growth, max_points=max_points)
-    fill_crossing(est, benchmark, extrapolate=True, draws=draws, seed=seed)
+    bracket_crossing(ladder, measure, benchmark.clean_test_loss, growth=s.growth, max_points=s.max_points)
+    fill_crossing(est, benchmark, extrapolate=True, draws=s.draws, seed=s.seed)
     if mean_grad_dual_norm:
         est.mean_grad_dual_norm = mean_grad_dual_norm
         slope = _initial_slope(est)
         est.consistency = slope / mean_grad_dual_norm if math.isfinite(slope) else None
-    return _cost(est, counter, start, len(train_set))
+    return _cost(est, counter, start, len(data.train_set))
 
 
 def _initial_slope(est: EpsStarEstimate) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,8 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ...attacks.domain import Normalization
-from ...benchmark import CleanBenchmark, Recipe, benchmark_reference
+from ...benchmark import CleanBenchmark, benchmark_reference
 from ...monitor import RUN_RECORD_SCHEMA, PhaseMonitor
 from ...monitor.report import NOT_LEARNING, chance_level
 from ...monitor.rhat import rhat_estimates
@@ -25,7 +23,8 @@ from ...schedules import format_eps
 from ...uncertainty import DEFAULT_LEVEL
 from ..training import PassCounter, train_adversarially
 from .crossing import bracket_crossing, fill_crossing
-from .result import _RUN_LOG, EpsStarEstimate, _cost, check_eps_grid, make_attack
+from .result import _RUN_LOG, EpsStarEstimate, _cost, check_eps_grid
+from .settings import EstimationData, GridSettings, attack_name, make_attack
 
 
 @contextmanager
@@ -43,105 +42,84 @@ def seeded_run(run: int, seed: int, make_model: Callable[[], nn.Module], train_s
         handle.remove()
 
 
-def monitored_run(model_factory: Callable[[], nn.Module], train_set: Dataset, test_set: Dataset,
-                  benchmark: CleanBenchmark, eps: float, *, run: int, seed: int, recipe: Recipe, attack: str, norm: str,
-                  steps: int, normalization: Normalization, train_subset: int | None, train_eval_set: Dataset | None,
-                  device: torch.device, counter: PassCounter,
+def monitored_run(model_factory: Callable[[], nn.Module], data: EstimationData, benchmark: CleanBenchmark, eps: float,
+                  settings: GridSettings, *, run: int, device: torch.device, counter: PassCounter,
                   progress: Callable[[str], None] | None) -> tuple[PhaseMonitor, list[dict[str, Any]]]:
-    """One adversarial run from scratch at ``eps`` with ``recipe`` under a :class:`~advhooks.monitor.PhaseMonitor`
-    that keeps θ̂(ε) (smallest adversarial test loss) and evaluates R̂ at its weights: a grid point, or the
-    check of an estimate. Returns the monitor (its record, its last report) and the epochs' history."""
-    with seeded_run(run, seed, model_factory, train_set, recipe.batch_size, device, counter) as (model, loader):
-        atk = make_attack(attack if eps > 0 else "pgd", eps, norm, steps, normalization)
-        eval_attack = make_attack("pgd", eps, norm, steps, normalization)
-        monitor = PhaseMonitor(benchmark, eps=eps, total_epochs=recipe.epochs, attack=eval_attack, logger=_RUN_LOG,
-                               recipe={**recipe.to_dict(), "run": run, "seed": seed + 1000 * run})
-        monitor.evaluate_with(model, train_eval_set or train_set, test_set, train_subset=train_subset, seed=seed,
+    """One adversarial run from scratch at ``eps`` with the settings' recipe under a
+    :class:`~advhooks.monitor.PhaseMonitor` that keeps θ̂(ε) (smallest adversarial test loss) and evaluates R̂ at its
+    weights: a grid point, or the check of an estimate. Returns the monitor (its record, its last report) and the
+    epochs' history."""
+    s, recipe = settings, settings.recipe_of(benchmark)
+    with seeded_run(run, s.seed, model_factory, data.train_set, recipe.batch_size, device, counter) as (model, loader):
+        atk = make_attack(s.attack, eps, s.norm, s.steps, s.normalization) if eps > 0 else s.evaluation_attack(eps)
+        monitor = PhaseMonitor(benchmark, eps=eps, total_epochs=recipe.epochs, attack=s.evaluation_attack(eps),
+                               logger=_RUN_LOG, recipe={**recipe.to_dict(), "run": run, "seed": s.seed + 1000 * run})
+        monitor.evaluate_with(model, data.train_eval, data.test_set, train_subset=s.train_subset, seed=s.seed,
                               device=device)
-        history = train_adversarially(model, loader, atk, eps, recipe.epochs, recipe.lr, decay=True, device=device,
-                                      counter=counter, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+        history = train_adversarially(model, loader, atk, eps, recipe, device=device, counter=counter,
                                       monitor=monitor, progress=progress)
         monitor.evaluate_rhat()  # a no-op after the last planned epoch; a run cut short evaluates θ̂'s R̂ here
     return monitor, history
 
 
-def estimate_grid(
-    model_factory: Callable[[], nn.Module],
-    train_set: Dataset,
-    test_set: Dataset,
-    benchmark: CleanBenchmark,
-    eps: Sequence[float],
-    *,
-    norm: str = "linf",
-    attack: str = "pgd",
-    steps: int = 10,
-    recipe: Recipe | None = None,
-    runs: int = 1,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    normalization: Normalization = None,
-    include_clean: bool = True,
-    train_subset: int | None = 512,
-    train_eval_set: Dataset | None = None,
-    level: float = DEFAULT_LEVEL,
-    records_dir: str | os.PathLike | None = None,
-    extend: int = 2,
-    progress: Callable[[str], None] | None = None,
-) -> EpsStarEstimate:
+def estimate_grid(model_factory: Callable[[], nn.Module], data: EstimationData, benchmark: CleanBenchmark,
+                  eps: Sequence[float], settings: GridSettings | None = None, *, device: torch.device | str = "cpu",
+                  progress: Callable[[str], None] | None = None) -> EpsStarEstimate:
     """ε* from adversarial training from scratch at each ε (the paper's section 5.2), with a band.
 
-    Each run trains with ``recipe`` (default: the clean benchmark's, :meth:`~advhooks.benchmark.Recipe.from_record`:
-    the same epochs, batch size, SGD settings and schedule, lr / 10 at 1/2 and 3/4 of the epochs) under a
-    :class:`~advhooks.monitor.PhaseMonitor` that evaluates the adversarial test loss each epoch, keeps θ̂(ε)
-    (the epoch of the smallest one) and evaluates R̂(θ̂(ε), ε) at those fixed weights on a fixed training
-    subset of ``train_subset`` samples. Each run is a run record (written to ``records_dir`` when given, with
-    θ̂'s weights beside it), and :func:`estimate_from_records` combines them: the same path as
-    ``estimate-eps-star --method records``.
+    Each run trains with the settings' recipe (default: the clean benchmark's,
+    :meth:`~advhooks.benchmark.Recipe.from_record`: the same epochs, batch size, SGD settings and schedule, lr / 10
+    at 1/2 and 3/4 of the epochs) under a :class:`~advhooks.monitor.PhaseMonitor` that evaluates the adversarial
+    test loss each epoch, keeps θ̂(ε) (the epoch of the smallest one) and evaluates R̂(θ̂(ε), ε) at those fixed
+    weights on a fixed training subset of ``train_subset`` samples. Each run is a run record (written to
+    ``records_dir`` when given, with θ̂'s weights beside it), and :func:`estimate_from_records` combines them: the
+    same path as ``estimate-eps-star --method records``.
 
     When the largest point's R̂ is still at or below R*(0), up to ``extend`` more strengths follow, × 1.5 beyond
     it, until one is above (as the fine-tune's ladder does); without ``include_clean``, also ÷ 1.5 below the
     smallest while every point is above R*(0).
 
     Args:
-        train_eval_set: the training set without augmentation, for R̂ (default ``train_set``).
-        level: the band's coverage.
-        extend: the most strengths added beyond ``eps`` (0: exactly ``eps``).
-        Others: as their names say; ``include_clean`` adds the benchmark's own point (0, R̂(θ̂(0), 0)).
+        model_factory: makes each run's network (under the run's seed).
+        data: the training and test sets (and the set R̂ is evaluated on).
+        benchmark: the clean benchmark.
+        eps: the grid's strengths.
+        settings: :class:`~advhooks.kit.estimate.settings.GridSettings` (default: its defaults).
+        device / progress: where to train; called with a line of text as the work goes on.
     """
+    s = settings or GridSettings()
+    data.needing_test_set("the grid")
     grid = check_eps_grid(eps)
     device = torch.device(device)
-    recipe = recipe or Recipe.from_record(benchmark.training)
+    recipe = s.recipe_of(benchmark)
     start, counter = time.perf_counter(), PassCounter()
     records = []
 
     def measure(e: float) -> float | None:
         """Every run at ``e``; the mean R̂ of the healthy ones (``None``: none is)."""
         healthy = []
-        for run in range(runs):
-            monitor, _ = monitored_run(model_factory, train_set, test_set, benchmark, e, run=run, seed=seed,
-                                       recipe=recipe, attack=attack, norm=norm, steps=steps,
-                                       normalization=normalization, train_subset=train_subset,
-                                       train_eval_set=train_eval_set, device=device, counter=counter,
+        for run in range(s.runs):
+            monitor, _ = monitored_run(model_factory, data, benchmark, e, s, run=run, device=device, counter=counter,
                                        progress=progress)
             records.append(monitor.record())
-            if record_health(records[-1], level) is None:
+            if record_health(records[-1], s.level) is None:
                 healthy.append(records[-1]["rhat"]["mean"])
-            if records_dir is not None:  # with θ̂'s weights beside it, for `advhooks connectivity --checkpoint`
-                monitor.save_record(Path(records_dir) / f"eps{e * 255:.4g}-run{run}.json", weights=e > 0)
+            if s.records_dir is not None:  # with θ̂'s weights beside it, for `advhooks connectivity --checkpoint`
+                monitor.save_record(Path(s.records_dir) / f"eps{e * 255:.4g}-run{run}.json", weights=e > 0)
         return sum(healthy) / len(healthy) if healthy else None
 
-    if extend < 0:
-        raise ValueError(f"extend must be >= 0, got {extend}")
-    measured = bracket_crossing(grid, measure, benchmark.clean_test_loss, max_points=len(grid) + extend,
-                                below=not include_clean)
-    est = estimate_from_records(records, benchmark, include_clean=include_clean, level=level, seed=seed)
+    measured = bracket_crossing(grid, measure, benchmark.clean_test_loss, max_points=len(grid) + s.extend,
+                                below=not s.include_clean)
+    est = estimate_from_records(records, benchmark, include_clean=s.include_clean, level=s.level, draws=s.draws,
+                                seed=s.seed)
     est.method = "grid"
-    est.settings = dict(eps=grid, attack=attack, steps=steps, epochs=recipe.epochs, lr=recipe.lr,
-                        batch_size=recipe.batch_size, runs=runs, seed=seed, train_subset=train_subset, extend=extend)
+    est.settings = dict(eps=grid, attack=attack_name(s.attack), steps=s.steps, epochs=recipe.epochs, lr=recipe.lr,
+                        batch_size=recipe.batch_size, runs=s.runs, seed=s.seed, train_subset=s.train_subset,
+                        extend=s.extend)
     if len(measured) > len(grid):
         added = ", ".join(format_eps(e) for e in list(measured)[len(grid):])
         est.warnings.append(f"the grid's points did not bracket the crossing: added eps {added}")
-    return _cost(est, counter, start, len(train_set))
+    return _cost(est, counter, start, len(data.train_set))
 
 
 def record_health(record: Mapping[str, Any], level: float) -> str | None:

@@ -1,5 +1,5 @@
-"""What an ε* estimator returns (:class:`EpsStarEstimate`) and what the estimators share: the ε grid's check, the
-attack by name, where a loss curve crosses R*(0), the cost counters."""
+"""What an ε* estimator returns (:class:`EpsStarEstimate`) and what the estimators share: the ε grid's check and the
+cost counters."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ...attacks import FGM, PGD, Attack
-from ...attacks.domain import Normalization
 from ...schedules import format_eps
 from ...uncertainty import DEFAULT_LEVEL
 from ..training import PassCounter
@@ -141,19 +139,6 @@ def check_eps_grid(eps: Sequence[float], name: str = "eps") -> list[float]:
     if values != sorted(values):
         raise ValueError(f"{name} must be sorted in increasing order, got {values}")
     return values
-
-
-def make_attack(name: str, eps: float, norm: str, steps: int = 10, normalization: Normalization = None) -> Attack:
-    """``"pgd"`` (PGD-``steps`` with random start) or ``"fgm"`` (FGM; FGSM-RS in L∞) of strength ``eps``.
-
-    ``normalization=(mean, std)`` when the data is normalised before the model (ε stays in pixel units).
-    """
-    name = name.lower()
-    if name == "pgd":
-        return PGD(eps, norm=norm, steps=steps, normalization=normalization)
-    if name == "fgm":
-        return FGM(eps, norm=norm, random_start=True, normalization=normalization)
-    raise ValueError(f"attack must be 'pgd' or 'fgm', got {name!r}")
 
 
 def _finite(v: float) -> bool:

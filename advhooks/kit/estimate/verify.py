@@ -8,15 +8,14 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from ...attacks.domain import Normalization
-from ...benchmark import CleanBenchmark, Recipe
+from ...benchmark import CleanBenchmark
 from ...monitor.report import ABOVE, CLEAN_LIKE, DIVERGED, FAR_ABOVE, NEAR, NO_VERDICT, NOT_LEARNING
 from ...schedules import format_eps
 from ..training import PassCounter
 from .grid import monitored_run, record_health
 from .result import EpsStarEstimate
+from .settings import EstimationData, GridSettings
 
 SAYS_NOTHING = "it says nothing about the estimate"
 # What each verdict of the run at the estimate says about the estimate.
@@ -31,29 +30,24 @@ MEANING = {
 }
 
 
-def verify_estimate(est: EpsStarEstimate, model_factory: Callable[[], nn.Module], train_set: Dataset,
-                    test_set: Dataset, benchmark: CleanBenchmark, *, recipe: Recipe | None = None,
-                    attack: str = "pgd", norm: str = "linf", steps: int = 10, seed: int = 0,
-                    normalization: Normalization = None, train_subset: int | None = 512,
-                    train_eval_set: Dataset | None = None, device: torch.device | str = "cpu",
+def verify_estimate(est: EpsStarEstimate, model_factory: Callable[[], nn.Module], data: EstimationData,
+                    benchmark: CleanBenchmark, settings: GridSettings | None = None, *,
+                    device: torch.device | str = "cpu",
                     progress: Callable[[str], None] | None = None) -> EpsStarEstimate:
-    """Train once from scratch at ``est.value`` with the benchmark's recipe under a PhaseMonitor (exactly a grid
-    point) and write its verdict into ``est.verification``: ``{"eps", "regime", "ratio", "ratio_interval",
-    "rhat", "early_stopped_epoch", "confirms", "health", "meaning", "seconds"}``. ``near eps*`` (ρ's band contains 1)
-    from a healthy run (``health`` ``None``: :func:`~advhooks.kit.estimate.grid.record_health`) confirms the estimate;
-    ``clean-like`` says ε* lies above it, ``above eps*`` below it (then a warning says so).
+    """Train once from scratch at ``est.value`` under a PhaseMonitor, exactly a grid point with ``settings`` (its
+    recipe, default the benchmark's), and write its verdict into ``est.verification``: ``{"eps", "regime", "ratio",
+    "ratio_interval", "rhat", "early_stopped_epoch", "confirms", "health", "meaning", "seconds"}``. ``near eps*``
+    (ρ's band contains 1) from a healthy run (``health`` ``None``: :func:`~advhooks.kit.estimate.grid.record_health`)
+    confirms the estimate; ``clean-like`` says ε* lies above it, ``above eps*`` below it (then a warning says so).
     An estimate without a value is left as it is. Returns ``est``.
     """
     if est.value is None or est.value <= 0:
         est.warnings.append("no estimate to verify")
         return est
+    data.needing_test_set("the check of an estimate")
     started, counter = time.perf_counter(), PassCounter()
-    recipe = recipe or Recipe.from_record(benchmark.training)
-    monitor, history = monitored_run(model_factory, train_set, test_set, benchmark, est.value, run=0, seed=seed,
-                                     recipe=recipe, attack=attack, norm=norm, steps=steps,
-                                     normalization=normalization, train_subset=train_subset,
-                                     train_eval_set=train_eval_set, device=torch.device(device), counter=counter,
-                                     progress=progress)
+    monitor, history = monitored_run(model_factory, data, benchmark, est.value, settings or GridSettings(), run=0,
+                                     device=torch.device(device), counter=counter, progress=progress)
     report, record = history[-1]["report"], monitor.record()
     rhat = record["rhat"] or {}
     # The run is judged as the estimators judge a run record (a NaN epoch anywhere, not only the last, sets it apart).

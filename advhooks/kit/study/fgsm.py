@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ...attacks import FGM
+from ...benchmark import Recipe
 from ...diagnostics import CatastrophicOverfittingDetector
 from ...schedules import format_eps
 from ..estimate import check_eps_grid
@@ -40,7 +41,8 @@ def fgsm_threshold(model_factory: Callable[[], nn.Module], train_set: Dataset, c
         detector = CatastrophicOverfittingDetector(inputs, targets, e)
         loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
-        train_adversarially(model, loader, FGM(e, norm="linf"), e, epochs, lr, decay=False, device=device,
+        train_adversarially(model, loader, FGM(e, norm="linf"), e, Recipe(epochs=epochs, lr=lr, schedule="constant"),
+                            device=device,
                             on_epoch=lambda record: detector.epoch_end(model).flag_epoch is not None)  # noqa: B023
         out["runs"].append({"eps": e, "flag_epoch": detector.flag_epoch, "epochs_run": len(detector.pgd_accuracy),
                             "pgd_accuracy": detector.pgd_accuracy[-1], "fgsm_accuracy": detector.fgsm_accuracy[-1],

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from ...benchmark import write_json_atomic
 from ..data import train_fraction
+from ..estimate import EstimationData, settings_for
 from ..training import record_clean_benchmark
 from .fgsm import fgsm_threshold
 from .settings import STUDY_SCHEMA, StudySettings, Unit
@@ -51,14 +52,17 @@ def run_unit(unit: Unit, settings: StudySettings, build: Callable[[int | None], 
                                                             "split_seed": settings.split_seed})
         out["benchmark"] = {k: getattr(bench, k) for k in ("clean_test_loss", "test_loss_stderr", "clean_train_loss",
                                                             "generalization_gap", "clean_test_accuracy")}
-        common = dict(model_factory=lambda: build(width), train_set=subset, test_set=test_set,
-                      train_eval_set=subset_eval, norm=settings.norm, seed=seed, device=device, level=settings.level,
-                      progress=progress)
+        data = EstimationData(subset, test_set, subset_eval)
+        given = dict(norm=settings.norm, seed=seed, level=settings.level)
         # (the estimators train with the benchmark's recipe, which is the study's)
-        out["estimate"] = estimate_as_json(settings.method, bench, epochs=settings.finetune_epochs
-                                           if settings.method == "finetune" else None, **common)
+        estimate = settings_for(settings.method, bench, {**given, "epochs": settings.finetune_epochs
+                                                          if settings.method == "finetune" else None})
+        out["estimate"] = estimate_as_json(settings.method, bench, lambda: build(width), data, estimate,
+                                           device=device, progress=progress)
         if settings.grid_checked(unit):
-            out["grid"] = estimate_as_json("grid", bench, records_dir=grid_records, **common)
+            grid = settings_for("grid", bench, {**given, "records_dir": grid_records})
+            out["grid"] = estimate_as_json("grid", bench, lambda: build(width), data, grid, device=device,
+                                           progress=progress)
             if grid_records is not None:
                 bench.save(grid_records / "clean.safetensors")
     out["seconds"] = time.perf_counter() - started

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ...benchmark import Recipe
 from ...uncertainty import DEFAULT_LEVEL
 from ..estimate import check_eps_grid
-from ..estimate.finetune import EPOCHS
+from ..estimate.settings import FinetuneSettings
 
 STUDY_SCHEMA = "advhooks.study-unit/1"
 
@@ -113,4 +113,4 @@ class Unit:
 
 def finetune_epochs_of(settings: StudySettings) -> int:
     """The fine-tune's length a study runs: its ``finetune_epochs``, else the estimator's default."""
-    return settings.finetune_epochs or EPOCHS
+    return settings.finetune_epochs or FinetuneSettings().epochs

@@ -11,15 +11,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ...benchmark import dataset_fingerprint, model_fingerprint
-from ..estimate import estimate_eps_star, finetune
+from ..estimate import estimate_eps_star
+from ..estimate.settings import FinetuneSettings, attack_name
 from .settings import STUDY_SCHEMA, StudySettings, Unit, finetune_epochs_of
 
 
-def estimate_as_json(method: str, bench: Any, **kwargs: Any) -> dict[str, Any]:
+def estimate_as_json(method: str, bench: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """An estimate as JSON; one that cannot be made (e.g. a clean model too poor for the probe to choose its
     points) is a unit without a value that says why, not the end of the study."""
     try:
-        return estimate_eps_star(method, bench, **kwargs).to_dict()
+        return estimate_eps_star(method, bench, *args, **kwargs).to_dict()
     except ValueError as err:
         return {"method": method, "value": None, "interval": None, "warnings": [f"no {method} estimate: {err}"]}
 
@@ -36,8 +37,9 @@ def unit_recipe(settings: StudySettings, unit: Unit) -> dict[str, Any]:
         if settings.method == "finetune":
             out["finetune_epochs"] = finetune_epochs_of(settings)
             # the estimator's own settings: a unit estimated another way is not reused
-            out["finetune"] = {"attack": finetune.ATTACK, "cooldown": finetune.COOLDOWN, "growth": finetune.GROWTH,
-                               "max_points": finetune.MAX_POINTS}
+            defaults = FinetuneSettings()
+            out["finetune"] = {"attack": attack_name(defaults.attack), "cooldown": defaults.cooldown,
+                               "growth": defaults.growth, "max_points": defaults.max_points}
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 
