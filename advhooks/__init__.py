@@ -21,7 +21,7 @@ _EXPORTS = {
     **dict.fromkeys(("APGD", "FGM", "FGSM", "PGD", "Attack", "AttackConfig", "fgm_perturb", "perturb", "pgd_perturb"),
                     ".attacks"),
     "AWP": ".awp",
-    "CleanBenchmark": ".benchmark",
+    **dict.fromkeys(("CleanBenchmark", "Recipe", "RunSetup"), ".benchmark"),
     "FreeAdversarialStep": ".free",
     **dict.fromkeys(("at_loss", "mart_loss", "trades_loss"), ".losses"),
     **dict.fromkeys(("PhaseMonitor", "PhaseReport"), ".monitor"),
@@ -33,7 +33,8 @@ _EXPORTS = {
 
 __all__ = [
     "APGD", "AWP", "FGM", "FGSM", "PGD", "AdversarialStep", "Attack", "AttackConfig", "CleanBenchmark",
-    "CleanBenchmarkRecorder", "FreeAdversarialStep", "LinearWarmup", "PhaseMonitor", "PhaseReport", "StepOutput",
+    "CleanBenchmarkRecorder", "FreeAdversarialStep", "LinearWarmup", "PhaseMonitor", "PhaseReport", "Recipe",
+    "RunSetup", "StepOutput",
     "__version__", "at_loss", "fgm_perturb", "linear_warmup", "mart_loss", "parse_eps", "parse_eps_list",
     "perturb", "pgd_perturb", "robust_accuracy", "trades_loss",
 ]

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .attacks.criteria import Criterion
-from .benchmark import CleanBenchmark, dataset_fingerprint, evaluate_clean
+from .benchmark import CleanBenchmark, Recipe, RunSetup, dataset_fingerprint, evaluate_clean, given_recipe
 from .best_epoch import BestEpoch
 
 __all__ = ["CleanBenchmarkRecorder"]
@@ -33,9 +33,11 @@ class CleanBenchmarkRecorder:
     Args:
         test_data: the test set (a ``Dataset``, or a loader of ``(inputs, targets)``), prepared exactly as
             in your adversarial runs (same normalisation).
-        recipe: how the loop trains (``batch_size``, ``epochs``, ``optimizer``, ``lr``, ``momentum``,
-            ``weight_decay``, ``schedule``, ``augmentation``, ``normalization``, ...): stored in the
-            benchmark, and compared by the monitor with the adversarial run's recipe.
+        recipe: how the loop trains: a :class:`~advhooks.benchmark.Recipe`, or a mapping of its fields as sugar
+            (``batch_size``, ``epochs``, ``lr``, ``schedule``, ``augmentation``, ... and anything else to keep);
+            stored in the benchmark, and compared by the monitor with the adversarial run's recipe.
+        setup: what it trains beside the model the benchmark fingerprints (a :class:`~advhooks.benchmark.RunSetup`;
+            its ``normalization`` is stored); a recipe mapping's ``normalization`` and ``n_train`` are sugar for it.
         criterion: per-sample loss, default cross-entropy.
         batch_size: for a test ``Dataset``.
         device: where to evaluate (default: where the data is).
@@ -51,11 +53,13 @@ class CleanBenchmarkRecorder:
         (1, 8)
     """
 
-    def __init__(self, test_data: Dataset | Iterable, *, recipe: Mapping[str, Any] | None = None,
+    def __init__(self, test_data: Dataset | Iterable, *, recipe: Recipe | Mapping[str, Any] | None = None,
                  criterion: Criterion | None = None, batch_size: int = 256,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, setup: RunSetup | None = None) -> None:
         self.test_data = test_data
-        self.recipe = {k: v for k, v in dict(recipe or {}).items() if k != "model"}  # the benchmark fingerprints it
+        values, carried = given_recipe(recipe)
+        # the benchmark fingerprints the model itself and measures the data's size
+        self.recipe = {**values, **{k: v for k, v in carried.joined(setup).given().items() if k != "model"}}
         try:
             json.dumps(self.recipe)
         except TypeError as err:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from advhooks import PGD, AdversarialStep, CleanBenchmarkRecorder, PhaseMonitor, parse_eps  # advhooks (1/5)
+from advhooks import PGD, AdversarialStep, CleanBenchmarkRecorder, PhaseMonitor, RunSetup, parse_eps  # advhooks (1/5)
 from advhooks.errors import one_line_errors
 from advhooks.kit.data import DATASETS, load_cifar10, load_digits
 from advhooks.kit.models import PreActResNet18
@@ -152,7 +152,7 @@ def main(argv=None):
         step = AdversarialStep(model, PGD(args.eps, steps=args.steps, normalization=(mean, std)))
         eval_attack = PGD(args.eps, steps=10, normalization=(mean, std))
         monitor = PhaseMonitor(args.benchmark, eps=args.eps, total_epochs=args.epochs, verbose=True,
-                               recipe={**recipe, "model": model}, attack=eval_attack)
+                               recipe=recipe, setup=RunSetup(model=model), attack=eval_attack)
         monitor.evaluate_with(model, train_eval_set, device=device)  # R̂ at the early-stopped weights
 
     for epoch in range(1, args.epochs + 1):

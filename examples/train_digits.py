@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from advhooks import PGD, AdversarialStep, parse_eps  # advhooks (1/4)
+from advhooks import PGD, AdversarialStep, RunSetup, parse_eps  # advhooks (1/4)
 from advhooks.errors import one_line_errors
 from advhooks.kit.data import load_digits
 from advhooks.kit.presets import get_preset
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> list:
     monitor = None
     if args.benchmark:  # advhooks (3/4): watch R̂(θ_t, ε) against R*(0)
         monitor = PhaseMonitor(args.benchmark, eps=args.eps, total_epochs=args.epochs, verbose=True,
-                               recipe={"batch_size": 64, "lr": args.lr, "model": model},
+                               recipe={"batch_size": 64, "lr": args.lr}, setup=RunSetup(model=model),
                                attack=PGD(eps=args.eps, steps=10))
         monitor.evaluate_with(model, train_set, test_set)  # θ̂ by adversarial test loss; R̂ at its weights
         log.info("R*(0) = %.4f from %s", monitor.clean_test_loss, args.benchmark)

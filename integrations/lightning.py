@@ -39,6 +39,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from advhooks._distributed import BATCHNORM_NOTE, unsynced_batchnorm
 from advhooks.attacks import Attack
+from advhooks.benchmark import Recipe
 from advhooks.monitor import PhaseMonitor, PhaseReport
 from advhooks.monitor.phase_monitor import evaluation_options
 from advhooks.recorder import CleanBenchmarkRecorder
@@ -175,11 +176,12 @@ class CleanBenchmarkCallback(pl.Callback):
         test_data: the test set (a ``Dataset`` or a loader of ``(inputs, labels)``).
         path: where to write the benchmark (safetensors).
         train_data: the training set without augmentation, for R̂(θ̂(0), 0) and Δ.
-        recipe: what the run does (batch size, lr, schedule, augmentation, ...), stored in the benchmark.
+        recipe: how the run trains (a :class:`~advhooks.benchmark.Recipe`, or a mapping of its fields and anything
+            else to keep: batch size, lr, schedule, augmentation, ...), stored in the benchmark.
     """
 
     def __init__(self, test_data: Any, path: str | os.PathLike, *, train_data: Any = None,
-                 recipe: dict[str, Any] | None = None) -> None:
+                 recipe: Recipe | Mapping[str, Any] | None = None) -> None:
         self.path, self.train_data = str(path), train_data
         self.recorder = CleanBenchmarkRecorder(test_data, recipe=recipe)
         self.benchmark = None

@@ -43,7 +43,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from advhooks._distributed import BATCHNORM_NOTE, unsynced_batchnorm
 from advhooks.attacks import Attack, unwrap_parallel
-from advhooks.benchmark import Recipe
+from advhooks.benchmark import RunSetup, given_recipe
 from advhooks.monitor import PhaseMonitor
 from advhooks.monitor.phase_monitor import evaluation_options
 from advhooks.monitor.record import write_weights
@@ -151,10 +151,11 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
         # The Trainer knows the run's recipe (the global batch counts the processes and the accumulation) and
         # its length: the monitor compares them with the benchmark's, keeping any state restored from a checkpoint.
         settings = dict(self.settings)
-        given = settings.pop("recipe", None)
+        given, carried = given_recipe(settings.pop("recipe", None))  # the user's word wins over the Trainer's
         recipe = {"batch_size": args.per_device_train_batch_size * max(args.world_size, 1)
                   * args.gradient_accumulation_steps, "lr": args.learning_rate, "weight_decay": args.weight_decay,
-                  "model": model, **(given.to_dict() if isinstance(given, Recipe) else given or {})}
+                  **given}
+        settings["setup"] = RunSetup(model=model).joined(carried).joined(settings.get("setup"))
         if settings.get("total_epochs") is None and args.num_train_epochs and args.max_steps <= 0:
             settings["total_epochs"] = int(args.num_train_epochs)
         kept = self.monitor.state_dict()

@@ -20,8 +20,9 @@ from ..schedules import step_decay
 if TYPE_CHECKING:
     from .clean_benchmark import CleanBenchmark
 
-__all__ = ["RECIPE_KEYS", "SCHEDULES", "Recipe", "benchmark_reference", "check_benchmark_setup", "dataset_fingerprint",
-           "differing_keys", "model_fingerprint", "recipe_differences", "unwrap_model"]
+__all__ = ["RECIPE_KEYS", "SCHEDULES", "SETUP_KEYS", "Recipe", "RunSetup", "benchmark_reference",
+           "check_benchmark_setup", "dataset_fingerprint", "differing_keys", "given_recipe", "model_fingerprint",
+           "recipe_differences", "unwrap_model"]
 
 
 def _sha256(chunks: Iterable[bytes]) -> str:
@@ -150,15 +151,65 @@ class Recipe:
         return cls(**{f.name: training[f.name] for f in fields(cls) if training.get(f.name) is not None})
 
 
-# What a run's recipe and a benchmark's are compared on: the training recipe, and the data it saw.
-RECIPE_KEYS = (*(f.name for f in fields(Recipe)), "normalization", "n_train")
+# A recipe's fields: what a run's recipe and a benchmark's are compared on.
+RECIPE_KEYS = tuple(f.name for f in fields(Recipe))
+# What is trained, compared beside the recipe: the model (by fingerprint), the data's normalisation, the training-set
+# size (a RunSetup; keys a recipe mapping may carry as sugar).
+SETUP_KEYS = ("model", "normalization", "n_train")
 
 
-def recipe_differences(benchmark: CleanBenchmark, recipe: Recipe | Mapping[str, Any]) -> list[str]:
-    """What differs between a run's ``recipe`` and the recipe the benchmark was recorded with, one phrase each.
+@dataclass(frozen=True)
+class RunSetup:
+    """What a run trains, compared with its benchmark beside the recipe: not how the model is trained (the
+    :class:`Recipe`) but which model, on which data.
 
-    ``recipe``: a :class:`Recipe`, or a mapping of :data:`RECIPE_KEYS` (and ``"model"``, a module, compared by
-    fingerprint); only what both sides know is compared.
+    Args:
+        model: the network (compared by :func:`model_fingerprint`).
+        normalization: how the data is normalised (``{"mean": [...], "std": [...]}`` as benchmarks record it).
+        n_train: the training set's size.
+
+    Example:
+        >>> values, setup = given_recipe({"batch_size": 64, "n_train": 1347, "seed": 3})
+        >>> values, setup.n_train
+        ({'batch_size': 64, 'seed': 3}, 1347)
+    """
+
+    model: nn.Module | None = None
+    normalization: Any = None
+    n_train: int | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The values given (``None`` ones left out), keyed by :data:`SETUP_KEYS`."""
+        return {k: getattr(self, k) for k in SETUP_KEYS if getattr(self, k) is not None}
+
+    def joined(self, other: RunSetup | None) -> RunSetup:
+        """This setup with what ``other`` gives (``other`` wins where both give a value)."""
+        return self if other is None else RunSetup(**{**self.given(), **other.given()})
+
+
+def given_recipe(recipe: Recipe | Mapping[str, Any] | None) -> tuple[dict[str, Any], RunSetup]:
+    """A recipe at the door: its plain values and the :class:`RunSetup` it carries.
+
+    A :class:`Recipe` gives all its fields. A mapping is sugar for one: its keys that are :data:`SETUP_KEYS` make the
+    setup, the others are the recipe's values as the user states them (fields of :class:`Recipe`, and anything else
+    the run records, such as a seed); only what is given is compared.
+    """
+    if recipe is None:
+        return {}, RunSetup()
+    if isinstance(recipe, Recipe):
+        return recipe.to_dict(), RunSetup()
+    if not isinstance(recipe, Mapping):
+        raise TypeError(f"recipe must be a Recipe or a mapping, got {type(recipe).__name__}")
+    values = {k: v for k, v in recipe.items() if k not in SETUP_KEYS}
+    return values, RunSetup(**{k: recipe[k] for k in SETUP_KEYS if k in recipe})
+
+
+def recipe_differences(benchmark: CleanBenchmark, recipe: Recipe | Mapping[str, Any],
+                       setup: RunSetup | None = None) -> list[str]:
+    """What differs between a run's ``recipe`` (and ``setup``) and what the benchmark was recorded with, one phrase
+    each.
+
+    ``recipe``: a :class:`Recipe`, or a mapping (:func:`given_recipe`); only what both sides know is compared.
 
     Example:
         >>> from advhooks.benchmark import CleanBenchmark
@@ -166,16 +217,19 @@ def recipe_differences(benchmark: CleanBenchmark, recipe: Recipe | Mapping[str, 
         >>> recipe_differences(bench, {"batch_size": 128})
         ["batch size 128 vs the benchmark's 64"]
     """
-    return list(differing_keys(benchmark, recipe).values())
+    return list(differing_keys(benchmark, recipe, setup).values())
 
 
-def differing_keys(benchmark: CleanBenchmark, recipe: Recipe | Mapping[str, Any]) -> dict[str, str]:
-    """:func:`recipe_differences` keyed by what differs (a key of :data:`RECIPE_KEYS`, or ``"model"``)."""
-    recipe = recipe.to_dict() if isinstance(recipe, Recipe) else recipe
+def differing_keys(benchmark: CleanBenchmark, recipe: Recipe | Mapping[str, Any],
+                   setup: RunSetup | None = None) -> dict[str, str]:
+    """:func:`recipe_differences` keyed by what differs (a key of :data:`RECIPE_KEYS` or :data:`SETUP_KEYS`)."""
+    values, carried = given_recipe(recipe)
+    setup = carried.joined(setup)
+    given = {**values, **setup.given()}
     out = {}
-    for key in RECIPE_KEYS:
+    for key in (*RECIPE_KEYS, *(k for k in SETUP_KEYS if k != "model")):  # the model: by fingerprint, below
         # Through JSON, as the benchmark's side was: a tuple and the list it was saved as are the same.
-        ours = json.loads(json.dumps(recipe.get(key), default=str))
+        ours = json.loads(json.dumps(given.get(key), default=str))
         theirs = benchmark.n_train if key == "n_train" else benchmark.training.get(key)
         if ours is None or theirs is None:
             continue
@@ -183,9 +237,8 @@ def differing_keys(benchmark: CleanBenchmark, recipe: Recipe | Mapping[str, Any]
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in (ours, theirs)) else ours == theirs
         if not same:
             out[key] = f"{key.replace('_', ' ')} {ours} vs the benchmark's {theirs}"
-    model = recipe.get("model")
-    if isinstance(model, nn.Module) and benchmark.model.get("hash"):
-        fp = model_fingerprint(model)
+    if isinstance(setup.model, nn.Module) and benchmark.model.get("hash"):
+        fp = model_fingerprint(setup.model)
         if fp["hash"] != benchmark.model["hash"]:
             out["model"] = (f"model {fp['class']} ({fp['num_parameters']} parameters) vs the benchmark's "
                             f"{benchmark.model.get('class')} ({benchmark.model.get('num_parameters')} parameters)")
@@ -205,7 +258,7 @@ def check_benchmark_setup(benchmark: CleanBenchmark, model: nn.Module, train_set
         recorded = benchmark.training.get("split_seed")
         raise ValueError(f"the data is not the benchmark's (another split or data set; the benchmark was recorded "
                          f"with split seed {recorded}, see --split-seed): " + "; ".join(data))
-    difference = differing_keys(benchmark, {"model": model}).get("model")
+    difference = differing_keys(benchmark, {}, RunSetup(model=model)).get("model")
     if difference and strict:
         raise ValueError(f"the benchmark was recorded on something else: {difference}")
     return None if difference is None else f"the benchmark was recorded on something else: {difference}"

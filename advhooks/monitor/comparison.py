@@ -16,7 +16,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from .._distributed import is_main_process
-from ..benchmark import CleanBenchmark, differing_keys
+from ..benchmark import CleanBenchmark, RunSetup, differing_keys
 
 __all__ = ["UNLIKE_KEYS", "BenchmarkComparison"]
 
@@ -43,14 +43,14 @@ class BenchmarkComparison:
         """The model and data differences: why the ratio compares unlike things (empty when it does not)."""
         return [text for key, text in self.named.items() if key in UNLIKE_KEYS]
 
-    def check(self, seen: Mapping[str, Any], source: str) -> None:
-        """Compare ``seen`` (recipe keys, ``"model"`` a module) with the benchmark; name what is new, once.
+    def check(self, seen: Mapping[str, Any], source: str, setup: RunSetup | None = None) -> None:
+        """Compare ``seen`` (recipe values) and ``setup`` with the benchmark; name what is new, once.
 
         ``source`` says where the values come from, for the warning ("the recipe given", "the batches fed").
         """
         if not isinstance(self.benchmark, CleanBenchmark):
             return
-        new = {k: v for k, v in differing_keys(self.benchmark, dict(seen)).items() if k not in self.named}
+        new = {k: v for k, v in differing_keys(self.benchmark, dict(seen), setup).items() if k not in self.named}
         if not new:
             return
         self.named.update(new)
@@ -65,18 +65,18 @@ class BenchmarkComparison:
             self.logger.warning("this run differs from the clean benchmark's recipe (seen in the %s): %s; %s",
                                 source, "; ".join(new.values()), consequence)
 
-    def check_given(self, recipe: Mapping[str, Any] | None, total_epochs: int | None) -> None:
-        """The recipe the monitor is given and the run's length (``total_epochs``, when given, wins over a recipe's
-        epochs, which may be a default); a given batch size wins over the batches fed."""
-        self.check({**(recipe or {}), **({"epochs": total_epochs} if total_epochs else {})}, "recipe")
-        self.batch_size_seen = "batch_size" in (recipe or {})
+    def check_given(self, recipe: Mapping[str, Any], setup: RunSetup, total_epochs: int | None) -> None:
+        """The recipe and setup the monitor is given and the run's length (``total_epochs``, when given, wins over
+        a recipe's epochs, which may be a default); a given batch size wins over the batches fed."""
+        self.check({**recipe, **({"epochs": total_epochs} if total_epochs else {})}, "recipe", setup)
+        self.batch_size_seen = "batch_size" in recipe
 
     def check_evaluated(self, model: Any, train_data: Any) -> None:
         """The model and training set the monitor evaluates (``evaluate_with``); a loader's length counts batches,
         so its dataset's is taken."""
         data = getattr(train_data, "dataset", train_data)
-        self.check({"model": model, "n_train": len(data) if isinstance(data, Dataset) else None},
-                   "model or training data (evaluate_with)")
+        self.check({}, "model or training data (evaluate_with)",
+                   RunSetup(model=model, n_train=len(data) if isinstance(data, Dataset) else None))
 
     def check_fed_batch(self, largest_batch: float) -> None:
         """Compare the global batch size the monitor was fed (the sum over processes of each one's largest

@@ -39,8 +39,8 @@ class PhaseMonitor(MonitorSettings):
 
     Its settings (``benchmark``, ``eps``, ``threshold``, ``patience``, ``warmup_epochs``, ``total_epochs``,
     ``min_delta``, ``on_flag``, ``logger``, ``reducer``, ``sync_timeout``, ``level``, ``verbose``, ``recipe``,
-    ``strict``, ``attack``) are documented on :class:`~advhooks.monitor.settings.MonitorSettings`, where they
-    are declared with their defaults.
+    ``strict``, ``attack``, ``eps_star``, ``study``, ``setup``) are documented on
+    :class:`~advhooks.monitor.settings.MonitorSettings`, where they are declared with their defaults.
 
     Example:
         >>> monitor = PhaseMonitor(benchmark=0.2, eps=8 / 255, warmup_epochs=1)
@@ -54,7 +54,7 @@ class PhaseMonitor(MonitorSettings):
         super().__post_init__()  # the settings, validated
         self._sums, self._risk, self._probe = EpochSums(), EarlyStoppedRisk(), None
         self._comparison = BenchmarkComparison(self.benchmark, self.logger, self.strict)
-        self._comparison.check_given(self.recipe, self.total_epochs)
+        self._comparison.check_given(self.recipe, self.setup, self.total_epochs)
         self._health = RunHealth(self.benchmark, self._comparison)
         self.reset()
 

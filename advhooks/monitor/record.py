@@ -22,11 +22,13 @@ RUN_RECORD_SCHEMA = "advhooks.run/1"
 
 
 def run_record(monitor: PhaseMonitor, attack: Attack | None, chance_loss: float | None = None) -> dict[str, Any]:
-    """``monitor``'s run with the evaluation ``attack`` and ln K (``chance_loss``, when known); the recipe's model is
+    """``monitor``'s run with the evaluation ``attack`` and ln K (``chance_loss``, when known); the setup's model is
     stored as its fingerprint."""
-    recipe = {k: v for k, v in dict(monitor.recipe or {}).items() if k != "model"}
-    if monitor.recipe and isinstance(monitor.recipe.get("model"), nn.Module):
-        recipe["model_hash"] = model_fingerprint(monitor.recipe["model"])["hash"]
+    setup = monitor.setup
+    # the setup's plain values beside the recipe's, as a benchmark's training entry keeps them; the model by hash
+    recipe = {**dict(monitor.recipe), **{k: v for k, v in setup.given().items() if k != "model"}}
+    if isinstance(setup.model, nn.Module):
+        recipe["model_hash"] = model_fingerprint(setup.model)["hash"]
     recipe.setdefault("epochs", monitor.total_epochs)
     rhat = monitor.rhat
     return {

@@ -14,7 +14,7 @@ import torch
 from .._distributed import is_main_process
 from .._validation import check_finite_nonnegative, check_positive, check_positive_int
 from ..attacks import Attack
-from ..benchmark import CleanBenchmark, Recipe
+from ..benchmark import CleanBenchmark, Recipe, RunSetup, given_recipe
 from ..uncertainty import DEFAULT_LEVEL, MeanEstimate
 from .advice import FlagAdvice
 from .report import PhaseReport
@@ -46,10 +46,10 @@ class MonitorSettings:
         sync_timeout: seconds ``epoch_end`` waits for the other ranks (gloo) before raising.
         level: coverage of the bands (default 0.8).
         verbose: show one line per epoch (INFO) even where the logger's level hides INFO; no level is changed.
-        recipe: what this run does (a :class:`~advhooks.benchmark.Recipe`, or a mapping of
-            :data:`~advhooks.benchmark.RECIPE_KEYS`, ``batch_size`` the global one, and ``model`` by fingerprint).
-            The monitor also compares what it sees: ``total_epochs``, the global batch it is fed, the model and
-            training set of :meth:`PhaseMonitor.evaluate_with` (:mod:`~advhooks.monitor.comparison`).
+        recipe: how this run trains (a :class:`~advhooks.benchmark.Recipe`, or a mapping of its fields as sugar,
+            ``batch_size`` the global one; :func:`~advhooks.benchmark.given_recipe`). The monitor also compares
+            what it sees: ``total_epochs``, the global batch it is fed, the model and training set of
+            :meth:`PhaseMonitor.evaluate_with` (:mod:`~advhooks.monitor.comparison`).
         strict: a model or training set unlike the benchmark's raises a ``ValueError`` (default: the reports
             say ``comparable=False`` with the reason).
         attack: the attack A_ε of the paper's R̂: what :meth:`PhaseMonitor.evaluate_with` evaluates the adversarial test
@@ -60,6 +60,9 @@ class MonitorSettings:
         study: a study of this setting (``advhooks study --json``'s file, or its result): the flag then says at
             which width the study's trend puts ε* at the run's ε, and which way more data moves ε* (each with
             its band, or that the trend does not resolve it).
+        setup: what this run trains, compared beside the recipe (a :class:`~advhooks.benchmark.RunSetup`: the
+            model by fingerprint, the data's normalisation, the training-set size); a recipe mapping's ``model``,
+            ``normalization`` and ``n_train`` keys are sugar for it.
     """
 
     benchmark: CleanBenchmark | str | os.PathLike | float
@@ -80,6 +83,7 @@ class MonitorSettings:
     strict: bool = False
     eps_star: Any = field(default=None, repr=False)
     study: Any = field(default=None, repr=False)
+    setup: RunSetup | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.benchmark, self._r_star = _reference(self.benchmark)
@@ -135,10 +139,10 @@ def _check_settings(m: MonitorSettings) -> None:
 def _check_types(m: MonitorSettings) -> None:
     if m.on_flag is not None and not callable(m.on_flag):
         raise TypeError("on_flag must be callable as on_flag(report)")
-    if isinstance(m.recipe, Recipe):
-        m.recipe = m.recipe.to_dict()
-    if m.recipe is not None and not isinstance(m.recipe, Mapping):
-        raise TypeError(f"recipe must be a Recipe or a mapping, got {type(m.recipe).__name__}")
+    if m.setup is not None and not isinstance(m.setup, RunSetup):
+        raise TypeError(f"setup must be an advhooks.benchmark.RunSetup, got {type(m.setup).__name__}")
+    m.recipe, carried = given_recipe(m.recipe)  # at the door: the recipe's values, and the setup a mapping carries
+    m.setup = carried.joined(m.setup)
     if not isinstance(m.strict, bool):
         raise TypeError(f"strict must be True or False, got {m.strict!r}")
     if m.attack is not None and not isinstance(m.attack, Attack):
