@@ -34,7 +34,9 @@ def _sha256(chunks: Iterable[bytes]) -> str:
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The user's module inside the wrappers that frameworks put around it: ``DistributedDataParallel`` and
-    ``DataParallel`` (``.module``), ``torch.compile`` (``._orig_mod``), at any depth."""
+    ``DataParallel`` (``.module``), ``torch.compile`` (``._orig_mod``), at any depth: what a fingerprint names.
+    Not what an attack runs: :func:`~advhooks.attacks.unwrap_parallel` removes DDP only, so a compiled or
+    ``DataParallel`` model still runs as the user wrapped it."""
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module

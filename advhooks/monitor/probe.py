@@ -1,6 +1,7 @@
 """The ε* probe: a model's adversarial loss at a ladder of strengths ε′; the largest ε′ whose loss is at most
 R*(0) bounds ε* from below. The monitor runs it on the model being trained (:meth:`PhaseMonitor.enable_probe`);
-the kit's clean probe runs it on the clean model."""
+the kit's clean probe (:mod:`advhooks.kit.estimate.clean_probe`) measures its own ladder on the clean model, over
+the whole training set, and reads its bound with the same :func:`ladder_lower_bound`."""
 
 from __future__ import annotations
 

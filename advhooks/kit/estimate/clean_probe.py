@@ -22,7 +22,7 @@ from ...schedules import format_eps
 from ...uncertainty import propagate
 from ..training import PassCounter, adversarial_loss
 from .crossing import r_star_draws
-from .result import EpsStarEstimate, _cost, check_eps_grid
+from .result import EpsStarEstimate, check_eps_grid, with_cost
 from .settings import ProbeSettings
 
 
@@ -111,7 +111,7 @@ def estimate_clean_probe(model: nn.Module, train_set: Dataset, benchmark: CleanB
         est.warnings.append("even the smallest rung's loss is above R*(0): no lower bound from this ladder")
     elif est.lower_bound == grid[-1]:
         est.warnings.append("the largest rung still passes: extend the ladder for a tighter lower bound")
-    return _cost(est, counter, start, len(train_set))
+    return with_cost(est, counter, start, len(train_set))
 
 
 

@@ -16,7 +16,7 @@ from ...schedules import format_eps
 from ..training import PassCounter, train_adversarially
 from .crossing import bracket_crossing, fill_crossing
 from .grid import seeded_run
-from .result import EpsStarEstimate, _cost, check_eps_grid
+from .result import EpsStarEstimate, check_eps_grid, with_cost
 from .settings import EstimationData, FinetuneSettings, attack_name, make_attack
 
 
@@ -102,7 +102,7 @@ def estimate_finetune(model_factory: Callable[[], nn.Module], data: EstimationDa
         est.mean_grad_dual_norm = mean_grad_dual_norm
         slope = _initial_slope(est)
         est.consistency = slope / mean_grad_dual_norm if math.isfinite(slope) else None
-    return _cost(est, counter, start, len(data.train_set))
+    return with_cost(est, counter, start, len(data.train_set))
 
 
 def _initial_slope(est: EpsStarEstimate) -> float:

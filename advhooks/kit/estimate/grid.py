@@ -4,6 +4,7 @@ each ε of a grid, :func:`estimate_from_records` combines their run records wher
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,8 +24,14 @@ from ...schedules import format_eps
 from ...uncertainty import DEFAULT_LEVEL
 from ..training import PassCounter, train_adversarially
 from .crossing import bracket_crossing, fill_crossing
-from .result import _RUN_LOG, EpsStarEstimate, _cost, check_eps_grid
+from .result import EpsStarEstimate, check_eps_grid, with_cost
 from .settings import EstimationData, GridSettings, attack_name, make_attack
+
+# The grid's own monitored runs report through their records, not as warnings to the person who asked for ε*:
+# a logger of their own (not registered with logging, so importing this module configures nothing) that passes
+# only errors on to the estimators' logger.
+_RUN_LOG = logging.Logger(__name__ + ".runs", logging.ERROR)
+_RUN_LOG.parent = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -119,7 +126,7 @@ def estimate_grid(model_factory: Callable[[], nn.Module], data: EstimationData, 
     if len(measured) > len(grid):
         added = ", ".join(format_eps(e) for e in list(measured)[len(grid):])
         est.warnings.append(f"the grid's points did not bracket the crossing: added eps {added}")
-    return _cost(est, counter, start, len(data.train_set))
+    return with_cost(est, counter, start, len(data.train_set))
 
 
 def record_health(record: Mapping[str, Any], level: float) -> str | None:

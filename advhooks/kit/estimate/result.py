@@ -4,7 +4,6 @@ cost counters."""
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from collections.abc import Sequence
@@ -15,20 +14,13 @@ from ...schedules import format_eps
 from ...uncertainty import DEFAULT_LEVEL
 from ..training import PassCounter
 
-log = logging.getLogger(__name__)
-# The grid's own monitored runs report through their records, not as warnings to the person who asked for ε*:
-# a logger of their own (not registered with logging, so importing this module configures nothing) that passes
-# only errors on to this module's logger.
-_RUN_LOG = logging.Logger(__name__ + ".runs", logging.ERROR)
-_RUN_LOG.parent = log
-
 
 @dataclass
 class EpsStarEstimate:
     """An ε* estimate with what it rests on.
 
     Attributes:
-        method: ``"grid"``, ``"finetune"`` or ``"clean-probe"``.
+        method: ``"grid"``, ``"finetune"``, ``"clean-probe"`` or ``"records"``.
         value: the estimate (``None`` when it cannot be given; ``warnings`` says why).
         clean_test_loss: R*(0) used.
         points: the measured ``{"eps", "loss", "run", ...}`` points (failed runs carry ``"failed"``).
@@ -145,7 +137,9 @@ def _finite(v: float) -> bool:
     return isinstance(v, float) and math.isfinite(v)
 
 
-def _cost(est: EpsStarEstimate, counter: PassCounter, start: float, n_train: int) -> EpsStarEstimate:
+def with_cost(est: EpsStarEstimate, counter: PassCounter, start: float, n_train: int) -> EpsStarEstimate:
+    """``est`` with what it cost: the wall time since ``start`` and ``counter``'s passes, also in epochs of clean
+    training over ``n_train`` samples (what every estimator reports)."""
     est.seconds = time.perf_counter() - start
     est.forward_samples, est.backward_samples = counter.forward, counter.backward
     est.train_set_passes = (counter.forward + counter.backward) / (2 * max(n_train, 1))
