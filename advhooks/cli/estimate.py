@@ -38,19 +38,20 @@ def estimate_eps_star(
     width: int | None = typer.Option(None, help="The preset model's width."),
     eps: str | None = typer.Option(None, help="Strengths, e.g. '0.5/255,1/255,2/255' (grid points, the fine-tune's "
                                    "first points, or the probe ladder). Default: chosen from the clean probe."),
-    norm: str = typer.Option("linf", help="linf | l2"),
+    norm: str | None = typer.Option(None, help="linf | l2 (default: linf)."),
     attack: str | None = typer.Option(None, help="The training attack: pgd | fgm (default: the grid's pgd, the "
                                       "fine-tune's fgm)."),
-    steps: int = typer.Option(10, help="PGD steps."),
-    runs: int = typer.Option(1, help="Repeats with other seeds (grid, finetune)."),
+    steps: int | None = typer.Option(None, help="PGD steps (of the training attack pgd and of every evaluation; "
+                                     "default: 10)."),
+    runs: int | None = typer.Option(None, help="Repeats with other seeds (grid, finetune; default: 1)."),
     epochs: int | None = typer.Option(None, help="Epochs per run (default: the fine-tune's own; for grid the "
                                       "clean run's)."),
     lr: float | None = typer.Option(None, help="Learning rate (default: the clean run's)."),
     batch_size: int | None = typer.Option(None, help="Batch size (default: the clean run's)."),
-    seed: int = typer.Option(0, help="Seed of the runs (initialisation, shuffling, attacks)."),
+    seed: int | None = typer.Option(None, help="Seed of the runs (initialisation, shuffling, attacks; default: 0)."),
     split_seed: int | None = typer.Option(None, help="Seed of the digits train/test split (default: the "
                                           "benchmark's); a split other than the benchmark's is an error."),
-    level: float = typer.Option(0.8, help="Coverage of the band around eps*."),
+    level: float | None = typer.Option(None, help="Coverage of the band around eps* (default: 0.8)."),
     normalize: str | None = typer.Option(None, metavar="MEAN,STD", help=NORMALIZE_HELP + " Default: the "
                                          "benchmark's."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
@@ -106,18 +107,20 @@ def estimate_eps_star(
     show_result(result, json_out, plot, "estimate")
 
 
-def _check_estimate_options(method: str, norm: str, attack: str | None, level: float, records: str | None) -> str:
-    """The estimate command's choices, checked before any work; returns the method, lower-cased."""
+def _check_estimate_options(method: str, norm: str | None, attack: str | None, level: float | None,
+                            records: str | None) -> str:
+    """The estimate command's choices, checked before any work, in the options' own names (the settings check
+    them again, and give every default); returns the method, lower-cased."""
     from ..kit.estimate import METHODS
 
     method = method.lower()
     if method not in METHODS:
         raise ValueError(f"--method must be grid, finetune, clean-probe or records, got {method!r}")
-    if norm.lower() not in ("linf", "l2"):
+    if norm is not None and norm.lower() not in ("linf", "l2"):
         raise ValueError(f"--norm must be linf or l2, got {norm!r}")
     if attack is not None and attack.lower() not in ("pgd", "fgm"):
         raise ValueError(f"--attack must be pgd or fgm, got {attack!r}")
-    if not 0 < level < 1:
+    if level is not None and not 0 < level < 1:
         raise ValueError(f"--level must be in (0, 1), got {level}")
     if (method == "records") != (records is not None):
         raise ValueError("--records goes with --method records (and --method records needs --records)")
