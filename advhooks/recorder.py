@@ -36,8 +36,8 @@ class CleanBenchmarkRecorder:
         recipe: how the loop trains: a :class:`~advhooks.benchmark.Recipe`, or a mapping of its fields as sugar
             (``batch_size``, ``epochs``, ``lr``, ``schedule``, ``augmentation``, ... and anything else to keep);
             stored in the benchmark, and compared by the monitor with the adversarial run's recipe.
-        setup: what it trains beside the model the benchmark fingerprints (a :class:`~advhooks.benchmark.RunSetup`;
-            its ``normalization`` is stored); a recipe mapping's ``normalization`` and ``n_train`` are sugar for it.
+        setup: what it trains (a :class:`~advhooks.benchmark.RunSetup`; its ``normalization`` and ``n_train`` are
+            stored, the model is fingerprinted by the benchmark itself); a recipe mapping's keys are sugar for it.
         criterion: per-sample loss, default cross-entropy.
         batch_size: for a test ``Dataset``.
         device: where to evaluate (default: where the data is).
@@ -59,7 +59,7 @@ class CleanBenchmarkRecorder:
         self.test_data = test_data
         values, carried = given_recipe(recipe)
         # the benchmark fingerprints the model itself and measures the data's size
-        self.recipe = {**values, **{k: v for k, v in carried.joined(setup).given().items() if k != "model"}}
+        self.recipe = {**values, **carried.joined(setup).plain()}
         try:
             json.dumps(self.recipe)
         except TypeError as err:

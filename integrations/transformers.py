@@ -151,11 +151,13 @@ class PhaseMonitorCallback(TrainerCallback, ExportableState):
         # The Trainer knows the run's recipe (the global batch counts the processes and the accumulation) and
         # its length: the monitor compares them with the benchmark's, keeping any state restored from a checkpoint.
         settings = dict(self.settings)
-        given, carried = given_recipe(settings.pop("recipe", None))  # the user's word wins over the Trainer's
+        user = settings.pop("recipe", None)
+        given, carried = given_recipe(user)  # the user's word wins over the Trainer's, a "model": None included
         recipe = {"batch_size": args.per_device_train_batch_size * max(args.world_size, 1)
                   * args.gradient_accumulation_steps, "lr": args.learning_rate, "weight_decay": args.weight_decay,
                   **given}
-        settings["setup"] = RunSetup(model=model).joined(carried).joined(settings.get("setup"))
+        trainers = RunSetup() if isinstance(user, Mapping) and "model" in user else RunSetup(model=model)
+        settings["setup"] = trainers.joined(carried).joined(settings.get("setup"))
         if settings.get("total_epochs") is None and args.num_train_epochs and args.max_steps <= 0:
             settings["total_epochs"] = int(args.num_train_epochs)
         kept = self.monitor.state_dict()

@@ -171,9 +171,9 @@ class RunSetup:
         n_train: the training set's size.
 
     Example:
-        >>> values, setup = given_recipe({"batch_size": 64, "n_train": 1347, "seed": 3})
+        >>> values, setup = given_recipe({"batch_size": 64, "n_train": 1347, "model": None})
         >>> values, setup.n_train
-        ({'batch_size': 64, 'seed': 3}, 1347)
+        ({'batch_size': 64, 'n_train': 1347}, 1347)
     """
 
     model: nn.Module | None = None
@@ -184,17 +184,22 @@ class RunSetup:
         """The values given (``None`` ones left out), keyed by :data:`SETUP_KEYS`."""
         return {k: getattr(self, k) for k in SETUP_KEYS if getattr(self, k) is not None}
 
+    def plain(self) -> dict[str, Any]:
+        """The values a record keeps as they are (the model is kept as its fingerprint)."""
+        return {k: v for k, v in self.given().items() if k != "model"}
+
     def joined(self, other: RunSetup | None) -> RunSetup:
         """This setup with what ``other`` gives (``other`` wins where both give a value)."""
         return self if other is None else RunSetup(**{**self.given(), **other.given()})
 
 
 def given_recipe(recipe: Recipe | Mapping[str, Any] | None) -> tuple[dict[str, Any], RunSetup]:
-    """A recipe at the door: its plain values and the :class:`RunSetup` it carries.
+    """A recipe at the door: its plain values, as a run record or a benchmark keeps them, and the :class:`RunSetup`
+    it carries.
 
-    A :class:`Recipe` gives all its fields. A mapping is sugar for one: its keys that are :data:`SETUP_KEYS` make the
-    setup, the others are the recipe's values as the user states them (fields of :class:`Recipe`, and anything else
-    the run records, such as a seed); only what is given is compared.
+    A :class:`Recipe` gives all its fields. A mapping is sugar for one: its ``model``, ``normalization`` and
+    ``n_train`` keys make the setup; the plain values are the mapping as the user gave it, in its order, but for the
+    model (a benchmark fingerprints it); only what is given is compared.
     """
     if recipe is None:
         return {}, RunSetup()
@@ -202,7 +207,7 @@ def given_recipe(recipe: Recipe | Mapping[str, Any] | None) -> tuple[dict[str, A
         return recipe.to_dict(), RunSetup()
     if not isinstance(recipe, Mapping):
         raise TypeError(f"recipe must be a Recipe or a mapping, got {type(recipe).__name__}")
-    values = {k: v for k, v in recipe.items() if k not in SETUP_KEYS}
+    values = {k: v for k, v in recipe.items() if k != "model"}
     return values, RunSetup(**{k: recipe[k] for k in SETUP_KEYS if k in recipe})
 
 

@@ -26,7 +26,7 @@ def run_record(monitor: PhaseMonitor, attack: Attack | None, chance_loss: float 
     stored as its fingerprint."""
     setup = monitor.setup
     # the setup's plain values beside the recipe's, as a benchmark's training entry keeps them; the model by hash
-    recipe = {**dict(monitor.recipe), **{k: v for k, v in setup.given().items() if k != "model"}}
+    recipe = {**dict(monitor.recipe), **setup.plain()}
     if isinstance(setup.model, nn.Module):
         recipe["model_hash"] = model_fingerprint(setup.model)["hash"]
     recipe.setdefault("epochs", monitor.total_epochs)
