@@ -101,7 +101,7 @@ class Measurement:
 
     Args:
         norm: ``"linf"`` or ``"l2"``.
-        steps: the PGD steps of every evaluation (the clean probe's rungs, every R̂).
+        steps: the PGD steps of every evaluation (the clean probe's rungs, every R̂) and of PGD training.
         normalization: ``(mean, std)`` when the data is normalised before the model (ε stays in pixel units).
     """
 
