@@ -23,7 +23,7 @@ from .attacks import Attack, SampleNoise, eval_mode
 from .attacks.criteria import Criterion, per_sample
 from .uncertainty import MeanEstimate
 
-__all__ = ["FixedSubset", "evaluate_adversarial_loss"]
+__all__ = ["FixedSubset", "evaluate_adversarial_loss", "loss_sums"]
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def evaluate_adversarial_loss(
         data = DataLoader(Subset(data, indices), batch_size=batch_size)
     elif subset is not None or split:
         raise ValueError("subset= and split= need a Dataset (a loader's batches cannot be chosen by index)")
-    totals = _loss_sums(model, data, attack, eps, per_sample(criterion), device, indices, seed)
+    totals = loss_sums(model, data, attack, eps, per_sample(criterion), device, indices, seed)
     if split:
         totals = sum_across_processes(totals, reducer)
     total, squares, n, correct = totals.tolist()
@@ -116,10 +116,13 @@ def evaluate_adversarial_loss(
     return estimate, correct / n
 
 
-def _loss_sums(model: nn.Module, batches: Iterable, attack: Attack | None, eps: float | None, crit: Criterion,
-               device: torch.device | str | None, indices: list[int] | None, seed: int | None) -> torch.Tensor:
-    """``[Σ loss, Σ loss², count, correct]`` over the batches (float64, on the evaluation's device); the samples'
-    ``indices`` in their data set (``None``: their positions in the iteration) key their random starts."""
+def loss_sums(model: nn.Module, batches: Iterable, attack: Attack | None, eps: float | None, crit: Criterion,
+              device: torch.device | str | None = None, indices: list[int] | None = None,
+              seed: int | None = 0) -> torch.Tensor:
+    """``[Σ loss, Σ loss², count, correct]`` over the batches (float64, on the evaluation's device), in eval mode:
+    the one loop of every adversarial-loss evaluation (:func:`evaluate_adversarial_loss`, the monitor's ε* probe).
+    The samples' ``indices`` in their data set (``None``: their positions in the iteration) key their random
+    starts (``seed``; ``None``: the global generator)."""
     totals, seen = None, 0
     with eval_mode(model):
         for x, y in batches:

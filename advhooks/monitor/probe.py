@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from .._distributed import Reducer, sum_across_processes
-from .._outputs import logits_of
 from .._validation import check_finite_nonnegative, check_positive_int
-from ..attacks import PGD, Attack, SampleNoise, eval_mode
+from ..attacks import PGD, Attack
 from ..attacks.criteria import cross_entropy
+from ..evaluation import loss_sums
 
 __all__ = ["EpsStarProbe", "ladder_lower_bound"]
 
@@ -73,15 +73,11 @@ class EpsStarProbe:
         sample from ``(0, position in the subset, ε′)``: the same weights give the same probe whatever
         training drew from the global generator.
         """
-        sums = torch.zeros((len(self.ladder), 2), dtype=torch.float64, device=self.inputs.device)
-        sums[:, 1] = float(self.inputs.shape[0])  # (each process's count: the sum is the total)
-        for row, eps in enumerate(self.ladder):
-            for i in range(0, self.inputs.shape[0], self.batch_size):
-                x, y = self.inputs[i : i + self.batch_size], self.targets[i : i + self.batch_size]
-                starts = SampleNoise(range(i, i + x.shape[0]), seed=0, eps=eps)
-                adv = self.attack(self.model, x, y, eps=eps, generator=starts)
-                with torch.no_grad(), eval_mode(self.model):
-                    sums[row, 0] += cross_entropy(logits_of(self.model(adv)), y).double().sum()
+        batches = [(self.inputs[i : i + self.batch_size], self.targets[i : i + self.batch_size])
+                   for i in range(0, self.inputs.shape[0], self.batch_size)]
+        # each rung's [Σ loss, count] over this process's subset (the sums across processes are the totals)
+        sums = torch.stack([loss_sums(self.model, batches, self.attack, eps, cross_entropy)[[0, 2]]
+                            for eps in self.ladder])
         totals = sum_across_processes(sums, reducer).tolist()
         losses = {f"{eps:.6g}": total / count for eps, (total, count) in zip(self.ladder, totals, strict=True)}
         new = ladder_lower_bound(((eps, losses[f"{eps:.6g}"]) for eps in self.ladder), r_star)
