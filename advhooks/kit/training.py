@@ -125,9 +125,14 @@ def train_adversarially(model: nn.Module, train_loader: DataLoader, attack: Atta
     return history
 
 
+_SCHEDULES_SAID: set[str] = set()  # each schedule's warning once per process, not once per run of a grid
+
+
 def _say_how_the_schedule_is_trained(recipe: Recipe) -> None:
-    """A warning when the recipe names a schedule the kit does not train as named (:meth:`Recipe.lr_factor`)."""
-    if recipe.schedule not in SCHEDULES:
+    """A warning, once per schedule name, when the recipe names a schedule the kit does not train as named
+    (:meth:`Recipe.lr_factor`)."""
+    if recipe.schedule not in SCHEDULES and recipe.schedule not in _SCHEDULES_SAID:
+        _SCHEDULES_SAID.add(recipe.schedule)
         log.warning("the recipe's schedule %r is trained as step_decay (the kit trains %s)", recipe.schedule,
                     " or ".join(SCHEDULES))
 

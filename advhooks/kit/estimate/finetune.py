@@ -17,7 +17,7 @@ from ..training import PassCounter, train_adversarially
 from .crossing import bracket_crossing, fill_crossing
 from .grid import seeded_run
 from .result import EpsStarEstimate, check_eps_grid, with_cost
-from .settings import EstimationData, FinetuneSettings, attack_name, make_attack
+from .settings import EstimationData, FinetuneSettings, attack_name
 
 
 def estimate_finetune(model_factory: Callable[[], nn.Module], data: EstimationData, benchmark: CleanBenchmark,
@@ -82,7 +82,7 @@ def estimate_finetune(model_factory: Callable[[], nn.Module], data: EstimationDa
         for run in range(s.runs):
             with seeded_run(run, s.seed, clean_model, data.train_set, recipe.batch_size, device, counter) as (
                     model, loader):
-                atk = make_attack(s.attack, e, s.norm, s.steps, s.normalization)
+                atk = s.training_attack(e)
                 for phase in phases:
                     train_adversarially(model, loader, atk, e, phase, device=device, counter=counter,
                                         progress=progress)

@@ -25,7 +25,7 @@ from ...uncertainty import DEFAULT_LEVEL
 from ..training import PassCounter, train_adversarially
 from .crossing import bracket_crossing, fill_crossing
 from .result import EpsStarEstimate, check_eps_grid, with_cost
-from .settings import EstimationData, GridSettings, attack_name, make_attack
+from .settings import EstimationData, GridSettings, attack_name
 
 # The grid's own monitored runs report through their records, not as warnings to the person who asked for ε*:
 # a logger of their own (not registered with logging, so importing this module configures nothing) that passes
@@ -58,7 +58,7 @@ def monitored_run(model_factory: Callable[[], nn.Module], data: EstimationData, 
     epochs' history."""
     s, recipe = settings, settings.recipe_of(benchmark)
     with seeded_run(run, s.seed, model_factory, data.train_set, recipe.batch_size, device, counter) as (model, loader):
-        atk = make_attack(s.attack, eps, s.norm, s.steps, s.normalization) if eps > 0 else s.evaluation_attack(eps)
+        atk = s.training_attack(eps)
         monitor = PhaseMonitor(benchmark, eps=eps, total_epochs=recipe.epochs, attack=s.evaluation_attack(eps),
                                logger=_RUN_LOG, recipe={**recipe.to_dict(), "run": run, "seed": s.seed + 1000 * run})
         monitor.evaluate_with(model, data.train_eval, data.test_set, train_subset=s.train_subset, seed=s.seed,

@@ -173,6 +173,12 @@ class TrainingSettings(Measurement):
         if not (isinstance(self.level, float | int) and 0 < self.level < 1):
             raise ValueError(f"level must be in (0, 1), got {self.level!r}")
 
+    def training_attack(self, eps: float) -> Attack:
+        """The attack a run trains with at ``eps`` (at ε = 0 nothing is attacked: the evaluation attack stands in)."""
+        if eps > 0:
+            return make_attack(self.attack, eps, self.norm, self.steps, self.normalization)
+        return self.evaluation_attack(eps)
+
     def recipe_of(self, benchmark: CleanBenchmark) -> Recipe:
         """The recipe the runs train with: ``recipe``, else the benchmark's."""
         return self.recipe or Recipe.from_record(benchmark.training)
